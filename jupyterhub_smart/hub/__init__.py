@@ -1,0 +1,1 @@
+"""JupyterHub integration: the SMART on FHIR authenticator, its handlers and token API."""

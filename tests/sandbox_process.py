@@ -1,0 +1,149 @@
+"""Start a real sandbox EHR process for a test, on a free loopback port.
+
+Tests talk to the sandbox over HTTP exactly as a hub or a notebook does; this
+module only spawns ``jupyterhub-smart sandbox``, waits for its ready line, keeps
+its output in a log file that tests can grep for secrets, and stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+READY = re.compile(r"SMART sandbox ready: iss=(?P<iss>\S+)")
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class SandboxProcess:
+    """A running sandbox: its URLs, its log, and the process."""
+
+    iss: str
+    port: int
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[str]
+    clients: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def origin(self) -> str:
+        return self.iss.rsplit("/fhir", 1)[0]
+
+    @property
+    def fhir_base_url(self) -> str:
+        return self.iss
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+@contextmanager
+def run_sandbox(
+    workdir: Path,
+    clients: Sequence[dict[str, Any]],
+    *,
+    patients: int = 5,
+    seed: int = 7,
+    auto_approve: bool = True,
+    extra_args: Sequence[str] = (),
+    data_dir: Path | None = None,
+    port: int | None = None,
+    timeout: float = 120.0,
+) -> Iterator[SandboxProcess]:
+    """Run ``jupyterhub-smart sandbox`` until the block ends."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    clients_file = workdir / "clients.json"
+    clients_file.write_text(json.dumps(list(clients), indent=2), encoding="utf-8")
+    data_dir = data_dir or workdir / "data"
+    port = port or free_port()
+    log_path = workdir / f"sandbox-{port}.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "jupyterhub_smart",
+        "sandbox",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--patients",
+        str(patients),
+        "--seed",
+        str(seed),
+        "--clients",
+        str(clients_file),
+        *(["--auto-approve"] if auto_approve else []),
+        *extra_args,
+    ]
+    log = log_path.open("w", encoding="utf-8")
+    process = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    ready = threading.Event()
+    found: dict[str, str] = {}
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            log.flush()
+            match = READY.search(line)
+            if match and not ready.is_set():
+                found["iss"] = match["iss"]
+                ready.set()
+        log.close()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.1):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(
+                f"sandbox did not become ready (exit {process.poll()}):\n"
+                + log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+            )
+    sandbox = SandboxProcess(
+        iss=found["iss"],
+        port=port,
+        data_dir=data_dir,
+        log_path=log_path,
+        process=process,
+        clients=list(clients),
+    )
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
