@@ -1,1 +1,21 @@
-"""jupyterhub_smart.audit."""
+"""jupyterhub_smart.audit: a tamper-evident, crash-safe audit trail.
+
+``AuditLog`` is the durable hash-chained writer (one per hub process);
+``hub_event`` builds the FHIR-AuditEvent-shaped record of something the hub
+did. See ``docs/audit.md`` for the format and what it guarantees.
+"""
+
+from __future__ import annotations
+
+from .events import data_access_event, hub_event, sanitize, token_fingerprint
+from .log import AuditBacklogFull, AuditLog, AuditUnavailable
+
+__all__ = [
+    "AuditBacklogFull",
+    "AuditLog",
+    "AuditUnavailable",
+    "data_access_event",
+    "hub_event",
+    "sanitize",
+    "token_fingerprint",
+]

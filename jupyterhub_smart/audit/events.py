@@ -1,0 +1,442 @@
+"""Audit events shaped after FHIR R4 AuditEvent, and the guard that keeps secrets out.
+
+An event is a plain dict holding the fields of an R4 AuditEvent *except*
+``resourceType``, ``id`` and ``recorded`` (the log adds ``time``; the exporter
+turns that into ``recorded``). Keeping the FHIR shape in the log itself means
+an exported AuditEvent is the logged line, not a reinterpretation of it.
+
+What an event may hold: who (hub username, fhirUser reference, client address,
+user agent), what happened (action, outcome, a reason in words), and which
+things were involved *by reference* (patient, encounter, issuer, scopes, a
+salted token hash, FHIR resource types and search parameter names). Never a
+token, code, secret or clinical value. :func:`sanitize` enforces this for every
+event the log accepts, whoever built it: values that look like credentials are
+replaced by ``[redacted]`` (the event is still recorded, so nothing is lost) and
+the field's path, never its value, is logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import socket
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: Our code system for the ``subtype`` that names what the hub did.
+ACTION_SYSTEM = "urn:jupyterhub-smart:audit-action"
+#: Identifier systems for hub users, single-user servers and token hashes.
+HUB_USER_SYSTEM = "urn:jupyterhub-smart:hub-user"
+SERVER_SYSTEM = "urn:jupyterhub-smart:server"
+TOKEN_HASH_SYSTEM = "urn:jupyterhub-smart:token-sha256"  # noqa: S105 (a URI, not a secret)
+ISSUER_SYSTEM = "urn:ietf:rfc:3986"
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
+ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
+SOURCE_TYPE = "http://terminology.hl7.org/CodeSystem/security-source-type"
+ROLE_TYPE = "http://terminology.hl7.org/CodeSystem/extra-security-role-type"
+RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
+
+_USER_AUTHENTICATION = {"system": DCM, "code": "110114", "display": "User Authentication"}
+_SECURITY_ALERT = {"system": DCM, "code": "110113", "display": "Security Alert"}
+_REST = {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"}
+_LOGIN = {"system": DCM, "code": "110122", "display": "Login"}
+_LOGOUT = {"system": DCM, "code": "110123", "display": "Logout"}
+
+#: Every action the hub records: (event type, extra DICOM subtype or None, AuditEvent.action).
+HUB_ACTIONS: dict[str, tuple[dict[str, str], dict[str, str] | None, str]] = {
+    "launch-received": (_USER_AUTHENTICATION, None, "E"),
+    "issuer-refused": (_SECURITY_ALERT, None, "E"),
+    "login-succeeded": (_USER_AUTHENTICATION, _LOGIN, "E"),
+    "login-failed": (_USER_AUTHENTICATION, _LOGIN, "E"),
+    "token-refreshed": (_USER_AUTHENTICATION, None, "E"),
+    "refresh-failed": (_USER_AUTHENTICATION, None, "E"),
+    "token-issued": (_USER_AUTHENTICATION, None, "E"),
+    "reauthentication-required": (_USER_AUTHENTICATION, None, "E"),
+    "logout": (_USER_AUTHENTICATION, _LOGOUT, "E"),
+    "token-revoked": (_USER_AUTHENTICATION, None, "D"),
+    "data-access": (_REST, None, "R"),
+    # Written by the log itself, about itself.
+    "audit-recovered": (_SECURITY_ALERT, None, "E"),
+}
+
+OUTCOMES = {"success": "0", "failure": "4"}
+
+#: Top-level keys an event may have (R4 AuditEvent minus what the log adds).
+EVENT_KEYS: frozenset[str] = frozenset(
+    {"type", "subtype", "action", "period", "outcome", "outcomeDesc", "purposeOfEvent"}
+    | {"agent", "source", "entity"}
+)
+
+MAX_TEXT = 1024  #: longest free-text value kept (descriptions, user agents...)
+MAX_SCOPES = 100
+
+# Keys whose *name* says they hold a credential. FHIR's own ``code`` (in a
+# Coding) is fine; ``auth_code``, ``authorization_code`` ... are not.
+_SECRET_KEY = re.compile(
+    r"token|secret|passw|assertion|verifier|authorization|cookie|credential|private|api_?key"
+    r"|[_-]code$|^code[_-]|^jwt$|^jwk",
+    re.IGNORECASE,
+)
+#: Keys that name a credential but hold a *hash* of it, which is the point.
+_ALLOWED_SECRET_KEYS = frozenset({"token_hash"})
+# Values that are credentials whatever their key: JWS/JWE compact forms, bearer
+# headers, PEM blocks, and ``name=value`` pairs for well-known secret parameters.
+_SECRET_VALUE = re.compile(
+    r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_.-]*"
+    r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{16,}"
+    r"|-----BEGIN [A-Z ]*-----[\s\S]*?(-----END [A-Z ]*-----|$)"
+    r"|(?i:(access_token|refresh_token|id_token|client_secret|client_assertion|code_verifier|code|password|launch)=)[^&\s\"']+"
+)
+REDACTED = "[redacted]"
+_HEX_HASH = re.compile(r"[0-9a-f]{32,128}")
+
+
+def token_fingerprint(token: str, salt: bytes) -> str:
+    """Salted hash of a token, to correlate a handed-out token with its later use.
+
+    HMAC-SHA256 keyed with a per-hub secret ``salt`` (keep it out of the log),
+    so the trail cannot be used to confirm a guessed or leaked token without
+    that salt. Returns 64 hex digits.
+    """
+    if len(salt) < 16:
+        raise ValueError("token_fingerprint needs a salt of at least 16 bytes")
+    return hmac.new(salt, token.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def _clip(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def sanitize(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a copy of ``event`` that is safe to write, or raise ``ValueError``.
+
+    Unknown top-level keys are a programming error (they would not convert to
+    an AuditEvent) and raise. Credential-looking values are redacted in place
+    and the field path is logged as a warning; strings are clipped to
+    :data:`MAX_TEXT` characters.
+    """
+    if not isinstance(event, Mapping):
+        raise ValueError("an audit event must be a mapping")
+    unknown = sorted(str(k) for k in event.keys() - EVENT_KEYS)
+    if unknown:
+        raise ValueError(f"unknown audit event field(s): {', '.join(unknown)}")
+    redacted: list[str] = []
+    clean = _clean(event, "", redacted)
+    if redacted:
+        log.warning(
+            "Audit event field(s) %s looked like credentials and were redacted "
+            "(fix the caller: audit events hold references, never secrets)",
+            ", ".join(redacted),
+        )
+    assert isinstance(clean, dict)
+    return clean
+
+
+def _clean(value: Any, path: str, redacted: list[str]) -> Any:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"audit event key at {path or '/'} is not a string")
+            sub = f"{path}.{key}" if path else key
+            if (
+                _SECRET_KEY.search(key)
+                and key not in _ALLOWED_SECRET_KEYS
+                and item not in (None, "", [], {})
+            ):
+                redacted.append(sub)
+                out[key] = REDACTED
+            else:
+                out[key] = _clean(item, sub, redacted)
+        # A FHIR ``detail`` names its own type: {"type": "access_token", "valueString": ...}.
+        kind = out.get("type")
+        if isinstance(kind, str) and _SECRET_KEY.search(kind) and "valueString" in out:
+            redacted.append(f"{path}.valueString")
+            out["valueString"] = REDACTED
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_clean(item, f"{path}[{i}]", redacted) for i, item in enumerate(value)]
+    if isinstance(value, str):
+        text, count = _SECRET_VALUE.subn(REDACTED, value)
+        if count:
+            redacted.append(path)
+        return _clip(text)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    raise ValueError(f"audit event value at {path} has unsupported type {type(value).__name__}")
+
+
+def _source() -> dict[str, Any]:
+    return {
+        "site": _clip(socket.gethostname(), 255),
+        "observer": {"display": "jupyterhub-smart hub"},
+        "type": [{"system": SOURCE_TYPE, "code": "4", "display": "Application Server"}],
+    }
+
+
+def _reference(ref: str) -> dict[str, Any]:
+    return {"reference": _clip(ref, 512)}
+
+
+def _typed_ref(resource_type: str, ref: str) -> str:
+    """``"123"`` -> ``"Patient/123"``; references and absolute URLs stay as they are."""
+    return ref if "/" in ref else f"{resource_type}/{ref}"
+
+
+def hub_event(
+    action: str,
+    *,
+    outcome: str = "success",
+    description: str | None = None,
+    username: str | None = None,
+    fhir_user: str | None = None,
+    client_address: str | None = None,
+    user_agent: str | None = None,
+    issuer: str | None = None,
+    patient: str | None = None,
+    encounter: str | None = None,
+    scopes_requested: Sequence[str] | None = None,
+    scopes_granted: Sequence[str] | None = None,
+    token_hash: str | None = None,
+    server_name: str | None = None,
+) -> dict[str, Any]:
+    """Build the AuditEvent-shaped record of one thing the hub did.
+
+    ``action`` is one of :data:`HUB_ACTIONS`; ``outcome`` ``"success"`` or
+    ``"failure"``; ``description`` is the reason in words. Every other argument
+    is an identifier or a reference, never a credential; ``token_hash`` is a
+    salted hash kept only to correlate a handed-out token with later use.
+    """
+    if action not in HUB_ACTIONS:
+        raise ValueError(f"unknown audit action {action!r}; expected one of {sorted(HUB_ACTIONS)}")
+    if outcome not in OUTCOMES:
+        raise ValueError(f"unknown audit outcome {outcome!r}; expected 'success' or 'failure'")
+    event_type, dicom_subtype, fhir_action = HUB_ACTIONS[action]
+    subtype = [{"system": ACTION_SYSTEM, "code": action}]
+    if dicom_subtype:
+        subtype.append(dict(dicom_subtype))
+    event: dict[str, Any] = {
+        "type": dict(event_type),
+        "subtype": subtype,
+        "action": fhir_action,
+        "outcome": OUTCOMES[outcome],
+        "source": _source(),
+        "agent": _agents(username, fhir_user, client_address, user_agent, server_name),
+    }
+    if description:
+        event["outcomeDesc"] = description
+    entity = _entities(issuer, patient, encounter, scopes_requested, scopes_granted, token_hash)
+    if entity:
+        event["entity"] = entity
+    return event
+
+
+def _agents(
+    username: str | None,
+    fhir_user: str | None,
+    client_address: str | None,
+    user_agent: str | None,
+    server_name: str | None,
+) -> list[dict[str, Any]]:
+    user: dict[str, Any] = {
+        "type": {"coding": [{"system": ROLE_TYPE, "code": "humanuser", "display": "human user"}]},
+        "requestor": True,
+    }
+    who: dict[str, Any] = {}
+    if username:
+        who["identifier"] = {"system": HUB_USER_SYSTEM, "value": _clip(username, 255)}
+        user["altId"] = _clip(username, 255)
+    if fhir_user:
+        who["reference"] = _clip(fhir_user, 512)
+    if not who:
+        who["display"] = "unauthenticated"
+    user["who"] = who
+    if client_address:
+        user["network"] = {"address": _clip(client_address, 255), "type": "2"}
+    agents = [user]
+    if user_agent:
+        agents.append(
+            {
+                "type": {"text": "user-agent"},
+                "who": {"display": _clip(user_agent, 512)},
+                "requestor": False,
+            }
+        )
+    if server_name is not None and username:
+        server_id = f"{username}/{server_name}" if server_name else f"{username}/"
+        agents.append(
+            {
+                "type": {"text": "jupyter-server"},
+                "who": {"identifier": {"system": SERVER_SYSTEM, "value": _clip(server_id, 512)}},
+                "requestor": False,
+            }
+        )
+    return agents
+
+
+def _entities(
+    issuer: str | None,
+    patient: str | None,
+    encounter: str | None,
+    scopes_requested: Sequence[str] | None,
+    scopes_granted: Sequence[str] | None,
+    token_hash: str | None,
+) -> list[dict[str, Any]]:
+    entities: list[dict[str, Any]] = []
+    if patient:
+        entities.append(
+            {
+                "what": _reference(_typed_ref("Patient", patient)),
+                "type": {"system": ENTITY_TYPE, "code": "1", "display": "Person"},
+                "role": {"system": OBJECT_ROLE, "code": "1", "display": "Patient"},
+            }
+        )
+    if encounter:
+        entities.append(
+            {
+                "what": _reference(_typed_ref("Encounter", encounter)),
+                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+            }
+        )
+    if issuer or scopes_requested is not None or scopes_granted is not None:
+        detail = []
+        for name, scopes in (
+            ("scopes-requested", scopes_requested),
+            ("scopes-granted", scopes_granted),
+        ):
+            if scopes is not None:
+                if isinstance(scopes, str):
+                    scopes = scopes.split()
+                detail.append({"type": name, "valueString": " ".join(list(scopes)[:MAX_SCOPES])})
+        issuer_entity: dict[str, Any] = {
+            "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+            "description": "SMART authorization: issuer and scopes",
+        }
+        if issuer:
+            issuer_entity["what"] = {
+                "identifier": {"system": ISSUER_SYSTEM, "value": _clip(issuer, 512)}
+            }
+        if detail:
+            issuer_entity["detail"] = detail
+        entities.append(issuer_entity)
+    if token_hash:
+        if not _HEX_HASH.fullmatch(token_hash):
+            raise ValueError("token_hash must be a hex hash (see token_fingerprint), not a token")
+        entities.append(
+            {
+                "what": {"identifier": {"system": TOKEN_HASH_SYSTEM, "value": token_hash}},
+                "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "description": "access token, salted hash (for correlation only)",
+            }
+        )
+    return entities
+
+
+def action_of(event: Mapping[str, Any]) -> str | None:
+    """The hub action code of an event (``"login-succeeded"`` ...), if it has one."""
+    for coding in event.get("subtype") or ():
+        if isinstance(coding, Mapping) and coding.get("system") == ACTION_SYSTEM:
+            code = coding.get("code")
+            return code if isinstance(code, str) else None
+    return None
+
+
+#: FHIR RESTful interactions a notebook may report, and their AuditEvent.action.
+INTERACTIONS: dict[str, str] = {
+    "read": "R",
+    "vread": "R",
+    "history-instance": "R",
+    "history-type": "R",
+    "search-type": "E",
+    "search-system": "E",
+    "operation": "E",
+    "capabilities": "R",
+}
+_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_PARAM_NAME = re.compile(r"_?[A-Za-z][A-Za-z0-9\-_.:]{0,63}")
+
+
+def data_access_event(
+    *,
+    interaction: str,
+    resource_type: str | None,
+    search_params: Sequence[str] = (),
+    count: int | None = None,
+    status: int | None = None,
+    resource_id: str | None = None,
+    username: str | None = None,
+    fhir_user: str | None = None,
+    server_name: str | None = None,
+    issuer: str | None = None,
+    patient: str | None = None,
+    client_address: str | None = None,
+    user_agent: str | None = None,
+) -> dict[str, Any]:
+    """The record of one FHIR request made by a notebook, reported to the hub.
+
+    Only the *shape* of the request is kept: the interaction, the resource
+    type (and id for a read), the NAMES of search parameters, how many
+    resources came back and the HTTP status. Values (codes, dates, names...)
+    could be clinical data and are never accepted. Raises ``ValueError`` with
+    the reason when a field is malformed.
+    """
+    if interaction not in INTERACTIONS:
+        raise ValueError(f"interaction must be one of {sorted(INTERACTIONS)}")
+    if resource_type is not None and not _RESOURCE_TYPE.fullmatch(resource_type):
+        raise ValueError("resource_type must be a FHIR resource type name such as 'Observation'")
+    if resource_id is not None and not _FHIR_ID.fullmatch(resource_id):
+        raise ValueError("resource_id must be a FHIR id (letters, digits, '-', '.'; up to 64)")
+    names = list(search_params)
+    if len(names) > 50:
+        raise ValueError("at most 50 search parameter names")
+    for name in names:
+        if not isinstance(name, str) or not _PARAM_NAME.fullmatch(name):
+            raise ValueError("search parameters must be parameter NAMES (e.g. 'code'), no values")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+        raise ValueError("count must be a non-negative integer")
+    if status is not None and (
+        isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599
+    ):
+        raise ValueError("status must be an HTTP status code (100-599)")
+    event = hub_event(
+        "data-access",
+        outcome="failure" if status is not None and status >= 400 else "success",
+        username=username,
+        fhir_user=fhir_user,
+        client_address=client_address,
+        user_agent=user_agent,
+        issuer=issuer,
+        patient=patient,
+        server_name=server_name,
+    )
+    event["subtype"].append({"system": RESTFUL_INTERACTION, "code": interaction})
+    event["action"] = INTERACTIONS[interaction]
+    if status is not None and status >= 500:
+        event["outcome"] = "8"
+    detail: list[dict[str, Any]] = [{"type": "interaction", "valueString": interaction}]
+    if names:
+        detail.append(
+            {"type": "search-parameter-names", "valueString": ",".join(sorted(set(names)))}
+        )
+    if count is not None:
+        detail.append({"type": "count", "valueString": str(count)})
+    if status is not None:
+        detail.append({"type": "http-status", "valueString": str(status)})
+    target: dict[str, Any] = {
+        "type": {"system": ENTITY_TYPE, "code": "2", "display": "System Object"},
+        "detail": detail,
+    }
+    if resource_type:
+        target["name"] = resource_type
+        if resource_id:
+            target["what"] = {"reference": f"{resource_type}/{resource_id}"}
+    event.setdefault("entity", []).append(target)
+    return event
