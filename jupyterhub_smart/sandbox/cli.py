@@ -1,0 +1,146 @@
+"""``jupyterhub-smart sandbox``: serve the sandbox EHR.
+
+Only argparse is imported here; the server and its dependencies load when the
+command runs, so ``jupyterhub-smart --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``sandbox`` sub-command."""
+    parser = subparsers.add_parser(
+        "sandbox",
+        help="serve the sandbox EHR (SMART authorization server, FHIR R4 server, EHR launcher)",
+        description="Serve a strict SMART on FHIR sandbox EHR on this machine. Prints "
+        "'SMART sandbox ready: iss=URL' once it accepts requests.",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=_port, default=8700, help="TCP port (default 8700)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".sandbox-data"),
+        help="where the FHIR database, tokens and signing key live (default .sandbox-data)",
+    )
+    parser.add_argument(
+        "--patients",
+        type=_positive_int,
+        default=20,
+        help="synthetic patients to generate (default 20)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=42, help="seed of the synthetic data (default 42)"
+    )
+    parser.add_argument(
+        "--clients",
+        type=Path,
+        default=None,
+        help="JSON list of client registrations; default: one public client 'demo-public' "
+        "for http://127.0.0.1:8000/hub/oauth_callback",
+    )
+    parser.add_argument(
+        "--auto-approve",
+        action="store_true",
+        help="approve every authorization at once as the first Practitioner (no pages)",
+    )
+    parser.add_argument(
+        "--access-token-lifetime",
+        type=_positive_int,
+        default=3600,
+        metavar="SECONDS",
+        help="lifetime of access tokens (default 3600)",
+    )
+    parser.add_argument(
+        "--refresh-token-lifetime",
+        type=_positive_int,
+        default=30 * 24 * 3600,
+        metavar="SECONDS",
+        help="lifetime of refresh tokens (default 30 days)",
+    )
+    parser.add_argument(
+        "--launch-lifetime",
+        type=_positive_int,
+        default=600,
+        metavar="SECONDS",
+        help="how long an EHR 'launch' value stays usable (default 600)",
+    )
+    parser.add_argument(
+        "--app-launch-url",
+        default="http://127.0.0.1:8000/hub/oauth_login",
+        metavar="URL",
+        help="default app launch URL of the EHR simulator's Launch buttons",
+    )
+    parser.add_argument(
+        "--public-url",
+        default=None,
+        metavar="URL",
+        help="public origin if the sandbox sits behind a proxy (default http://HOST:PORT)",
+    )
+    parser.add_argument(
+        "--dense-patient-observations",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="give the first patient N extra Observations (for paging benchmarks; default 0)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the sandbox with the parsed options; returns the exit status."""
+    from .auth.options import AuthOptions
+    from .server import serve
+    from .settings import SandboxSettings
+
+    settings = SandboxSettings(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        patients=args.patients,
+        seed=args.seed,
+        clients_file=args.clients,
+        auto_approve=args.auto_approve,
+        access_token_lifetime=args.access_token_lifetime,
+        refresh_token_lifetime=args.refresh_token_lifetime,
+        default_app_launch_url=args.app_launch_url,
+        public_url=args.public_url,
+    )
+    return serve(
+        settings,
+        dense_patient_observations=args.dense_patient_observations,
+        auth_options=AuthOptions(launch_lifetime=args.launch_lifetime),
+    )
