@@ -52,6 +52,9 @@ class ClientAuthentication(Protocol):
     def apply(self, token_endpoint: str, form: dict[str, str], headers: dict[str, str]) -> None:
         """Mutate ``form`` and ``headers`` for a POST to ``token_endpoint``."""
 
+    def sensitive_values(self) -> tuple[str, ...]:
+        """Raw secrets this method sends, to redact from anything echoed back."""
+
 
 class PublicClient:
     """A public client: identifies itself with ``client_id`` in the form."""
@@ -63,6 +66,9 @@ class PublicClient:
 
     def apply(self, token_endpoint: str, form: dict[str, str], headers: dict[str, str]) -> None:
         form["client_id"] = self.client_id
+
+    def sensitive_values(self) -> tuple[str, ...]:
+        return ()
 
     def __repr__(self) -> str:
         return f"PublicClient(client_id={self.client_id!r})"
@@ -83,6 +89,9 @@ class ClientSecretBasic:
         pair = f"{quote_plus(self.client_id)}:{quote_plus(self._secret)}"
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
         form.pop("client_id", None)
+
+    def sensitive_values(self) -> tuple[str, ...]:
+        return (self._secret, quote_plus(self._secret))
 
     def __repr__(self) -> str:
         return f"ClientSecretBasic(client_id={self.client_id!r}, client_secret=[hidden])"
@@ -133,6 +142,9 @@ class PrivateKeyJWT:
         form["client_assertion_type"] = CLIENT_ASSERTION_TYPE
         form["client_assertion"] = self.assertion(token_endpoint)
         form.pop("client_id", None)
+
+    def sensitive_values(self) -> tuple[str, ...]:
+        return ()  # each assertion is in the form, and redacted from there
 
     def public_jwk(self) -> dict[str, str]:
         """The public JWK that the EHR needs to verify this client's assertions."""
