@@ -444,6 +444,7 @@ class AuditLog:
     def _lock(self) -> None:
         if self._lock_fd is not None:
             return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         lock_path = self.path.with_name(self.path.name + ".lock")
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
@@ -459,7 +460,6 @@ class AuditLog:
 
     def _recover(self) -> None:
         """Find the chain head, set aside a torn tail, open the active file."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             size = os.fstat(fd).st_size

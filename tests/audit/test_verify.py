@@ -1,0 +1,255 @@
+"""`jupyterhub-smart audit verify`: intact logs pass, every kind of tampering fails at the right seq."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jupyterhub_smart.audit import AuditLog
+from jupyterhub_smart.cli import main
+
+from .helpers import event, lines
+
+
+def make_log(directory: Path, n: int = 10, max_bytes: int = 64 * 1024 * 1024) -> Path:
+    path = directory / "audit.jsonl"
+    with AuditLog(path, max_bytes=max_bytes) as log:
+        for i in range(n):
+            log.record_sync(event(i))
+    return path
+
+
+def run_verify(capsys: pytest.CaptureFixture[str], *paths: Path) -> tuple[int, str]:
+    code = main(["audit", "verify", *map(str, paths)])
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def rewrite(path: Path, new_lines: list[bytes]) -> None:
+    path.write_bytes(b"".join(new_lines))
+
+
+def test_intact_log_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_log(tmp_path)
+    code, out = run_verify(capsys, path)
+    assert code == 0, out
+    assert "OK: 10 records, seq 1..10" in out
+
+
+def test_console_script_exit_codes(tmp_path: Path) -> None:
+    path = make_log(tmp_path, 3)
+    ok = subprocess.run(
+        [sys.executable, "-m", "jupyterhub_smart", "audit", "verify", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    data = lines(path)
+    rewrite(path, [data[0], data[2]])
+    bad = subprocess.run(
+        [sys.executable, "-m", "jupyterhub_smart", "audit", "verify", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 1
+    assert "FAILED at seq 2: missing" in bad.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "jupyterhub_smart", "audit", "verify", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "no such audit log" in missing.stderr
+
+
+def test_edited_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_log(tmp_path)
+    data = lines(path)
+    data[4] = data[4].replace(b'"user4"', b'"mallory"')
+    rewrite(path, data)
+    code, out = run_verify(capsys, path)
+    assert code == 1
+    assert "FAILED at seq 5: hash does not match" in out
+
+
+def test_edited_line_with_recomputed_hash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An editor who recomputes the line's own hash still breaks the next prev."""
+    from jupyterhub_smart.audit.chain import parse_line, seal
+
+    path = make_log(tmp_path)
+    data = lines(path)
+    record = parse_line(data[4].rstrip(b"\n"))
+    record.pop("hash")
+    record["agent"][0]["altId"] = "mallory"
+    data[4] = seal(record)[1] + b"\n"
+    rewrite(path, data)
+    code, out = run_verify(capsys, path)
+    assert code == 1
+    assert "FAILED at seq 6: prev does not match" in out
+
+
+def test_whitespace_edit_is_caught(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_log(tmp_path)
+    data = lines(path)
+    data[9] = data[9].replace(b'"action":', b'"action": ', 1)  # same JSON meaning
+    rewrite(path, data)
+    code, out = run_verify(capsys, path)
+    assert code == 1 and "FAILED at seq 10: line is not in canonical form" in out
+
+
+def test_deleted_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_log(tmp_path)
+    data = lines(path)
+    del data[6]
+    rewrite(path, data)
+    code, out = run_verify(capsys, path)
+    assert code == 1 and "FAILED at seq 7: missing: seq 8 follows seq 6" in out
+
+
+def test_deleted_first_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_log(tmp_path)
+    rewrite(path, lines(path)[1:])
+    code, out = run_verify(capsys, path)
+    assert code == 1 and "FAILED at seq 1: the log starts at seq 2" in out
+
+
+def test_swapped_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_log(tmp_path)
+    data = lines(path)
+    data[2], data[3] = data[3], data[2]
+    rewrite(path, data)
+    code, out = run_verify(capsys, path)
+    assert code == 1 and "FAILED at seq 3: missing: seq 4 follows seq 2" in out
+
+
+def test_swapped_lines_renumbered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Swapping two lines' content but keeping seq order breaks the prev links."""
+    from jupyterhub_smart.audit.chain import parse_line, seal
+
+    path = make_log(tmp_path)
+    data = lines(path)
+    a, b = (parse_line(data[i].rstrip(b"\n")) for i in (2, 3))
+    for r in (a, b):
+        r.pop("hash")
+    a["seq"], b["seq"] = 4, 3
+    data[2], data[3] = seal(b)[1] + b"\n", seal(a)[1] + b"\n"
+    rewrite(path, data)
+    code, out = run_verify(capsys, path)
+    assert code == 1 and "FAILED at seq 3: prev does not match" in out
+
+
+def test_duplicated_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_log(tmp_path)
+    data = lines(path)
+    data.insert(5, data[4])
+    rewrite(path, data)
+    code, out = run_verify(capsys, path)
+    assert code == 1 and "FAILED at seq 6: out of order: found seq 5 after seq 5" in out
+
+
+def test_truncated_last_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_log(tmp_path)
+    data = lines(path)
+    data[-1] = data[-1][:40]
+    rewrite(path, data)
+    code, out = run_verify(capsys, path)
+    assert code == 1 and "FAILED at seq 10: truncated line" in out
+
+
+def test_truncated_line_in_the_middle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_log(tmp_path)
+    data = lines(path)
+    data[3] = data[3][:100] + b"\n"
+    rewrite(path, data)
+    code, out = run_verify(capsys, path)
+    assert code == 1 and "FAILED at seq 4: not valid JSON" in out
+
+
+def test_missing_rotated_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_log(tmp_path, 40, max_bytes=4096)
+    rotated = sorted(tmp_path.glob("audit.jsonl.*[0-9]"))
+    assert len(rotated) >= 3
+    code, out = run_verify(capsys, path)
+    assert code == 0, out
+    gone = lines(rotated[1])
+    rotated[1].unlink()
+    first_missing = int(rotated[1].name.rsplit(".", 1)[1])
+    code, out = run_verify(capsys, path)
+    assert code == 1
+    assert f"FAILED at seq {first_missing}: missing" in out and "rotated file missing" in out
+    assert len(gone) > 0
+
+
+def test_missing_first_rotated_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_log(tmp_path, 40, max_bytes=4096)
+    sorted(tmp_path.glob("audit.jsonl.*[0-9]"))[0].unlink()
+    code, out = run_verify(capsys, path)
+    assert code == 1 and "FAILED at seq 1: the log starts at seq" in out
+
+
+def test_file_from_another_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = make_log(tmp_path / "one", 20, max_bytes=4096)
+    other = make_log(tmp_path / "two", 20, max_bytes=4096)
+    # Replace a rotated file of one log by the same-named file of the other log:
+    # same seq numbers, valid lines, but another chain.
+    victim = sorted(one.parent.glob("audit.jsonl.*[0-9]"))[1]
+    shutil.copy(other.parent / victim.name, victim)
+    first = int(victim.name.rsplit(".", 1)[1])
+    code, out = run_verify(capsys, one)
+    assert code == 1 and f"FAILED at seq {first}: line belongs to another log" in out
+
+
+def test_line_from_another_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    one = make_log(tmp_path / "one")
+    other = make_log(tmp_path / "two")
+    data = lines(one)
+    data[5] = lines(other)[5]
+    rewrite(one, data)
+    code, out = run_verify(capsys, one)
+    assert code == 1 and "FAILED at seq 6: line belongs to another log" in out
+
+
+def test_every_single_byte_edit_fails_at_its_seq(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Flip one byte anywhere (sampled positions on every line): verify names that line's seq."""
+    path = make_log(tmp_path, 6)
+    pristine = lines(path)
+    rng = random.Random(5)
+    for index, line in enumerate(pristine):
+        positions = {0, len(line) - 2, len(line) - 1, *rng.sample(range(len(line)), 25)}
+        for pos in sorted(positions):
+            data = list(pristine)
+            original = line[pos]
+            replacement = b"X"[0] if original != ord("X") else b"Y"[0]
+            data[index] = line[:pos] + bytes([replacement]) + line[pos + 1 :]
+            rewrite(path, data)
+            code, out = run_verify(capsys, path)
+            assert code == 1, (index, pos)
+            assert f"FAILED at seq {index + 1}:" in out, (index, pos, out)
+
+
+def test_empty_or_missing_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    code, out = run_verify(capsys, empty)
+    assert code == 1 and "no audit records" in out
+    code, out = run_verify(capsys, tmp_path / "missing.jsonl")
+    assert code == 2 and "no such audit log" in out
+
+
+def test_directory_and_torn_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_log(tmp_path, 3)
+    with path.open("ab") as out:
+        out.write(b'{"half a line')
+    with AuditLog(path) as log:  # recovery sets the torn tail aside
+        log.record_sync(event(9))
+    code, out = run_verify(capsys, tmp_path)
+    assert code == 0, out
+    assert "OK: 5 records" in out and "torn tail was set aside" in out
