@@ -178,7 +178,9 @@ def needed_scope_hint(context: str, resource_type: str, interaction: str) -> str
     return f"{context}/{resource_type}.{interaction}"
 
 
-def resource_matches_params(resource: Mapping[str, object], params: tuple[tuple[str, str], ...]) -> bool:
+def resource_matches_params(
+    resource: Mapping[str, object], params: tuple[tuple[str, str], ...]
+) -> bool:
     """True when ``resource`` satisfies a v2 scope's query restrictions.
 
     The sandbox supports the restrictions that SMART's examples use: ``category``

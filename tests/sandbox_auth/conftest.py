@@ -1,0 +1,129 @@
+"""Sandboxes and clients for the authorization-server tests.
+
+One auto-approving sandbox serves most tests of this package (package scope);
+tests that need short lifetimes or the interactive pages start their own.
+Every secret a test handles is added to ``seen_secrets`` so that the last test
+can check the sandbox log for all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from joserfc.jwk import ECKey, RSAKey
+from sandbox_process import SandboxProcess, run_sandbox
+
+from .flow import OTHER_REDIRECT_URI, REDIRECT_URI
+
+RS_KEY = RSAKey.generate_key(2048, parameters={"kid": "rs384-key"}, private=True)
+EC_KEY = ECKey.generate_key("P-384", parameters={"kid": "es384-key"}, private=True)
+URI_KEY = RSAKey.generate_key(2048, parameters={"kid": "jwks-uri-key"}, private=True)
+SYMMETRIC_SECRET = "sandbox-auth-test-secret-8f3a1c"
+
+LIMITED_SCOPE = "openid fhirUser launch launch/patient offline_access patient/Patient.rs"
+
+
+def public_jwks(*keys: RSAKey | ECKey) -> dict[str, Any]:
+    return {"keys": [k.as_dict(private=False) for k in keys]}
+
+
+class JWKSServer:
+    """A real HTTP server publishing a client's JWKS (for ``jwks_uri`` clients)."""
+
+    def __init__(self, jwks: dict[str, Any]) -> None:
+        body = json.dumps(jwks).encode()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> JWKSServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def clients(jwks_uri: str) -> list[dict[str, Any]]:
+    return [
+        {"client_id": "app-public", "type": "public", "redirect_uris": [REDIRECT_URI]},
+        {"client_id": "app-other", "type": "public", "redirect_uris": [OTHER_REDIRECT_URI]},
+        {
+            "client_id": "app-symmetric",
+            "type": "confidential-symmetric",
+            "client_secret": SYMMETRIC_SECRET,
+            "redirect_uris": [REDIRECT_URI],
+        },
+        {
+            "client_id": "app-asymmetric",
+            "type": "confidential-asymmetric",
+            "jwks": public_jwks(RS_KEY, EC_KEY),
+            "redirect_uris": [REDIRECT_URI],
+        },
+        {
+            "client_id": "app-limited",
+            "type": "public",
+            "redirect_uris": [REDIRECT_URI],
+            "scope": LIMITED_SCOPE,
+        },
+        {
+            "client_id": "backend",
+            "type": "confidential-asymmetric",
+            "jwks": public_jwks(RS_KEY, EC_KEY),
+            "scope": "system/*.rs",
+        },
+        {
+            "client_id": "backend-uri",
+            "type": "confidential-asymmetric",
+            "jwks_uri": jwks_uri,
+            "scope": "system/Patient.rs system/Observation.rs",
+        },
+    ]
+
+
+@pytest.fixture(scope="package")
+def seen_secrets() -> list[str]:
+    """Secrets used by the tests of this package; none may appear in a sandbox log."""
+    return [SYMMETRIC_SECRET]
+
+
+@pytest.fixture(scope="package")
+def jwks_server() -> Iterator[JWKSServer]:
+    with JWKSServer(public_jwks(URI_KEY)) as server:
+        yield server
+
+
+@pytest.fixture(scope="package")
+def sbx(
+    tmp_path_factory: pytest.TempPathFactory, jwks_server: JWKSServer
+) -> Iterator[SandboxProcess]:
+    """The auto-approving sandbox most tests share."""
+    workdir: Path = tmp_path_factory.mktemp("sandbox-auth")
+    with run_sandbox(workdir, clients(jwks_server.url)) as process:
+        yield process
+
+
+@pytest.fixture
+def http(sbx: SandboxProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=sbx.origin, follow_redirects=False, timeout=30) as client:
+        yield client
