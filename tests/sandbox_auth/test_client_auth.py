@@ -1,0 +1,226 @@
+"""private_key_jwt (RS384, ES384, jwks and jwks_uri) and Backend Services."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+from joserfc.jwk import ECKey, RSAKey
+from sandbox_process import SandboxProcess
+
+from .conftest import EC_KEY, RS_KEY, URI_KEY
+from .flow import ASSERTION_TYPE, assertion, authorize, exchange, jwt_auth
+
+SCOPE = "openid fhirUser launch/patient patient/*.rs offline_access"
+
+
+def token_url(sbx: SandboxProcess) -> str:
+    return f"{sbx.origin}/auth/token"
+
+
+def backend_token(
+    http: httpx.Client, client_assertion: str, scope: str = "system/*.rs"
+) -> httpx.Response:
+    return http.post(
+        "/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "scope": scope,
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": client_assertion,
+        },
+    )
+
+
+@pytest.mark.parametrize(("key", "alg"), [(RS_KEY, "RS384"), (EC_KEY, "ES384")])
+def test_asymmetric_client_code_flow(
+    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str], key: RSAKey | ECKey, alg: str
+) -> None:
+    auth = authorize(http, sbx.iss, "app-asymmetric", SCOPE)
+    signed = assertion(key, "app-asymmetric", token_url(sbx), alg=alg)
+    seen_secrets += [auth.code, signed]
+    response = exchange(http, auth, "app-asymmetric", client_auth=jwt_auth(signed))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    seen_secrets += [body["access_token"], body["refresh_token"]]
+    # refresh re-authenticates with a fresh assertion
+    refreshed = http.post(
+        "/auth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": body["refresh_token"],
+            **jwt_auth(assertion(key, "app-asymmetric", token_url(sbx), alg=alg))["data"],
+        },
+    )
+    assert refreshed.status_code == 200, refreshed.text
+    seen_secrets += [refreshed.json()["access_token"], refreshed.json()["refresh_token"]]
+
+
+@pytest.mark.parametrize(("key", "alg"), [(RS_KEY, "RS384"), (EC_KEY, "ES384")])
+def test_backend_services_with_system_scopes(
+    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str], key: RSAKey | ECKey, alg: str
+) -> None:
+    signed = assertion(key, "backend", token_url(sbx), alg=alg)
+    seen_secrets.append(signed)
+    response = backend_token(http, signed, "system/Patient.rs system/Observation.rs")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    seen_secrets.append(body["access_token"])
+    assert body["scope"] == "system/Patient.rs system/Observation.rs"
+    assert body["expires_in"] <= 300
+    assert "refresh_token" not in body
+    assert "patient" not in body
+    patient = http.get("/ehr").text.split('name="patient" value="')[1].split('"')[0]
+    read = http.get(
+        f"/fhir/Patient/{patient}", headers={"Authorization": f"Bearer {body['access_token']}"}
+    )
+    assert read.status_code == 200
+
+
+def test_backend_services_refuse_non_system_scopes(http: httpx.Client, sbx: SandboxProcess) -> None:
+    response = backend_token(
+        http, assertion(RS_KEY, "backend", token_url(sbx), alg="RS384"), "patient/*.rs user/*.rs"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_scope"
+
+
+def test_backend_services_refuse_public_clients(http: httpx.Client) -> None:
+    response = http.post(
+        "/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "scope": "system/*.rs",
+            "client_id": "app-public",
+        },
+    )
+    assert response.status_code in (400, 401)
+    assert response.json()["error"] in ("invalid_client", "unauthorized_client")
+
+
+def test_jwks_uri_client(http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]) -> None:
+    signed = assertion(URI_KEY, "backend-uri", token_url(sbx), alg="RS384")
+    seen_secrets.append(signed)
+    response = backend_token(http, signed, "system/Patient.rs")
+    assert response.status_code == 200, response.text
+    seen_secrets.append(response.json()["access_token"])
+    # a key not in the published set is refused
+    other = RSAKey.generate_key(2048, parameters={"kid": URI_KEY.kid}, private=True)
+    refused = backend_token(
+        http, assertion(other, "backend-uri", token_url(sbx), alg="RS384"), "system/Patient.rs"
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_client"
+
+
+def test_bad_assertion_signature_is_refused(http: httpx.Client, sbx: SandboxProcess) -> None:
+    impostor = RSAKey.generate_key(2048, parameters={"kid": RS_KEY.kid}, private=True)
+    response = backend_token(http, assertion(impostor, "backend", token_url(sbx), alg="RS384"))
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_client"
+
+
+def test_replayed_jti_is_refused(
+    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+) -> None:
+    jti = str(uuid.uuid4())
+    first = backend_token(http, assertion(RS_KEY, "backend", token_url(sbx), alg="RS384", jti=jti))
+    assert first.status_code == 200
+    seen_secrets.append(first.json()["access_token"])
+    again = backend_token(http, assertion(RS_KEY, "backend", token_url(sbx), alg="RS384", jti=jti))
+    assert again.status_code == 400
+    assert again.json()["error"] == "invalid_client"
+    assert "JWT ID" in again.json()["error_description"]
+
+
+def test_assertion_exp_too_far_ahead_is_refused(http: httpx.Client, sbx: SandboxProcess) -> None:
+    response = backend_token(
+        http, assertion(RS_KEY, "backend", token_url(sbx), alg="RS384", exp_in=3600)
+    )
+    assert response.status_code == 400
+    assert "exp" in response.json()["error_description"]
+
+
+def test_expired_assertion_is_refused(http: httpx.Client, sbx: SandboxProcess) -> None:
+    response = backend_token(
+        http, assertion(RS_KEY, "backend", token_url(sbx), alg="RS384", exp_in=-600)
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_client"
+
+
+def test_wrong_assertion_audience_is_refused(http: httpx.Client, sbx: SandboxProcess) -> None:
+    response = backend_token(
+        http, assertion(RS_KEY, "backend", token_url(sbx), alg="RS384", aud=f"{sbx.iss}")
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_client"
+
+
+def test_rs256_assertion_is_refused(http: httpx.Client, sbx: SandboxProcess) -> None:
+    response = backend_token(http, assertion(RS_KEY, "backend", token_url(sbx), alg="RS256"))
+    assert response.status_code == 400
+    assert "RS384" in response.json()["error_description"]
+
+
+def test_alg_none_assertion_is_refused(http: httpx.Client, sbx: SandboxProcess) -> None:
+    def b64(data: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    now = int(time.time())
+    claims = {
+        "iss": "backend",
+        "sub": "backend",
+        "aud": token_url(sbx),
+        "exp": now + 60,
+        "jti": str(uuid.uuid4()),
+    }
+    unsigned = f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
+    response = backend_token(http, unsigned)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "not-a-jwt",
+        "a.b.c",
+        "e30.e30.",
+        base64.urlsafe_b64encode(b"[1,2]").decode() + ".x.y",
+        "x" * 5000,
+    ],
+)
+def test_garbage_assertions_are_refused(http: httpx.Client, garbage: str) -> None:
+    response = backend_token(http, garbage)
+    assert response.status_code in (400, 401)
+    assert response.json()["error"] == "invalid_client"
+
+
+def test_assertion_naming_unknown_or_public_client_is_refused(
+    http: httpx.Client, sbx: SandboxProcess
+) -> None:
+    for client_id in ("nobody", "app-public"):
+        response = backend_token(http, assertion(RS_KEY, client_id, token_url(sbx), alg="RS384"))
+        assert response.status_code in (400, 401)
+        assert response.json()["error"] == "invalid_client"
+
+
+def test_assertion_with_iss_not_sub_is_refused(http: httpx.Client, sbx: SandboxProcess) -> None:
+    from joserfc import jwt
+
+    now = int(time.time())
+    claims = {
+        "iss": "someone-else",
+        "sub": "backend",
+        "aud": token_url(sbx),
+        "exp": now + 60,
+        "jti": str(uuid.uuid4()),
+    }
+    signed = jwt.encode({"alg": "RS384", "kid": RS_KEY.kid}, claims, RS_KEY, algorithms=["RS384"])
+    response = backend_token(http, signed)
+    assert response.status_code == 400

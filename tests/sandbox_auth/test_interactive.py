@@ -1,0 +1,237 @@
+"""Sign-in, patient picker and consent pages, on a sandbox without --auto-approve."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sandbox_process import SandboxProcess, run_sandbox
+
+from .flow import (
+    REDIRECT_URI,
+    Authorization,
+    authorize,
+    ehr_launch,
+    exchange,
+    patient_ids,
+    query_of,
+)
+
+CLIENTS = [{"client_id": "app-public", "type": "public", "redirect_uris": [REDIRECT_URI]}]
+SCOPE = "openid fhirUser launch/patient patient/Patient.rs patient/Observation.rs user/*.rs offline_access"
+
+
+@pytest.fixture(scope="module")
+def manual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
+    workdir: Path = tmp_path_factory.mktemp("sandbox-manual")
+    with run_sandbox(workdir, CLIENTS, auto_approve=False) as process:
+        yield process
+
+
+@pytest.fixture
+def browser(manual: SandboxProcess) -> Iterator[httpx.Client]:
+    """A user agent with its own cookie jar."""
+    with httpx.Client(base_url=manual.origin, follow_redirects=False, timeout=30) as http:
+        yield http
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "page has no CSRF field"
+    return match.group(1)
+
+
+def req_of(location: str) -> str:
+    return query_of(location)["req"]
+
+
+def sign_in(browser: httpx.Client, auth: Authorization, user: str | None = None) -> httpx.Response:
+    """From the authorize response through the sign-in page; returns the next redirect."""
+    assert auth.response.status_code == 302
+    login_url = auth.location
+    assert "/auth/login" in login_url
+    page = browser.get(login_url)
+    assert page.status_code == 200
+    users = re.findall(r'name="user" value="([^"]+)"', page.text)
+    assert any(u.startswith("Practitioner/") for u in users)
+    assert any(u.startswith("Patient/") for u in users)
+    chosen = user or next(u for u in users if u.startswith("Practitioner/"))
+    return browser.post(
+        "/auth/login",
+        data={"csrf_token": csrf_of(page.text), "req": req_of(login_url), "user": chosen},
+    )
+
+
+def test_sign_in_pick_patient_and_untick_a_scope(
+    browser: httpx.Client, manual: SandboxProcess
+) -> None:
+    auth = authorize(browser, manual.iss, "app-public", SCOPE)
+    to_picker = sign_in(browser, auth)
+    assert to_picker.status_code == 302
+    assert "/auth/select-patient" in to_picker.headers["location"]
+    picker = browser.get(to_picker.headers["location"])
+    patients = re.findall(r'name="patient" value="([^"]+)"', picker.text)
+    chosen_patient = patients[1]
+    to_consent = browser.post(
+        "/auth/select-patient",
+        data={
+            "csrf_token": csrf_of(picker.text),
+            "req": req_of(to_picker.headers["location"]),
+            "patient": chosen_patient,
+        },
+    )
+    assert "/auth/consent" in to_consent.headers["location"]
+    consent = browser.get(to_consent.headers["location"])
+    offered = re.findall(r'name="scope" value="([^"]+)"', consent.text)
+    assert "patient/Observation.rs" in offered
+    kept = [s for s in offered if s != "patient/Observation.rs"]
+    done = browser.post(
+        "/auth/consent",
+        data={
+            "csrf_token": csrf_of(consent.text),
+            "req": req_of(to_consent.headers["location"]),
+            "decision": "approve",
+            "scope": kept,
+        },
+    )
+    assert done.status_code == 302
+    assert done.headers["location"].startswith(REDIRECT_URI)
+    auth.response = done
+    assert auth.result["state"] == auth.state
+    body = exchange(browser, auth, "app-public").json()
+    granted = body["scope"].split()
+    assert "patient/Observation.rs" not in granted
+    assert "patient/Patient.rs" in granted
+    assert len(granted) < len(SCOPE.split())
+    assert body["patient"] == chosen_patient
+    headers = {"Authorization": f"Bearer {body['access_token']}"}
+    assert browser.get(f"/fhir/Patient/{chosen_patient}", headers=headers).status_code == 200
+
+
+def test_consent_without_csrf_token_is_refused(
+    browser: httpx.Client, manual: SandboxProcess
+) -> None:
+    auth = authorize(browser, manual.iss, "app-public", "launch/patient patient/Patient.rs")
+    to_picker = sign_in(browser, auth)
+    picker = browser.get(to_picker.headers["location"])
+    patient = re.findall(r'name="patient" value="([^"]+)"', picker.text)[0]
+    to_consent = browser.post(
+        "/auth/select-patient",
+        data={
+            "csrf_token": csrf_of(picker.text),
+            "req": req_of(to_picker.headers["location"]),
+            "patient": patient,
+        },
+    )
+    req = req_of(to_consent.headers["location"])
+    forged = browser.post(
+        "/auth/consent", data={"req": req, "decision": "approve", "scope": "patient/Patient.rs"}
+    )
+    assert forged.status_code == 400
+    assert "CSRF" in forged.text
+    wrong = browser.post(
+        "/auth/consent",
+        data={
+            "req": req,
+            "decision": "approve",
+            "scope": "patient/Patient.rs",
+            "csrf_token": "guess",
+        },
+    )
+    assert wrong.status_code == 400
+    assert "location" not in wrong.headers
+
+
+def test_login_without_csrf_token_is_refused(browser: httpx.Client, manual: SandboxProcess) -> None:
+    auth = authorize(browser, manual.iss, "app-public", "patient/Patient.rs launch/patient")
+    response = browser.post(
+        "/auth/login", data={"req": req_of(auth.location), "user": "Practitioner/whoever"}
+    )
+    assert response.status_code == 400
+
+
+def test_another_browser_cannot_continue_the_request(
+    browser: httpx.Client, manual: SandboxProcess
+) -> None:
+    auth = authorize(browser, manual.iss, "app-public", "patient/Patient.rs launch/patient")
+    with httpx.Client(base_url=manual.origin, follow_redirects=False) as stranger:
+        page = stranger.get(auth.location)
+        assert page.status_code == 400
+        assert "Start again" in page.text
+
+
+def test_deny_redirects_with_access_denied(browser: httpx.Client, manual: SandboxProcess) -> None:
+    auth = authorize(browser, manual.iss, "app-public", "launch/patient patient/Patient.rs")
+    to_picker = sign_in(browser, auth)
+    picker = browser.get(to_picker.headers["location"])
+    patient = re.findall(r'name="patient" value="([^"]+)"', picker.text)[0]
+    to_consent = browser.post(
+        "/auth/select-patient",
+        data={
+            "csrf_token": csrf_of(picker.text),
+            "req": req_of(to_picker.headers["location"]),
+            "patient": patient,
+        },
+    )
+    consent = browser.get(to_consent.headers["location"])
+    denied = browser.post(
+        "/auth/consent",
+        data={
+            "csrf_token": csrf_of(consent.text),
+            "req": req_of(to_consent.headers["location"]),
+            "decision": "deny",
+        },
+    )
+    auth.response = denied
+    assert auth.result["error"] == "access_denied"
+    assert auth.result["state"] == auth.state
+
+
+def test_patient_user_gets_own_context_and_no_user_scopes(
+    browser: httpx.Client, manual: SandboxProcess
+) -> None:
+    auth = authorize(browser, manual.iss, "app-public", SCOPE)
+    page = browser.get(auth.location)
+    patient_user = re.findall(r'name="user" value="(Patient/[^"]+)"', page.text)[0]
+    to_consent = browser.post(
+        "/auth/login",
+        data={"csrf_token": csrf_of(page.text), "req": req_of(auth.location), "user": patient_user},
+    )
+    assert "/auth/consent" in to_consent.headers["location"]  # no picker: the patient is the user
+    consent = browser.get(to_consent.headers["location"])
+    offered = re.findall(r'name="scope" value="([^"]+)"', consent.text)
+    assert "user/*.rs" not in offered
+    done = browser.post(
+        "/auth/consent",
+        data={
+            "csrf_token": csrf_of(consent.text),
+            "req": req_of(to_consent.headers["location"]),
+            "decision": "approve",
+            "scope": offered,
+        },
+    )
+    auth.response = done
+    body = exchange(browser, auth, "app-public").json()
+    assert body["patient"] == patient_user.split("/", 1)[1]
+    assert "user/*.rs" not in body["scope"].split()
+
+
+def test_ehr_launch_with_practitioner_skips_sign_in(
+    browser: httpx.Client, manual: SandboxProcess
+) -> None:
+    patient = patient_ids(browser)[0]
+    page = browser.get("/ehr")
+    practitioner = re.findall(r'<option value="([^"]+)">', page.text)
+    practitioner = [p for p in practitioner if p and p != "app-public"][0]
+    launch = query_of(
+        ehr_launch(browser, REDIRECT_URI, patient, practitioner=practitioner).headers["location"]
+    )["launch"]
+    auth = authorize(
+        browser, manual.iss, "app-public", "launch openid fhirUser patient/*.rs", launch=launch
+    )
+    assert "/auth/consent" in auth.location
+    consent = browser.get(auth.location)
+    assert f"Practitioner/{practitioner}" in consent.text
