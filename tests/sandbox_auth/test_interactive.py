@@ -224,8 +224,8 @@ def test_ehr_launch_with_practitioner_skips_sign_in(
 ) -> None:
     patient = patient_ids(browser)[0]
     page = browser.get("/ehr")
-    practitioner = re.findall(r'<option value="([^"]+)">', page.text)
-    practitioner = [p for p in practitioner if p and p != "app-public"][0]
+    options = re.findall(r'<option value="([^"]+)">', page.text)
+    practitioner = next(p for p in options if p and p != "app-public")
     launch = query_of(
         ehr_launch(browser, REDIRECT_URI, patient, practitioner=practitioner).headers["location"]
     )["launch"]
