@@ -165,8 +165,9 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
         return redirect(url_for("auth.consent", req=pending.id))
 
     def _forget_pending(item_id: str) -> None:
-        ids = [i for i in session.get(SESSION_PENDING, []) if i != item_id]
-        session[SESSION_PENDING] = ids
+        ids = session.get(SESSION_PENDING, [])
+        if item_id in ids:
+            session[SESSION_PENDING] = [i for i in ids if i != item_id]
 
     # -- API request hygiene -------------------------------------------------------
     @bp.before_request
@@ -245,11 +246,9 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
         if launch_context and launch_context.practitioner:
             pending.user = f"Practitioner/{launch_context.practitioner}"
         auth.pending.put(pending)
-        if not settings.auto_approve:
+        if not settings.auto_approve:  # auto-approval finishes now: no cookie needed
             ids = [*session.get(SESSION_PENDING, []), pending.id][-MAX_PENDING_PER_SESSION:]
             session[SESSION_PENDING] = ids
-        else:
-            session[SESSION_PENDING] = [pending.id]
         return advance(pending)
 
     @bp.route("/login", methods=["GET", "POST"])
