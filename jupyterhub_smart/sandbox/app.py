@@ -66,6 +66,21 @@ def create_app(
             request.max_content_length = auth.options.max_form_bytes
             request.max_form_memory_size = auth.options.max_form_bytes
 
+    @app.after_request
+    def page_security_headers(response: Any) -> Any:
+        """HTML pages: no framing (consent clickjacking), no referrer, no external assets."""
+        if response.mimetype == "text/html":
+            response.headers.setdefault(
+                "Content-Security-Policy",
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+            )
+            response.headers.setdefault("X-Frame-Options", "DENY")
+            response.headers.setdefault("Referrer-Policy", "no-referrer")
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+            if request.path.startswith("/auth/"):
+                response.headers["Cache-Control"] = "no-store"
+        return response
+
     @app.get("/fhir/.well-known/smart-configuration")
     def smart_config() -> Any:
         response = jsonify(smart_configuration(settings))

@@ -292,3 +292,11 @@ def test_ehr_launch_refuses_bad_requests(http: httpx.Client) -> None:
         == 400
     )
     assert http.get("/ehr/launch", params={"app": REDIRECT_URI}).status_code == 400
+
+
+def test_missing_state_is_refused(http: httpx.Client, sbx: SandboxProcess) -> None:
+    auth = authorize(http, sbx.iss, "app-public", STANDALONE, drop=("state",))
+    assert auth.response.status_code == 302
+    assert auth.result["error"] == "invalid_request"
+    assert "state" in auth.result["error_description"]
+    assert "code" not in auth.result

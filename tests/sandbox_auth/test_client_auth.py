@@ -224,3 +224,23 @@ def test_assertion_with_iss_not_sub_is_refused(http: httpx.Client, sbx: SandboxP
     signed = jwt.encode({"alg": "RS384", "kid": RS_KEY.kid}, claims, RS_KEY, algorithms=["RS384"])
     response = backend_token(http, signed)
     assert response.status_code == 400
+
+
+def test_jku_other_than_registered_jwks_uri_is_refused(
+    http: httpx.Client, sbx: SandboxProcess
+) -> None:
+    from joserfc import jwt
+
+    now = int(time.time())
+    claims = {
+        "iss": "backend-uri",
+        "sub": "backend-uri",
+        "aud": token_url(sbx),
+        "exp": now + 60,
+        "jti": str(uuid.uuid4()),
+    }
+    header = {"alg": "RS384", "kid": URI_KEY.kid, "jku": "http://127.0.0.1:9/evil-jwks.json"}
+    signed = jwt.encode(header, claims, URI_KEY, algorithms=["RS384"])
+    response = backend_token(http, signed, "system/Patient.rs")
+    assert response.status_code == 400
+    assert "jku" in response.json()["error_description"]

@@ -235,3 +235,14 @@ def test_ehr_launch_with_practitioner_skips_sign_in(
     assert "/auth/consent" in auth.location
     consent = browser.get(auth.location)
     assert f"Practitioner/{practitioner}" in consent.text
+
+
+def test_pages_cannot_be_framed_or_cached(browser: httpx.Client, manual: SandboxProcess) -> None:
+    auth = authorize(browser, manual.iss, "app-public", "patient/Patient.rs launch/patient")
+    page = browser.get(auth.location)
+    assert page.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    assert page.headers["cache-control"] == "no-store"
+    cookie = page.headers.get("set-cookie", "")
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie

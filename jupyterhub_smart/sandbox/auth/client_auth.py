@@ -47,6 +47,8 @@ class PrivateKeyJWTAuthentication(JWTBearerClientAssertion):
         self._http = http
         self._jwks_cache: dict[str, tuple[float, KeySet]] = {}
         self._cache_lock = threading.Lock()
+        #: Per-thread header of the assertion being checked (waitress serves in threads).
+        self._local = threading.local()
 
     def __call__(self, query_client: Any, request: Any) -> Any:
         """Authenticate, turning every failure into ``invalid_client`` (never a 500)."""
@@ -98,7 +100,18 @@ class PrivateKeyJWTAuthentication(JWTBearerClientAssertion):
     def validate_jti(self, claims: Any, jti: str) -> bool:
         return self._storage.remember_jti(str(claims["sub"]), jti, float(claims["exp"]))
 
+    def extract_assertion(self, assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Also remember ``jku``: SMART allows it only if it equals the registered JWKS URL."""
+        headers, claims = super().extract_assertion(assertion)
+        self._local.jku = headers.get("jku") if isinstance(headers, dict) else None
+        return headers, claims
+
     def resolve_client_public_key(self, client: SandboxClient) -> KeySet:
+        jku = getattr(self._local, "jku", None)
+        if jku is not None and jku != client.jwks_uri:
+            raise InvalidClientError(
+                description="Client assertion 'jku' must be the client's registered jwks_uri."
+            )
         if client.jwks is not None:
             return KeySet.import_key_set(dict(client.jwks))  # type: ignore[arg-type]
         if client.jwks_uri is None:

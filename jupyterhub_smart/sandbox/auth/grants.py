@@ -74,6 +74,10 @@ class SMARTAuthorizeRules:
 
     def validate(self, grant: Any, redirect_uri: str) -> None:
         data = grant.request.payload.data
+        if not data.get("state"):
+            raise InvalidRequestError(
+                "The 'state' parameter is required (SMART App Launch): send an unguessable value."
+            )
         aud = data.get("aud")
         if not aud:
             raise InvalidRequestError(
