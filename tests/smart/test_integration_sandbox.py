@@ -27,6 +27,7 @@ pytest.importorskip(
 
 from sandbox_process import SandboxProcess, run_sandbox
 
+from jupyterhub_smart.smart.authorize import authorization_url, check_response_issuer
 from jupyterhub_smart.smart.client_auth import (
     ClientAuthentication,
     ClientSecretBasic,
@@ -134,20 +135,17 @@ async def authorize(
 ) -> tuple[dict[str, str], str, str, str]:
     """GET authorize like a browser; return the redirect's query, verifier, state and nonce."""
     verifier, state, nonce = new_code_verifier(), new_state(), new_nonce()
-    params = {
-        "response_type": "code",
-        "client_id": client_id,
-        "redirect_uri": REDIRECT_URI,
-        "scope": scope,
-        "state": state,
-        "nonce": nonce,
-        "aud": config.fhir_base_url,
-        "code_challenge": code_challenge_s256(verifier),
-        "code_challenge_method": "S256",
-    }
-    if launch:
-        params["launch"] = launch
-    response = await http.get(config.authorization_endpoint, params=params)
+    url = authorization_url(
+        config,
+        client_id=client_id,
+        redirect_uri=REDIRECT_URI,
+        scope=scope,
+        state=state,
+        code_challenge=code_challenge_s256(verifier),
+        nonce=nonce,
+        launch=launch,
+    )
+    response = await http.get(url)
     assert response.status_code in (302, 303), response.text[:500]
     location = response.headers["location"]
     assert location.startswith(REDIRECT_URI)
@@ -168,8 +166,7 @@ async def login(
     )
     assert query.get("state") == state, query
     code = query["code"]
-    if config.authorization_response_iss_parameter_supported:
-        assert query.get("iss") == config.issuer  # RFC 9207 mix-up check
+    check_response_issuer(config, query.get("iss"))  # RFC 9207 mix-up check
     tokens = await exchange_code(
         http, config, client, code=code, redirect_uri=REDIRECT_URI, code_verifier=verifier
     )
