@@ -17,6 +17,7 @@ the field's path, never its value, is logged.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -110,6 +111,11 @@ def token_fingerprint(token: str, salt: bytes) -> str:
     return hmac.new(salt, token.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
+def _might_hold_secret(text: str) -> bool:
+    """Cheap pre-check so the full pattern runs only on strings that could match."""
+    return "eyJ" in text or "=" in text or "-----BEGIN" in text or "bearer" in text.lower()
+
+
 def _clip(text: str, limit: int = MAX_TEXT) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "\u2026"
 
@@ -128,7 +134,7 @@ def sanitize(event: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown audit event field(s): {', '.join(unknown)}")
     redacted: list[str] = []
-    clean = _clean(event, "", redacted)
+    clean = _clean(event, (), redacted)
     if redacted:
         log.warning(
             "Audit event field(s) %s looked like credentials and were redacted "
@@ -139,38 +145,63 @@ def sanitize(event: Mapping[str, Any]) -> dict[str, Any]:
     return clean
 
 
-def _clean(value: Any, path: str, redacted: list[str]) -> Any:
-    if isinstance(value, Mapping):
+@functools.lru_cache(maxsize=4096)
+def _secret_key(key: str) -> bool:
+    return key not in _ALLOWED_SECRET_KEYS and bool(_SECRET_KEY.search(key))
+
+
+def _path(parts: tuple[str | int, ...]) -> str:
+    """``("agent", 0, "who")`` -> ``"agent[0].who"`` (only built when something is redacted)."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+_EMPTY = (None, "", [], {})
+
+
+def _clean(value: Any, path: tuple[str | int, ...], redacted: list[str]) -> Any:
+    # Hot path (every event): exact type checks first, paths built only on redaction.
+    kind = type(value)
+    if kind is str:
+        if _might_hold_secret(value):
+            text, count = _SECRET_VALUE.subn(REDACTED, value)
+            if count:
+                redacted.append(_path(path))
+            value = text
+        return _clip(value)
+    if kind is dict or isinstance(value, Mapping):
         out: dict[str, Any] = {}
         for key, item in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"audit event key at {path or '/'} is not a string")
-            sub = f"{path}.{key}" if path else key
-            if (
-                _SECRET_KEY.search(key)
-                and key not in _ALLOWED_SECRET_KEYS
-                and item not in (None, "", [], {})
-            ):
-                redacted.append(sub)
+            if type(key) is not str:
+                raise ValueError(f"audit event key at {_path(path) or '/'} is not a string")
+            if _secret_key(key) and item not in _EMPTY:
+                redacted.append(_path((*path, key)))
                 out[key] = REDACTED
             else:
-                out[key] = _clean(item, sub, redacted)
+                out[key] = _clean(item, (*path, key), redacted)
         # A FHIR ``detail`` names its own type: {"type": "access_token", "valueString": ...}.
-        kind = out.get("type")
-        if isinstance(kind, str) and _SECRET_KEY.search(kind) and "valueString" in out:
-            redacted.append(f"{path}.valueString")
+        detail_type = out.get("type")
+        if type(detail_type) is str and "valueString" in out and _SECRET_KEY.search(detail_type):
+            redacted.append(_path((*path, "valueString")))
             out["valueString"] = REDACTED
         return out
-    if isinstance(value, (list, tuple)):
-        return [_clean(item, f"{path}[{i}]", redacted) for i, item in enumerate(value)]
-    if isinstance(value, str):
-        text, count = _SECRET_VALUE.subn(REDACTED, value)
-        if count:
-            redacted.append(path)
-        return _clip(text)
-    if value is None or isinstance(value, (bool, int, float)):
+    if kind is list or kind is tuple:
+        return [_clean(item, (*path, i), redacted) for i, item in enumerate(value)]
+    if value is None or kind is bool or kind is int or kind is float:
         return value
-    raise ValueError(f"audit event value at {path} has unsupported type {type(value).__name__}")
+    if isinstance(value, str):  # str subclasses (enums...) are written as plain strings
+        return _clean(str(value), path, redacted)
+    if isinstance(value, (bool, int, float)):
+        return (
+            value
+            if isinstance(value, bool)
+            else (float(value) if isinstance(value, float) else int(value))
+        )
+    raise ValueError(
+        f"audit event value at {_path(path)} has unsupported type {type(value).__name__}"
+    )
 
 
 def _source() -> dict[str, Any]:
