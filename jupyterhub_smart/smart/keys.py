@@ -118,7 +118,8 @@ def load_private_key(path: str | os.PathLike[str], key_id: str | None = None) ->
         )
     raw: Any
     if data.lstrip().startswith(b"{"):
-        raw = _native_from_jwk(data, p)
+        raw, jwk_kid = _native_from_jwk(data, p)
+        key_id = key_id or jwk_kid
     else:
         try:
             raw = serialization.load_pem_private_key(data, password=None)
@@ -151,19 +152,20 @@ def load_private_key(path: str | os.PathLike[str], key_id: str | None = None) ->
     return _with_kid(key, key_id, default_alg(key))
 
 
-def _native_from_jwk(data: bytes, p: Path) -> Any:
-    """Read a private JWK (JSON) into a ``cryptography`` private key."""
+def _native_from_jwk(data: bytes, p: Path) -> tuple[Any, str | None]:
+    """Read a private JWK (JSON) into a ``cryptography`` private key and its ``kid``."""
     try:
         jwk = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise ValueError(f"private key file {str(p)!r} is neither PEM nor JSON") from None
     if not isinstance(jwk, dict) or "d" not in jwk:
         raise ValueError(f"private key file {str(p)!r} is not a private JWK")
+    kid = jwk.get("kid") if isinstance(jwk.get("kid"), str) and jwk.get("kid") else None
     try:
         if jwk.get("kty") == "RSA":
-            return RSAKey.import_key(jwk).raw_value
+            return RSAKey.import_key(jwk).raw_value, kid
         if jwk.get("kty") == "EC":
-            return ECKey.import_key(jwk).raw_value
+            return ECKey.import_key(jwk).raw_value, kid
     except Exception:
         raise ValueError(f"private key file {str(p)!r} holds an invalid JWK") from None
     raise ValueError(f"private key file {str(p)!r}: only RSA and EC JWKs are supported")

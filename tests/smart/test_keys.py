@@ -113,7 +113,10 @@ def test_load_private_jwk_json(tmp_path: Path, ec_key: ECKey) -> None:
     path = tmp_path / "key.json"
     path.write_text(json.dumps(ec_key.as_dict(private=True)))
     path.chmod(0o600)
-    assert load_private_key(path).thumbprint() == ec_key.thumbprint()
+    loaded = load_private_key(path)
+    assert loaded.thumbprint() == ec_key.thumbprint()
+    assert loaded.kid == ec_key.kid  # the JWK's own kid is kept
+    assert load_private_key(path, key_id="override").kid == "override"
 
 
 def test_load_refusals(tmp_path: Path, rsa_key: RSAKey) -> None:
