@@ -94,7 +94,7 @@ def create_ehr_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
         handle = auth.storage.create_launch(context, auth.options.launch_lifetime)
         log.info(
             "EHR launch created: client_id=%s patient=%s encounter=%s",
-            context.client_id,
+            ",".join(context.client_ids),
             context.patient,
             context.encounter,
         )
@@ -184,6 +184,7 @@ def _launch_request(auth: SandboxAuth, store: PeopleStore) -> tuple[str, LaunchC
             raise LaunchError(
                 f"The app URL's origin is not among client {client_id!r}'s redirect URIs."
             )
+        client_ids: tuple[str, ...] = (client_id,)
     else:
         candidates = auth.registry.for_app_url(app_url)
         if not candidates:
@@ -191,14 +192,10 @@ def _launch_request(auth: SandboxAuth, store: PeopleStore) -> tuple[str, LaunchC
                 "No registered client has a redirect URI on the app URL's origin; register one "
                 "or pass 'client_id'."
             )
-        if len(candidates) > 1:
-            names = ", ".join(sorted(c.client_id for c in candidates))
-            raise LaunchError(
-                f"Several clients share the app URL's origin ({names}); pass 'client_id'."
-            )
-        client_id = candidates[0].client_id
+        # Clients sharing an origin are one deployment: any of them may use the launch.
+        client_ids = tuple(sorted(c.client_id for c in candidates))
     return app_url, LaunchContext(
-        client_id=client_id,
+        client_ids=client_ids,
         patient=patient,
         encounter=encounter,
         practitioner=practitioner,

@@ -277,10 +277,6 @@ def test_ehr_launch_refuses_bad_requests(http: httpx.Client) -> None:
     patient = patient_ids(http)[0]
     # an origin no client is registered on: no open redirect
     assert ehr_launch(http, "http://evil.example/launch", patient).status_code == 400
-    # several clients share the origin: client_id needed
-    ambiguous = ehr_launch(http, REDIRECT_URI, patient)
-    assert ambiguous.status_code == 400
-    assert "client_id" in ambiguous.text
     assert (
         ehr_launch(http, REDIRECT_URI, "no-such-patient", client_id="app-public").status_code == 400
     )
@@ -300,3 +296,27 @@ def test_missing_state_is_refused(http: httpx.Client, sbx: SandboxProcess) -> No
     assert auth.result["error"] == "invalid_request"
     assert "state" in auth.result["error_description"]
     assert "code" not in auth.result
+
+
+def test_launch_by_origin_binds_every_client_of_that_origin(
+    http: httpx.Client, sbx: SandboxProcess
+) -> None:
+    patient = patient_ids(http)[0]
+    shared = query_of(ehr_launch(http, REDIRECT_URI, patient).headers["location"])["launch"]
+    foreign = authorize(
+        http,
+        sbx.iss,
+        "app-other",
+        "launch patient/*.rs",
+        launch=shared,
+        redirect_uri=OTHER_REDIRECT_URI,
+    )
+    assert foreign.result["error"] == "invalid_request"
+    symmetric = authorize(http, sbx.iss, "app-symmetric", "launch patient/*.rs", launch=shared)
+    assert "code" in symmetric.result
+    # explicit client_id binds to that client alone
+    only_public = query_of(
+        ehr_launch(http, REDIRECT_URI, patient, client_id="app-public").headers["location"]
+    )["launch"]
+    refused = authorize(http, sbx.iss, "app-symmetric", "launch patient/*.rs", launch=only_public)
+    assert "another client" in refused.result["error_description"]

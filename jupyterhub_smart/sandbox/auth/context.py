@@ -23,7 +23,8 @@ STANDALONE_LAUNCH = "standalone"
 class LaunchContext:
     """What ``/ehr/launch`` recorded behind an opaque ``launch`` value."""
 
-    client_id: str
+    #: The client the launch was made for; several when they share the app URL's origin.
+    client_ids: tuple[str, ...]
     patient: str | None = None
     encounter: str | None = None
     #: Practitioner id of the EHR user who clicked Launch, if known.

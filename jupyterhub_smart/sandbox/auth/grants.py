@@ -10,6 +10,7 @@ revokes the whole grant, and Backend Services limited to ``system/`` scopes.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from authlib.oauth2.rfc6749 import (
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 
 CONFIDENTIAL_METHODS = ["client_secret_basic", "private_key_jwt"]
 ALL_METHODS = ["none", *CONFIDENTIAL_METHODS]
+#: Seconds an id_token stays valid at least.
+ID_TOKEN_MIN_LIFETIME = 300
 
 
 class S256CodeChallenge(CodeChallenge):
@@ -138,7 +141,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
             )
         if record.client_id != client.client_id:
             raise InvalidGrantError("The authorization code was issued to another client.")
-        if record.expires_at <= _now():
+        if record.expires_at <= time.time():
             raise InvalidGrantError("The authorization code has expired.")
         return record
 
@@ -183,12 +186,13 @@ class OpenIDCodeExtension(OpenIDCode):
         return {"alg": self._key.alg, "kid": self._key.kid, "typ": "JWT"}
 
     def get_client_claims(self, client: SandboxClient) -> dict[str, Any]:
-        now = int(_now())
+        now = int(time.time())
         return {
             "iss": self._settings.issuer,
             "aud": client.client_id,
             "iat": now,
-            "exp": now + self._settings.access_token_lifetime,
+            # Not tied to a (possibly one-second) access token lifetime: clients verify it later.
+            "exp": now + max(self._settings.access_token_lifetime, ID_TOKEN_MIN_LIFETIME),
         }
 
     def generate_user_info(self, user: GrantContext, scope: str) -> UserInfo:
@@ -258,9 +262,3 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
         token = self.generate_token(scope=self.request.scope, include_refresh_token=False)
         self.save_token(token)
         return 200, token, self.TOKEN_RESPONSE_HEADER
-
-
-def _now() -> float:
-    import time
-
-    return time.time()

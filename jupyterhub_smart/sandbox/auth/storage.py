@@ -62,7 +62,8 @@ CREATE INDEX IF NOT EXISTS tokens_family ON tokens (family_id);
 CREATE TABLE IF NOT EXISTS launches (
     launch_hash TEXT PRIMARY KEY,
     context_json BLOB NOT NULL,
-    client_id TEXT NOT NULL,
+    -- JSON list: the client the launch was made for, or every client on the app's origin
+    client_ids BLOB NOT NULL,
     expires_at REAL NOT NULL,
     used INTEGER NOT NULL DEFAULT 0
 );
@@ -196,7 +197,7 @@ class AuthStorage:
         handle = secrets.token_urlsafe(24)
         payload = orjson.dumps(
             {
-                "client_id": context.client_id,
+                "client_ids": list(context.client_ids),
                 "patient": context.patient,
                 "encounter": context.encounter,
                 "practitioner": context.practitioner,
@@ -206,7 +207,12 @@ class AuthStorage:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO launches VALUES (?, ?, ?, ?, 0)",
-                (digest(handle), payload, context.client_id, time.time() + lifetime),
+                (
+                    digest(handle),
+                    payload,
+                    orjson.dumps(list(context.client_ids)),
+                    time.time() + lifetime,
+                ),
             )
         return handle
 
@@ -214,34 +220,25 @@ class AuthStorage:
         """Why ``handle`` cannot be used by ``client_id`` now, or ``None`` if it can."""
         with self._lock:
             row = self._db.execute(
-                "SELECT client_id, expires_at, used FROM launches WHERE launch_hash = ?",
+                "SELECT client_ids, expires_at, used FROM launches WHERE launch_hash = ?",
                 (digest(handle),),
             ).fetchone()
-        if row is None:
-            return "The 'launch' value is unknown to this EHR."
-        if row["used"]:
-            return "The 'launch' value was already used; launch the app again from the EHR."
-        if time.time() >= row["expires_at"]:
-            return "The 'launch' value has expired; launch the app again from the EHR."
-        if row["client_id"] != client_id:
-            return "The 'launch' value was issued for another client."
-        return None
+        return _launch_problem(row, client_id)
 
     def consume_launch(self, handle: str, client_id: str) -> LaunchContext | None:
         """Mark a launch used and return its context; ``None`` if not usable."""
         with self._tx() as db:
-            cursor = db.execute(
-                "UPDATE launches SET used = 1 WHERE launch_hash = ? AND used = 0"
-                " AND client_id = ? AND expires_at > ?",
-                (digest(handle), client_id, time.time()),
-            )
-            if cursor.rowcount != 1:
-                return None
             row = db.execute(
-                "SELECT context_json FROM launches WHERE launch_hash = ?", (digest(handle),)
+                "SELECT client_ids, expires_at, used, context_json FROM launches"
+                " WHERE launch_hash = ?",
+                (digest(handle),),
             ).fetchone()
+            if _launch_problem(row, client_id) is not None:
+                return None
+            db.execute("UPDATE launches SET used = 1 WHERE launch_hash = ?", (digest(handle),))
         raw = orjson.loads(row["context_json"])
         raw["fhir_context"] = tuple(raw.get("fhir_context") or ())
+        raw["client_ids"] = tuple(raw.get("client_ids") or ())
         return LaunchContext(**raw)
 
     # -- authorization codes --------------------------------------------------------
@@ -420,6 +417,18 @@ class AuthStorage:
                 (client_id, jti, max(expires_at, now)),
             )
             return cursor.rowcount == 1
+
+
+def _launch_problem(row: sqlite3.Row | None, client_id: str) -> str | None:
+    if row is None:
+        return "The 'launch' value is unknown to this EHR."
+    if row["used"]:
+        return "The 'launch' value was already used; launch the app again from the EHR."
+    if time.time() >= row["expires_at"]:
+        return "The 'launch' value has expired; launch the app again from the EHR."
+    if client_id not in orjson.loads(row["client_ids"]):
+        return "The 'launch' value was issued for another client."
+    return None
 
 
 def _token_record(row: sqlite3.Row, matched: str) -> TokenRecord:
