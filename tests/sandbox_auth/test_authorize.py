@@ -34,6 +34,7 @@ def test_discovery_lists_what_smart_requires(http: httpx.Client, sbx: SandboxPro
     )
     assert "private_key_jwt" in config["token_endpoint_auth_methods_supported"]
     assert config["response_types_supported"] == ["code"]
+    assert config["authorization_response_iss_parameter_supported"] is True
     for capability in (
         "launch-ehr",
         "launch-standalone",
@@ -62,6 +63,7 @@ def test_standalone_launch_gives_patient_and_fhir_access(
     assert auth.response.status_code == 302
     assert auth.location.startswith(REDIRECT_URI + "?")
     assert auth.result["state"] == auth.state
+    assert auth.result["iss"] == f"{sbx.origin}/auth"  # RFC 9207
     seen_secrets.append(auth.code)
     token = exchange(http, auth, "app-public")
     assert token.status_code == 200, token.text
@@ -149,6 +151,7 @@ def test_wrong_aud_is_refused(http: httpx.Client, sbx: SandboxProcess) -> None:
     assert auth.result["error"] == "invalid_request"
     assert "aud" in auth.result["error_description"]
     assert auth.result["state"] == auth.state
+    assert auth.result["iss"] == f"{sbx.origin}/auth"
 
 
 def test_missing_aud_is_refused(http: httpx.Client, sbx: SandboxProcess) -> None:

@@ -187,6 +187,7 @@ def test_deny_redirects_with_access_denied(browser: httpx.Client, manual: Sandbo
     )
     auth.response = denied
     assert auth.result["error"] == "access_denied"
+    assert auth.result["iss"] == f"{manual.origin}/auth"
     assert auth.result["state"] == auth.state
 
 

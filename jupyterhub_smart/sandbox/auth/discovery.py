@@ -45,6 +45,7 @@ def smart_configuration(settings: SandboxSettings) -> dict[str, Any]:
         "revocation_endpoint": f"{auth}/revoke",
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "response_types_supported": ["code"],
+        "authorization_response_iss_parameter_supported": True,
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": list(ASSERTION_ALGORITHMS),

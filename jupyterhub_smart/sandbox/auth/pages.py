@@ -13,6 +13,7 @@ import logging
 import time
 from typing import Any
 
+from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError, OAuth2Error
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
@@ -53,7 +54,11 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
         """Redirect with ``error`` when the redirect URI is trusted, else an HTML page."""
         if error.redirect_uri:
             status, _, headers = error()
-            return Response("", status=status, headers=headers)
+            response = Response("", status=status, headers=headers)
+            # RFC 9207: error responses name the issuer too (mix-up defence).
+            response.location = add_params_to_uri(response.location, {"iss": settings.issuer})
+            log.info("authorize refused with redirect: %s", error.error)
+            return response
         description = error.get_error_description() or error.error
         log.info("authorize refused without redirect: %s", error.error)
         return error_page(400, f"Authorization request refused ({error.error})", description)

@@ -18,6 +18,7 @@ from authlib.integrations.flask_oauth2.requests import FlaskOAuth2Request
 from authlib.integrations.flask_oauth2.signals import client_authenticated
 from authlib.oauth2.rfc6749 import OAuth2Request
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oauth2.rfc9207 import IssuerParameter
 from flask import request as flask_request
 
 from ..settings import SandboxSettings
@@ -72,6 +73,16 @@ class SandboxAuthorizationServer(AuthorizationServer):
         if isinstance(request, OAuth2Request):
             return request
         return FlaskOAuth2Request(flask_request)
+
+
+class ResponseIssuer(IssuerParameter):
+    """RFC 9207 ``iss`` in authorization responses, so clients can detect mix-up attacks."""
+
+    def __init__(self, issuer: str) -> None:
+        self._issuer = issuer
+
+    def get_issuer(self) -> str:
+        return self._issuer
 
 
 @dataclass
@@ -134,6 +145,7 @@ def build_auth(
             OpenIDCodeExtension(settings, storage, signing_key),
         ],
     )
+    server.register_extension(ResponseIssuer(settings.issuer))
     server.register_grant(refresh_grant)
     server.register_grant(ClientCredentialsGrant)
     server.register_endpoint(SMARTIntrospectionEndpoint(server, settings, storage))
