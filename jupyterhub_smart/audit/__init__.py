@@ -2,18 +2,23 @@
 
 ``AuditLog`` is the durable hash-chained writer (one per hub process);
 ``hub_event`` builds the FHIR-AuditEvent-shaped record of something the hub
-did. See ``docs/audit.md`` for the format and what it guarantees.
+did. ``build_sinks(c.audit_sinks, spool_root)`` turns the ``audit_sinks``
+setting into sinks to pass as ``AuditLog(path, sinks=...)``. See
+``docs/audit.md`` for the format and what it guarantees.
 """
 
 from __future__ import annotations
 
 from .events import data_access_event, hub_event, sanitize, token_fingerprint
 from .log import AuditBacklogFull, AuditLog, AuditUnavailable
+from .sinks import FHIRSink, build_sinks
 
 __all__ = [
     "AuditBacklogFull",
     "AuditLog",
     "AuditUnavailable",
+    "FHIRSink",
+    "build_sinks",
     "data_access_event",
     "hub_event",
     "sanitize",

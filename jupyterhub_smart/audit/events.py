@@ -158,7 +158,7 @@ def _path(parts: tuple[str | int, ...]) -> str:
     return out
 
 
-_EMPTY = (None, "", [], {})
+_EMPTY: tuple[Any, ...] = (None, "", [], {})
 
 
 def _clean(value: Any, path: tuple[str | int, ...], redacted: list[str]) -> Any:

@@ -52,6 +52,7 @@ from .events import hub_event, sanitize
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+MAX_BATCH = 1024  #: events per group commit at most
 _ROTATED = re.compile(r"\.(\d{12})$")
 _TAIL_CHUNK = 64 * 1024
 
@@ -241,14 +242,16 @@ class AuditLog:
                     else:
                         self._cond.wait()
                 # Held events go first, so the trail keeps the order things happened in.
-                batch = list(self._backlog) + list(self._queue)
-                self._backlog.clear()
-                self._queue.clear()
-                closing = self._closing
+                # A batch is bounded so one sync never waits on an unbounded write.
+                batch: list[_Pending] = []
+                while len(batch) < MAX_BATCH and (self._backlog or self._queue):
+                    source = self._backlog if self._backlog else self._queue
+                    batch.append(source.popleft())
             if batch:
                 self._commit(batch)
-            if closing:
-                break
+            with self._cond:
+                if self._closing and not self._queue and (not self._backlog or self._failure):
+                    break
         self._shutdown()
 
     def _defer(self, items: list[_Pending], reason: str) -> None:

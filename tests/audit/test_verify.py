@@ -253,3 +253,8 @@ def test_directory_and_torn_note(tmp_path: Path, capsys: pytest.CaptureFixture[s
     code, out = run_verify(capsys, tmp_path)
     assert code == 0, out
     assert "OK: 5 records" in out and "torn tail was set aside" in out
+
+
+def test_audit_without_an_action_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["audit"]) == 2
+    assert "verify" in capsys.readouterr().out
