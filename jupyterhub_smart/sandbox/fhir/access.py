@@ -1,0 +1,150 @@
+"""Who may see what: bearer token -> grant -> scopes -> SQL visibility filter.
+
+Every FHIR request passes here first. The result of :func:`authorize` is an
+:class:`Access` whose :meth:`Access.clauses` restrict any query to what the
+token may see. Reads and searches use the same clauses, so a resource a search
+would hide can never be read by id (one rule, one implementation):
+
+- ``user/`` and ``system/`` scopes see every resource of the type;
+- ``patient/`` scopes see only the launched patient's compartment (the Patient
+  itself and resources whose subject is that patient); without a ``patient``
+  in the token's context they see nothing;
+- v2 query restrictions (``?category=vital-signs``) become search filters;
+  restrictions on a parameter the sandbox cannot search for that type (or
+  other than ``category``/``code``, the ones SMART defines examples for)
+  grant nothing, failing closed.
+
+Several scopes allowing the same interaction are OR-ed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from ..grants import AccessGrant, GrantLookup
+from ..scopes import ResourceScope, needed_scope_hint, resource_scopes, scopes_allowing
+from .outcome import FHIRError
+from .search import FALSE, SEARCH_PARAMS, Clause, filter_clause
+
+log = logging.getLogger(__name__)
+
+#: v2 query restrictions the sandbox enforces (others fail closed).
+RESTRICTABLE = ("category", "code")
+INTERACTION_NAMES = {"r": "read", "s": "search", "c": "create"}
+MAX_TOKEN_LENGTH = 4096
+
+
+@dataclass(frozen=True)
+class Access:
+    """An authorized request's grant and the scopes that allow its interaction."""
+
+    grant: AccessGrant
+    scopes: tuple[ResourceScope, ...]
+    resource_type: str
+    fhir_base: str
+
+    def clauses(self) -> list[Clause]:
+        """SQL conditions (AND-ed) limiting ``resources r`` to what the token may see."""
+        alternatives: list[list[Clause]] = []
+        for scope in self.scopes:
+            parts: list[Clause] = []
+            if scope.context == "patient":
+                if not self.grant.patient:
+                    continue
+                parts.append(Clause("r.patient = ?", (self.grant.patient,)))
+            restriction = self._restriction(scope)
+            if restriction is None:
+                continue
+            parts.extend(restriction)
+            if not parts:
+                return []  # one unrestricted scope: everything of the type is visible
+            alternatives.append(parts)
+        if not alternatives:
+            return [FALSE]
+        if len(alternatives) == 1:
+            return alternatives[0]
+        sql = " OR ".join(
+            "(" + " AND ".join(f"({c.sql})" for c in alt) + ")" for alt in alternatives
+        )
+        args: list[object] = []
+        for alt in alternatives:
+            for c in alt:
+                args.extend(c.args)
+        return [Clause(sql, tuple(args))]
+
+    def _restriction(self, scope: ResourceScope) -> list[Clause] | None:
+        """Clauses of a scope's v2 query; ``None`` when it cannot be enforced here."""
+        supported = SEARCH_PARAMS.get(self.resource_type, {})
+        clauses = []
+        for name, value in scope.params:
+            if name not in RESTRICTABLE or name not in supported:
+                return None
+            try:
+                clauses.append(filter_clause(self.resource_type, name, None, value, self.fhir_base))
+            except FHIRError:
+                return None
+        return clauses
+
+    @property
+    def patient_only(self) -> bool:
+        """True when every allowing scope is a ``patient/`` scope."""
+        return all(s.context == "patient" for s in self.scopes)
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer`` header, or a 401 explaining what is wrong."""
+    if not authorization:
+        raise FHIRError(
+            401,
+            "this request needs an access token: send 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": 'Bearer realm="sandbox"'},
+        )
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_LENGTH:
+        raise FHIRError(
+            401,
+            "the Authorization header must be 'Bearer <token>'",
+            headers={"WWW-Authenticate": 'Bearer realm="sandbox", error="invalid_request"'},
+        )
+    return token
+
+
+def authorize(
+    authorization: str | None,
+    lookup_grant: GrantLookup,
+    resource_type: str,
+    interaction: str,
+    fhir_base: str,
+) -> Access:
+    """Check the bearer token and its scopes for ``interaction`` (``r``, ``s`` or ``c``)."""
+    token = bearer_token(authorization)
+    grant = lookup_grant(token)
+    if grant is None or grant.expires_at <= time.time():
+        log.info("FHIR: refused an unknown, expired or revoked access token")
+        raise FHIRError(
+            401,
+            "the access token is unknown, expired or revoked: refresh it or sign in again",
+            headers={"WWW-Authenticate": 'Bearer realm="sandbox", error="invalid_token"'},
+        )
+    allowing = scopes_allowing(resource_scopes(grant.scopes), resource_type, interaction)
+    if not allowing:
+        needed = [
+            needed_scope_hint(c, resource_type, interaction) for c in ("patient", "user", "system")
+        ]
+        action = INTERACTION_NAMES.get(interaction, interaction)
+        log.info(
+            "FHIR: client %s lacks a scope for %s of %s", grant.client_id, action, resource_type
+        )
+        raise FHIRError(
+            403,
+            f"the token's scopes do not allow {action} of {resource_type}: requires "
+            f"{needed[0]}, {needed[1]} or {needed[2]} (or a v1 .read/.write equivalent)",
+            headers={
+                "WWW-Authenticate": f'Bearer realm="sandbox", error="insufficient_scope", '
+                f'scope="{needed[0]} {needed[1]} {needed[2]}"'
+            },
+        )
+    return Access(grant, tuple(allowing), resource_type, fhir_base)

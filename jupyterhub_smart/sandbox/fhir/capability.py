@@ -1,0 +1,92 @@
+"""``/fhir/metadata``: the CapabilityStatement, generated from what search really supports.
+
+It carries the SMART ``oauth-uris`` security extension (the pre-discovery way
+of finding the authorization server) and lists, per resource type, exactly the
+interactions and search parameters that :mod:`.search` implements, so a client
+reading it learns the truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..settings import SandboxSettings
+from .search import DATE_SORTABLE, SEARCH_PARAMS
+
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+SOFTWARE_VERSION = "0.1.0"
+_KIND_TYPES = {
+    "id": "token",
+    "token": "token",
+    "string": "string",
+    "date": "date",
+    "reference": "reference",
+}
+
+
+def capability_statement(settings: SandboxSettings) -> dict[str, Any]:
+    """The server's CapabilityStatement (FHIR R4)."""
+    auth = settings.auth_base_url
+    resources = []
+    for resource_type, params in SEARCH_PARAMS.items():
+        interactions = [{"code": "read"}, {"code": "search-type"}]
+        if resource_type == "AuditEvent":
+            interactions.append({"code": "create"})
+        resource: dict[str, Any] = {
+            "type": resource_type,
+            "interaction": interactions,
+            "versioning": "no-version",
+            "readHistory": False,
+            "updateCreate": False,
+            "searchParam": [
+                {"name": name, "type": _KIND_TYPES[kind]} for name, kind in params.items()
+            ],
+        }
+        if resource_type in DATE_SORTABLE:
+            resource["searchParam"].append({"name": "_sort", "type": "special"})
+        resources.append(resource)
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2025-07-01",
+        "publisher": "jupyterhub-smart",
+        "kind": "instance",
+        "software": {"name": "jupyterhub-smart sandbox EHR", "version": SOFTWARE_VERSION},
+        "implementation": {
+            "description": "jupyterhub-smart sandbox EHR (synthetic data only)",
+            "url": settings.fhir_base_url,
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [
+            {
+                "mode": "server",
+                "security": {
+                    "cors": False,
+                    "service": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                                    "code": "SMART-on-FHIR",
+                                }
+                            ],
+                            "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)",
+                        }
+                    ],
+                    "extension": [
+                        {
+                            "url": OAUTH_URIS,
+                            "extension": [
+                                {"url": "authorize", "valueUri": f"{auth}/authorize"},
+                                {"url": "token", "valueUri": f"{auth}/token"},
+                                {"url": "introspect", "valueUri": f"{auth}/introspect"},
+                                {"url": "revoke", "valueUri": f"{auth}/revoke"},
+                            ],
+                        }
+                    ],
+                },
+                "resource": resources,
+            }
+        ],
+    }
