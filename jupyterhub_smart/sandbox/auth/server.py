@@ -74,6 +74,18 @@ class SandboxAuthorizationServer(AuthorizationServer):
             return request
         return FlaskOAuth2Request(flask_request)
 
+    def handle_error_response(self, request: Any, error: Any) -> Any:
+        """Log each refusal (code and description only: neither holds a secret)."""
+        description = (error.get_error_description() or "")[:300]
+        log.info(
+            "%s %s refused: %s: %s",
+            flask_request.method,
+            flask_request.path,
+            error.error,
+            description,
+        )
+        return super().handle_error_response(request, error)
+
 
 class ResponseIssuer(IssuerParameter):
     """RFC 9207 ``iss`` in authorization responses, so clients can detect mix-up attacks."""
