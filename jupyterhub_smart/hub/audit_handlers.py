@@ -166,6 +166,9 @@ class SMARTAuditHandler(APIHandler):
             self.finish({"status": 429, "message": f"too many audit events; retry after {retry} s"})
             return
         context = await self._context(user)
+        server_name = self._server_name()
+        client_address = self.request.remote_ip
+        user_agent = self.request.headers.get("User-Agent")
         events = []
         for index, item in enumerate(items):
             try:
@@ -179,9 +182,9 @@ class SMARTAuditHandler(APIHandler):
                         status=item.get("status"),
                         patient=item.get("patient"),
                         username=user.name,
-                        server_name=self._server_name(),
-                        client_address=self.request.remote_ip,
-                        user_agent=self.request.headers.get("User-Agent"),
+                        server_name=server_name,
+                        client_address=client_address,
+                        user_agent=user_agent,
                         **context,
                     )
                 )

@@ -34,7 +34,9 @@ class AuditTestAuthenticator(DummyAuthenticator):
 
     def get_audit_log(self):
         if AuditTestAuthenticator._audit_log is None:
-            AuditTestAuthenticator._audit_log = AuditLog({audit_path!r})
+            AuditTestAuthenticator._audit_log = AuditLog(
+                {audit_path!r}, retry_interval=0.05, max_retry_interval=0.2
+            )
         return AuditTestAuthenticator._audit_log
 
     def get_handlers(self, app):
@@ -80,11 +82,11 @@ class Hub:
 
 
 @contextmanager
-def run_hub(workdir: Path, timeout: float = 120.0) -> Iterator[Hub]:
+def run_hub(workdir: Path, audit_path: Path | None = None, timeout: float = 120.0) -> Iterator[Hub]:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     admin_token = secrets.token_hex(24)
-    audit_path = workdir / "audit" / "jupyterhub-smart-audit.jsonl"
+    audit_path = audit_path or workdir / "audit" / "jupyterhub-smart-audit.jsonl"
     config = workdir / "jupyterhub_config.py"
     config.write_text(
         textwrap.dedent(

@@ -9,6 +9,7 @@ import pytest
 
 from jupyterhub_smart.audit.verify import expand_paths, iter_verified
 
+from .helpers import can_mount, fill, tmpfs, wait_for
 from .hub_harness import Hub, run_hub
 
 SEARCH = {
@@ -32,8 +33,13 @@ def alice(hub: Hub) -> str:
     return hub.user_token("alice")
 
 
+def audit_records_at(path: Path) -> list[dict]:
+    """Every record of the log at ``path``; raises if the log does not verify."""
+    return [e.record for e in iter_verified(expand_paths([path]))] if path.exists() else []
+
+
 def audit_records(hub: Hub) -> list[dict]:
-    return [e.record for e in iter_verified(expand_paths([hub.audit_path]))]
+    return audit_records_at(hub.audit_path)
 
 
 def post(hub: Hub, token: str | None, body: object = None, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -44,7 +50,7 @@ def post(hub: Hub, token: str | None, body: object = None, **kwargs: object):  #
 
 
 def test_events_are_recorded_with_the_tokens_identity(hub: Hub, alice: str) -> None:
-    before = len(audit_records(hub)) if hub.audit_path.exists() else 0
+    before = len(audit_records(hub))
     read = {"interaction": "read", "resource_type": "Patient", "resource_id": "p1", "status": 200}
     response = post(hub, alice, {"events": [SEARCH, read]}, headers={"User-Agent": "nb-client/1"})
     assert response.status_code == 201, response.text
@@ -134,3 +140,32 @@ def test_no_token_in_the_hub_log_or_the_trail(hub: Hub, alice: str) -> None:
     assert alice not in text
     assert hub.admin_token not in text
     assert "8480-6" not in text  # the refused search value never got anywhere
+
+
+@pytest.mark.skipif(not can_mount(), reason="a tiny tmpfs that really fills up needs root")
+def test_full_audit_disk_answers_503_and_the_hub_keeps_running(tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "disk", size="64k") as disk:
+        path = disk / "audit.jsonl"
+        with run_hub(tmp_path / "hub", audit_path=path) as hub:
+            token = hub.user_token("dora")
+            assert post(hub, token, {"events": [SEARCH]}).status_code == 201
+            filler = fill(disk)
+            accepted = 1
+            for _ in range(100):  # the file's last page may take a few more lines
+                response = post(hub, token, {"events": [SEARCH]})
+                if response.status_code != 201:
+                    break
+                accepted += 1
+            assert response.status_code == 503, response.text
+            assert "cannot be written right now" in response.json()["message"]
+            with hub.api(hub.admin_token) as client:  # the hub itself is fine
+                assert client.get("/users/dora").status_code == 200
+            assert "is not writable (ENOSPC" in hub.log_text()
+            filler.unlink()
+            wait_for(
+                lambda: len(audit_records_at(path)) == accepted + 1,
+                "the held event to reach the disk",
+            )
+            assert post(hub, token, {"events": [SEARCH]}).status_code == 201
+        records = audit_records_at(path)
+        assert ["deferred" in r for r in records] == [False] * accepted + [True, False]
