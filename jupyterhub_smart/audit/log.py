@@ -146,6 +146,7 @@ class AuditLog:
         self._retry_delay = retry_interval
         self._failure: str | None = None  # errno name while failing
         self._last_error_log = 0.0
+        self._last_attempt = 0.0
 
         # Writer-thread state (also set here, before the thread starts).
         self._fd: int | None = None
@@ -241,6 +242,20 @@ class AuditLog:
                         self._cond.wait(max(0.0, self._retry_at - time.monotonic()))
                     else:
                         self._cond.wait()
+                now = time.monotonic()
+                if (
+                    self._failure
+                    and self._queue
+                    and not self._closing
+                    and now < self._retry_at
+                    and now - self._last_attempt < self.retry_interval
+                ):
+                    # Failing, and just tried: hold new events at once instead of
+                    # rewriting the whole backlog for each one (a flood stays cheap).
+                    self._defer(list(self._queue), self._failure)
+                    self._queue.clear()
+                    continue
+                self._last_attempt = now
                 # Held events go first, so the trail keeps the order things happened in.
                 # A batch is bounded so one sync never waits on an unbounded write.
                 batch: list[_Pending] = []
@@ -254,8 +269,12 @@ class AuditLog:
                     break
         self._shutdown()
 
-    def _defer(self, items: list[_Pending], reason: str) -> None:
-        """Keep items in the backlog and fail their callers' futures (cond held)."""
+    def _defer(self, items: list[_Pending], reason: str, *, oldest: bool = False) -> None:
+        """Hold items in the backlog and fail their callers' futures (cond held).
+
+        ``oldest``: the items precede everything held (a failed batch), so they
+        go to the front and the trail keeps the order things happened in.
+        """
         for item in items:
             if item.deferred is None:
                 item.deferred = {"since": item.time, "error": reason}
@@ -266,7 +285,10 @@ class AuditLog:
                         "and written when the disk recovers"
                     )
                 )
-        self._backlog.extend(items)
+        if oldest:
+            self._backlog.extendleft(reversed(items))
+        else:
+            self._backlog.extend(items)
 
     def _commit(self, batch: list[_Pending]) -> None:
         done = 0
@@ -305,7 +327,7 @@ class AuditLog:
             self._retry_at = now + self._retry_delay
             delay = self._retry_delay
             self._retry_delay = min(self._retry_delay * 2, self.max_retry_interval)
-            self._defer(remaining, reason)
+            self._defer(remaining, reason, oldest=True)
             held = len(self._backlog)
         # Loud, but not a log flood: the first failure, then at most every max_retry_interval.
         if not first and now - self._last_error_log < self.max_retry_interval:
