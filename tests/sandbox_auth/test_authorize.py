@@ -323,3 +323,43 @@ def test_launch_by_origin_binds_every_client_of_that_origin(
     )["launch"]
     refused = authorize(http, sbx.iss, "app-symmetric", "launch patient/*.rs", launch=only_public)
     assert "another client" in refused.result["error_description"]
+
+
+def test_encounter_launch_and_fhir_context(http: httpx.Client, sbx: SandboxProcess) -> None:
+    patient = patient_ids(http)[1]
+    user = authorize(http, sbx.iss, "app-public", "user/*.rs")
+    token = exchange(http, user, "app-public").json()["access_token"]
+    bundle = http.get(
+        "/fhir/Encounter", params={"patient": patient}, headers={"Authorization": f"Bearer {token}"}
+    ).json()
+    encounter = bundle["entry"][0]["resource"]["id"]
+    observations = http.get(
+        "/fhir/Observation",
+        params={"patient": patient, "_count": "1"},
+        headers={"Authorization": f"Bearer {token}"},
+    ).json()
+    observation = observations["entry"][0]["resource"]["id"]
+    launched = ehr_launch(
+        http,
+        REDIRECT_URI,
+        patient,
+        client_id="app-public",
+        encounter=encounter,
+        context=f"Observation/{observation}",
+    )
+    assert launched.status_code == 302, launched.text
+    launch = query_of(launched.headers["location"])["launch"]
+    auth = authorize(http, sbx.iss, "app-public", "launch patient/*.rs", launch=launch)
+    body = exchange(http, auth, "app-public").json()
+    assert body["patient"] == patient
+    assert body["encounter"] == encounter
+    assert body["fhirContext"] == [{"reference": f"Observation/{observation}"}]
+    info = http.post(
+        "/auth/introspect", data={"token": body["access_token"], "client_id": "app-public"}
+    )
+    assert info.json()["encounter"] == encounter
+    # an encounter of another patient is refused
+    other = patient_ids(http)[0]
+    mismatch = ehr_launch(http, REDIRECT_URI, other, client_id="app-public", encounter=encounter)
+    assert mismatch.status_code == 400
+    assert "not an encounter of patient" in mismatch.text
