@@ -81,6 +81,10 @@ def test_spools_while_the_server_is_down_then_drains(
             log.record_sync(event(5))
             wait_for(lambda: sink.pending() == 0, "the spool to drain", timeout=60)
             assert not (spool / "rejected").exists()
+            wait_for(
+                lambda: sandbox.log_text().count("created AuditEvent") == 6,
+                "the sandbox to log the six creates",
+            )
             sandbox_log = sandbox.log_text()
     finally:
         log.close()
@@ -223,3 +227,22 @@ def test_sink_config_reads_the_secret_from_a_file(tmp_path: Path) -> None:
         assert "from-a-file-secret" not in repr(sink)
     finally:
         sink.close()
+
+
+@needs_sandbox_fhir
+def test_the_sandbox_refusing_a_resource_sets_it_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with run_sandbox(tmp_path / "sandbox", [AUDIT_CLIENT]) as sandbox:
+        sink = sink_for(sandbox.origin, tmp_path / "spool")
+        try:
+            broken = _record(1)
+            del broken["agent"]  # R4 requires at least one agent: the server says 400
+            sink.accept([broken, _record(2)])
+            wait_for(lambda: sink.pending() == 0, "the spool to drain")
+        finally:
+            sink.close()
+        assert sandbox.log_text().count("created AuditEvent") == 1
+    [rejected] = (tmp_path / "spool" / "rejected").glob("*.jsonl")
+    assert len(rejected.read_bytes().splitlines()) == 1
+    assert "refused AuditEvent" in caplog.text and "400" in caplog.text
