@@ -9,11 +9,18 @@ setting into sinks to pass as ``AuditLog(path, sinks=...)``. See
 
 from __future__ import annotations
 
-from .events import data_access_event, hub_event, sanitize, token_fingerprint
+from .events import (
+    FAIL_CLOSED_ACTIONS,
+    data_access_event,
+    hub_event,
+    sanitize,
+    token_fingerprint,
+)
 from .log import AuditBacklogFull, AuditLog, AuditUnavailable
 from .sinks import FHIRSink, build_sinks
 
 __all__ = [
+    "FAIL_CLOSED_ACTIONS",
     "AuditBacklogFull",
     "AuditLog",
     "AuditUnavailable",

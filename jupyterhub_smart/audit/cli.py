@@ -86,11 +86,11 @@ def _export(args: argparse.Namespace) -> int:
         if args.out is not None:
             count = write_bundle_file(records, args.out)
         else:
-            import io
-
-            buffer = io.BytesIO()  # verify fully before printing anything
-            count = write_bundle(records, buffer)
-            sys.stdout.buffer.write(buffer.getvalue())
+            # Verify everything first (constant memory), then stream: nothing is
+            # printed for a log that does not verify.
+            for _ in iter_verified(files):
+                pass
+            count = write_bundle(records, sys.stdout.buffer)
             sys.stdout.flush()
     except FileNotFoundError as exc:
         print(f"audit export: {exc}", file=sys.stderr)

@@ -69,6 +69,12 @@ HUB_ACTIONS: dict[str, tuple[dict[str, str], dict[str, str] | None, str]] = {
 
 OUTCOMES = {"success": "0", "failure": "4"}
 
+#: Actions that give someone access to data. If one of these cannot be
+#: recorded (``AuditUnavailable``), the hub refuses the access: no audit, no data.
+FAIL_CLOSED_ACTIONS: frozenset[str] = frozenset(
+    {"login-succeeded", "token-refreshed", "token-issued", "data-access"}
+)
+
 #: Top-level keys an event may have (R4 AuditEvent minus what the log adds).
 EVENT_KEYS: frozenset[str] = frozenset(
     {"type", "subtype", "action", "period", "outcome", "outcomeDesc", "purposeOfEvent"}
@@ -93,7 +99,7 @@ _SECRET_VALUE = re.compile(
     r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*\.[A-Za-z0-9_.-]*"
     r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{16,}"
     r"|-----BEGIN [A-Z ]*-----[\s\S]*?(-----END [A-Z ]*-----|$)"
-    r"|(?i:(access_token|refresh_token|id_token|client_secret|client_assertion|code_verifier|code|password|launch)=)[^&\s\"']+"
+    r"|(?i:[a-z_]*(token|secret|assertion|verifier|passw\w*|code|launch|key)=)[^&\s\"']+"
 )
 REDACTED = "[redacted]"
 _HEX_HASH = re.compile(r"[0-9a-f]{32,128}")

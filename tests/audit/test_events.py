@@ -102,3 +102,26 @@ def test_long_text_is_clipped() -> None:
     event = sanitize(hub_event("login-failed", description="x" * 5000, user_agent="y" * 5000))
     assert len(event["outcomeDesc"]) == 1024
     assert len(event["agent"][1]["who"]["display"]) <= 512
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GET /callback?code=SplxlOBeZQQYbYS6WxSbIA&state=af0ifjsldkj",
+        "refresh with token=8xLOxBtZp8 failed",
+        "api_key=AKIAIOSFODNN7EXAMPLE rejected",
+        "Authorization: Bearer mF_9.B5f-4.1JqMzz8MFzzz",
+        "id token eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJzdWIiOiIxMjMifQ.c2ln",
+        "key: -----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----",
+    ],
+)
+def test_credential_values_in_free_text_are_redacted(text: str) -> None:
+    clean = sanitize(hub_event("login-failed", outcome="failure", description=text))
+    assert "[redacted]" in clean["outcomeDesc"]
+    for fragment in ("SplxlOBeZQ", "8xLOxBtZp8", "AKIAIOSFODNN7", "mF_9.B5f", "eyJzdWIi", "MIIEvQ"):
+        assert fragment not in clean["outcomeDesc"]
+
+
+def test_ordinary_text_is_left_alone() -> None:
+    text = "basic authentication failed for Practitioner/7: invalid_grant (grant expired)"
+    assert sanitize(hub_event("login-failed", description=text))["outcomeDesc"] == text
