@@ -363,3 +363,9 @@ def test_encounter_launch_and_fhir_context(http: httpx.Client, sbx: SandboxProce
     mismatch = ehr_launch(http, REDIRECT_URI, other, client_id="app-public", encounter=encounter)
     assert mismatch.status_code == 400
     assert "not an encounter of patient" in mismatch.text
+
+
+def test_nothing_grantable_is_invalid_scope(http: httpx.Client, sbx: SandboxProcess) -> None:
+    auth = authorize(http, sbx.iss, "app-limited", "user/*.rs patient/Observation.rs")
+    assert auth.result["error"] == "invalid_scope"
+    assert "registered" in auth.result["error_description"]

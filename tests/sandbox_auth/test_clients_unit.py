@@ -85,6 +85,8 @@ def test_allowed_scope_filters_and_refuses() -> None:
         client.get_allowed_scope(None)
     with pytest.raises(InvalidScopeError):
         client.get_allowed_scope("patient/Observation.zz")
+    with pytest.raises(InvalidScopeError):
+        client.get_allowed_scope("user/*.rs")
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,13 @@ class SandboxClient(ClientMixin):
             for s in requested
             if s in scope_rules.IDENTITY_AND_LAUNCH_SCOPES or (s.startswith(("patient/", "user/")))
         ]
-        return " ".join(self._grantable(wanted))
+        granted = self._grantable(wanted)
+        if not granted:
+            raise InvalidScopeError(
+                description="None of the requested scopes can be granted to this client "
+                "(check the scopes it is registered for)."
+            )
+        return " ".join(granted)
 
     def allowed_system_scope(self, scope: str | None) -> str:
         """Backend Services scopes (``system/...``) this client may be granted."""

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 from .context import LaunchContext
 
+#: Most interactive authorizations kept at once; the oldest is dropped first.
+MAX_PENDING = 10_000
+
 
 @dataclass
 class PendingAuthorization:
@@ -50,6 +53,8 @@ class PendingStore:
         with self._lock:
             for key in [k for k, v in self._items.items() if now - v.created > self._lifetime]:
                 del self._items[key]
+            while len(self._items) >= MAX_PENDING:  # a flood of requests cannot exhaust memory
+                del self._items[next(iter(self._items))]
             self._items[item.id] = item
 
     def get(self, item_id: str) -> PendingAuthorization | None:
