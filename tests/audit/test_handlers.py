@@ -12,6 +12,8 @@ from jupyterhub_smart.audit.verify import expand_paths, iter_verified
 from .helpers import can_mount, fill, tmpfs, wait_for
 from .hub_harness import Hub, run_hub
 
+pytestmark = pytest.mark.slow  # a real JupyterHub process per module
+
 SEARCH = {
     "interaction": "search-type",
     "resource_type": "Observation",
