@@ -17,6 +17,7 @@ from .events import (
     token_fingerprint,
 )
 from .log import AuditBacklogFull, AuditLog, AuditUnavailable
+from .policy import record_or_refuse
 from .sinks import FHIRSink, build_sinks
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "build_sinks",
     "data_access_event",
     "hub_event",
+    "record_or_refuse",
     "sanitize",
     "token_fingerprint",
 ]

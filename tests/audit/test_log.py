@@ -283,3 +283,53 @@ def test_lines_are_canonical_json(tmp_path: Path) -> None:
         log.record_sync(event(0))
     line = lines(path)[0].rstrip(b"\n")
     assert orjson.dumps(orjson.loads(line), option=orjson.OPT_SORT_KEYS) == line
+
+
+def test_a_large_invalid_tail_is_found_across_read_chunks(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path) as log:
+        for i in range(3):
+            log.record_sync(event(i))
+    good_size = path.stat().st_size
+    garbage = (b"g" * 999 + b"\n") * 200 + b"partial"  # 200 KB: several 64 KiB chunks
+    with path.open("ab") as out:
+        out.write(garbage)
+    AuditLog(path).close()  # recovery, then the audit-recovered event (seq 4) is written
+    [aside] = tmp_path.glob("audit.jsonl.torn-*")
+    assert aside.read_bytes() == garbage
+    assert path.read_bytes()[:good_size] == lines(path)[0] + lines(path)[1] + lines(path)[2]
+    assert verify([path]).records == 4
+
+
+def test_a_line_longer_than_a_read_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    big = hub_event("login-succeeded", username="alice")
+    big["entity"] = [{"what": {"reference": f"Patient/{i}"}} for i in range(3000)]
+    with AuditLog(path) as log:
+        log.record_sync(big)
+    assert path.stat().st_size > 64 * 1024
+    with AuditLog(path) as log:
+        assert log.record_sync(event(1)) == 2
+    assert verify([path]).records == 2
+
+
+@needs_root
+def test_policy_fails_closed_only_for_access(tmp_path: Path) -> None:
+    from jupyterhub_smart.audit.policy import record_or_refuse
+
+    with tmpfs(tmp_path / "disk", size="1m") as disk:
+        path = disk / "audit.jsonl"
+        AuditLog(path).close()
+        remount(disk, "ro")
+        log = AuditLog(path, retry_interval=60)
+        try:
+
+            async def attempts() -> None:
+                with pytest.raises(AuditUnavailable):
+                    await record_or_refuse(log, hub_event("token-issued", username="a"))
+                assert await record_or_refuse(log, hub_event("logout", username="a")) is None
+
+            asyncio.run(attempts())
+        finally:
+            remount(disk, "rw")
+            log.close()
