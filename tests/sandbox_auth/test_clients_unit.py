@@ -186,3 +186,17 @@ def test_for_app_url_matches_redirect_origins() -> None:
     )
     assert [c.client_id for c in reg.for_app_url("http://127.0.0.1:8000/hub/oauth_login")] == ["a"]
     assert reg.for_app_url("http://127.0.0.1:9999/launch") == []
+
+
+def test_consent_page_describes_scopes_in_plain_words() -> None:
+    from jupyterhub_smart.sandbox.auth.people import describe_scope
+
+    assert describe_scope("patient/*.rs") == "Read and search all records of the selected patient"
+    assert describe_scope("user/Observation.cruds") == (
+        "Create, read, update, delete and search Observation records that you can see"
+    )
+    assert describe_scope("patient/Observation.rs?category=vital-signs").endswith(
+        "(only category vital-signs)"
+    )
+    assert describe_scope("offline_access").startswith("Keep access")
+    assert describe_scope("weird") == "weird"

@@ -24,6 +24,7 @@ from .pending import PendingAuthorization
 from .people import (
     PeopleStore,
     default_practitioner,
+    describe_scope,
     display_name,
     parse_user_reference,
     patient_from_hint,
@@ -87,6 +88,11 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
             return pending.user
         user = session.get(SESSION_USER)
         return user if isinstance(user, str) and user_exists(store, user) else None
+
+    def user_display(reference: str) -> str:
+        parsed = parse_user_reference(reference)
+        resource = store.read(*parsed) if parsed else None
+        return display_name(resource) if resource else reference
 
     def needs_patient(pending: PendingAuthorization) -> bool:
         if pending.launch is not None:
@@ -333,7 +339,11 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
             client_id=pending.client_id,
             user=user,
             patient=display_name(patient_resource) if patient_resource else None,
-            scopes=granted_scopes(pending, user, pending.grantable),
+            scopes=[
+                {"scope": scope, "text": describe_scope(scope)}
+                for scope in granted_scopes(pending, user, pending.grantable)
+            ],
+            user_name=user_display(user),
         )
 
     @bp.errorhandler(HTTPException)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from .. import scopes
+
 USER_TYPES = ("Practitioner", "Patient")
 
 
@@ -82,3 +84,37 @@ def patient_from_hint(store: PeopleStore, hint: str | None) -> str | None:
     if not patient_id or "/" in patient_id or len(patient_id) > 64:
         return None
     return patient_id if store.read("Patient", patient_id) is not None else None
+
+
+_PLAIN_SCOPE_TEXT = {
+    "openid": "Confirm your identity to the app",
+    "fhirUser": "Tell the app which FHIR user record is yours",
+    "profile": "Share your basic profile",
+    "launch": "Use the context of this EHR session (patient, encounter)",
+    "launch/patient": "Know the patient you selected",
+    "launch/encounter": "Know the encounter you selected",
+    "offline_access": "Keep access after you sign out (refresh token)",
+    "online_access": "Keep access while you stay signed in (refresh token)",
+}
+_PERMISSION_WORDS = {"c": "create", "r": "read", "u": "update", "d": "delete", "s": "search"}
+_CONTEXT_WORDS = {
+    "patient": "of the selected patient",
+    "user": "that you can see",
+    "system": "of every patient",
+}
+
+
+def describe_scope(scope: str) -> str:
+    """Plain words for a scope on the consent page (the scope itself is shown too)."""
+    if scope in _PLAIN_SCOPE_TEXT:
+        return _PLAIN_SCOPE_TEXT[scope]
+    parsed = scopes.parse_resource_scope(scope)
+    if parsed is None:
+        return scope
+    verbs = [word for letter, word in _PERMISSION_WORDS.items() if letter in parsed.permissions]
+    what = "all records" if parsed.resource_type == "*" else f"{parsed.resource_type} records"
+    action = verbs[0] if len(verbs) == 1 else f"{', '.join(verbs[:-1])} and {verbs[-1]}"
+    text = f"{action.capitalize()} {what} {_CONTEXT_WORDS[parsed.context]}"
+    if parsed.params:
+        text += " (only " + ", ".join(f"{k} {v}" for k, v in parsed.params) + ")"
+    return text
