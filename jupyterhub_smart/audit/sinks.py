@@ -6,7 +6,7 @@ EHR's FHIR server). Delivery must survive that server being down for hours and
 the hub restarting meanwhile, so:
 
 1. The log's writer hands each durable batch to :meth:`FHIRSink.accept`, which
-   writes it to a *spool* file (``<spool>/<first seq>-<last seq>.jsonl``, one
+   writes it to a *spool* file (``<spool>/<first>-<last seq>-<log id>.jsonl``, one
    AuditEvent per line) and fsyncs it before the log acknowledges the batch.
 2. A sender thread POSTs spooled resources in order to ``{url}/AuditEvent``,
    rewriting the spool file as lines are delivered and deleting it when empty.
@@ -107,7 +107,8 @@ class FHIRSink:
         """Spool a durable batch (called by the log's writer thread, before it acknowledges)."""
         if not records:
             return
-        name = f"{records[0]['seq']:012d}-{records[-1]['seq']:012d}.jsonl"
+        # The log id keeps a new log (same seq numbers) from overwriting an old spool.
+        name = f"{records[0]['seq']:012d}-{records[-1]['seq']:012d}-{records[0]['log_id']}.jsonl"
         data = b"".join(orjson.dumps(to_audit_event(r)) + b"\n" for r in records)
         _atomic_write(self.spool / name, data)
         self._wake.set()
