@@ -244,3 +244,18 @@ def test_jku_other_than_registered_jwks_uri_is_refused(
     response = backend_token(http, signed, "system/Patient.rs")
     assert response.status_code == 400
     assert "jku" in response.json()["error_description"]
+
+
+def test_client_id_must_match_the_assertion(http: httpx.Client, sbx: SandboxProcess) -> None:
+    signed = assertion(RS_KEY, "backend", token_url(sbx), alg="RS384")
+    response = http.post(
+        "/auth/token",
+        data={
+            "grant_type": "client_credentials",
+            "scope": "system/*.rs",
+            "client_id": "app-asymmetric",
+            **jwt_auth(signed)["data"],
+        },
+    )
+    assert response.status_code == 400
+    assert "does not match" in response.json()["error_description"]

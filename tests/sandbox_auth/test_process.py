@@ -120,6 +120,9 @@ def test_tokens_and_signing_key_survive_a_restart(tmp_path: Path) -> None:
         )
         body = exchange(http, auth, "app-public").json()
         jwks = http.get("/auth/jwks").json()
+    # SIGTERM stops it cleanly: exit status 0, storage closed, the port free again
+    assert first.process.returncode == 0
+    assert "sandbox stopped" in first.log_text()
     two = run_sandbox(tmp_path / "two", CLIENTS, data_dir=data_dir, port=port)
     with two as second, httpx.Client(base_url=second.origin, follow_redirects=False) as http:
         assert http.get("/auth/jwks").json() == jwks

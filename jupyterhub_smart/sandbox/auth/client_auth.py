@@ -53,13 +53,20 @@ class PrivateKeyJWTAuthentication(JWTBearerClientAssertion):
     def __call__(self, query_client: Any, request: Any) -> Any:
         """Authenticate, turning every failure into ``invalid_client`` (never a 500)."""
         try:
-            return super().__call__(query_client, request)
+            client = super().__call__(query_client, request)
         except InvalidClientError:
             raise
         except (JoseError, ValueError, TypeError, KeyError, UnicodeError) as exc:
             raise InvalidClientError(
                 description=f"Invalid client assertion ({type(exc).__name__})."
             ) from None
+        named = request.form.get("client_id")
+        if client is not None and named is not None and named != client.client_id:
+            # RFC 7523 §3: a client_id sent alongside must identify the same client.
+            raise InvalidClientError(
+                description="'client_id' does not match the client assertion's 'sub'."
+            )
+        return client
 
     def get_audiences(self) -> list[str]:
         return [self._token_url]
