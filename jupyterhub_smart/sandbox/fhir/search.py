@@ -247,7 +247,7 @@ def parse_date(text: str) -> tuple[int, int]:
 def _date_clause(value: str) -> Clause:
     prefix = value[:2] if value[:2] in _PREFIXES else "eq"
     text = value[2:] if value[:2] in _PREFIXES else value
-    if value[:2].isalpha() and value[:2] not in _PREFIXES:
+    if value[:2].isalpha() and value[:2] not in _PREFIXES and _DATE.match(value[2:]):
         raise FHIRError(
             400, f"unsupported date prefix {value[:2]!r}; use one of {', '.join(_PREFIXES)}"
         )
