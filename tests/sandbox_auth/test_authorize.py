@@ -369,3 +369,8 @@ def test_nothing_grantable_is_invalid_scope(http: httpx.Client, sbx: SandboxProc
     auth = authorize(http, sbx.iss, "app-limited", "user/*.rs patient/Observation.rs")
     assert auth.result["error"] == "invalid_scope"
     assert "registered" in auth.result["error_description"]
+
+
+def test_prompt_none_succeeds_when_auto_approving(http: httpx.Client, sbx: SandboxProcess) -> None:
+    auth = authorize(http, sbx.iss, "app-public", STANDALONE, extra={"prompt": "none"})
+    assert "code" in auth.result

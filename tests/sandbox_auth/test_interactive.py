@@ -247,3 +247,32 @@ def test_pages_cannot_be_framed_or_cached(browser: httpx.Client, manual: Sandbox
     cookie = page.headers.get("set-cookie", "")
     assert "HttpOnly" in cookie
     assert "SameSite=Lax" in cookie
+
+
+def test_prompt_none_and_prompt_login(browser: httpx.Client, manual: SandboxProcess) -> None:
+    silent = authorize(
+        browser,
+        manual.iss,
+        "app-public",
+        "openid patient/Patient.rs launch/patient",
+        extra={"prompt": "none"},
+    )
+    assert silent.result["error"] == "login_required"  # OpenID Connect prompt=none
+    # sign in once; later requests of this browser skip the sign-in page...
+    first = authorize(browser, manual.iss, "app-public", "patient/Patient.rs launch/patient")
+    sign_in(browser, first)
+    again = authorize(browser, manual.iss, "app-public", "patient/Patient.rs launch/patient")
+    assert "/auth/select-patient" in again.location
+    # ...but silent consent is never possible, and prompt=login asks again
+    still_silent = authorize(
+        browser, manual.iss, "app-public", "patient/Patient.rs", extra={"prompt": "none"}
+    )
+    assert still_silent.result["error"] == "consent_required"
+    forced = authorize(
+        browser,
+        manual.iss,
+        "app-public",
+        "patient/Patient.rs launch/patient",
+        extra={"prompt": "login"},
+    )
+    assert "/auth/login" in forced.location

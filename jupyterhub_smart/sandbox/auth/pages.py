@@ -15,6 +15,7 @@ from typing import Any
 
 from authlib.common.urls import add_params_to_uri
 from authlib.oauth2.rfc6749 import AccessDeniedError, InvalidRequestError, OAuth2Error
+from authlib.oidc.core.errors import ConsentRequiredError
 from flask import Blueprint, Response, jsonify, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
 
@@ -86,6 +87,8 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
     def current_user(pending: PendingAuthorization) -> str | None:
         if pending.user:
             return pending.user
+        if pending.force_login:  # prompt=login: sign in again even with a session
+            return None
         user = session.get(SESSION_USER)
         return user if isinstance(user, str) and user_exists(store, user) else None
 
@@ -228,12 +231,23 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
     # -- front channel -------------------------------------------------------------
     @bp.route("/authorize", methods=["GET", "POST"])
     def authorize() -> Any:
+        signed_in = session.get(SESSION_USER)
+        if not (isinstance(signed_in, str) and user_exists(store, signed_in)):
+            signed_in = None
+        # Authlib answers prompt=none with login_required when nobody is signed in.
+        end_user = signed_in or ("auto-approve" if settings.auto_approve else None)
         try:
-            grant = server.get_consent_grant(end_user=None)
+            grant = server.get_consent_grant(end_user=end_user)
         except OAuth2Error as error:
             return oauth_error_response(error)
         client = grant.request.client
         params = {key: request.values[key] for key in request.values}
+        prompts = params.get("prompt", "").split()
+        if "none" in prompts and not settings.auto_approve:
+            # Consent is always asked interactively here, so it cannot be silent.
+            return oauth_error_response(
+                ConsentRequiredError(redirect_uri=grant.redirect_uri, state=params.get("state"))
+            )
         launch_context = None
         if params.get("launch"):
             launch_context = auth.storage.consume_launch(params["launch"], client.client_id)
@@ -256,6 +270,7 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
         )
         if launch_context and launch_context.practitioner:
             pending.user = f"Practitioner/{launch_context.practitioner}"
+        pending.force_login = "login" in prompts and not settings.auto_approve
         auth.pending.put(pending)
         if not settings.auto_approve:  # auto-approval finishes now: no cookie needed
             ids = [*session.get(SESSION_PENDING, []), pending.id][-MAX_PENDING_PER_SESSION:]
@@ -273,6 +288,7 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
             if parse_user_reference(user) is None or not user_exists(store, user):
                 return error_page(400, "Unknown user", "Pick one of the listed users.")
             session[SESSION_USER] = user
+            pending.user = user
             return advance(pending)
         practitioners = [
             {"ref": f"Practitioner/{p['id']}", "name": display_name(p)}

@@ -35,6 +35,8 @@ class PendingAuthorization:
     #: Relative reference of the signed-in person, once known.
     user: str | None = None
     patient: str | None = None
+    #: ``prompt=login``: the browser's earlier sign-in does not count.
+    force_login: bool = False
 
 
 class PendingStore:
