@@ -400,3 +400,16 @@ def test_ehr_sessions_page_revokes_a_grant(
         ).status_code
         == 401
     )
+
+
+def test_token_responses_are_readable_by_browser_apps(
+    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+) -> None:
+    auth = authorize(http, sbx.iss, "app-public", SCOPE)
+    seen_secrets.append(auth.code)
+    response = exchange(http, auth, "app-public")
+    seen_secrets.extend(
+        v for k, v in response.json().items() if k in ("access_token", "refresh_token", "id_token")
+    )
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert "access-control-allow-credentials" not in response.headers

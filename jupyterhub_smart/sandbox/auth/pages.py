@@ -208,6 +208,17 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
             )
         return None
 
+    @bp.after_request
+    def allow_browser_apps(response: Response) -> Response:
+        """Browser-based SMART apps (public clients) read token responses cross-origin.
+
+        ``*`` without credentials: no cookie is ever involved at these endpoints.
+        """
+        endpoint = (request.endpoint or "").removeprefix("auth.")
+        if endpoint in API_ENDPOINTS:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
     # -- back channel ----------------------------------------------------------------
     @bp.post("/token")
     def token() -> Any:
