@@ -12,7 +12,7 @@ from joserfc.jwk import KeySet, RSAKey
 from sandbox_process import SandboxProcess
 
 from .conftest import SYMMETRIC_SECRET
-from .flow import authorize, basic, exchange, pkce_pair
+from .flow import authorize, basic, exchange, patient_ids, pkce_pair
 
 SCOPE = "openid fhirUser launch/patient patient/*.rs offline_access"
 
@@ -413,3 +413,13 @@ def test_token_responses_are_readable_by_browser_apps(
     )
     assert response.headers["access-control-allow-origin"] == "*"
     assert "access-control-allow-credentials" not in response.headers
+
+
+def test_patient_token_cannot_read_another_patient(
+    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+) -> None:
+    tokens = issue(http, sbx, seen_secrets)
+    others = [p for p in patient_ids(http) if p != tokens["patient"]]
+    response = http.get(f"/fhir/Patient/{others[0]}", headers=bearer(tokens["access_token"]))
+    assert response.status_code in (403, 404)
+    assert response.json()["resourceType"] == "OperationOutcome"
