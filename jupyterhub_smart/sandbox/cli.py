@@ -115,7 +115,7 @@ def register(subparsers: Any) -> None:
         type=_non_negative_int,
         default=0,
         metavar="N",
-        help="give the first patient N extra Observations (for paging benchmarks; default 0)",
+        help="add a patient with id 'dense' that has N Observations (paging benchmarks; default 0)",
     )
     parser.set_defaults(func=run)
 
