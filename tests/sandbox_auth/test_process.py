@@ -145,6 +145,7 @@ def test_tokens_and_signing_key_survive_a_restart(tmp_path: Path) -> None:
     assert body["refresh_token"].encode() not in stored
     key_file = data_dir / "auth" / "id_token_signing_key.json"
     assert key_file.stat().st_mode & 0o077 == 0
+    assert (data_dir / "auth").stat().st_mode & 0o077 == 0
 
 
 def test_request_log_has_one_line_per_request_with_client_id(

@@ -126,6 +126,9 @@ def build_auth(
     """Create storage and keys under ``data_dir/auth`` and wire Authlib's server."""
     options = options or AuthOptions()
     directory = (data_dir or settings.data_dir) / "auth"
+    # Only the sandbox's user may read token hashes and the signing key.
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory.chmod(0o700)
     storage = AuthStorage(directory / "auth.sqlite")
     signing_key = SigningKey.load_or_create(directory)
     issuer = TokenIssuer(settings, storage, options)
