@@ -185,18 +185,22 @@ class FHIRStore:
         return None if row is None else StoredResource(*row)
 
     def list_patients(self, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        """Patients in id order (for the EHR simulator's list and pickers)."""
+        """Patients in generation order (for the EHR simulator's list and pickers).
+
+        Generation order puts ``patient-00001`` first and the benchmark patient
+        ``dense`` last, so "the first patient" is an ordinary one.
+        """
         return self._list("Patient", limit, offset)
 
     def list_practitioners(self) -> list[dict[str, Any]]:
-        """Every Practitioner, in id order; the first is the sandbox's default user."""
+        """Every Practitioner, in generation order; the first is the sandbox's default user."""
         return self._list("Practitioner", 1000, 0)
 
     def _list(self, resource_type: str, limit: int, offset: int) -> list[dict[str, Any]]:
         rows = (
             self._connect()
             .execute(
-                "SELECT json FROM resources WHERE type = ? ORDER BY id LIMIT ? OFFSET ?",
+                "SELECT json FROM resources WHERE type = ? ORDER BY seq LIMIT ? OFFSET ?",
                 (resource_type, max(0, limit), max(0, offset)),
             )
             .fetchall()
