@@ -92,7 +92,7 @@ class SMARTAuthorizeRules:
             )
         launch = data.get("launch")
         if launch and not getattr(grant.request, "launch_consumed", False):
-            if "launch" not in grant.request.payload.scope.split():
+            if "launch" not in (grant.request.payload.scope or "").split():
                 raise InvalidScopeError(
                     description="An EHR launch must request the 'launch' scope with the 'launch' value."
                 )
@@ -106,7 +106,7 @@ class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):
 
     TOKEN_ENDPOINT_AUTH_METHODS = ALL_METHODS
     AUTHORIZATION_CODE_LENGTH = 43
-    #: Set by :func:`..server.build_authorization_server`.
+    #: Set per server by :func:`.server.build_auth`.
     storage: AuthStorage
     options: AuthOptions
 
