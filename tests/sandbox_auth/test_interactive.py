@@ -276,3 +276,15 @@ def test_prompt_none_and_prompt_login(browser: httpx.Client, manual: SandboxProc
         extra={"prompt": "login"},
     )
     assert "/auth/login" in forced.location
+
+
+def test_sign_out_forgets_the_user(browser: httpx.Client, manual: SandboxProcess) -> None:
+    first = authorize(browser, manual.iss, "app-public", "patient/Patient.rs launch/patient")
+    sign_in(browser, first)
+    page = browser.get("/ehr")
+    assert "Sign out" in page.text
+    assert browser.post("/auth/logout", data={}).status_code == 400  # CSRF token required
+    out = browser.post("/auth/logout", data={"csrf_token": csrf_of(page.text)})
+    assert out.status_code == 303
+    again = authorize(browser, manual.iss, "app-public", "patient/Patient.rs launch/patient")
+    assert "/auth/login" in again.location

@@ -373,6 +373,13 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
             user_name=user_display(user),
         )
 
+    @bp.post("/logout")
+    def logout() -> Any:
+        """Forget the browser's sign-in (the next authorization asks again)."""
+        check_csrf()
+        session.pop(SESSION_USER, None)
+        return redirect("/ehr", 303)
+
     @bp.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Any:
         endpoint = (request.endpoint or "").removeprefix("auth.")
