@@ -18,7 +18,14 @@ CLIENTS = [{"client_id": "app-public", "type": "public", "redirect_uris": [REDIR
 @pytest.fixture(scope="module")
 def short(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
     workdir: Path = tmp_path_factory.mktemp("sandbox-short")
-    args = ["--access-token-lifetime", "1", "--launch-lifetime", "1"]
+    args = [
+        "--access-token-lifetime",
+        "1",
+        "--launch-lifetime",
+        "1",
+        "--refresh-token-lifetime",
+        "3",
+    ]
     with run_sandbox(workdir, CLIENTS, extra_args=args) as process:
         yield process
 
@@ -74,3 +81,21 @@ def test_expired_launch_is_refused(client: httpx.Client, short: SandboxProcess) 
     auth = authorize(client, short.iss, "app-public", "launch patient/*.rs", launch=launch)
     assert auth.result["error"] == "invalid_request"
     assert "expired" in auth.result["error_description"]
+
+
+def test_expired_refresh_token_is_refused(client: httpx.Client, short: SandboxProcess) -> None:
+    auth = authorize(client, short.iss, "app-public", "launch/patient patient/*.rs offline_access")
+    body = exchange(client, auth, "app-public").json()
+    issued = time.time()
+    wait_past(issued + 7)
+    refreshed = client.post(
+        "/auth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": body["refresh_token"],
+            "client_id": "app-public",
+        },
+    )
+    assert refreshed.status_code == 400
+    assert refreshed.json()["error"] == "invalid_grant"
+    assert "expired" in refreshed.json()["error_description"]
