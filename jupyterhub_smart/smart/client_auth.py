@@ -2,8 +2,11 @@
 
 * ``public``: the client proves nothing; it sends its ``client_id`` (PKCE is
   what protects the code).
-* ``client_secret_basic``: HTTP Basic with the id and secret *form-encoded*
-  first (RFC 6749 2.3.1), so that a secret with ``:`` or ``%`` survives.
+* ``client_secret_basic``: HTTP Basic with the id and secret percent-encoded
+  first (RFC 6749 2.3.1), so that a secret with ``:`` or ``%`` survives. A
+  space becomes ``%20`` rather than form-encoding's ``+``: servers decode with
+  either ``unquote`` (Authlib) or ``unquote_plus``, and ``%20`` reads the same
+  under both, while ``+`` does not.
 * ``private_key_jwt`` (SMART "confidential asymmetric", recommended by RFC
   9700): a one-time JWT signed with the hub's private key, ``iss`` = ``sub`` =
   client_id, ``aud`` = the token endpoint URL, ``exp`` at most 5 minutes ahead
@@ -20,7 +23,7 @@ import secrets
 import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
-from urllib.parse import quote_plus
+from urllib.parse import quote
 
 from joserfc import jwt
 
@@ -86,12 +89,12 @@ class ClientSecretBasic:
         self._secret = client_secret
 
     def apply(self, token_endpoint: str, form: dict[str, str], headers: dict[str, str]) -> None:
-        pair = f"{quote_plus(self.client_id)}:{quote_plus(self._secret)}"
+        pair = f"{quote(self.client_id, safe='')}:{quote(self._secret, safe='')}"
         headers["Authorization"] = "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
         form.pop("client_id", None)
 
     def sensitive_values(self) -> tuple[str, ...]:
-        return (self._secret, quote_plus(self._secret))
+        return (self._secret, quote(self._secret, safe=""))
 
     def __repr__(self) -> str:
         return f"ClientSecretBasic(client_id={self.client_id!r}, client_secret=[hidden])"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import time
 from pathlib import Path
-from urllib.parse import unquote_plus
+from urllib.parse import unquote, unquote_plus
 
 import pytest
 from joserfc import jwt
@@ -62,8 +62,10 @@ def test_client_secret_basic_form_encodes_id_and_secret() -> None:
     scheme, _, value = headers["Authorization"].partition(" ")
     assert scheme == "Basic"
     user, _, password = base64.b64decode(value).decode().partition(":")
-    assert user == "my%3Aclient" and password == "p%40ss%3Aw%25rd%2Bx+y"
+    assert user == "my%3Aclient" and password == "p%40ss%3Aw%25rd%2Bx%20y"
+    # decodes the same whether the server uses unquote_plus or unquote
     assert unquote_plus(user) == "my:client" and unquote_plus(password) == "p@ss:w%rd+x y"
+    assert unquote(password) == "p@ss:w%rd+x y"
     assert "p@ss" not in repr(auth)
 
 

@@ -57,6 +57,8 @@ from jupyterhub_smart.smart.tokens import (
 
 REDIRECT_URI = "http://127.0.0.1:9/callback"
 SECRET = "core-it-secret-7Hq2xV9pL4"
+#: RFC 6749 2.3.1: id and secret are encoded before Basic; these characters test that.
+ODD_SECRET = "odd: secret%+/&=@ é-9Kq2"
 SCOPE = "openid fhirUser launch/patient offline_access patient/*.rs"
 
 
@@ -84,6 +86,12 @@ def sbx(tmp_path_factory: pytest.TempPathFactory, keys: Keys) -> Iterator[Sandbo
             "client_id": "core-symmetric",
             "type": "confidential-symmetric",
             "client_secret": SECRET,
+            "redirect_uris": [REDIRECT_URI],
+        },
+        {
+            "client_id": "core odd:id",
+            "type": "confidential-symmetric",
+            "client_secret": ODD_SECRET,
             "redirect_uris": [REDIRECT_URI],
         },
         {
@@ -254,6 +262,14 @@ async def test_client_secret_basic(http: httpx.AsyncClient, config: SMARTConfigu
     remember(SECRET)
     result = await login(http, config, ClientSecretBasic("core-symmetric", SECRET))
     assert result.claims["aud"] == "core-symmetric"
+
+
+async def test_client_secret_basic_with_reserved_characters(
+    http: httpx.AsyncClient, config: SMARTConfiguration
+) -> None:
+    remember(ODD_SECRET)
+    result = await login(http, config, ClientSecretBasic("core odd:id", ODD_SECRET))
+    assert result.claims["aud"] == "core odd:id"
 
 
 async def test_wrong_client_secret_is_refused(
