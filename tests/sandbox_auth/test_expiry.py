@@ -24,7 +24,7 @@ def short(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
         "--launch-lifetime",
         "1",
         "--refresh-token-lifetime",
-        "3",
+        "6",
     ]
     with run_sandbox(workdir, CLIENTS, extra_args=args) as process:
         yield process
