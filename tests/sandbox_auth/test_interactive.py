@@ -288,3 +288,34 @@ def test_sign_out_forgets_the_user(browser: httpx.Client, manual: SandboxProcess
     assert out.status_code == 303
     again = authorize(browser, manual.iss, "app-public", "patient/Patient.rs launch/patient")
     assert "/auth/login" in again.location
+
+
+def test_patient_user_cannot_pick_another_patient(
+    browser: httpx.Client, manual: SandboxProcess
+) -> None:
+    auth = authorize(browser, manual.iss, "app-public", "launch/patient patient/*.rs")
+    page = browser.get(auth.location)
+    patient_users = re.findall(r'name="user" value="(Patient/[^"]+)"', page.text)
+    me, other = patient_users[0], patient_users[1].split("/", 1)[1]
+    to_consent = browser.post(
+        "/auth/login",
+        data={"csrf_token": csrf_of(page.text), "req": req_of(auth.location), "user": me},
+    )
+    req = req_of(to_consent.headers["location"])
+    forced = browser.post(
+        "/auth/select-patient",
+        data={"csrf_token": csrf_of(page.text), "req": req, "patient": other},
+    )
+    assert forced.status_code == 403
+    consent = browser.get(to_consent.headers["location"])
+    done = browser.post(
+        "/auth/consent",
+        data={
+            "csrf_token": csrf_of(consent.text),
+            "req": req,
+            "decision": "approve",
+            "scope": ["launch/patient", "patient/*.rs"],
+        },
+    )
+    auth.response = done
+    assert exchange(browser, auth, "app-public").json()["patient"] == me.split("/", 1)[1]

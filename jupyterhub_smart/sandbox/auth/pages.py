@@ -131,6 +131,11 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
         if not scopes:
             return redirect_error(pending, AccessDeniedError("No scope was approved."))
         launch = pending.launch
+        if user.startswith("Patient/") and pending.patient not in (None, user.split("/", 1)[1]):
+            # Defence in depth: a patient user never gets another patient's context.
+            return redirect_error(
+                pending, AccessDeniedError("A patient may only share their own record.")
+            )
         approval = GrantContext(
             sub=user,
             fhir_user=user,
@@ -323,6 +328,14 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
         pending = pending_from_request()
         if pending is None:
             return missing_pending()
+        user = current_user(pending)
+        if user is None:
+            return redirect(url_for("auth.login", req=pending.id))
+        if user.startswith("Patient/") or pending.launch is not None:
+            # A patient user's context is themself; an EHR launch's is the launched patient.
+            return error_page(
+                403, "No patient choice here", "This request's patient is already set."
+            )
         if request.method == "POST":
             check_csrf()
             patient_id = request.form.get("patient", "")
