@@ -319,3 +319,23 @@ def test_patient_user_cannot_pick_another_patient(
     )
     auth.response = done
     assert exchange(browser, auth, "app-public").json()["patient"] == me.split("/", 1)[1]
+
+
+def test_consent_cannot_skip_the_patient_picker(
+    browser: httpx.Client, manual: SandboxProcess
+) -> None:
+    auth = authorize(browser, manual.iss, "app-public", "launch/patient patient/*.rs")
+    to_picker = sign_in(browser, auth)
+    req = req_of(to_picker.headers["location"])
+    page = browser.get("/ehr")
+    skipped = browser.post(
+        "/auth/consent",
+        data={
+            "csrf_token": csrf_of(page.text),
+            "req": req,
+            "decision": "approve",
+            "scope": "patient/*.rs",
+        },
+    )
+    assert skipped.status_code == 302
+    assert "/auth/select-patient" in skipped.headers["location"]

@@ -362,6 +362,8 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
         user = current_user(pending)
         if user is None:
             return redirect(url_for("auth.login", req=pending.id))
+        if needs_patient(pending) and pending.patient is None:
+            return advance(pending)  # no skipping the patient picker
         if request.method == "POST":
             check_csrf()
             if request.form.get("decision") != "approve":
