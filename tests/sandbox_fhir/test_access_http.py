@@ -273,6 +273,11 @@ def test_auditevent_create(http: httpx.Client, seen_secrets: list[str]) -> None:
     assert response.headers["location"].endswith(f"/fhir/AuditEvent/{created['id']}/_history/1")
     read = fhir_get(http, f"AuditEvent/{created['id']}", token)
     assert read.status_code == 200 and read.json()["entity"] == _audit_event()["entity"]
+    location = http.get(response.headers["location"], headers=bearer(token))
+    assert location.status_code == 200 and location.json() == read.json()
+    other_version = fhir_get(http, f"AuditEvent/{created['id']}/_history/2", token)
+    assert other_version.status_code == 404
+    assert "no version" in outcome_text(other_version)
 
 
 def test_auditevent_create_needs_the_c_scope(
@@ -362,3 +367,19 @@ def test_body_over_the_server_cap_is_413(http: httpx.Client, system_token: dict[
 
 def test_public_client_registration_is_used(fhir_sandbox: SandboxProcess) -> None:
     assert PUBLIC in fhir_sandbox.clients
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/fhir/Patient/patient-00001/everything/else", 404),
+        ("PUT", "/fhir/metadata", 405),
+        ("GET", "/fhir/Observation/_search", 400),
+    ],
+)
+def test_other_errors_are_operation_outcomes(
+    http: httpx.Client, system_token: dict[str, Any], method: str, path: str, status: int
+) -> None:
+    response = http.request(method, path, headers=bearer(system_token))
+    assert response.status_code == status
+    outcome_text(response)

@@ -159,6 +159,16 @@ def create_fhir_blueprint(
         params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
         return search(resource_type, params)
 
+    @bp.get("/<resource_type>/<resource_id>/_history/<version_id>")
+    def vread(resource_type: str, resource_id: str, version_id: str) -> Response:
+        """Every resource here has exactly version 1 (the ``Location`` of a create)."""
+        response = read(resource_type, resource_id)
+        if version_id != "1":
+            raise FHIRError(
+                404, f"{resource_type}/{resource_id} has no version {version_id[:16]!r}"
+            )
+        return response
+
     @bp.get("/<resource_type>/<resource_id>")
     def read(resource_type: str, resource_id: str) -> Response:
         granted = access(resource_type, "r")
