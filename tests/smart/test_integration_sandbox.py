@@ -9,6 +9,8 @@ auto-approves, so a standalone launch is: GET authorize, read the 302
 
 from __future__ import annotations
 
+import io
+import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -127,6 +129,25 @@ class Login:
 
 #: Every secret a test handled; the last test greps the sandbox log for them.
 SEEN: list[str] = []
+#: Everything the core and httpx logged during this module, at DEBUG. (httpcore is
+#: left out: at DEBUG it logs response headers, so the browser's redirect
+#: ``Location`` with its authorization code; never run it at DEBUG in production.)
+CORE_LOG = io.StringIO()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def capture_client_logs() -> Iterator[None]:
+    handler = logging.StreamHandler(CORE_LOG)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("jupyterhub_smart", "httpx")]
+    saved = [(lg, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(logging.DEBUG)
+    yield
+    for lg, level in saved:
+        lg.removeHandler(handler)
+        lg.setLevel(level)
 
 
 def remember(*values: str | None) -> None:
@@ -414,9 +435,53 @@ async def test_unknown_issuer_is_never_contacted(
     assert sbx.iss + "/" in policy
 
 
+async def test_cached_login_makes_one_back_channel_request(sbx: SandboxProcess) -> None:
+    """With discovery and JWKS cached, a login costs the EHR exactly one token request."""
+    seen: list[str] = []
+
+    async def record(request: httpx.Request) -> None:
+        seen.append(f"{request.method} {request.url.path}")
+
+    async with (
+        httpx.AsyncClient(event_hooks={"request": [record]}) as back,
+        httpx.AsyncClient() as browser,
+    ):
+        discovery, jwks = DiscoveryCache(back), JWKSCache(back)
+        client = PublicClient("core-public")
+        for round_ in range(3):
+            seen.clear()
+            config = await discovery.get(sbx.iss)
+            query, verifier, state, nonce = await authorize(
+                browser, config, client.client_id, SCOPE
+            )
+            assert query["state"] == state
+            tokens = await exchange_code(
+                back,
+                config,
+                client,
+                code=query["code"],
+                redirect_uri=REDIRECT_URI,
+                code_verifier=verifier,
+            )
+            remember(query["code"], tokens.access_token, tokens.refresh_token, tokens.id_token)
+            assert tokens.id_token
+            await verify_id_token(
+                tokens.id_token, config=config, client_id=client.client_id, jwks=jwks, nonce=nonce
+            )
+            if round_ == 0:
+                assert seen == [
+                    "GET /fhir/.well-known/smart-configuration",
+                    "POST /auth/token",
+                    "GET /auth/jwks",
+                ]
+            else:
+                assert seen == ["POST /auth/token"]
+
+
 def test_zz_no_secret_in_the_sandbox_log(sbx: SandboxProcess) -> None:
     """Runs last in this module: the secrets this module handled never reached the EHR's log."""
     assert SEEN, "the flows above should have produced secrets"
-    log = sbx.log_text()
-    leaked = [s[:8] + "..." for s in SEEN if s in log]
-    assert leaked == []
+    for name, log in (("sandbox", sbx.log_text()), ("client", CORE_LOG.getvalue())):
+        assert log, f"the {name} log is empty: the grep would prove nothing"
+        leaked = [s[:8] + "..." for s in SEEN if s in log]
+        assert leaked == [], f"secrets in the {name} log"
