@@ -59,6 +59,8 @@ _EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 _MAX_ID_TOKEN_LENGTH = 64 * 1024
 _MAX_KEYS_TRIED = 8
 _MAX_JWKS_BYTES = 512 * 1024
+#: Keys imported from one JWKS; real ones hold a handful (current + successor).
+_MAX_JWKS_KEYS = 50
 
 
 class JWKSCache:
@@ -139,7 +141,14 @@ def _usable_keys(document: object, jwks_uri: str) -> KeySet:
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
         raise IDTokenError(f"The EHR's JWKS ({jwks_uri}) is not a JWK Set.", status=502)
     keys: list[Any] = []
-    for jwk in document["keys"]:
+    if len(document["keys"]) > _MAX_JWKS_KEYS:
+        log.warning(
+            "%s lists %d keys; only the first %d are used",
+            jwks_uri,
+            len(document["keys"]),
+            _MAX_JWKS_KEYS,
+        )
+    for jwk in document["keys"][:_MAX_JWKS_KEYS]:
         if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
             continue
         kty = jwk.get("kty")

@@ -428,3 +428,14 @@ async def test_error_messages_never_contain_the_token(rsa_key: RSAKey) -> None:
         await verify(token, JWKSServer(rsa_key))
     for part in token.split("."):
         assert part not in str(info.value)
+
+
+async def test_huge_jwks_is_capped(rsa_key: RSAKey, caplog: pytest.LogCaptureFixture) -> None:
+    filler = [
+        dict(RSAKey.import_key(rsa_key.as_dict(private=False)).as_dict(), kid=f"f{i}")
+        for i in range(60)
+    ]
+    server = JWKSServer(*filler, rsa_key)  # the real key comes after the cap
+    with pytest.raises(IDTokenError, match="no key"):
+        await verify(sign(rsa_key), server)
+    assert "only the first 50 are used" in caplog.text
