@@ -76,6 +76,11 @@ CREATE TABLE IF NOT EXISTS assertion_ids (
 """
 
 
+#: Expired rows are kept this long (replay detection, the EHR's sessions page).
+PURGE_GRACE_SECONDS = 24 * 3600
+PURGE_EVERY_WRITES = 1000
+
+
 def digest(secret: str) -> str:
     """SHA-256 hex of a secret handle: what the database keeps instead of it."""
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
@@ -176,6 +181,34 @@ class AuthStorage:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+        self._writes = 0
+        self.purge_expired()
+
+    def purge_expired(self, grace: float = PURGE_GRACE_SECONDS) -> int:
+        """Delete what expired more than ``grace`` seconds ago; returns rows deleted.
+
+        Used codes and rotated refresh tokens are kept through the grace period,
+        long after they could be replayed, so replays are still recognised.
+        """
+        cutoff = time.time() - grace
+        with self._tx() as db:
+            deleted = db.execute("DELETE FROM codes WHERE expires_at < ?", (cutoff,)).rowcount
+            deleted += db.execute("DELETE FROM launches WHERE expires_at < ?", (cutoff,)).rowcount
+            deleted += db.execute(
+                "DELETE FROM tokens WHERE expires_at < ?"
+                " AND (refresh_expires_at IS NULL OR refresh_expires_at < ?)",
+                (cutoff, cutoff),
+            ).rowcount
+            deleted += db.execute(
+                "DELETE FROM assertion_ids WHERE expires_at < ?", (time.time(),)
+            ).rowcount
+        return deleted
+
+    def _count_write(self) -> None:
+        """Purge now and then, so a long-running sandbox's database stays small."""
+        self._writes += 1
+        if self._writes % PURGE_EVERY_WRITES == 0:
+            self.purge_expired()
 
     def close(self) -> None:
         with self._lock:
@@ -271,6 +304,7 @@ class AuthStorage:
                     time.time() + lifetime,
                 ),
             )
+        self._count_write()
 
     def find_code(self, code: str) -> CodeRecord | None:
         with self._lock:
@@ -340,6 +374,7 @@ class AuthStorage:
                     "active" if refresh_token else None,
                 ),
             )
+        self._count_write()
 
     def find_token(self, value: str, kind: str | None = None) -> TokenRecord | None:
         """Find by access token (``kind='access_token'``), refresh token, or either."""
