@@ -155,3 +155,16 @@ def test_bearer_token_garbage_is_401(http: httpx.Client) -> None:
     for header in (b"Bearer", b"Bearer " + b"x" * 5000, b"Basic abc", b"Bearer \xe9\xff"):
         response = http.get(f"/fhir/Patient/{patient}", headers={"Authorization": header})
         assert response.status_code == 401, header
+
+
+def test_oversized_chunked_form_is_refused(http: httpx.Client) -> None:
+    def body():  # no Content-Length: sent with Transfer-Encoding: chunked
+        yield b"grant_type=authorization_code&code="
+        for _ in range(100):
+            yield b"x" * 1024
+
+    response = http.post(
+        "/auth/token", content=body(), headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"] == "invalid_request"
