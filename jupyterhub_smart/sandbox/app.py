@@ -128,9 +128,27 @@ def create_app(
             return http_error(error)
         # The type only: messages of some exceptions could quote request data.
         log.error("internal error on %s %s: %s", request.method, request.path, type(error).__name__)
-        response = jsonify(
-            {"error": "server_error", "error_description": "Internal error; see the sandbox log."}
-        )
+        if request.path.startswith("/fhir"):
+            response = jsonify(
+                {
+                    "resourceType": "OperationOutcome",
+                    "issue": [
+                        {
+                            "severity": "fatal",
+                            "code": "exception",
+                            "diagnostics": "Internal error; see the sandbox log.",
+                        }
+                    ],
+                }
+            )
+            response.mimetype = "application/fhir+json"
+        else:
+            response = jsonify(
+                {
+                    "error": "server_error",
+                    "error_description": "Internal error; see the sandbox log.",
+                }
+            )
         response.status_code = 500
         return response
 
