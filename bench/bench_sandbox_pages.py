@@ -5,7 +5,9 @@ Starts ``jupyterhub-smart sandbox`` (with a ``dense`` patient of
 token, then pages through every Observation of that patient with
 ``_count=1000``, following ``next`` links, over one keep-alive connection.
 Prints resources/s and the per-page latency (median, p95, max). Each run
-after the first reuses the generated data in ``BENCH_DATA_DIR`` if set.
+after the first reuses the generated data in ``BENCH_DATA_DIR`` if set;
+``BENCH_PATIENTS`` (default 20) sets the other patients in the store, e.g.
+10000 to measure pages out of a store of millions of Observations.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def _start(
         sys.executable, "-m", "jupyterhub_smart", "sandbox",
         "--port", str(_free_port()),
         "--data-dir", str(data_dir),
-        "--patients", "20",
+        "--patients", os.environ.get("BENCH_PATIENTS", "20"),
         "--seed", "42",
         "--clients", str(clients_file),
         "--dense-patient-observations", str(observations),

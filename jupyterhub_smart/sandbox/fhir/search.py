@@ -270,10 +270,24 @@ def _date_clause(value: str) -> Clause:
     return Clause("r.date_end <= ?", (start,))  # eb
 
 
-def _exists_token(alternatives: list[str], args: list[object]) -> Clause:
-    """An index-entry lookup; ``alternatives`` are fixed SQL fragments of this module."""
+#: Parameters that match few resources: their index entries drive the query
+#: (``r.seq IN (...)``) instead of being checked row by row (``EXISTS``), which
+#: would scan every resource of the store for ``Patient?identifier=...``.
+SELECTIVE = frozenset({"identifier", "name", "family", "given"})
+
+
+def _index_lookup(param: str, alternatives: list[str], args: list[object]) -> Clause:
+    """An index-entry condition; ``alternatives`` are fixed SQL fragments of this module.
+
+    Broad parameters (``code``, ``category``, ``gender``) stay a correlated
+    ``EXISTS`` so that SQLite keeps driving from the patient/date indexes and
+    never materialises hundreds of thousands of matches for one page.
+    """
     joined = " OR ".join(alternatives)
-    sql = f"EXISTS (SELECT 1 FROM tokens t WHERE t.seq = r.seq AND t.param = ? AND ({joined}))"  # noqa: S608
+    if param in SELECTIVE:
+        sql = f"r.seq IN (SELECT t.seq FROM tokens t WHERE t.param = ? AND ({joined}))"  # noqa: S608
+    else:
+        sql = f"EXISTS (SELECT 1 FROM tokens t WHERE t.seq = r.seq AND t.param = ? AND ({joined}))"  # noqa: S608
     return Clause(sql, tuple(args))
 
 
@@ -296,7 +310,7 @@ def _token_clause(param: str, values: list[str]) -> Clause:
         else:
             alternatives.append("(t.system = ? AND t.value = ?)")
             args.extend((system, code))
-    return _exists_token(alternatives, args)
+    return _index_lookup(param, alternatives, args)
 
 
 def _string_clause(param: str, values: list[str], modifier: str | None) -> Clause:
@@ -311,7 +325,7 @@ def _string_clause(param: str, values: list[str], modifier: str | None) -> Claus
             # Starts-with as a range, so that the (param, value) index serves it.
             alternatives.append("(t.value >= ? AND t.value < ?)")
             args.extend((norm, norm + "\U0010ffff"))
-    return _exists_token(alternatives, args)
+    return _index_lookup(param, alternatives, args)
 
 
 def _reference_ids(name: str, values: list[str], fhir_base: str) -> list[str]:

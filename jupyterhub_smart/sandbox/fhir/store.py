@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 #: Bump when the schema or the generator's output changes: stores built by an
 #: older version are then regenerated instead of served with stale layout.
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 _BATCH = 20_000
 
 _SCHEMA = """
@@ -62,6 +62,7 @@ CREATE TABLE tokens (
 """
 _INDEXES = """
 CREATE UNIQUE INDEX ix_resources_type_id ON resources (type, id);
+CREATE INDEX ix_resources_type_seq ON resources (type, seq);
 CREATE INDEX ix_resources_type_patient ON resources (type, patient, seq);
 CREATE INDEX ix_resources_type_patient_date ON resources (type, patient, date_start, seq);
 CREATE INDEX ix_resources_type_date ON resources (type, date_start, seq);
