@@ -111,6 +111,7 @@ def create_ehr_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
                     "client_id": family["client_id"],
                     "scope": family["scope"],
                     "user": grant.fhir_user if grant else "(backend service)",
+                    "grant_user": grant.fhir_user if grant else None,
                     "patient": grant.patient if grant else None,
                 }
             )
@@ -120,10 +121,22 @@ def create_ehr_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
     def revoke() -> Any:
         check_csrf()
         family_id = request.form.get("grant", "")
-        if not family_id or len(family_id) > 64:
-            return error_page(400, "Nothing to revoke", "Pick a grant on the sessions page.")
-        count = auth.storage.revoke_family(family_id)
-        log.info("grant revoked from the EHR: %d token(s)", count)
+        user = request.form.get("user", "")
+        if family_id and len(family_id) <= 64:
+            families = [family_id]
+        elif user and len(user) <= 200:
+            # Withdraw a person's consent: every active grant they approved, for every app.
+            families = [
+                f["family_id"]
+                for f in auth.storage.active_families()
+                if f["grant"] is not None and f["grant"].fhir_user == user
+            ]
+        else:
+            return error_page(
+                400, "Nothing to revoke", "Pick a grant or a user on the sessions page."
+            )
+        count = sum(auth.storage.revoke_family(f) for f in families)
+        log.info("revoked from the EHR: %d grant(s), %d token(s)", len(families), count)
         return redirect(url_for("ehr.sessions"), 303)
 
     @bp.get("/smart-style.json")

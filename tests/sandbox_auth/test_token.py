@@ -423,3 +423,25 @@ def test_patient_token_cannot_read_another_patient(
     response = http.get(f"/fhir/Patient/{others[0]}", headers=bearer(tokens["access_token"]))
     assert response.status_code in (403, 404)
     assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_ehr_revokes_every_grant_of_a_user(
+    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+) -> None:
+    import re
+
+    first = issue(http, sbx, seen_secrets)
+    second = issue(
+        http, sbx, seen_secrets, "app-limited", scope="launch/patient patient/Patient.rs"
+    )
+    user = introspect(http, first["access_token"])["sub"]
+    page = http.get("/ehr/sessions")
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert csrf and f'name="user" value="{user}"' in page.text
+    done = http.post("/ehr/revoke", data={"user": user, "csrf_token": csrf.group(1)})
+    assert done.status_code == 303
+    for tokens in (first, second):
+        read = http.get(
+            f"/fhir/Patient/{tokens['patient']}", headers=bearer(tokens["access_token"])
+        )
+        assert read.status_code == 401
