@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
+from .auth.tokens import CLIENT_ID_ENVIRON_KEY
 from .settings import SandboxSettings
 
 log = logging.getLogger("jupyterhub_smart.sandbox")
@@ -37,8 +38,6 @@ class RequestLogMiddleware:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        from .auth.tokens import CLIENT_ID_ENVIRON_KEY
-
         started = time.perf_counter()
         status_holder: list[str] = []
 
