@@ -383,3 +383,16 @@ def test_other_errors_are_operation_outcomes(
     response = http.request(method, path, headers=bearer(system_token))
     assert response.status_code == status
     outcome_text(response)
+
+
+def test_user_scope_sees_every_patient(
+    http: httpx.Client, fhir_sandbox: SandboxProcess, seen_secrets: list[str]
+) -> None:
+    token = patient_token(http, fhir_sandbox.iss, "openid fhirUser user/Observation.rs")
+    seen_secrets.append(token["access_token"])
+    found = search_all(http, "Observation", token, {"_count": 1000})
+    assert len({o["subject"]["reference"] for o in found}) == 6
+    assert fhir_get(http, "Observation/patient-00005-obs-00001", token).status_code == 200
+    refused = fhir_get(http, "Patient/patient-00005", token)
+    assert refused.status_code == 403
+    assert "user/Patient.r" in outcome_text(refused)

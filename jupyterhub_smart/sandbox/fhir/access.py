@@ -147,4 +147,12 @@ def authorize(
                 f'scope="{needed[0]} {needed[1]} {needed[2]}"'
             },
         )
+    if not grant.patient and all(s.context == "patient" for s in allowing):
+        # Seeing nothing would hide the client's bug; say what is missing instead.
+        raise FHIRError(
+            403,
+            f"patient/ scopes need a patient in the launch context, and this token has none: "
+            f"request launch/patient (standalone launch) or launch (EHR launch), or use "
+            f"{needed_scope_hint('user', resource_type, interaction)}",
+        )
     return Access(grant, tuple(allowing), resource_type, fhir_base)
