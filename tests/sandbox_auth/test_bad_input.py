@@ -168,3 +168,37 @@ def test_oversized_chunked_form_is_refused(http: httpx.Client) -> None:
     )
     assert response.status_code == 413
     assert response.json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"redirect_uri": 'http://127.0.0.1:9/"quoted'},
+        {"redirect_uri": "http://127.0.0.1:9/\u00e9"},
+        {"redirect_uri": "http://127.0.0.1:9/back\\slash"},
+        {"response_type": 'to"ken'},
+        {"client_id": '"quoted'},
+    ],
+)
+def test_unquotable_authorize_parameters_are_4xx(
+    http: httpx.Client, sbx: SandboxProcess, override: dict[str, str]
+) -> None:
+    auth = authorize(http, sbx.iss, "app-public", "patient/*.rs", extra=override)
+    assert auth.response.status_code == 400
+    assert "location" not in auth.response.headers
+    assert "text/html" in auth.response.headers["content-type"]
+
+
+@pytest.mark.parametrize("path", API)
+def test_unquotable_token_parameters_are_4xx(http: httpx.Client, path: str) -> None:
+    for value in ('a"b', "\u00e9\u00e9", "back\\slash"):
+        data = {
+            "grant_type": value,
+            "token": value,
+            "token_type_hint": value,
+            "client_id": value,
+            "code": value,
+        }
+        response = http.post(path, data=data)
+        assert 400 <= response.status_code < 500, (value, response.status_code)
+        assert "error" in response.json()

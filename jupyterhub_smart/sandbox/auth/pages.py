@@ -65,6 +65,16 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
         log.info("authorize refused without redirect: %s", error.error)
         return error_page(400, f"Authorization request refused ({error.error})", description)
 
+    def unspeakable_parameter_page() -> tuple[str, int]:
+        """Authlib refuses to quote some characters in an error: answer for it, never a 500."""
+        log.info("authorize refused: a parameter holds characters an OAuth error cannot quote")
+        return error_page(
+            400,
+            "Authorization request refused (invalid_request)",
+            "A parameter holds characters that are not allowed here (double quotes, backslashes "
+            "or non-ASCII characters); check response_type, client_id and redirect_uri.",
+        )
+
     def redirect_error(pending: PendingAuthorization, error: OAuth2Error) -> Any:
         error.redirect_uri = pending.redirect_uri
         error.state = pending.params.get("state")
@@ -225,17 +235,31 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
         return response
 
     # -- back channel ----------------------------------------------------------------
+    def guarded(respond: Any) -> Any:
+        """Run an Authlib endpoint; a value its errors cannot quote is a 400, never a 500."""
+        try:
+            return respond()
+        except ValueError:
+            log.info(
+                "%s refused: a parameter holds characters an OAuth error cannot quote", request.path
+            )
+            return _json_error(
+                "invalid_request",
+                "A parameter holds characters that are not allowed (double quotes, backslashes or non-ASCII).",
+                400,
+            )
+
     @bp.post("/token")
     def token() -> Any:
-        return server.create_token_response()
+        return guarded(server.create_token_response)
 
     @bp.post("/introspect")
     def introspect() -> Any:
-        return server.create_endpoint_response("introspection")
+        return guarded(lambda: server.create_endpoint_response("introspection"))
 
     @bp.post("/revoke")
     def revoke() -> Any:
-        return server.create_endpoint_response("revocation")
+        return guarded(lambda: server.create_endpoint_response("revocation"))
 
     @bp.get("/jwks")
     def jwks() -> Any:
@@ -256,6 +280,8 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
             grant = server.get_consent_grant(end_user=end_user)
         except OAuth2Error as error:
             return oauth_error_response(error)
+        except ValueError:
+            return unspeakable_parameter_page()
         client = grant.request.client
         params = {key: request.values[key] for key in request.values}
         prompts = params.get("prompt", "").split()
