@@ -23,6 +23,7 @@ from .auth.server import SandboxAuth
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
+MAX_OFFSET = 10_000_000
 MAX_URL_LENGTH = 2000
 #: Served at ``/ehr/smart-style.json`` (SMART App Launch "Styling").
 SMART_STYLE = {
@@ -55,9 +56,13 @@ def create_ehr_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
     @bp.get("/")
     def index() -> Any:
         try:
-            offset = max(0, int(request.args.get("offset", "0")))
+            offset = int(request.args.get("offset", "0"))
         except ValueError:
-            return error_page(400, "Bad offset", "'offset' must be a whole number.")
+            offset = -1
+        if not 0 <= offset <= MAX_OFFSET:
+            return error_page(
+                400, "Bad offset", f"'offset' must be a whole number from 0 to {MAX_OFFSET}."
+            )
         patients = store.list_patients(limit=PAGE_SIZE + 1, offset=offset)
         practitioners = [
             {"id": p["id"], "name": display_name(p)} for p in store.list_practitioners()

@@ -131,6 +131,8 @@ def test_oversized_consent_form_is_refused(http: httpx.Client) -> None:
         "/auth/consent?req=unknown",
         "/auth/select-patient?req=",
         "/ehr?offset=abc",
+        "/ehr?offset=-5",
+        "/ehr?offset=99999999999999999999",
         "/ehr/launch?patient=",
         "/ehr/launch?app=http://127.0.0.1:9/callback&patient=" + "p" * 200,
     ],
