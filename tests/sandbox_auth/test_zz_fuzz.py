@@ -124,3 +124,48 @@ def test_random_input_never_causes_a_server_error(http: httpx.Client, sbx: Sandb
             failures.append((method, path, params, response.status_code))
     assert not failures, failures[:5]
     assert "internal error" not in sbx.log_text()
+
+
+def test_mutated_valid_requests_never_cause_a_server_error(
+    http: httpx.Client, sbx: SandboxProcess
+) -> None:
+    """Start from requests that work and break one or two parameters at a time."""
+    from .flow import authorize, pkce_pair
+
+    rng = random.Random(4242)
+    failures = []
+    _verifier, challenge = pkce_pair()
+    base_authorize = {
+        "response_type": "code",
+        "client_id": "app-public",
+        "redirect_uri": "http://127.0.0.1:9/callback",
+        "scope": "openid fhirUser launch/patient patient/*.rs offline_access",
+        "state": "s" * 22,
+        "nonce": "n" * 22,
+        "aud": sbx.iss,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+    }
+    for _ in range(150):
+        params = dict(base_authorize)
+        for _ in range(rng.randint(1, 2)):
+            params[rng.choice([*base_authorize, rng.choice(PARAMS)])] = rng.choice(VALUES)
+        response = http.get("/auth/authorize", params=params)
+        if response.status_code >= 500:
+            failures.append(("authorize", params, response.status_code))
+    for _ in range(100):
+        auth = authorize(http, sbx.iss, "app-public", "launch/patient patient/*.rs offline_access")
+        data = {
+            "grant_type": "authorization_code",
+            "code": auth.code,
+            "redirect_uri": "http://127.0.0.1:9/callback",
+            "code_verifier": auth.verifier,
+            "client_id": "app-public",
+        }
+        for _ in range(rng.randint(1, 2)):
+            data[rng.choice([*data, rng.choice(PARAMS)])] = rng.choice(VALUES)
+        response = http.post("/auth/token", data=data)
+        if response.status_code >= 500:
+            failures.append(("token", data, response.status_code))
+    assert not failures, failures[:5]
+    assert "internal error" not in sbx.log_text()
