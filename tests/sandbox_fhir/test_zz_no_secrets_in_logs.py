@@ -24,6 +24,8 @@ def test_no_secret_in_the_sandbox_log(
         assert time.monotonic() < deadline, "the sandbox log is not being captured"
         time.sleep(0.05)
     log = fhir_sandbox.log_text()
+    # The access log names the client of each FHIR request (and nothing secret).
+    assert "GET /fhir/Observation 400 client_id=fhir-backend" in log
     assert len(seen_secrets) >= 2
     for secret in seen_secrets:
         assert secret not in log

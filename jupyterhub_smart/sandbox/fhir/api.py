@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, request
 
+from ..auth.tokens import CLIENT_ID_ENVIRON_KEY
 from ..grants import GrantLookup
 from ..settings import SandboxSettings
 from .access import Access, authorize
@@ -80,7 +81,7 @@ def create_fhir_blueprint(
             request.headers.get("Authorization"), lookup_grant, resource_type, interaction, base
         )
         # For the sandbox's access log, which names the client of every request.
-        request.environ["jupyterhub_smart.client_id"] = result.grant.client_id
+        request.environ[CLIENT_ID_ENVIRON_KEY] = result.grant.client_id
         return result
 
     @bp.errorhandler(FHIRError)
