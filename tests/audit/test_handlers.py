@@ -171,3 +171,46 @@ def test_full_audit_disk_answers_503_and_the_hub_keeps_running(tmp_path: Path) -
             assert post(hub, token, {"events": [SEARCH]}).status_code == 201
         records = audit_records_at(path)
         assert ["deferred" in r for r in records] == [False] * accepted + [True, False]
+
+
+def test_notebook_reporter_batches_to_the_hub(hub: Hub) -> None:
+    """The kernel-side reporter, fed the notebook client's own events, against the real hub."""
+    from jupyterhub_smart.audit.reporter import HubAuditReporter
+    from jupyterhub_smart.notebook.events import DataAccessEvent
+
+    token = hub.user_token("erin")
+    reporter = HubAuditReporter(f"{hub.url}/hub/api/smart/audit", token, flush_interval=0.05)
+    search = DataAccessEvent(
+        action="search",
+        resource_type="Observation",
+        fhir_base_url="http://ehr/fhir",
+        url="http://ehr/fhir/Observation?code=8480-6&patient=p1",
+        status=200,
+        count=3,
+        patient="p1",
+        params=(("code", "8480-6"), ("patient", "p1")),
+    )
+    read = DataAccessEvent(
+        action="read",
+        resource_type="Patient",
+        fhir_base_url="http://ehr/fhir",
+        url="http://ehr/fhir/Patient/p1",
+        status=200,
+        count=1,
+        patient="p1",
+        resource_id="p1",
+    )
+    try:
+        for _ in range(120):  # more than one batch
+            reporter(search)
+        reporter(read)
+        assert reporter.flush(30)
+    finally:
+        reporter.close()
+    mine = [r for r in audit_records(hub) if r["agent"][0]["altId"] == "erin"]
+    assert len(mine) == 121
+    detail = {d["type"]: d["valueString"] for d in mine[0]["entity"][-1]["detail"]}
+    assert detail["search-parameter-names"] == "code,patient"
+    assert mine[-1]["entity"][-1]["what"]["reference"] == "Patient/p1"
+    text = hub.audit_path.read_text()
+    assert "8480-6" not in text and token not in text and token not in hub.log_text()

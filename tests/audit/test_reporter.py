@@ -1,0 +1,96 @@
+"""The kernel-side reporter's reaction to a hub that is busy or broken (faults: MockTransport)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import httpx
+import orjson
+import pytest
+
+from jupyterhub_smart.audit.reporter import HubAuditReporter, to_report
+
+
+@dataclass
+class Event:
+    action: str = "search"
+    resource_type: str = "Condition"
+    status: int = 200
+    count: int = 2
+    patient: str | None = "p9"
+    resource_id: str | None = None
+    params: tuple[tuple[str, str], ...] = (("code", "E11.9"), ("onset-date", "ge2020"))
+    url: str = "http://ehr/fhir/Condition?code=E11.9"
+
+
+def test_only_names_leave_the_kernel() -> None:
+    report = to_report(Event())
+    assert report == {
+        "interaction": "search-type",
+        "resource_type": "Condition",
+        "search_params": ["code", "onset-date"],
+        "count": 2,
+        "status": 200,
+        "patient": "p9",
+    }
+    assert "E11.9" not in orjson.dumps(report).decode()
+    assert to_report(Event(action="delete")) is None
+
+
+def test_waits_on_429_and_retries_503_then_delivers(caplog: pytest.LogCaptureFixture) -> None:
+    answers = iter([(429, {"Retry-After": "1"}), (503, {}), (201, {})])
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, headers = next(answers)
+        bodies.append(orjson.loads(request.content))
+        assert request.headers["Authorization"] == "token user-token-123456"
+        return httpx.Response(status, headers=headers, json={"message": "x"})
+
+    reporter = HubAuditReporter(
+        "http://hub/hub/api/smart/audit",
+        "user-token-123456",
+        flush_interval=0.01,
+        transport=httpx.MockTransport(handler),
+    )
+    try:
+        reporter(Event())
+        reporter(Event(action="read", resource_id="c1", params=()))
+        assert reporter.flush(30)
+    finally:
+        reporter.close()
+    assert len(bodies) == 3 and bodies[0] == bodies[2]  # the same batch, in order
+    assert [e["interaction"] for e in bodies[2]["events"]] == ["search-type", "read"]
+    assert "answered 503" in caplog.text
+    assert "user-token-123456" not in caplog.text and "user-token" not in repr(reporter)
+
+
+def test_a_refused_batch_is_dropped_with_the_reason(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR)
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(400, json={"message": "events[0]: bad"})
+
+    reporter = HubAuditReporter(
+        "http://hub/x", "t" * 20, flush_interval=0.01, transport=httpx.MockTransport(handler)
+    )
+    try:
+        reporter(Event())
+        assert reporter.flush(10)
+    finally:
+        reporter.close()
+    assert len(calls) == 1
+    assert "refused an audit report (400: events[0]: bad)" in caplog.text
+
+
+def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("JUPYTERHUB_API_TOKEN", raising=False)
+    assert HubAuditReporter.from_environment() is None
+    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://127.0.0.1:9/hub/api/")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "abc")
+    reporter = HubAuditReporter.from_environment()
+    assert reporter is not None and reporter.url == "http://127.0.0.1:9/hub/api/smart/audit"
+    reporter.close(timeout=0.1)
