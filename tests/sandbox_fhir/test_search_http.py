@@ -217,6 +217,9 @@ def test_observation_date_prefixes(
         f"lt{stamp}": lambda t: t < pivot,
         f"eq{stamp}": lambda t: t == pivot,
         stamp: lambda t: t == pivot,
+        f"ne{stamp}": lambda t: t != pivot,
+        f"sa{stamp}": lambda t: t > pivot,
+        f"eb{stamp}": lambda t: t < pivot,
     }
     for value, predicate in cases.items():
         expected = {o["id"] for o in observations_p1 if predicate(when(o))}

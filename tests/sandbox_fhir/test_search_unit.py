@@ -55,6 +55,7 @@ def test_parse_date_precision_is_a_range(text: str, start: int, end: int) -> Non
         ("2021-03-04T10:15+15:00", "impossible timezone"),
         ("2021-03-04 10:15Z", "not a FHIR date"),
         ("", "not a FHIR date"),
+        ("2021-03-04T10:15:00 01:00", "send a positive timezone offset as %2B"),
     ],
 )
 def test_parse_date_refuses(text: str, message: str) -> None:

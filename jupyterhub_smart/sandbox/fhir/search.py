@@ -195,6 +195,12 @@ def _split_token(value: str) -> tuple[str | None, str | None]:
 def parse_date(text: str) -> tuple[int, int]:
     """The range ``[start, end)`` in Unix seconds that a FHIR date search value means."""
     match = _DATE.match(text)
+    if not match and _DATE.match(text.replace(" ", "+")):
+        raise FHIRError(
+            400,
+            f"date {text!r} has a space where a '+' belongs: a '+' in a URL query means a "
+            "space, so send a positive timezone offset as %2B (e.g. %2B01:00)",
+        )
     if not match:
         raise FHIRError(
             400,
