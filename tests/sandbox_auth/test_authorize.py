@@ -374,3 +374,21 @@ def test_nothing_grantable_is_invalid_scope(http: httpx.Client, sbx: SandboxProc
 def test_prompt_none_succeeds_when_auto_approving(http: httpx.Client, sbx: SandboxProcess) -> None:
     auth = authorize(http, sbx.iss, "app-public", STANDALONE, extra={"prompt": "none"})
     assert "code" in auth.result
+
+
+def test_capability_statement_points_at_the_same_endpoints(http: httpx.Client) -> None:
+    config = http.get("/fhir/.well-known/smart-configuration").json()
+    metadata = http.get("/fhir/metadata").json()
+    security = metadata["rest"][0]["security"]["extension"]
+    uris = {
+        item["url"]: item["valueUri"]
+        for ext in security
+        if ext["url"].endswith("/oauth-uris")
+        for item in ext["extension"]
+    }
+    assert uris["authorize"] == config["authorization_endpoint"]
+    assert uris["token"] == config["token_endpoint"]
+    assert (
+        uris.get("introspect", config["introspection_endpoint"]) == config["introspection_endpoint"]
+    )
+    assert uris.get("revoke", config["revocation_endpoint"]) == config["revocation_endpoint"]
