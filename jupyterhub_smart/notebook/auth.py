@@ -1,0 +1,134 @@
+"""Fresh SMART tokens for other HTTP clients: an ``httpx.Auth`` and a ``requests`` auth.
+
+Use these when a library you already like (fhirpy, fhirclient, plain httpx or
+requests) should read from the FHIR server with the session's tokens: each
+request gets a token that is not about to expire, a 401 gets one new token
+and one retry, and the token is only ever attached to URLs under the FHIR
+base it belongs to (anything else raises :class:`UnsafeURL` before sending).
+
+fhirpy (sync, over requests)::
+
+    from fhirpy import SyncFHIRClient
+    fhir = connect()
+    ehr = SyncFHIRClient(fhir.context.fhir_base_url,
+                         requests_config={"auth": fhir.requests_auth()})
+    ehr.resources("Observation").search(patient=fhir.context.patient).fetch()
+
+fhirclient::
+
+    from fhirclient import server as fhir_server
+    from fhirclient.models.observation import Observation
+    fhir = connect()
+    srv = fhir_server.FHIRServer(None, base_uri=fhir.context.fhir_base_url + "/")
+    srv.session.auth = fhir.requests_auth()
+    Observation.where({"patient": fhir.context.patient}).perform_resources(srv)
+
+httpx::
+
+    with httpx.Client(auth=fhir.httpx_auth()) as http:
+        http.get(f"{fhir.context.fhir_base_url}/Patient/{fhir.context.patient}")
+
+Both are tested against the sandbox in ``tests/notebook/test_interop.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Generator
+from typing import Any
+
+import httpx
+
+from .errors import FHIRError
+from .http import check_on_base
+from .tokens import TokenInfo, TokenProvider
+
+__all__ = ["SMARTAuth", "SMARTRequestsAuth"]
+
+
+def _base(info: TokenInfo, default: str | None) -> str:
+    base = info.fhir_base_url or default
+    if not base:
+        raise FHIRError("no FHIR base URL known: pass fhir_base_url=...")
+    return base.rstrip("/")
+
+
+class SMARTAuth(httpx.Auth):
+    """``httpx.Client(auth=SMARTAuth(provider))``: bearer tokens from a token provider."""
+
+    requires_request_body = True  # a retried POST must be able to send its body again
+
+    def __init__(self, provider: TokenProvider, fhir_base_url: str | None = None) -> None:
+        self.provider = provider
+        self.default_base = fhir_base_url
+
+    def _sign(self, request: httpx.Request, info: TokenInfo) -> None:
+        check_on_base(str(request.url), _base(info, self.default_base))
+        request.headers["Authorization"] = f"Bearer {info.access_token}"
+
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]:
+        info = self.provider.get()
+        self._sign(request, info)
+        response = yield request
+        if response.status_code == 401:
+            self.provider.invalidate(info.access_token)
+            fresh = self.provider.get()
+            if fresh.access_token != info.access_token:
+                self._sign(request, fresh)
+                yield request
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        info = await self.provider.aget()
+        self._sign(request, info)
+        response = yield request
+        if response.status_code == 401:
+            self.provider.invalidate(info.access_token)
+            fresh = await self.provider.aget()
+            if fresh.access_token != info.access_token:
+                self._sign(request, fresh)
+                yield request
+
+
+class SMARTRequestsAuth:
+    """``session.auth = SMARTRequestsAuth(provider)`` for ``requests`` (and fhirpy, fhirclient).
+
+    ``requests`` accepts any callable as auth; this one also registers a
+    response hook that answers a 401 with one new token and one retry (as
+    ``requests``' own digest auth does for its challenge).
+    """
+
+    def __init__(self, provider: TokenProvider, fhir_base_url: str | None = None) -> None:
+        self.provider = provider
+        self.default_base = fhir_base_url
+
+    def _sign(self, request: Any, info: TokenInfo) -> None:
+        check_on_base(str(request.url), _base(info, self.default_base))
+        request.headers["Authorization"] = f"Bearer {info.access_token}"
+
+    def __call__(self, request: Any) -> Any:
+        info = self.provider.get()
+        self._sign(request, info)
+        request.register_hook("response", self._on_response)
+        return request
+
+    def _on_response(self, response: Any, **kwargs: Any) -> Any:
+        request = response.request
+        if response.status_code != 401 or getattr(request, "_smart_retried", False):
+            return response
+        used = request.headers.get("Authorization", "").partition(" ")[2]
+        self.provider.invalidate(used)
+        fresh = self.provider.get()
+        if fresh.access_token == used:
+            return response
+        response.content  # noqa: B018 - drain the body so the connection can be reused
+        response.close()
+        retry = request.copy()
+        retry._smart_retried = True
+        self._sign(retry, fresh)
+        new_response = response.connection.send(retry, **kwargs)
+        new_response.history.append(response)
+        new_response.request = retry
+        return new_response

@@ -1,0 +1,435 @@
+"""``SMARTClient`` (for notebooks) and ``AsyncSMARTClient`` (for concurrent code).
+
+Both clients share everything except the waiting: the same request policy
+(:mod:`.http`), the same scope check (:mod:`.scopecheck`), the same search
+parameters and the same flattening. Inputs are validated before anything is
+sent: a resource type must look like one (``Observation``), an id must be a
+FHIR id (so ``read("Patient", "../admin")`` cannot climb out of the base).
+
+Search parameter values: a list or tuple becomes a comma-separated value
+(FHIR's OR: ``code=["8867-4", "29463-7"]``); ``datetime``/``date`` values are
+written in ISO 8601; ``None`` values are left out. Names FHIR spells with
+characters Python keywords cannot hold (``code:text``) go in ``params={...}``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime
+from typing import Any
+
+import httpx
+
+from .context import PatientBanner, SMARTContext
+from .errors import NoPatientInContext
+from .events import DataAccessEvent, EventSink, emit
+from .http import DEFAULT_TIMEOUT, FHIRHTTP, AsyncFHIRHTTP, Fetched, RetryPolicy
+from .scopecheck import check_scopes
+from .search import AsyncSearchResult, SearchResult
+from .tokens import TokenInfo, TokenProvider
+
+__all__ = ["AsyncSMARTClient", "SMARTClient", "search_params"]
+
+_TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
+_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.:]{0,99}$")
+VITAL_SIGNS = "vital-signs"
+
+
+def _check_type(resource_type: str) -> str:
+    if not isinstance(resource_type, str) or not _TYPE.match(resource_type):
+        raise ValueError(
+            f"{str(resource_type)[:80]!r} is not a FHIR resource type (e.g. 'Observation')"
+        )
+    return resource_type
+
+
+def _check_id(resource_id: str) -> str:
+    if not isinstance(resource_id, str) or not _ID.match(resource_id):
+        raise ValueError(f"{str(resource_id)[:80]!r} is not a FHIR id (1-64 of A-Z a-z 0-9 - .)")
+    return resource_id
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ",".join(_value(v) for v in value)
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise TypeError(
+        f"search values must be text, numbers, dates or lists, not {type(value).__name__}"
+    )
+
+
+def search_params(
+    params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None, kwargs: Mapping[str, Any]
+) -> list[tuple[str, str]]:
+    """Search parameters as ``(name, value)`` pairs, validated and written as FHIR expects."""
+    items: list[tuple[str, Any]] = []
+    if params is not None:
+        items.extend(params.items() if isinstance(params, Mapping) else params)
+    items.extend(kwargs.items())
+    out = []
+    for name, value in items:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ValueError(f"{str(name)[:80]!r} is not a search parameter name")
+        if value is None:
+            continue
+        text = _value(value)
+        if text == "":
+            raise ValueError(f"search parameter {name!r} has an empty value")
+        out.append((name, text))
+    return out
+
+
+def _date_param(prefix: str, value: str | date | datetime) -> str:
+    return prefix + (value.isoformat() if isinstance(value, (date, datetime)) else str(value))
+
+
+class _Core:
+    """What both clients share: options, scope checks, parameters, events."""
+
+    def __init__(
+        self,
+        provider: TokenProvider,
+        *,
+        fhir_base_url: str | None,
+        page_size: int | None,
+        check_scopes: bool,
+        event_sink: EventSink | None,
+        progress: bool | None,
+    ) -> None:
+        if page_size is not None and page_size < 1:
+            raise ValueError("page_size must be at least 1 (or None for the server's default)")
+        self.provider = provider
+        self.default_base = fhir_base_url.rstrip("/") if fhir_base_url else None
+        self.page_size = page_size
+        self.check_scopes = check_scopes
+        self.event_sink = event_sink
+        self.progress = progress
+
+    def _context(self, info: TokenInfo) -> SMARTContext:
+        return SMARTContext.from_token(info, self.default_base)
+
+    def _check(
+        self,
+        info: TokenInfo,
+        resource_type: str,
+        interaction: str,
+        params: Sequence[tuple[str, str]] = (),
+        resource_id: str | None = None,
+    ) -> None:
+        if self.check_scopes:
+            check_scopes(
+                info.scopes,
+                resource_type,
+                interaction,
+                params,
+                resource_id=resource_id,
+                patient=info.patient,
+            )
+
+    def _search_params(
+        self, params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None, kwargs: dict[str, Any]
+    ) -> list[tuple[str, str]]:
+        pairs = search_params(params, kwargs)
+        if self.page_size is not None and not any(k == "_count" for k, _ in pairs):
+            pairs.append(("_count", str(self.page_size)))
+        return pairs
+
+    def _observation_params(
+        self,
+        info: TokenInfo,
+        code: str | Iterable[str] | None,
+        since: str | date | datetime | None,
+        until: str | date | datetime | None,
+        category: str | None,
+        patient: str | None,
+    ) -> list[tuple[str, str]]:
+        who = patient or info.patient
+        if who is None:
+            raise NoPatientInContext("observations()")
+        params: list[tuple[str, Any]] = [("patient", who)]
+        if code is not None:
+            params.append(("code", code if isinstance(code, str) else list(code)))
+        if category is not None:
+            params.append(("category", category))
+        if since is not None:
+            params.append(("date", _date_param("ge", since)))
+        if until is not None:
+            params.append(("date", _date_param("lt", until)))
+        params.append(("_sort", "date"))
+        return self._search_params(params, {})
+
+    def _emit(self, fetched: Fetched, action: str, resource_type: str, **extra: Any) -> None:
+        if self.event_sink is None:
+            return
+        data = fetched.data
+        if action == "search":
+            entries = data.get("entry")
+            count = len(entries) if isinstance(entries, list) else 0
+        else:
+            count = 1 if action == "read" else 0
+        emit(
+            self.event_sink,
+            DataAccessEvent(
+                action=action,
+                resource_type=resource_type,
+                fhir_base_url=fetched.token.fhir_base_url or self.default_base or "",
+                url=fetched.url,
+                status=fetched.status,
+                count=count,
+                patient=fetched.token.patient,
+                **extra,
+            ),
+        )
+
+
+class SMARTClient(_Core):
+    """Blocking FHIR client for notebooks; get one from :func:`~.connect.connect`.
+
+    Thread-safe: threads may share one client (one keep-alive connection pool,
+    one token cache).
+    """
+
+    def __init__(
+        self,
+        provider: TokenProvider,
+        *,
+        fhir_base_url: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+        page_size: int | None = 1000,
+        check_scopes: bool = True,
+        event_sink: EventSink | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        super().__init__(
+            provider,
+            fhir_base_url=fhir_base_url,
+            page_size=page_size,
+            check_scopes=check_scopes,
+            event_sink=event_sink,
+            progress=progress,
+        )
+        self.http = FHIRHTTP(
+            provider,
+            default_base=self.default_base,
+            retry=retry,
+            timeout=timeout,
+            transport=transport,
+        )
+
+    # -- context ---------------------------------------------------------------------
+    @property
+    def context(self) -> SMARTContext:
+        """Patient, encounter, fhirUser, granted scopes, FHIR base (as of the current token)."""
+        return self._context(self.provider.get())
+
+    @property
+    def patient(self) -> dict[str, Any]:
+        """The launched patient's Patient resource (read now, so it follows a new launch)."""
+        patient = self.provider.get().patient
+        if patient is None:
+            raise NoPatientInContext("client.patient")
+        return self.read("Patient", patient)
+
+    def patient_banner(self) -> PatientBanner:
+        """The patient banner (name, birth date, gender, MRN); renders as HTML in Jupyter."""
+        return PatientBanner.from_resource(self.patient)
+
+    # -- FHIR ------------------------------------------------------------------------
+    def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        """``GET [base]/{type}/{id}``: the resource as a dict (FHIRError 404 if unknown)."""
+        _check_type(resource_type)
+        _check_id(resource_id)
+        self._check(self.provider.get(), resource_type, "r", resource_id=resource_id)
+        fetched = self.http.get(f"{resource_type}/{resource_id}")
+        self._emit(fetched, "read", resource_type, resource_id=resource_id)
+        return fetched.data
+
+    def search(
+        self,
+        resource_type: str,
+        params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+        *,
+        progress: bool | None = None,
+        **kwargs: Any,
+    ) -> SearchResult:
+        """A lazy search: ``for r in ...``, ``len(...)``, ``.to_pandas()``, ``.to_arrow()``."""
+        _check_type(resource_type)
+        pairs = self._search_params(params, kwargs)
+        self._check(self.provider.get(), resource_type, "s", pairs)
+        return SearchResult(
+            self._search_get(resource_type),
+            resource_type,
+            pairs,
+            progress=self.progress if progress is None else progress,
+        )
+
+    def _search_get(self, resource_type: str) -> Any:
+        def get(path_or_url: str, params: list[tuple[str, str]] | None, action: str) -> Fetched:
+            fetched = self.http.get(path_or_url, params)
+            self._emit(fetched, action, resource_type, params=tuple(params or ()))
+            return fetched
+
+        return get
+
+    def observations(
+        self,
+        code: str | Iterable[str] | None = None,
+        since: str | date | datetime | None = None,
+        *,
+        until: str | date | datetime | None = None,
+        category: str | None = None,
+        patient: str | None = None,
+        progress: bool | None = None,
+    ) -> SearchResult:
+        """The patient's Observations as a time series (oldest first), one row per value.
+
+        ``code`` is a LOINC code (``"8867-4"`` heart rate, ``"85354-9"`` blood
+        pressure panel, ``"29463-7"`` weight) or ``system|code``, or a list of
+        them; ``since``/``until`` bound ``effective``; ``patient`` defaults to
+        the launched patient.
+        """
+        info = self.provider.get()
+        params = self._observation_params(info, code, since, until, category, patient)
+        self._check(info, "Observation", "s", params)
+        return SearchResult(
+            self._search_get("Observation"),
+            "Observation",
+            params,
+            progress=self.progress if progress is None else progress,
+        )
+
+    # -- interop and lifetime --------------------------------------------------------
+    def httpx_auth(self) -> httpx.Auth:
+        """An ``httpx.Auth`` that injects this session's fresh tokens (see :mod:`.auth`)."""
+        from .auth import SMARTAuth
+
+        return SMARTAuth(self.provider, fhir_base_url=self.default_base)
+
+    def requests_auth(self) -> Any:
+        """A ``requests`` auth object that injects this session's fresh tokens."""
+        from .auth import SMARTRequestsAuth
+
+        return SMARTRequestsAuth(self.provider, fhir_base_url=self.default_base)
+
+    def close(self) -> None:
+        self.http.close()
+        close = getattr(self.provider, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> SMARTClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<SMARTClient {self.default_base or '(FHIR base from the hub)'}>"
+
+
+class AsyncSMARTClient(_Core):
+    """Asyncio twin of :class:`SMARTClient` (``await client.read(...)``)."""
+
+    def __init__(
+        self,
+        provider: TokenProvider,
+        *,
+        fhir_base_url: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+        page_size: int | None = 1000,
+        check_scopes: bool = True,
+        event_sink: EventSink | None = None,
+        max_connections: int = 20,
+    ) -> None:
+        super().__init__(
+            provider,
+            fhir_base_url=fhir_base_url,
+            page_size=page_size,
+            check_scopes=check_scopes,
+            event_sink=event_sink,
+            progress=False,
+        )
+        self.http = AsyncFHIRHTTP(
+            provider,
+            default_base=self.default_base,
+            retry=retry,
+            timeout=timeout,
+            transport=transport,
+            max_connections=max_connections,
+        )
+
+    async def get_context(self) -> SMARTContext:
+        return self._context(await self.provider.aget())
+
+    async def get_patient(self) -> dict[str, Any]:
+        patient = (await self.provider.aget()).patient
+        if patient is None:
+            raise NoPatientInContext("get_patient()")
+        return await self.read("Patient", patient)
+
+    async def patient_banner(self) -> PatientBanner:
+        return PatientBanner.from_resource(await self.get_patient())
+
+    async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        _check_type(resource_type)
+        _check_id(resource_id)
+        self._check(await self.provider.aget(), resource_type, "r", resource_id=resource_id)
+        fetched = await self.http.get(f"{resource_type}/{resource_id}")
+        self._emit(fetched, "read", resource_type, resource_id=resource_id)
+        return fetched.data
+
+    def _search_get(self, resource_type: str) -> Any:
+        async def get(
+            path_or_url: str, params: list[tuple[str, str]] | None, action: str
+        ) -> Fetched:
+            fetched = await self.http.get(path_or_url, params)
+            self._emit(fetched, action, resource_type, params=tuple(params or ()))
+            return fetched
+
+        return get
+
+    async def search(
+        self,
+        resource_type: str,
+        params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+        **kwargs: Any,
+    ) -> AsyncSearchResult:
+        """Checks scopes now (hence ``await``); the pages are fetched when used."""
+        _check_type(resource_type)
+        pairs = self._search_params(params, kwargs)
+        self._check(await self.provider.aget(), resource_type, "s", pairs)
+        return AsyncSearchResult(self._search_get(resource_type), resource_type, pairs)
+
+    async def observations(
+        self,
+        code: str | Iterable[str] | None = None,
+        since: str | date | datetime | None = None,
+        *,
+        until: str | date | datetime | None = None,
+        category: str | None = None,
+        patient: str | None = None,
+    ) -> AsyncSearchResult:
+        info = await self.provider.aget()
+        params = self._observation_params(info, code, since, until, category, patient)
+        self._check(info, "Observation", "s", params)
+        return AsyncSearchResult(self._search_get("Observation"), "Observation", params)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def __aenter__(self) -> AsyncSMARTClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,52 @@
+"""Data-access events: the seam where a notebook's reads reach the audit trail.
+
+The client calls an optional *event sink* after each FHIR request it makes on
+the researcher's behalf. The sink that POSTs batches to the hub's audit
+endpoint (``{hub}/hub/api/smart/audit``, issue 5) plugs in here later; it must
+return at once (queue and send off the hot path). A sink that raises is
+logged and ignored: an audit hiccup must not break an analysis, and a sink
+that must fail closed can do so by its own policy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["DataAccessEvent", "EventSink", "emit"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataAccessEvent:
+    """One FHIR request: what was asked, of which server, about which patient, and what came back.
+
+    Never holds a token. ``params`` are the search parameters (no ``_cursor``
+    noise is added by the client; paging requests carry the server's own
+    link); ``count`` is the number of resources on the page (1 for a read).
+    """
+
+    action: str  # "read", "search" (one per page) or "count"
+    resource_type: str
+    fhir_base_url: str
+    url: str
+    status: int
+    count: int
+    patient: str | None = None
+    resource_id: str | None = None
+    params: tuple[tuple[str, str], ...] = ()
+
+
+EventSink = Callable[[DataAccessEvent], None]
+
+
+def emit(sink: EventSink | None, event: DataAccessEvent) -> None:
+    """Hand ``event`` to ``sink`` (if any); a failing sink is logged, never raised."""
+    if sink is None:
+        return
+    try:
+        sink(event)
+    except Exception as exc:
+        log.warning("data-access event sink failed: %s", type(exc).__name__)

@@ -1,0 +1,445 @@
+"""HTTP to the FHIR server: tokens, retries, errors and the token's boundaries.
+
+One request policy, two drivers. The policy is a generator that *describes*
+a request's life (get a token, send, maybe refresh the token once after a 401,
+maybe wait and retry on 429/503, turn errors into :class:`FHIRError`); the
+sync driver (``httpx.Client``) and the async driver (``httpx.AsyncClient``)
+only execute its steps. So the notebook API and its async twin cannot drift
+apart in what they retry or how they report errors.
+
+Rules this module enforces:
+
+* the bearer token goes only to URLs under the FHIR base it was issued with:
+  a ``next`` link (or any URL) elsewhere raises :class:`UnsafeURL` before a
+  byte is sent (fhirclient checks only the host; a path outside the base on
+  the same host can be another tenant);
+* retries are bounded (``max_retries``) and honour ``Retry-After`` in seconds
+  or as an HTTP-date; a server asking for a longer wait than
+  ``max_retry_after`` gets an error that says so instead of a silent hang;
+* a 401 leads to exactly one new token and one retry; a second 401 is an
+  error that says how to recover;
+* connection errors name the URL that failed; no message ever holds a token.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import httpx
+import orjson
+
+from ..smart.errors import safe_text
+from .errors import FHIRConnectionError, FHIRError, UnsafeURL
+from .tokens import TokenInfo, TokenProvider
+
+__all__ = [
+    "FHIRHTTP",
+    "AsyncFHIRHTTP",
+    "Fetched",
+    "RetryPolicy",
+    "check_on_base",
+    "parse_retry_after",
+]
+
+log = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try before giving up.
+
+    ``backoff`` is the first wait when the server gives no ``Retry-After``; it
+    doubles per attempt up to ``max_backoff`` (with jitter so that many
+    kernels do not retry in lockstep).
+    """
+
+    max_retries: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    max_retry_after: float = 120.0
+    retry_statuses: frozenset[int] = frozenset({429, 502, 503, 504})
+
+    def backoff_delay(self, attempt: int) -> float:
+        base = min(self.max_backoff, self.backoff * (2**attempt))
+        return base * random.uniform(0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A successful response, parsed, and the token (with its context) it was read with."""
+
+    data: dict[str, Any]
+    url: str
+    status: int
+    token: TokenInfo
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date); None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    current = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
+    return max(0.0, (when - current).total_seconds())
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    return scheme, (parts.hostname or "").lower(), port
+
+
+def check_on_base(url: str, base: str) -> str:
+    """Return ``url`` if it lies under the FHIR ``base``; raise :class:`UnsafeURL` otherwise.
+
+    Same scheme, host and port, and a path equal to the base path or below it,
+    with no ``.``/``..`` segments (which could climb out of it).
+    """
+    if _origin(url) != _origin(base):
+        raise UnsafeURL(
+            f"refused to send the access token to {safe_text(url, 200)}: it is not on the FHIR "
+            f"server {base} the token belongs to (a paging link pointing elsewhere is either a "
+            "server misconfiguration or an attempt to steal the token)",
+            url=safe_text(url, 200),
+        )
+    path = urlsplit(url).path
+    base_path = urlsplit(base).path.rstrip("/")
+    segments = path.split("/")
+    if (path != base_path and not path.startswith(base_path + "/")) or any(
+        s in (".", "..") for s in segments
+    ):
+        raise UnsafeURL(
+            f"refused to send the access token to {safe_text(url, 200)}: its path is outside "
+            f"the FHIR base {base}",
+            url=safe_text(url, 200),
+        )
+    return url
+
+
+def _diagnostics(body: Any) -> tuple[list[str], dict[str, Any] | None]:
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return [], None
+    texts = []
+    for issue in body.get("issue") or []:
+        if not isinstance(issue, dict):
+            continue
+        text = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
+        if not text:
+            text = issue.get("code")
+        if text:
+            texts.append(safe_text(text, 500))
+    return texts, body
+
+
+_HINTS = {
+    401: "the access token was refused even after fetching a new one; if you are in a "
+    "jupyterhub-smart hub, sign in again; with a fixed token, get a new one",
+    403: "the server refused access: your session's scopes (client.context.scopes) or the "
+    "server's policy do not allow this",
+    404: "not found (or not visible to this session)",
+}
+
+
+def fhir_error(response: httpx.Response, url: str) -> FHIRError:
+    """A :class:`FHIRError` for an error response, carrying the OperationOutcome's diagnostics."""
+    status = response.status_code
+    try:
+        body = orjson.loads(response.content) if response.content else None
+    except orjson.JSONDecodeError:
+        body = None
+    diagnostics, outcome = _diagnostics(body)
+    detail = "; ".join(diagnostics) if diagnostics else _HINTS.get(status, "")
+    message = f"GET {url} failed: HTTP {status} {response.reason_phrase}".rstrip()
+    if detail:
+        message += f": {detail}"
+    return FHIRError(message, status=status, url=url, diagnostics=diagnostics, outcome=outcome)
+
+
+def parse_json(response: httpx.Response, url: str) -> dict[str, Any]:
+    """The JSON object of a 2xx response, or a :class:`FHIRError` saying it is not one."""
+    try:
+        data = orjson.loads(response.content)
+    except orjson.JSONDecodeError as exc:
+        raise FHIRError(
+            f"GET {url}: the server's answer is not valid JSON ({exc.msg} at byte {exc.pos}); "
+            "is the FHIR base URL right?",
+            status=response.status_code,
+            url=url,
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
+        raise FHIRError(
+            f"GET {url}: the server's answer is JSON but not a FHIR resource (no resourceType)",
+            status=response.status_code,
+            url=url,
+        )
+    return data
+
+
+# --- the request policy ---------------------------------------------------------------
+
+
+class _NeedToken:
+    pass
+
+
+@dataclass(frozen=True)
+class _Invalidate:
+    access_token: str
+
+
+@dataclass(frozen=True)
+class _Send:
+    url: str
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    seconds: float
+
+
+_Step = _NeedToken | _Invalidate | _Send | _Sleep
+_NEED_TOKEN = _NeedToken()
+
+
+def _target(path_or_url: str, params: Params, base: str) -> str:
+    """Absolute URL for a relative FHIR path (``Observation``) or a full (``next``) URL."""
+    if urlsplit(path_or_url).scheme:
+        url = path_or_url
+    elif path_or_url.startswith("/"):
+        url = urljoin(base + "/", path_or_url)  # host-relative next link (fhir-py#83)
+    else:
+        url = f"{base}/{path_or_url}"
+    if params:
+        items = params.items() if isinstance(params, Mapping) else params
+        query = urlencode([(k, str(v)) for k, v in items])
+        url += ("&" if "?" in url else "?") + query
+    return check_on_base(url, base)
+
+
+class _Policy:
+    """The generator-driven request life shared by both drivers."""
+
+    def __init__(
+        self,
+        provider: TokenProvider,
+        default_base: str | None,
+        retry: RetryPolicy,
+    ) -> None:
+        self.provider = provider
+        self.default_base = default_base.rstrip("/") if default_base else None
+        self.retry = retry
+
+    def base_of(self, info: TokenInfo) -> str:
+        base = info.fhir_base_url or self.default_base
+        if not base:
+            raise FHIRError(
+                "no FHIR base URL: pass connect(fhir_base_url=...) or return 'fhir_base_url' "
+                "from your token provider"
+            )
+        return base
+
+    def flow(
+        self, path_or_url: str, params: Params
+    ) -> Generator[_Step, Any, tuple[httpx.Response, str, TokenInfo]]:
+        info: TokenInfo = yield _NEED_TOKEN
+        url = _target(path_or_url, params, self.base_of(info))
+        refreshed = False
+        attempt = 0
+        while True:
+            headers = {"Authorization": f"Bearer {info.access_token}"}
+            try:
+                response: httpx.Response = yield _Send(url, headers)
+            except httpx.TransportError as exc:
+                if attempt < self.retry.max_retries:
+                    delay = self.retry.backoff_delay(attempt)
+                    log.warning(
+                        "FHIR GET %s: %s; retry %d/%d in %.1f s",
+                        url,
+                        type(exc).__name__,
+                        attempt + 1,
+                        self.retry.max_retries,
+                        delay,
+                    )
+                    yield _Sleep(delay)
+                    attempt += 1
+                    continue
+                raise FHIRConnectionError(
+                    f"could not reach the FHIR server at {url}: {type(exc).__name__}"
+                    f" ({safe_text(exc, 200)}) after {attempt + 1} attempt(s); check that the "
+                    "server is up and the FHIR base URL is right",
+                    url=url,
+                ) from exc
+            status = response.status_code
+            if status == 401 and not refreshed:
+                refreshed = True
+                yield _Invalidate(info.access_token)
+                fresh: TokenInfo = yield _NEED_TOKEN
+                if fresh.access_token != info.access_token:
+                    log.info("FHIR GET %s: 401, retrying once with a new access token", url)
+                    check_on_base(url, self.base_of(fresh))
+                    info = fresh
+                    continue
+            if status in self.retry.retry_statuses and attempt < self.retry.max_retries:
+                asked = parse_retry_after(response.headers.get("Retry-After"))
+                if asked is not None and asked > self.retry.max_retry_after:
+                    error = fhir_error(response, url)
+                    raise FHIRError(
+                        f"{error} (the server asks to retry in {asked:.0f} s, longer than "
+                        f"max_retry_after={self.retry.max_retry_after:.0f} s: try again later)",
+                        status=status,
+                        url=url,
+                        diagnostics=error.diagnostics,
+                        outcome=error.outcome,
+                    )
+                delay = asked if asked is not None else self.retry.backoff_delay(attempt)
+                log.warning(
+                    "FHIR GET %s: HTTP %d; retry %d/%d in %.1f s%s",
+                    url,
+                    status,
+                    attempt + 1,
+                    self.retry.max_retries,
+                    delay,
+                    " (Retry-After)" if asked is not None else "",
+                )
+                yield _Sleep(delay)
+                attempt += 1
+                continue
+            if status >= 400:
+                raise fhir_error(response, url)
+            return response, url, info
+
+
+def _headers(user_agent: str) -> dict[str, str]:
+    return {"Accept": FHIR_JSON, "User-Agent": user_agent}
+
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=30.0, pool=60.0)
+USER_AGENT = "jupyterhub-smart-notebook"
+
+
+class FHIRHTTP:
+    """Blocking driver: one keep-alive ``httpx.Client`` per client, shareable by threads."""
+
+    def __init__(
+        self,
+        provider: TokenProvider,
+        *,
+        default_base: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+        user_agent: str = USER_AGENT,
+    ) -> None:
+        self.policy = _Policy(provider, default_base, retry or RetryPolicy())
+        self.provider = provider
+        self._client = httpx.Client(
+            timeout=timeout,
+            transport=transport,
+            headers=_headers(user_agent),
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        )
+
+    def get(self, path_or_url: str, params: Params = None) -> Fetched:
+        """GET a FHIR path (``"Patient/123"``) or an absolute URL on the base; parsed JSON."""
+        flow = self.policy.flow(path_or_url, params)
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = flow.throw(error) if error is not None else flow.send(value)
+            except StopIteration as stop:
+                response, url, info = stop.value
+                return Fetched(parse_json(response, url), url, response.status_code, info)
+            value, error = None, None
+            if isinstance(step, _Send):
+                try:
+                    value = self._client.get(step.url, headers=step.headers)
+                except httpx.TransportError as exc:
+                    error = exc
+            elif isinstance(step, _NeedToken):
+                value = self.provider.get()
+            elif isinstance(step, _Invalidate):
+                self.provider.invalidate(step.access_token)
+            else:
+                time.sleep(step.seconds)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class AsyncFHIRHTTP:
+    """Asyncio driver of the same policy over ``httpx.AsyncClient``."""
+
+    def __init__(
+        self,
+        provider: TokenProvider,
+        *,
+        default_base: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+        user_agent: str = USER_AGENT,
+        max_connections: int = 20,
+    ) -> None:
+        self.policy = _Policy(provider, default_base, retry or RetryPolicy())
+        self.provider = provider
+        self._client = httpx.AsyncClient(
+            timeout=timeout,
+            transport=transport,
+            headers=_headers(user_agent),
+            follow_redirects=False,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+
+    async def get(self, path_or_url: str, params: Params = None) -> Fetched:
+        """Async twin of :meth:`FHIRHTTP.get`."""
+        import asyncio
+
+        flow = self.policy.flow(path_or_url, params)
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = flow.throw(error) if error is not None else flow.send(value)
+            except StopIteration as stop:
+                response, url, info = stop.value
+                return Fetched(parse_json(response, url), url, response.status_code, info)
+            value, error = None, None
+            if isinstance(step, _Send):
+                try:
+                    value = await self._client.get(step.url, headers=step.headers)
+                except httpx.TransportError as exc:
+                    error = exc
+            elif isinstance(step, _NeedToken):
+                value = await self.provider.aget()
+            elif isinstance(step, _Invalidate):
+                self.provider.invalidate(step.access_token)
+            else:
+                await asyncio.sleep(step.seconds)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

@@ -1,0 +1,314 @@
+"""Lazy search results: follow every ``next`` link, count with ``_summary=count``, build frames.
+
+Nothing is fetched until the result is used. Iterating yields resources page
+by page (a 100,000-resource search never sits in memory as JSON); ``len()``
+asks the server for ``_summary=count`` (one cheap request, cached);
+``to_pandas()``/``to_arrow()`` stream the pages into a :class:`TableBuilder`.
+
+Paging safety: every ``next`` URL goes through the HTTP layer's base check
+(the token never leaves its FHIR server), and a ``next`` link seen before
+stops the search with an error instead of looping forever (fhir-py#47).
+
+Only entries with ``search.mode`` ``match`` (or none) of the searched type
+become rows; ``_include``-d resources are available through :meth:`pages`.
+An OperationOutcome with mode ``outcome`` (a server's warning) is logged.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from .context import in_notebook
+from .errors import FHIRError
+from .flatten import TableBuilder
+from .http import Fetched
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+__all__ = ["AsyncSearchResult", "SearchResult", "bundle_entries", "next_link"]
+
+log = logging.getLogger(__name__)
+
+#: ``(path_or_url, params, action) -> Fetched``; the client's request method.
+SyncGet = Callable[[str, "list[tuple[str, str]] | None", str], Fetched]
+AsyncGet = Callable[[str, "list[tuple[str, str]] | None", str], Awaitable[Fetched]]
+#: Parameters that shape pages, not matches: dropped for ``_summary=count``.
+_PAGING = frozenset({"_count", "_sort", "_elements", "_include", "_revinclude", "_summary"})
+
+
+def _check_bundle(fetched: Fetched) -> dict[str, Any]:
+    bundle = fetched.data
+    if bundle.get("resourceType") != "Bundle":
+        raise FHIRError(
+            f"GET {fetched.url}: expected a Bundle, got {bundle.get('resourceType')!r}",
+            status=fetched.status,
+            url=fetched.url,
+        )
+    return bundle
+
+
+def bundle_entries(bundle: dict[str, Any], resource_type: str, url: str) -> list[dict[str, Any]]:
+    """The matched resources of ``resource_type`` on one page (a page may have no ``entry``)."""
+    entries = bundle.get("entry")
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        raise FHIRError(f"GET {url}: malformed Bundle: 'entry' is not a list", url=url)
+    resources = []
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            raise FHIRError(f"GET {url}: malformed Bundle: an entry has no resource", url=url)
+        resource = entry["resource"]
+        search = entry.get("search")
+        mode = search.get("mode") if isinstance(search, dict) else None
+        kind = resource.get("resourceType")
+        if kind == "OperationOutcome" and mode in ("outcome", None):
+            for issue in resource.get("issue") or []:
+                if isinstance(issue, dict):
+                    log.warning(
+                        "FHIR server note on %s: %s",
+                        url,
+                        str(issue.get("diagnostics") or issue.get("code"))[:300],
+                    )
+            continue
+        if mode in (None, "match") and kind == resource_type:
+            resources.append(resource)
+    return resources
+
+
+def next_link(bundle: dict[str, Any], url: str) -> str | None:
+    """The ``next`` link of a page, if any."""
+    links = bundle.get("link") or []
+    if not isinstance(links, list):
+        raise FHIRError(f"GET {url}: malformed Bundle: 'link' is not a list", url=url)
+    for link in links:
+        if isinstance(link, dict) and link.get("relation") == "next":
+            target = link.get("url")
+            if not isinstance(target, str) or not target:
+                raise FHIRError(f"GET {url}: malformed Bundle: a 'next' link has no url", url=url)
+            return target
+    return None
+
+
+def _checked_next(bundle: dict[str, Any], url: str, seen: set[str]) -> str | None:
+    """The next link, refusing one already fetched (a paging loop would never end)."""
+    link = next_link(bundle, url)
+    if link is not None:
+        if link in seen:
+            raise FHIRError(
+                f"the server's paging loops: the next link {link} was already fetched", url=link
+            )
+        seen.add(link)
+    return link
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while pages become rows.
+
+    Building 100,000 rows allocates millions of container objects and none of
+    them form cycles; CPython would run its full collections over the growing
+    heap again and again (about a quarter of the CPU time). Reference
+    counting still frees everything as usual; the collector is back on
+    afterwards (if it was on).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _total(fetched: Fetched) -> int:
+    total = _check_bundle(fetched).get("total")
+    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+        raise FHIRError(
+            f"GET {fetched.url}: the server did not return a count (Bundle.total)",
+            url=fetched.url,
+        )
+    return total
+
+
+def _progress_bar(enabled: bool | None, total: Callable[[], int | None]) -> Any:
+    """A tqdm bar when asked (``True``) or, by default, inside a notebook; else None."""
+    if enabled is False or (enabled is None and not in_notebook()):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total(), unit=" resources", desc="FHIR search")
+
+
+class _Base:
+    def __init__(
+        self, resource_type: str, params: list[tuple[str, str]], progress: bool | None
+    ) -> None:
+        self.resource_type = resource_type
+        self.params = params
+        self.progress = progress
+        self._count: int | None = None
+
+    def _count_params(self) -> list[tuple[str, str]]:
+        return [(k, v) for k, v in self.params if k not in _PAGING] + [("_summary", "count")]
+
+    def __repr__(self) -> str:
+        query = "&".join(f"{k}={v}" for k, v in self.params)
+        return f"<{type(self).__name__} {self.resource_type}?{query}>"
+
+
+class SearchResult(_Base):
+    """A search that runs when used: iterate, ``len()``, ``to_pandas()``, ``to_arrow()``."""
+
+    def __init__(
+        self,
+        get: SyncGet,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        *,
+        progress: bool | None = None,
+        prefetch: bool = True,
+    ) -> None:
+        super().__init__(resource_type, params, progress)
+        self._get = get
+        #: Fetch the next page while the current one is processed.
+        self.prefetch = prefetch
+
+    def pages(self) -> Iterator[dict[str, Any]]:
+        """Each Bundle page, following ``next`` links to the end."""
+        for bundle, _url in self._walk():
+            yield bundle
+
+    def _walk(self) -> Iterator[tuple[dict[str, Any], str]]:
+        """Pages with their URLs; the next page is fetched while the caller works on this one.
+
+        The FHIR server (another process, often another machine) builds page
+        N+1 while this process flattens page N: on a 100-page search that
+        hides most of the server's time. At most one page is fetched ahead.
+        """
+        fetched = self._get(self.resource_type, self.params, "search")
+        seen = {fetched.url}
+        pool: ThreadPoolExecutor | None = None
+        try:
+            while True:
+                bundle = _check_bundle(fetched)
+                link = _checked_next(bundle, fetched.url, seen)
+                ahead: Future[Fetched] | None = None
+                if link is not None and self.prefetch:
+                    if pool is None:
+                        pool = ThreadPoolExecutor(1, thread_name_prefix="fhir-page")
+                    ahead = pool.submit(self._get, link, None, "search")
+                yield bundle, fetched.url
+                if link is None:
+                    return
+                fetched = ahead.result() if ahead is not None else self._get(link, None, "search")
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _resource_pages(self) -> Iterator[list[dict[str, Any]]]:
+        for bundle, url in self._walk():
+            yield bundle_entries(bundle, self.resource_type, url)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for resources in self._resource_pages():
+            yield from resources
+
+    def count(self) -> int:
+        """Number of matches, from the server (``_summary=count``); cached."""
+        if self._count is None:
+            self._count = _total(self._get(self.resource_type, self._count_params(), "count"))
+        return self._count
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def _safe_count(self) -> int | None:
+        try:
+            return self.count()
+        except FHIRError:
+            return None
+
+    def builder(self, *, raw: bool = False, progress: bool | None = None) -> TableBuilder:
+        """Fetch every page into a :class:`TableBuilder` (the shared path of both frame types)."""
+        builder = TableBuilder(self.resource_type, raw=raw)
+        bar = _progress_bar(self.progress if progress is None else progress, self._safe_count)
+        try:
+            with _gc_paused():
+                for resources in self._resource_pages():
+                    builder.add(resources)
+                    if bar is not None:
+                        bar.update(len(resources))
+        finally:
+            if bar is not None:
+                bar.close()
+        return builder
+
+    def to_pandas(self, *, raw: bool = False, progress: bool | None = None) -> pd.DataFrame:
+        """All matches as a typed DataFrame (see :mod:`.flatten` for the columns)."""
+        return self.builder(raw=raw, progress=progress).to_pandas()
+
+    def to_arrow(self, *, raw: bool = False, progress: bool | None = None) -> pa.Table:
+        """All matches as an Arrow table (same columns and types as :meth:`to_pandas`)."""
+        return self.builder(raw=raw, progress=progress).to_arrow()
+
+
+class AsyncSearchResult(_Base):
+    """Async twin: ``async for``, ``await .count()``, ``await .to_pandas()``."""
+
+    def __init__(
+        self,
+        get: AsyncGet,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        *,
+        progress: bool | None = None,
+    ) -> None:
+        super().__init__(resource_type, params, progress)
+        self._get = get
+
+    async def pages(self) -> AsyncIterator[dict[str, Any]]:
+        """Each Bundle page, following ``next`` links to the end."""
+        async for bundle, _url in self._walk():
+            yield bundle
+
+    async def _walk(self) -> AsyncIterator[tuple[dict[str, Any], str]]:
+        fetched = await self._get(self.resource_type, self.params, "search")
+        seen = {fetched.url}
+        while True:
+            bundle = _check_bundle(fetched)
+            yield bundle, fetched.url
+            link = _checked_next(bundle, fetched.url, seen)
+            if link is None:
+                return
+            fetched = await self._get(link, None, "search")
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        async for bundle, url in self._walk():
+            for resource in bundle_entries(bundle, self.resource_type, url):
+                yield resource
+
+    async def count(self) -> int:
+        if self._count is None:
+            self._count = _total(await self._get(self.resource_type, self._count_params(), "count"))
+        return self._count
+
+    async def builder(self, *, raw: bool = False) -> TableBuilder:
+        builder = TableBuilder(self.resource_type, raw=raw)
+        with _gc_paused():
+            async for bundle, url in self._walk():
+                builder.add(bundle_entries(bundle, self.resource_type, url))
+        return builder
+
+    async def to_pandas(self, *, raw: bool = False) -> pd.DataFrame:
+        return (await self.builder(raw=raw)).to_pandas()
+
+    async def to_arrow(self, *, raw: bool = False) -> pa.Table:
+        return (await self.builder(raw=raw)).to_arrow()
