@@ -122,3 +122,9 @@ def test_parse_search_refuses(
         parse_search(resource_type, params, BASE)
     assert info.value.status == status
     assert "abc" not in info.value.diagnostics or message != "Authorization header"
+
+
+def test_escaped_bar_is_literal_outside_tokens() -> None:
+    query = parse_search("Patient", [("family", r"o\|brien")], BASE)
+    _, args = query.page_sql()
+    assert "o|brien" in args

@@ -374,6 +374,8 @@ def filter_clause(
         raise FHIRError(400, f"search parameter {name!r} has more than {MAX_ALTERNATIVES} values")
     if any(v == "" for v in values):
         raise FHIRError(400, f"search parameter {name!r} has an empty value between commas")
+    if kind != "token":  # only token values give '|' a meaning; elsewhere "\|" is a '|'
+        values = [v.replace("\\|", "|") for v in values]
     if kind == "id":
         for v in values:
             if not _ID.match(v):
