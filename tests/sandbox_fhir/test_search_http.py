@@ -389,3 +389,22 @@ def test_format_other_than_json_is_406(http: httpx.Client, system_token: dict[st
     response = fhir_get(http, "Patient", system_token, {"_format": "xml"})
     assert response.status_code == 406
     assert "JSON only" in outcome_text(response)
+
+
+def test_concurrent_searches_agree(
+    fhir_sandbox: SandboxProcess, system_token: dict[str, Any]
+) -> None:
+    """Many clients at once (waitress serves from 8 threads, one SQLite connection each)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(i: int) -> list[str]:
+        with httpx.Client(base_url=fhir_sandbox.origin, timeout=60) as client:
+            patient = f"patient-0000{i % 6 + 1}"
+            return ids(
+                search_all(client, "Observation", system_token, {"patient": patient, "_count": 40})
+            )
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(run, range(24)))
+    for i, result in enumerate(results):
+        assert result and result == results[i % 6]
