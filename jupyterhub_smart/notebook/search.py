@@ -228,7 +228,15 @@ class SearchResult(_Base):
         return self._count
 
     def __len__(self) -> int:
-        return self.count()
+        """``len(result)``: the server's count. ``list(result)`` asks for it too (as a size hint).
+
+        A server that cannot count makes ``len()`` raise TypeError (with the
+        reason), which ``list()`` treats as "no size hint" and carries on.
+        """
+        try:
+            return self.count()
+        except FHIRError as exc:
+            raise TypeError(f"len() needs the server's _summary=count: {exc}") from exc
 
     def _safe_count(self) -> int | None:
         try:
