@@ -28,6 +28,9 @@ def test_generate_read_list(tmp_path: Path) -> None:
     assert len(practitioners) >= 3 and practitioners[0]["id"] == "practitioner-1"
     assert store.read("Patient", "patient-00002")["id"] == "patient-00002"  # type: ignore[index]
     assert store.read("Patient", "nope") is None
+    assert store.list_patients(limit=10**30, offset=10**30) == []
+    assert len(store.list_patients(limit=-5, offset=-5)) == 0
+    assert len(store.list_patients(limit=10**30)) == 4
     assert store.read("Observation", "patient-00002") is None
     assert store.counts()["Observation"] > 10
     store.close()

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 #: older version are then regenerated instead of served with stale layout.
 SCHEMA_VERSION = "2"
 _BATCH = 20_000
+#: Upper bound for LIMIT/OFFSET values (far above any store, far below 2**63).
+_MAX_ROWS = 2**40
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -202,7 +204,8 @@ class FHIRStore:
             self._connect()
             .execute(
                 "SELECT json FROM resources WHERE type = ? ORDER BY seq LIMIT ? OFFSET ?",
-                (resource_type, max(0, limit), max(0, offset)),
+                # Clamped: SQLite integers are 64-bit, and callers pass user input.
+                (resource_type, min(max(0, limit), _MAX_ROWS), min(max(0, offset), _MAX_ROWS)),
             )
             .fetchall()
         )
