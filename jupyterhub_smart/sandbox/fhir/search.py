@@ -82,7 +82,7 @@ _DATE = re.compile(
     r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.\d{1,9})?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
 )
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
-_CURSOR = re.compile(r"^(?:s(?P<seq>\d{1,19})|d(?P<date>-?\d{1,19})\.(?P<dseq>\d{1,19}))$")
+_CURSOR = re.compile(r"^(?:s(?P<seq>\d{1,18})|d(?P<date>-?\d{1,18})\.(?P<dseq>\d{1,18}))$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
