@@ -92,7 +92,7 @@ def test_401_then_one_fresh_token_and_one_retry() -> None:
 
 def test_401_twice_is_an_error_after_one_retry() -> None:
     client, fake, api = client_for(lambda r: json_response(401, outcome("invalid token", "login")))
-    with pytest.raises(FHIRError, match="HTTP 401.*invalid token") as info:
+    with pytest.raises(FHIRError, match=r"HTTP 401.*invalid token") as info:
         client.read("Patient", "p1")
     assert info.value.status == 401
     assert len(fake.requests) == 2 and api.calls == 2
@@ -182,7 +182,7 @@ def test_tcp_errors_are_retried_then_name_the_url() -> None:
     client, fake, _ = client_for(reset)
     with pytest.raises(
         FHIRConnectionError,
-        match="could not reach the FHIR server at http://ehr.test/fhir/Patient/p1: ReadError",
+        match=r"could not reach the FHIR server at http://ehr.test/fhir/Patient/p1: ReadError",
     ):
         client.read("Patient", "p1")
     assert len(fake.requests) == FAST.max_retries + 1

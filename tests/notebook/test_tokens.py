@@ -111,7 +111,7 @@ def test_token_api_unreachable() -> None:
         HUB_API, secret("api"), transport=httpx.MockTransport(refuse), retries=1
     )
     with pytest.raises(
-        TokenUnavailable, match="could not reach the hub's token API at http://hub.test"
+        TokenUnavailable, match=r"could not reach the hub's token API at http://hub.test"
     ):
         provider.get()
 
@@ -127,14 +127,14 @@ def test_token_api_401_without_reauthentication() -> None:
 def test_token_api_403_another_users_token() -> None:
     api = FakeTokenAPI(secret("api"))
     api.answer = lambda request: json_response(403, {"status": 403, "message": "Forbidden"})
-    with pytest.raises(TokenUnavailable, match="403.*another user"):
+    with pytest.raises(TokenUnavailable, match=r"403.*another user"):
         hub(api).get()
 
 
 def test_token_api_404_names_the_url() -> None:
     api = FakeTokenAPI(secret("api"))
     api.answer = lambda request: httpx.Response(404, text="not found")
-    with pytest.raises(TokenUnavailable, match="no token API at http://hub.test"):
+    with pytest.raises(TokenUnavailable, match=r"no token API at http://hub.test"):
         hub(api).get()
 
 
