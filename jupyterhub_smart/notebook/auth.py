@@ -21,7 +21,7 @@ fhirclient::
     fhir = connect()
     srv = fhir_server.FHIRServer(None, base_uri=fhir.context.fhir_base_url + "/")
     srv.session.auth = fhir.requests_auth()
-    Observation.where({"patient": fhir.context.patient}).perform_resources(srv)
+    Observation.where({"patient": fhir.context.patient}).perform_resources_iter(srv)
 
 httpx::
 
