@@ -39,6 +39,7 @@ def make_provider(
     fhir_base_url: str | None = None,
     token: str | None = None,
     token_provider: TokenProvider | Callable[[], TokenLike] | None = None,
+    patient: str | None = None,
 ) -> TokenProvider:
     """The token provider ``connect()`` would use for these arguments and this environment."""
     from .errors import NotInSMARTHub
@@ -48,7 +49,9 @@ def make_provider(
     if token is not None:
         if not fhir_base_url:
             raise TypeError("connect(token=...) also needs fhir_base_url=... (where to use it)")
-        return StaticTokenProvider(token, fhir_base_url)
+        return StaticTokenProvider(token, fhir_base_url, patient=patient)
+    if patient is not None:
+        raise TypeError("patient= goes with token=; a token provider returns its own 'patient'")
     if token_provider is not None:
         if isinstance(token_provider, TokenProvider):
             return token_provider
@@ -68,13 +71,16 @@ def connect(
     token: str | None = None,
     token_provider: TokenProvider | Callable[[], TokenLike] | None = None,
     *,
+    patient: str | None = None,
     show_banner: bool | None = None,
     **options: Any,
 ) -> SMARTClient:
     """A :class:`SMARTClient` for this session.
 
     - ``connect()`` in a jupyterhub-smart single-user server;
-    - ``connect(fhir_base_url=..., token=...)`` with a fixed access token;
+    - ``connect(fhir_base_url=..., token=...)`` with a fixed access token
+      (``patient=`` names the patient it is about, for ``observations()``
+      and the banner);
     - ``connect(fhir_base_url=..., token_provider=fn)`` with a function
       returning a token (string or token-response dict).
 
@@ -83,7 +89,7 @@ def connect(
     arguments go to :class:`SMARTClient` (``page_size``, ``retry``,
     ``timeout``, ``check_scopes``, ``event_sink``, ``progress``).
     """
-    provider = make_provider(fhir_base_url, token, token_provider)
+    provider = make_provider(fhir_base_url, token, token_provider, patient)
     if not isinstance(provider, StaticTokenProvider):
         info = provider.get()  # fail here, with what to do, rather than mid-analysis
         if fhir_base_url and info.fhir_base_url and info.fhir_base_url != fhir_base_url.rstrip("/"):

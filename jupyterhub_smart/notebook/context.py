@@ -87,6 +87,8 @@ class PatientBanner:
         parts = [self.name or "(no name)"] + [f"{k}: {v}" for k, v in self._fields()]
         return " | ".join(parts)
 
+    __repr__ = __str__  # the text/plain form Jupyter shows next to the HTML
+
     def _repr_html_(self) -> str:
         esc = html.escape
         items = "".join(

@@ -138,11 +138,20 @@ def _total(fetched: Fetched) -> int:
     return total
 
 
-def _progress_bar(enabled: bool | None, total: Callable[[], int | None]) -> Any:
-    """A tqdm bar when asked (``True``) or, by default, inside a notebook; else None."""
-    if enabled is False or (enabled is None and not in_notebook()):
+def _progress_bar(enabled: bool | None, more_pages: bool, total: Callable[[], int | None]) -> Any:
+    """A tqdm bar when asked (``True``), or by default for a multi-page search in a notebook.
+
+    A one-page search is over before a bar would mean anything, so the
+    default waits for the first page: only when it has a ``next`` link does
+    the bar appear (its total from ``_summary=count``, if the server counts).
+    """
+    if enabled is False or (enabled is None and not (more_pages and in_notebook())):
         return None
-    from tqdm.auto import tqdm
+    import warnings
+
+    with warnings.catch_warnings():  # without ipywidgets tqdm.auto warns, then draws text
+        warnings.simplefilter("ignore")
+        from tqdm.auto import tqdm
 
     return tqdm(total=total(), unit=" resources", desc="FHIR search")
 
@@ -183,10 +192,10 @@ class SearchResult(_Base):
 
     def pages(self) -> Iterator[dict[str, Any]]:
         """Each Bundle page, following ``next`` links to the end."""
-        for bundle, _url in self._walk():
+        for bundle, _url, _more in self._walk():
             yield bundle
 
-    def _walk(self) -> Iterator[tuple[dict[str, Any], str]]:
+    def _walk(self) -> Iterator[tuple[dict[str, Any], str, bool]]:
         """Pages with their URLs; the next page is fetched while the caller works on this one.
 
         The FHIR server (another process, often another machine) builds page
@@ -205,7 +214,7 @@ class SearchResult(_Base):
                     if pool is None:
                         pool = ThreadPoolExecutor(1, thread_name_prefix="fhir-page")
                     ahead = pool.submit(self._get, link, None, "search")
-                yield bundle, fetched.url
+                yield bundle, fetched.url, link is not None
                 if link is None:
                     return
                 fetched = ahead.result() if ahead is not None else self._get(link, None, "search")
@@ -214,7 +223,7 @@ class SearchResult(_Base):
                 pool.shutdown(wait=True, cancel_futures=True)
 
     def _resource_pages(self) -> Iterator[list[dict[str, Any]]]:
-        for bundle, url in self._walk():
+        for bundle, url, _more in self._walk():
             yield bundle_entries(bundle, self.resource_type, url)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -247,10 +256,14 @@ class SearchResult(_Base):
     def builder(self, *, raw: bool = False, progress: bool | None = None) -> TableBuilder:
         """Fetch every page into a :class:`TableBuilder` (the shared path of both frame types)."""
         builder = TableBuilder(self.resource_type, raw=raw)
-        bar = _progress_bar(self.progress if progress is None else progress, self._safe_count)
+        enabled = self.progress if progress is None else progress
+        bar = None
         try:
             with _gc_paused():
-                for resources in self._resource_pages():
+                for n, (bundle, url, more) in enumerate(self._walk()):
+                    if n == 0:
+                        bar = _progress_bar(enabled, more, self._safe_count)
+                    resources = bundle_entries(bundle, self.resource_type, url)
                     builder.add(resources)
                     if bar is not None:
                         bar.update(len(resources))

@@ -220,3 +220,14 @@ def test_frame_is_a_dataframe(sandbox: SandboxProcess) -> None:
         assert isinstance(fhir.search("Patient").to_pandas(), pd.DataFrame)
         with httpx.Client() as http:
             assert http.get(f"{sandbox.iss}/metadata").status_code == 200
+
+
+def test_progress_bar_only_when_asked_outside_notebooks(
+    sandbox: SandboxProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with system_client(sandbox, page_size=20) as fhir:
+        fhir.search("Observation", patient=PATIENT).to_pandas()
+        assert "FHIR search" not in capsys.readouterr().err
+        fhir.search("Observation", patient=PATIENT).to_pandas(progress=True)
+        err = capsys.readouterr().err
+        assert "FHIR search" in err and "resources" in err
