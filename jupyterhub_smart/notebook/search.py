@@ -61,15 +61,18 @@ def bundle_entries(bundle: dict[str, Any], resource_type: str, url: str) -> list
         return []
     if not isinstance(entries, list):
         raise FHIRError(f"GET {url}: malformed Bundle: 'entry' is not a list", url=url)
-    resources = []
+    resources: list[dict[str, Any]] = []
+    append = resources.append
     for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+        resource = entry.get("resource") if entry.__class__ is dict else None
+        if resource.__class__ is not dict:
             raise FHIRError(f"GET {url}: malformed Bundle: an entry has no resource", url=url)
-        resource = entry["resource"]
         search = entry.get("search")
-        mode = search.get("mode") if isinstance(search, dict) else None
+        mode = search.get("mode") if search.__class__ is dict else None
         kind = resource.get("resourceType")
-        if kind == "OperationOutcome" and mode in ("outcome", None):
+        if kind == resource_type and (mode is None or mode == "match"):
+            append(resource)
+        elif kind == "OperationOutcome" and mode in ("outcome", None):
             for issue in resource.get("issue") or []:
                 if isinstance(issue, dict):
                     log.warning(
@@ -77,9 +80,6 @@ def bundle_entries(bundle: dict[str, Any], resource_type: str, url: str) -> list
                         url,
                         str(issue.get("diagnostics") or issue.get("code"))[:300],
                     )
-            continue
-        if mode in (None, "match") and kind == resource_type:
-            resources.append(resource)
     return resources
 
 
