@@ -127,7 +127,8 @@ class SMARTAuditHandler(APIHandler):
         name is taken from there only if it names a server this user has.
         """
         user = self.current_user
-        note = getattr(self.get_token(), "note", None) or ""
+        get_token = getattr(self, "get_token", None)  # JupyterHub >= 4.1
+        note = getattr(get_token() if callable(get_token) else None, "note", None) or ""
         if not isinstance(user, User):
             return None
         match = re.fullmatch(re.escape(f"Server at {user.base_url}") + r"([^/\s]*)/", note)
