@@ -214,3 +214,15 @@ def test_notebook_reporter_batches_to_the_hub(hub: Hub) -> None:
     assert mine[-1]["entity"][-1]["what"]["reference"] == "Patient/p1"
     text = hub.audit_path.read_text()
     assert "8480-6" not in text and token not in text and token not in hub.log_text()
+
+
+def test_a_token_note_cannot_invent_a_server(hub: Hub) -> None:
+    """Users can write their own token notes: a claimed server must really be theirs."""
+    user = hub.user_token("frank")
+    with hub.api(user) as client:
+        response = client.post("/users/frank/tokens", json={"note": "Server at /user/frank/fake/"})
+        assert response.status_code == 201, response.text
+        forged = response.json()["token"]
+    assert post(hub, forged, {"events": [SEARCH]}).status_code == 201
+    record = [r for r in audit_records(hub) if r["agent"][0]["altId"] == "frank"][-1]
+    assert all(agent.get("type", {}).get("text") != "jupyter-server" for agent in record["agent"])
