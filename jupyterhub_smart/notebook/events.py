@@ -3,7 +3,9 @@
 The client calls an optional *event sink* after each FHIR request it makes on
 the researcher's behalf. The sink that POSTs batches to the hub's audit
 endpoint (``{hub}/hub/api/smart/audit``, issue 5) plugs in here later; it must
-return at once (queue and send off the hot path). A sink that raises is
+return at once (queue and send off the hot path) and be thread-safe: search
+pages are fetched one ahead in a worker thread, which calls the sink for the
+pages it fetched. A sink that raises is
 logged and ignored: an audit hiccup must not break an analysis, and a sink
 that must fail closed can do so by its own policy.
 """

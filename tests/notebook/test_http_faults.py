@@ -325,3 +325,26 @@ async def test_async_client_has_the_same_policy() -> None:
                 ids.append(resource["id"])
         assert ids == ["a", "b"]
     assert api.calls == 2 and len(seen) == 4
+
+
+def test_errors_never_hold_the_token() -> None:
+    client, fake, _ = client_for(lambda r: json_response(401, outcome("bad token", "login")))
+    with pytest.raises(FHIRError) as info:
+        client.read("Patient", "p1")
+    for token in fake.tokens:
+        assert token not in str(info.value) and token not in repr(info.value.__dict__)
+
+
+def test_a_failing_event_sink_does_not_break_reads(caplog: pytest.LogCaptureFixture) -> None:
+    def sink(event: object) -> None:
+        raise RuntimeError("audit backend down")
+
+    api = FakeTokenAPI(secret("api"), extra={"scope": "system/*.rs"})
+    provider = HubTokenProvider(HUB_API, api.api_token, transport=api.transport())
+    client = SMARTClient(
+        provider,
+        transport=httpx.MockTransport(lambda r: json_response(200, patient())),
+        event_sink=sink,
+    )
+    assert client.read("Patient", "p1")["id"] == "p1"
+    assert "data-access event sink failed: RuntimeError" in caplog.text
