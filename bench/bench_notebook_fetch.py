@@ -16,7 +16,8 @@ Per client: resources/s (wall clock, from the first request to the finished
 DataFrame), client CPU seconds (user+system of that process), peak memory
 (``ru_maxrss`` of that process, which includes the interpreter and pandas).
 Libraries are imported before the clock starts (a notebook imports once).
-``BENCH_REPEAT`` (default 1) repeats each client and keeps the median run.
+``BENCH_REPEAT`` (default 1) repeats each client and keeps the median run;
+``BENCH_CLIENTS`` (e.g. ``ours,fhirpy``) picks the clients.
 The token reaches each worker on stdin, never in argv or the environment.
 """
 
@@ -196,8 +197,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         process, iss = _start_sandbox(Path(tmp), observations, secret)
         try:
-            available = [c for c in CLIENTS if _installed(c)]
-            for missing in sorted(set(CLIENTS) - set(available)):
+            wanted = os.environ.get("BENCH_CLIENTS", ",".join(CLIENTS)).split(",")
+            available = [c for c in CLIENTS if c in wanted and _installed(c)]
+            for missing in sorted(set(CLIENTS) & set(wanted) - set(available)):
                 print(f"{missing}: not installed (pip install {missing}); skipped")
             runs: dict[str, list[dict[str, Any]]] = {c: [] for c in available}
             for _ in range(repeat):

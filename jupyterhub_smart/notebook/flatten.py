@@ -420,17 +420,20 @@ class TableBuilder:
         self._intern = make_interner()
 
     def add(self, resources: Iterable[dict[str, Any]]) -> int:
-        """Add resources (of this builder's type); returns how many rows they became."""
-        before = len(self._rows)
+        """Add resources (of this builder's type); returns how many resources were added."""
         rows, row_fn, intern = self._rows, self._row_fn, self._intern
-        for resource in resources:
-            produced = row_fn(resource, intern)
-            if self._raw:
+        extend = rows.extend
+        added = 0
+        if self._raw:
+            for resource in resources:
                 text = orjson.dumps(resource).decode()
-                rows.extend((*r, text) for r in produced)
-            else:
-                rows.extend(produced)
-        return len(self._rows) - before
+                extend((*r, text) for r in row_fn(resource, intern))
+                added += 1
+        else:
+            for resource in resources:
+                extend(row_fn(resource, intern))
+                added += 1
+        return added
 
     def __len__(self) -> int:
         return len(self._rows)

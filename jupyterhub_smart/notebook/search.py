@@ -56,13 +56,20 @@ def _check_bundle(fetched: Fetched) -> dict[str, Any]:
 
 def bundle_entries(bundle: dict[str, Any], resource_type: str, url: str) -> list[dict[str, Any]]:
     """The matched resources of ``resource_type`` on one page (a page may have no ``entry``)."""
+    return list(iter_matches(bundle, resource_type, url))
+
+
+def iter_matches(bundle: dict[str, Any], resource_type: str, url: str) -> Iterator[dict[str, Any]]:
+    """Generator form of :func:`bundle_entries`.
+
+    Frames are built from this directly, so that each resource is flattened
+    right after its entry is read, while it is still in the CPU cache.
+    """
     entries = bundle.get("entry")
     if entries is None:
-        return []
+        return
     if not isinstance(entries, list):
         raise FHIRError(f"GET {url}: malformed Bundle: 'entry' is not a list", url=url)
-    resources: list[dict[str, Any]] = []
-    append = resources.append
     for entry in entries:
         resource = entry.get("resource") if entry.__class__ is dict else None
         if resource.__class__ is not dict:
@@ -71,7 +78,7 @@ def bundle_entries(bundle: dict[str, Any], resource_type: str, url: str) -> list
         mode = search.get("mode") if search.__class__ is dict else None
         kind = resource.get("resourceType")
         if kind == resource_type and (mode is None or mode == "match"):
-            append(resource)
+            yield resource
         elif kind == "OperationOutcome" and mode in ("outcome", None):
             for issue in resource.get("issue") or []:
                 if isinstance(issue, dict):
@@ -80,7 +87,6 @@ def bundle_entries(bundle: dict[str, Any], resource_type: str, url: str) -> list
                         url,
                         str(issue.get("diagnostics") or issue.get("code"))[:300],
                     )
-    return resources
 
 
 def next_link(bundle: dict[str, Any], url: str) -> str | None:
@@ -263,10 +269,9 @@ class SearchResult(_Base):
                 for n, (bundle, url, more) in enumerate(self._walk()):
                     if n == 0:
                         bar = _progress_bar(enabled, more, self._safe_count)
-                    resources = bundle_entries(bundle, self.resource_type, url)
-                    builder.add(resources)
+                    added = builder.add(iter_matches(bundle, self.resource_type, url))
                     if bar is not None:
-                        bar.update(len(resources))
+                        bar.update(added)
         finally:
             if bar is not None:
                 bar.close()
@@ -325,7 +330,7 @@ class AsyncSearchResult(_Base):
         builder = TableBuilder(self.resource_type, raw=raw)
         with _gc_paused():
             async for bundle, url in self._walk():
-                builder.add(bundle_entries(bundle, self.resource_type, url))
+                builder.add(iter_matches(bundle, self.resource_type, url))
         return builder
 
     async def to_pandas(self, *, raw: bool = False) -> pd.DataFrame:
