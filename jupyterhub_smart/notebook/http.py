@@ -70,6 +70,14 @@ class RetryPolicy:
     max_retry_after: float = 120.0
     retry_statuses: frozenset[int] = frozenset({429, 502, 503, 504})
 
+    def __post_init__(self) -> None:
+        if self.max_retries < 0 or self.max_retries > 20:
+            raise ValueError("max_retries must be between 0 and 20")
+        for name in ("backoff", "max_backoff", "max_retry_after"):
+            value = getattr(self, name)
+            if not (0 <= value < 86400):
+                raise ValueError(f"{name} must be a number of seconds between 0 and 86400")
+
     def backoff_delay(self, attempt: int) -> float:
         base = min(self.max_backoff, self.backoff * (2**attempt))
         return base * random.uniform(0.5, 1.0)

@@ -348,3 +348,12 @@ def test_a_failing_event_sink_does_not_break_reads(caplog: pytest.LogCaptureFixt
     )
     assert client.read("Patient", "p1")["id"] == "p1"
     assert "data-access event sink failed: RuntimeError" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_retries": -1}, {"max_retries": 100}, {"backoff": -1}, {"max_retry_after": float("nan")}],
+)
+def test_retry_policy_bounds(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
