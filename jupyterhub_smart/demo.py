@@ -7,6 +7,10 @@ with a key pair generated here, auth_state is encrypted with a generated
 ``JUPYTERHUB_CRYPT_KEY``, and JupyterLab opens the demo notebook. Everything it
 generates lives in one state directory (``.demo/`` by default) and is reused by
 the next run, so a second run starts in seconds and keeps the same users.
+
+Ctrl-C (or SIGTERM) stops every process the demo started: the sandbox, the hub,
+and what the hub started (the proxy, single-user servers, their kernels), even
+those that left the hub's process group.
 """
 
 from __future__ import annotations
@@ -23,13 +27,43 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 #: The hub's client registration at the sandbox.
 DEMO_CLIENT_ID = "jupyterhub-demo"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_NOTEBOOKS = REPO_ROOT / "demo" / "notebooks"
+#: Where ``make`` installs configurable-http-proxy (``npm install`` in the checkout).
+LOCAL_NODE_BIN = REPO_ROOT / "node_modules" / ".bin"
+#: How long a child gets to stop by itself (JupyterHub stops the single-user
+#: servers and the proxy it started) before it and its descendants are killed.
+STOP_GRACE_SECONDS = 20.0
+#: The line a person (and the end-to-end test) waits for.
+OPEN_LINE = "Open {url} and press Launch next to a patient. Ctrl-C stops the demo."
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,15 +76,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "SMARTAuthenticator, then print the EHR page to open. Ctrl-C stops everything."
         ),
     )
-    parser.add_argument("--state-dir", type=Path, default=Path(".demo"), help="generated files")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".demo"),
+        help="generated files: keys, crypt key, databases, logs (default .demo; reused)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address both servers listen on")
-    parser.add_argument("--sandbox-port", type=int, default=8700, help="sandbox EHR port")
-    parser.add_argument("--hub-port", type=int, default=8000, help="JupyterHub's public port")
-    parser.add_argument("--patients", type=int, default=20, help="synthetic patients")
+    parser.add_argument("--sandbox-port", type=_port, default=8700, help="sandbox EHR port")
+    parser.add_argument("--hub-port", type=_port, default=8000, help="JupyterHub's public port")
+    parser.add_argument(
+        "--patients", type=_positive_int, default=20, help="synthetic patients (first run)"
+    )
     parser.add_argument("--seed", type=int, default=42, help="seed for the synthetic data")
     parser.add_argument(
         "--access-token-lifetime",
-        type=int,
+        type=_positive_int,
         default=3600,
         help="sandbox access-token lifetime in seconds (small values show refresh at work)",
     )
@@ -66,6 +107,10 @@ class DemoError(RuntimeError):
     """A problem the person running the demo can fix; printed without a traceback."""
 
 
+class _Stop(Exception):
+    """Raised in the main thread by SIGTERM/SIGINT: stop the demo cleanly."""
+
+
 def port_is_free(host: str, port: int) -> bool:
     """True when nothing listens on ``host:port`` (so that we can bind it)."""
     with socket.socket() as sock:
@@ -75,12 +120,23 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError as exc:
             if exc.errno in (errno.EADDRINUSE, errno.EACCES):
                 return False
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise DemoError(f"{host} is not an address of this machine; check --host") from None
             raise
     return True
 
 
+def free_port(host: str) -> int:
+    """A port the kernel just found free on ``host`` (for the hub's internal listeners)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def check_ports(host: str, ports: dict[str, int]) -> None:
     """Refuse to start when a port is taken, naming the option that moves it."""
+    if len(set(ports.values())) != len(ports):
+        raise DemoError(f"{' and '.join(ports)} must be different ports")
     for option, port in ports.items():
         if not port_is_free(host, port):
             raise DemoError(
@@ -96,17 +152,27 @@ def ensure_secret_file(path: Path, nbytes: int = 32) -> str:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(nbytes))
-    return path.read_text().strip()
+    value = path.read_text().strip()
+    if len(value) != 2 * nbytes:
+        raise DemoError(f"{path} is not a generated key; delete it to make a new one")
+    return value
 
 
 def ensure_hub_key(state: Path) -> tuple[Path, dict[str, Any]]:
-    """The hub's private key for ``private_key_jwt`` and its public JWKS."""
+    """The hub's private key for ``private_key_jwt`` and its public JWKS, made once.
+
+    A second run must reuse the key: the sandbox's client registration (and, in
+    a real EHR, the admin's) names this JWKS, and a new key on every run would
+    leave stale keys behind in ``jwks.json``.
+    """
     from jupyterhub_smart.smart.keys import write_key_pair
 
     key_dir = state / "keys"
-    private = key_dir / "hub-private-key.pem"
     public = key_dir / "jwks.json"
-    if not (private.exists() and public.exists()):
+    pems = sorted(key_dir.glob("smart-rs384-*.pem")) if key_dir.is_dir() else []
+    if pems and public.exists():
+        private = pems[0]
+    else:
         private, public = write_key_pair("RS384", key_dir)
     return private, json.loads(public.read_text())
 
@@ -126,16 +192,31 @@ def write_clients_file(state: Path, hub_url: str, jwks: dict[str, Any]) -> Path:
     return path
 
 
-def write_hub_config(state: Path, *, host: str, hub_port: int, iss: str, key_path: Path) -> Path:
-    """The demo's ``jupyterhub_config.py``: what an admin would write, plus demo conveniences."""
+def write_hub_config(
+    state: Path,
+    *,
+    host: str,
+    hub_port: int,
+    hub_api_port: int,
+    proxy_api_port: int,
+    iss: str,
+    key_path: Path,
+) -> Path:
+    """The demo's ``jupyterhub_config.py``: what an admin would write, plus demo conveniences.
+
+    The hub's internal API and the proxy's API get free ports picked at start,
+    so the demo runs next to another hub (whose defaults are 8081 and 8001).
+    """
     users_dir = state / "users"
-    config = f'''# Generated by `jupyterhub-smart demo`; edit freely, it is rewritten on each run.
+    config = f'''# Generated by `jupyterhub-smart demo`; rewritten on each run.
 import os, shutil
 from pathlib import Path
 
 c = get_config()  # noqa: F821
 c.JupyterHub.bind_url = "http://{host}:{hub_port}"
 c.JupyterHub.hub_ip = "{host}"
+c.JupyterHub.hub_port = {hub_api_port}
+c.ConfigurableHTTPProxy.api_url = "http://{host}:{proxy_api_port}"
 c.JupyterHub.cookie_secret_file = {str(state / "hub" / "jupyterhub_cookie_secret")!r}
 c.JupyterHub.db_url = "sqlite:///" + {str(state / "hub" / "jupyterhub.sqlite")!r}
 c.ConfigurableHTTPProxy.pid_file = {str(state / "hub" / "proxy.pid")!r}
@@ -156,6 +237,9 @@ c.JupyterHub.spawner_class = "simple"
 c.SimpleLocalProcessSpawner.home_dir_template = {str(users_dir / "{username}")!r}
 c.Spawner.default_url = "/lab/tree/patient-vitals.ipynb"
 c.Spawner.cmd = [{str(Path(sys.executable).with_name("jupyterhub-singleuser"))!r}]
+# A busy laptop can take a while to start JupyterLab the first time.
+c.Spawner.start_timeout = 180
+c.Spawner.http_timeout = 120
 if os.geteuid() == 0:
     c.Spawner.args = ["--allow-root"]
 
@@ -194,20 +278,27 @@ def start_process(
     *,
     log_path: Path,
     ready_marker: str,
+    started: list[subprocess.Popen[str]],
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 300.0,
 ) -> subprocess.Popen[str]:
-    """Start a child, wait for ``ready_marker`` in its output, fail clearly otherwise."""
-    process = subprocess.Popen(
+    """Start a child, wait for ``ready_marker`` in its output, fail clearly otherwise.
+
+    The child is appended to ``started`` as soon as it exists, so that a Ctrl-C
+    while it is still starting stops it too.
+    """
+    process = subprocess.Popen(  # noqa: S603 - our own commands, no shell
         cmd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         text=True,
         env=env,
         cwd=cwd,
-        start_new_session=True,
+        start_new_session=True,  # the terminal's Ctrl-C reaches us only; we stop children
     )
+    started.append(process)
     ready = threading.Event()
     threading.Thread(
         target=_pump, args=(process.stdout, log_path, ready_marker, ready), daemon=True
@@ -217,22 +308,74 @@ def start_process(
         if process.poll() is not None or time.monotonic() > deadline:
             stop_process(process)
             tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
-            raise DemoError(f"{cmd[0]} did not start; the end of {log_path}:\n{tail}")
+            raise DemoError(f"{Path(cmd[0]).name} did not start; the end of {log_path}:\n{tail}")
     return process
 
 
-def stop_process(process: subprocess.Popen[str]) -> None:
-    """Stop a child and everything it started (its process group)."""
-    if process.poll() is not None:
-        return
+def _descendants(pid: int) -> list[Any]:
+    """Every live descendant of ``pid`` (psutil processes), including other sessions'.
+
+    JupyterHub starts the proxy and single-user servers in new sessions, so a
+    process-group signal does not reach them; we remember them before asking
+    the hub to stop, and kill whatever it left behind.
+    """
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+        import psutil
+    except ImportError:  # pragma: no cover - psutil comes with ipykernel/jupyterlab
+        return []
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def stop_process(process: subprocess.Popen[str], grace: float = STOP_GRACE_SECONDS) -> None:
+    """Stop a child and everything it started: SIGTERM first, SIGKILL after ``grace``."""
+    tree = _descendants(process.pid)
+    if process.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+    if tree:
+        import psutil
+
+        alive = [p for p in tree if p.is_running()]
+        for proc in alive:
+            with suppress(psutil.Error):
+                proc.terminate()
+        _gone, alive = psutil.wait_procs(alive, timeout=5)
+        for proc in alive:
+            with suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=5)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into :class:`_Stop` in the main thread, for one clean path."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    """The environment of our children: ours, plus the local proxy on PATH."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    if LOCAL_NODE_BIN.is_dir():
+        env["PATH"] = f"{LOCAL_NODE_BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
 
 
 def run(args: argparse.Namespace) -> int:
@@ -245,15 +388,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if shutil.which("configurable-http-proxy") is None:
+    env_path = _child_env()["PATH"]
+    if shutil.which("configurable-http-proxy", path=env_path) is None:
         raise DemoError(
             "configurable-http-proxy is not on PATH; run `make demo` (it installs it under "
             "node_modules) or `npm install -g configurable-http-proxy`"
         )
     check_ports(args.host, {"--sandbox-port": args.sandbox_port, "--hub-port": args.hub_port})
     state: Path = args.state_dir.resolve()
-    (state / "hub").mkdir(parents=True, exist_ok=True)
-    (state / "logs").mkdir(parents=True, exist_ok=True)
+    try:
+        (state / "hub").mkdir(parents=True, exist_ok=True)
+        (state / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DemoError(f"cannot create {state} ({exc.strerror}); pass --state-dir") from None
     hub_url = f"http://{args.host}:{args.hub_port}"
     sandbox_url = f"http://{args.host}:{args.sandbox_port}"
 
@@ -284,39 +431,53 @@ def _run(args: argparse.Namespace) -> int:
         f"{hub_url}/hub/oauth_login",
         *(["--auto-approve"] if args.auto_approve else []),
     ]
-    print("Starting the sandbox EHR (the first run generates the synthetic patients)...")
-    sandbox = start_process(
-        sandbox_cmd,
-        log_path=state / "logs" / "sandbox.log",
-        ready_marker="SMART sandbox ready",
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    processes = [sandbox]
-    try:
-        iss = f"{sandbox_url}/fhir"
-        config = write_hub_config(
-            state, host=args.host, hub_port=args.hub_port, iss=iss, key_path=key_path
-        )
-        print("Starting JupyterHub with SMARTAuthenticator...")
-        hub_env = {**os.environ, "JUPYTERHUB_CRYPT_KEY": crypt_key, "PYTHONUNBUFFERED": "1"}
-        hub = start_process(
-            [str(Path(sys.executable).with_name("jupyterhub")), "-f", str(config)],
-            log_path=state / "logs" / "hub.log",
-            ready_marker="JupyterHub is now running",
-            env=hub_env,
-            cwd=state / "hub",
-        )
-        processes.append(hub)
-        print(f"Logs: {state / 'logs'}")
-        print(f"Open {sandbox_url}/ehr and press Launch next to a patient. Ctrl-C stops the demo.")
-        sys.stdout.flush()
-        while all(p.poll() is None for p in processes):
-            time.sleep(0.5)
-        dead = [cmd for cmd, p in zip(("sandbox", "hub"), processes) if p.poll() is not None]
-        raise DemoError(f"the {' and '.join(dead)} stopped unexpectedly; see {state / 'logs'}")
-    except KeyboardInterrupt:
-        print("\nStopping the demo...")
-        return 0
-    finally:
-        for process in reversed(processes):
-            stop_process(process)
+    processes: list[subprocess.Popen[str]] = []
+    with _stop_on_signals():
+        try:
+            print("Starting the sandbox EHR (the first run generates the synthetic patients)...")
+            sys.stdout.flush()
+            start_process(
+                sandbox_cmd,
+                log_path=state / "logs" / "sandbox.log",
+                ready_marker="SMART sandbox ready",
+                started=processes,
+                env=_child_env(),
+            )
+            iss = f"{sandbox_url}/fhir"
+            config = write_hub_config(
+                state,
+                host=args.host,
+                hub_port=args.hub_port,
+                hub_api_port=free_port(args.host),
+                proxy_api_port=free_port(args.host),
+                iss=iss,
+                key_path=key_path,
+            )
+            print("Starting JupyterHub with SMARTAuthenticator...")
+            sys.stdout.flush()
+            start_process(
+                [str(Path(sys.executable).with_name("jupyterhub")), "-f", str(config)],
+                log_path=state / "logs" / "hub.log",
+                ready_marker="JupyterHub is now running",
+                started=processes,
+                env=_child_env(JUPYTERHUB_CRYPT_KEY=crypt_key),
+                cwd=state / "hub",
+            )
+            print(f"Logs: {state / 'logs'}")
+            print(OPEN_LINE.format(url=f"{sandbox_url}/ehr"))
+            sys.stdout.flush()
+            while all(p.poll() is None for p in processes):
+                time.sleep(0.5)
+            names = ("sandbox", "hub")
+            dead = [name for name, p in zip(names, processes, strict=False) if p.poll() is not None]
+            raise DemoError(f"the {' and '.join(dead)} stopped unexpectedly; see {state / 'logs'}")
+        except (_Stop, KeyboardInterrupt):
+            print("\nStopping the demo...")
+            sys.stdout.flush()
+            return 0
+        finally:
+            # A second Ctrl-C must not cut the clean-up short and leave servers behind.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            for process in reversed(processes):
+                stop_process(process)
