@@ -31,6 +31,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import orjson
 
+from ..smart.errors import safe_text
 from .errors import ReauthenticationRequired, TokenUnavailable
 
 __all__ = [
@@ -398,19 +399,24 @@ class HubTokenProvider(CachingTokenProvider):
                 login_url = None
             log.warning("token API: the hub asks the user to sign in again")
             raise ReauthenticationRequired(login_url)
+        said = ""
+        if body is not None and isinstance(body.get("message"), str):
+            said = f" (the hub says: {safe_text(body['message'], 300)})"
         if status == 401:
             raise TokenUnavailable(
                 "the hub did not accept this server's API token (JUPYTERHUB_API_TOKEN): "
-                "stop and start your server from the hub's home page"
+                f"stop and start your server from the hub's home page{said}"
             )
         if status == 403:
             raise TokenUnavailable(
                 "the hub refused to hand out the access token (403): the API token belongs to "
-                "another user or lacks the permission; use a server the hub started for you"
+                f"another user or lacks the permission; use a server the hub started for you{said}"
             )
         if status == 404:
             raise TokenUnavailable(
                 f"no token API at {self.url} (404): this hub does not run jupyterhub-smart's "
                 "SMARTAuthenticator, or you are not signed in through an EHR"
             )
-        raise TokenUnavailable(f"the hub's token API at {self.url} answered HTTP {status}")
+        raise TokenUnavailable(
+            f"the hub's token API at {self.url} answered HTTP {status}{said}; try again in a minute"
+        )

@@ -228,3 +228,14 @@ def test_callable_provider_accepts_str_dict_and_refetches_near_expiry() -> None:
     assert plain.get().access_token == tokens[0] and plain.get().expires_at is None
     with pytest.raises(TokenUnavailable, match="must return a token string"):
         CallableTokenProvider(lambda: 42, FHIR_BASE).get()  # type: ignore[arg-type,return-value]
+
+
+def test_ehr_unavailable_is_retried_then_says_what_the_hub_said() -> None:
+    api = FakeTokenAPI(secret("api"))
+    api.answer = lambda request: json_response(
+        503, {"error": "ehr_unavailable", "message": "The EHR's token endpoint timed out."}
+    )
+    provider = HubTokenProvider(HUB_API, api.api_token, transport=api.transport(), retries=1)
+    with pytest.raises(TokenUnavailable, match=r"HTTP 503 \(the hub says: The EHR's token"):
+        provider.get()
+    assert api.calls == 2
