@@ -1,0 +1,60 @@
+"""Fixtures of the hub tests: two real sandboxes and one real JupyterHub for the package.
+
+Sandbox A registers the hub as a public client; sandbox B as a
+``private_key_jwt`` client whose keys the sandbox fetches from the hub's own
+``/hub/smart/jwks.json``. One hub serves both issuers, which also checks that
+the same practitioner at two EHRs becomes two users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from .harness import Hub, run_hub
+from sandbox_process import SandboxProcess, free_port, run_sandbox
+
+from jupyterhub_smart.smart.keys import write_key_pair
+
+
+@dataclass
+class SmartEnv:
+    hub: Hub
+    public: SandboxProcess  # the hub is a public client here
+    jwt: SandboxProcess  # and a private_key_jwt client here
+    key_path: Path
+
+
+def sandbox_client(client_id: str, hub_url: str, **extra: object) -> dict[str, object]:
+    return {"client_id": client_id, "redirect_uris": [f"{hub_url}/hub/oauth_callback"], **extra}
+
+
+@pytest.fixture(scope="package")
+def smart_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmartEnv]:
+    work = tmp_path_factory.mktemp("hub-env")
+    port = free_port()
+    hub_url = f"http://127.0.0.1:{port}"
+    key_path, _ = write_key_pair("RS384", work / "keys", rsa_bits=2048)
+    public_client = sandbox_client("hub-public", hub_url, type="public")
+    jwt_client = sandbox_client(
+        "hub-jwt",
+        hub_url,
+        type="confidential-asymmetric",
+        jwks_uri=f"{hub_url}/hub/smart/jwks.json",
+    )
+    with (
+        run_sandbox(work / "sandbox-public", [public_client]) as public,
+        run_sandbox(work / "sandbox-jwt", [jwt_client], extra_args=["--access-token-lifetime", "3600"]) as jwt,
+    ):
+        issuers = {
+            public.iss: {"client_id": "hub-public", "client_auth": "public"},
+            jwt.iss: {
+                "client_id": "hub-jwt",
+                "client_auth": "private_key_jwt",
+                "private_key_path": str(key_path),
+            },
+        }
+        with run_hub(work / "hub", issuers, port=port) as hub:
+            yield SmartEnv(hub, public, jwt, key_path)

@@ -1,0 +1,241 @@
+"""A real JupyterHub process running the SMARTAuthenticator, and a browser driven by hand.
+
+``run_hub`` writes a ``jupyterhub_config.py`` (issuers and options from a JSON
+file, so no value is pasted into Python source), starts ``python -m jupyterhub``
+on free loopback ports with ``JUPYTERHUB_CRYPT_KEY`` set and SQLite in the
+work directory, waits for the API to answer, and keeps the hub's log in a file
+that tests grep for secrets. ``Browser`` is an ``httpx.Client`` with a cookie
+jar that follows redirects one at a time, so tests can stop and look at each hop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import httpx
+from sandbox_process import SandboxProcess, free_port
+
+CONFIG = """
+import json
+cfg = json.load(open({settings!r}))
+c.JupyterHub.authenticator_class = "smart"
+c.SMARTAuthenticator.issuers = cfg["issuers"]
+c.SMARTAuthenticator.allow_all = True
+c.SMARTAuthenticator.oauth_callback_url = cfg["url"] + "/hub/oauth_callback"
+c.SMARTAuthenticator.audit_log_path = cfg["audit_path"]
+for key, value in cfg["authenticator"].items():
+    setattr(c.SMARTAuthenticator, key, value)
+c.JupyterHub.ip = "127.0.0.1"
+c.JupyterHub.port = cfg["port"]
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = cfg["hub_port"]
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:%d" % cfg["proxy_api_port"]
+c.JupyterHub.db_url = "sqlite:///" + cfg["workdir"] + "/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = cfg["workdir"] + "/cookie_secret"
+c.JupyterHub.pid_file = cfg["workdir"] + "/jupyterhub.pid"
+c.JupyterHub.redirect_to_server = False
+c.JupyterHub.log_level = "DEBUG"
+c.JupyterHub.spawner_class = "simple"
+c.Spawner.cmd = [{python!r}, "-m", "jupyterhub.singleuser"]
+c.Spawner.default_url = "/tree"
+c.JupyterHub.services = [{{"name": "test-admin", "api_token": cfg["admin_token"]}}]
+c.JupyterHub.load_roles = [{{"name": "admin", "services": ["test-admin"]}}]
+{extra}
+"""
+
+
+@dataclass
+class Hub:
+    """A running hub: its URL, admin token, files and process."""
+
+    url: str
+    port: int
+    admin_token: str
+    workdir: Path
+    audit_path: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    crypt_key: str = field(repr=False, default="")
+
+    @property
+    def login_url(self) -> str:
+        return f"{self.url}/hub/oauth_login"
+
+    @property
+    def callback_url(self) -> str:
+        return f"{self.url}/hub/oauth_callback"
+
+    def api(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"token {token}"} if token else {}
+        return httpx.Client(base_url=f"{self.url}/hub/api", headers=headers, timeout=30)
+
+    def user_token(self, name: str, **body: Any) -> str:
+        """An API token of ``name`` made by the admin service (default permissions)."""
+        with self.api(self.admin_token) as client:
+            response = client.post(f"/users/{name}/tokens", json={"note": "test", **body})
+            response.raise_for_status()
+            return str(response.json()["token"])
+
+    def auth_state(self, name: str) -> dict[str, Any]:
+        with self.api(self.admin_token) as client:
+            response = client.get(f"/users/{name}")
+            response.raise_for_status()
+            return dict(response.json().get("auth_state") or {})
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None and httpx.get(f"{self.url}/hub/api/").status_code == 200
+
+
+@contextmanager
+def run_hub(
+    workdir: Path,
+    issuers: Mapping[str, Mapping[str, Any]],
+    *,
+    port: int | None = None,
+    authenticator: Mapping[str, Any] | None = None,
+    extra: str = "",
+    crypt_key: str | None = None,
+    timeout: float = 120.0,
+    expect_failure: bool = False,
+) -> Iterator[Hub]:
+    """Run JupyterHub with the SMARTAuthenticator until the block ends."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    admin_token = secrets.token_hex(24)
+    audit_path = workdir / "jupyterhub-smart-audit.jsonl"
+    settings = workdir / "settings.json"
+    settings.write_text(
+        json.dumps(
+            {
+                "issuers": dict(issuers),
+                "authenticator": dict(authenticator or {}),
+                "url": url,
+                "port": port,
+                "hub_port": free_port(),
+                "proxy_api_port": free_port(),
+                "workdir": str(workdir),
+                "audit_path": str(audit_path),
+                "admin_token": admin_token,
+            }
+        )
+    )
+    config = workdir / "jupyterhub_config.py"
+    config.write_text(CONFIG.format(settings=str(settings), python=sys.executable, extra=extra))
+    log_path = workdir / "jupyterhub.log"
+    log = log_path.open("wb")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("JUPYTERHUB_CRYPT_KEY", None)
+    key = secrets.token_hex(32) if crypt_key is None else crypt_key
+    if key:
+        env["JUPYTERHUB_CRYPT_KEY"] = key
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jupyterhub", "-f", str(config)],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    hub = Hub(url, port, admin_token, workdir, audit_path, log_path, process, key)
+    try:
+        deadline = time.monotonic() + timeout
+        while not expect_failure:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("JupyterHub did not start:\n" + hub.log_text()[-4000:])
+            try:
+                if httpx.get(f"{hub.url}/hub/api/", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        yield hub
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        log.close()
+
+
+class Browser:
+    """A cookie-keeping HTTP client that follows redirects one hop at a time."""
+
+    def __init__(self) -> None:
+        self.client = httpx.Client(follow_redirects=False, timeout=30)
+        self.visited: list[str] = []
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self) -> Browser:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        self.visited.append(url)
+        return self.client.get(url, **kwargs)
+
+    def follow(
+        self, url: str, *, stop_at: str | None = None, max_hops: int = 12
+    ) -> httpx.Response:
+        """GET ``url`` and follow redirects; stop before requesting a URL starting with ``stop_at``.
+
+        When stopping, the last response (whose Location starts with ``stop_at``) is returned.
+        """
+        response = self.get(url)
+        for _ in range(max_hops):
+            if response.status_code not in (301, 302, 303, 307, 308):
+                return response
+            target = urljoin(str(response.url), response.headers["location"])
+            if stop_at and target.startswith(stop_at):
+                return response
+            response = self.get(target)
+        raise AssertionError(f"too many redirects: {self.visited[-max_hops:]}")
+
+
+def location(response: httpx.Response) -> str:
+    return urljoin(str(response.url), response.headers["location"])
+
+
+def query(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def patient_ids(sandbox: SandboxProcess) -> list[str]:
+    page = httpx.get(sandbox.origin + "/ehr", timeout=30).text
+    return list(dict.fromkeys(re.findall(r'name="patient" value="([^"]+)"', page)))
+
+
+def ehr_launch(
+    browser: Browser, sandbox: SandboxProcess, hub: Hub, patient: str
+) -> httpx.Response:
+    """EHR launch by plain HTTP: sandbox /ehr/launch -> hub -> authorize -> callback.
+
+    Returns the hub's answer to the callback (not followed further).
+    """
+    start = httpx.URL(
+        sandbox.origin + "/ehr/launch", params={"app": hub.login_url, "patient": patient}
+    )
+    hop = browser.follow(str(start), stop_at=hub.callback_url)
+    assert hop.status_code == 302, hop.text[:2000]
+    return browser.get(location(hop))

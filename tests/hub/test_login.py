@@ -1,0 +1,146 @@
+"""EHR launch and standalone launch through a real sandbox and a real JupyterHub."""
+
+from __future__ import annotations
+
+import httpx
+from .conftest import SmartEnv
+from .harness import Browser, ehr_launch, location, patient_ids, query
+
+
+def test_ehr_launch_public_client_logs_in_with_the_patient(smart_env: SmartEnv) -> None:
+    hub, sandbox = smart_env.hub, smart_env.public
+    patient = patient_ids(sandbox)[1]
+    with Browser() as browser:
+        answer = ehr_launch(browser, sandbox, hub, patient)
+        assert answer.status_code == 302, answer.text[:2000]
+        assert location(answer) == f"{hub.url}/hub/home"
+        # the authorize request carried everything SMART asks for
+        authorize = next(u for u in browser.visited if "/auth/authorize" in u)
+        params = query(authorize)
+        assert params["aud"] == sandbox.iss
+        assert params["code_challenge_method"] == "S256"
+        assert params["launch"] and params["nonce"] and len(params["state"]) >= 22
+        assert "launch" in params["scope"].split()
+        home = browser.get(f"{hub.url}/hub/home")
+        assert home.status_code == 200
+    name = "practitioner-"
+    users = httpx.get(
+        f"{hub.url}/hub/api/users", headers={"Authorization": f"token {hub.admin_token}"}
+    ).json()
+    user = next(u for u in users if u["name"].startswith(name) and "8" in u["name"])
+    state = hub.auth_state(user["name"])
+    assert state["patient"] == patient
+    assert state["iss"] == sandbox.iss and state["fhir_base_url"] == sandbox.iss
+    assert state["fhirUser"].startswith("Practitioner/")
+    assert state["access_token"] and state["refresh_token"] and state["expires_at"]
+    assert "patient/*.rs" in state["scope"] or any(s.startswith("patient/") for s in state["scope"])
+    assert user["name"].endswith("@127.0.0.1-%d-fhir" % sandbox.port)
+
+
+def test_ehr_launch_private_key_jwt_and_token_api_reads_the_patient(smart_env: SmartEnv) -> None:
+    hub, sandbox = smart_env.hub, smart_env.jwt
+    patient = patient_ids(sandbox)[2]
+    with Browser() as browser:
+        answer = ehr_launch(browser, sandbox, hub, patient)
+        assert answer.status_code == 302, answer.text[:2000]
+    name = _user_of(hub, sandbox)
+    assert hub.auth_state(name)["patient"] == patient
+    token = hub.user_token(name)
+    response = httpx.get(
+        f"{hub.url}/hub/api/smart/token", headers={"Authorization": f"token {token}"}
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert set(body) == {
+        "access_token",
+        "token_type",
+        "expires_at",
+        "scope",
+        "fhir_base_url",
+        "patient",
+        "encounter",
+        "fhirUser",
+        "need_patient_banner",
+        "smart_style_url",
+    }
+    assert body["patient"] == patient and body["fhir_base_url"] == sandbox.iss
+    assert "refresh_token" not in response.text
+    fhir = httpx.get(
+        f"{sandbox.iss}/Patient/{patient}",
+        headers={"Authorization": f"Bearer {body['access_token']}"},
+    )
+    assert fhir.status_code == 200
+    # the sandbox fetched the hub's JWKS to check the client assertion
+    assert "/hub/smart/jwks.json" in hub.log_text()
+
+
+def test_same_practitioner_at_two_ehrs_is_two_users(smart_env: SmartEnv) -> None:
+    hub = smart_env.hub
+    for sandbox in (smart_env.public, smart_env.jwt):
+        with Browser() as browser:
+            assert ehr_launch(browser, sandbox, hub, patient_ids(sandbox)[0]).status_code == 302
+    a, b = _user_of(hub, smart_env.public), _user_of(hub, smart_env.jwt)
+    assert a != b and a.split("@")[0] == b.split("@")[0]
+
+
+def test_a_later_launch_for_another_patient_replaces_the_context(smart_env: SmartEnv) -> None:
+    hub, sandbox = smart_env.hub, smart_env.public
+    first, second = patient_ids(sandbox)[3], patient_ids(sandbox)[4]
+    with Browser() as browser:
+        ehr_launch(browser, sandbox, hub, first)
+        name = _user_of(hub, sandbox)
+        token = hub.user_token(name)
+        api = {"Authorization": f"token {token}"}
+        assert httpx.get(f"{hub.url}/hub/api/smart/token", headers=api).json()["patient"] == first
+        ehr_launch(browser, sandbox, hub, second)
+        assert httpx.get(f"{hub.url}/hub/api/smart/token", headers=api).json()["patient"] == second
+
+
+def test_two_launches_in_two_tabs_both_work(smart_env: SmartEnv) -> None:
+    hub, sandbox = smart_env.hub, smart_env.public
+    ids = patient_ids(sandbox)
+    with Browser() as browser:
+        tabs = []
+        for patient in ids[:2]:
+            start = httpx.URL(
+                sandbox.origin + "/ehr/launch", params={"app": hub.login_url, "patient": patient}
+            )
+            tabs.append(browser.follow(str(start), stop_at=hub.callback_url))
+        # both callbacks arrive after both launches started
+        for hop in reversed(tabs):
+            answer = browser.get(location(hop))
+            assert answer.status_code == 302, answer.text[:1000]
+
+
+def test_standalone_launch_shows_the_issuer_picker_then_signs_in(smart_env: SmartEnv) -> None:
+    hub, sandbox = smart_env.hub, smart_env.public
+    with Browser() as browser:
+        page = browser.get(hub.login_url)
+        assert page.status_code == 200
+        assert sandbox.iss in page.text and smart_env.jwt.iss in page.text
+        start = f"{hub.login_url}?iss={sandbox.iss}"
+        hop = browser.follow(start, stop_at=hub.callback_url)
+        authorize = next(u for u in browser.visited if "/auth/authorize" in u)
+        assert "launch" not in query(authorize)
+        assert "launch" not in query(authorize)["scope"].split()
+        answer = browser.get(location(hop))
+        assert answer.status_code == 302, answer.text[:1000]
+
+
+def test_jwks_endpoint_serves_only_public_parts(smart_env: SmartEnv) -> None:
+    response = httpx.get(f"{smart_env.hub.url}/hub/smart/jwks.json")
+    assert response.status_code == 200
+    keys = response.json()["keys"]
+    assert len(keys) == 1 and keys[0]["kty"] == "RSA" and keys[0]["alg"] == "RS384"
+    assert not {"d", "p", "q", "dp", "dq", "qi"} & set(keys[0])
+
+
+def _user_of(hub, sandbox) -> str:  # type: ignore[no-untyped-def]
+    users = httpx.get(
+        f"{hub.url}/hub/api/users", headers={"Authorization": f"token {hub.admin_token}"}
+    ).json()
+    suffix = f"@127.0.0.1-{sandbox.port}-fhir"
+    names = [u["name"] for u in users if u["name"].endswith(suffix)]
+    assert names, [u["name"] for u in users]
+    return str(names[0])
