@@ -23,6 +23,7 @@ Rules this module enforces:
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import random
@@ -425,8 +426,6 @@ class AsyncFHIRHTTP:
 
     async def get(self, path_or_url: str, params: Params = None) -> Fetched:
         """Async twin of :meth:`FHIRHTTP.get`."""
-        import asyncio
-
         flow = self.policy.flow(path_or_url, params)
         value: Any = None
         error: BaseException | None = None
