@@ -32,7 +32,7 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit
+from urllib.parse import unquote, urlencode, urljoin, urlsplit
 
 import httpx
 import orjson
@@ -133,7 +133,9 @@ def check_on_base(url: str, base: str) -> str:
         )
     path = urlsplit(url).path
     base_path = urlsplit(base).path.rstrip("/")
-    segments = path.split("/")
+    # Dot segments climb out of the base, also percent-encoded (%2e%2e) or with
+    # backslashes, which some servers treat as slashes.
+    segments = unquote(path).replace("\\", "/").split("/")
     if (path != base_path and not path.startswith(base_path + "/")) or any(
         s in (".", "..") for s in segments
     ):

@@ -261,6 +261,11 @@ def test_page_without_entry_is_an_empty_page() -> None:
         "http://ehr.test:8443/fhir/Patient?page=2",
         "http://ehr.test/other-tenant/Patient?page=2",
         "http://ehr.test/fhir/../admin/Patient",
+        "http://ehr.test/fhir/%2e%2e/admin/Patient",
+        "http://ehr.test/fhir/%2E%2E%2fadmin",
+        "http://ehr.test/fhir/..%5cadmin",
+        "http://ehr.test@evil.test/fhir/Patient",
+        "http://ehr.test/fhirx/Patient",
         "/elsewhere/Patient?page=2",
     ],
 )
