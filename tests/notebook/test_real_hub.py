@@ -1,0 +1,120 @@
+"""connect() in a hub's world: a real JupyterHub with the SMARTAuthenticator and a real sandbox.
+
+An EHR launch signs a practitioner in; the notebook side then gets its tokens
+only through the hub's token API, with the sandbox's access tokens living 4
+seconds, so that reading for ~10 s runs through several refreshes made by the
+hub (refresh token rotation included) without one failed read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from hub.harness import Browser, Hub, ehr_launch, run_hub
+from sandbox_process import SandboxProcess, free_port, run_sandbox
+
+from jupyterhub_smart.notebook import HubTokenProvider, connect
+
+from .sandbox_tokens import SEEN_SECRETS
+
+PATIENT = "patient-00003"
+LIFETIME = 4
+
+
+@dataclass
+class HubWorld:
+    hub: Hub
+    sandbox: SandboxProcess
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubWorld]:
+    work: Path = tmp_path_factory.mktemp("notebook-hub")
+    port = free_port()
+    client = {
+        "client_id": "hub-public",
+        "type": "public",
+        "redirect_uris": [f"http://127.0.0.1:{port}/hub/oauth_callback"],
+    }
+    with run_sandbox(
+        work / "sandbox", [client], extra_args=["--access-token-lifetime", str(LIFETIME)]
+    ) as sandbox:
+        issuers = {sandbox.iss: {"client_id": "hub-public", "client_auth": "public"}}
+        options = {"refresh_leeway": 1.0}
+        with run_hub(work / "hub", issuers, port=port, authenticator=options) as hub:
+            yield HubWorld(hub, sandbox)
+
+
+def _login(world: HubWorld, patient: str) -> str:
+    """EHR launch for ``patient``; returns the hub user's name."""
+    with Browser() as browser:
+        answer = ehr_launch(browser, world.sandbox, world.hub, patient)
+        assert answer.status_code == 302, answer.text[:1000]
+    users = httpx.get(
+        f"{world.hub.url}/hub/api/users",
+        headers={"Authorization": f"token {world.hub.admin_token}"},
+    ).json()
+    names = [u["name"] for u in users if u["name"].endswith(f"-{world.sandbox.port}-fhir")]
+    assert names
+    return str(names[0])
+
+
+@pytest.mark.slow
+def test_connect_reads_through_the_hub_token_api_across_refreshes(
+    world: HubWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = _login(world, PATIENT)
+    api_token = world.hub.user_token(name)
+    SEEN_SECRETS.add(api_token)
+    monkeypatch.setenv("SMART_TOKEN_API_URL", f"{world.hub.url}/hub/api/smart/token")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", api_token)
+    with connect(page_size=20) as fhir:
+        assert isinstance(fhir.provider, HubTokenProvider)
+        assert fhir.context.patient == PATIENT
+        assert fhir.context.fhir_base_url == world.sandbox.iss
+        assert (fhir.context.fhir_user or "").startswith("Practitioner/")
+        hr = fhir.observations(code="8867-4").to_pandas()
+        assert len(hr) > 0 and set(hr["subject"]) == {f"Patient/{PATIENT}"}
+        seen = {fhir.provider.get().access_token}
+        deadline = time.monotonic() + 2.5 * LIFETIME
+        reads = 0
+        while time.monotonic() < deadline:
+            assert fhir.patient["id"] == PATIENT
+            assert len(fhir.observations(code="85354-9").to_pandas()) > 0
+            seen.add(fhir.provider.get().access_token)
+            reads += 1
+        SEEN_SECRETS.update(seen)
+        assert reads > 3
+        assert len(seen) >= 2, "the hub never refreshed"
+        assert fhir.provider.fetches >= 2
+
+
+@pytest.mark.slow
+def test_a_new_launch_for_another_patient_reaches_the_running_notebook(
+    world: HubWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = _login(world, "patient-00001")
+    api_token = world.hub.user_token(name)
+    SEEN_SECRETS.add(api_token)
+    monkeypatch.setenv("SMART_TOKEN_API_URL", f"{world.hub.url}/hub/api/smart/token")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", api_token)
+    with connect() as fhir:
+        assert fhir.context.patient == "patient-00001"
+        assert _login(world, "patient-00002") == name
+        deadline = time.monotonic() + 3 * LIFETIME  # the cached token expires within LIFETIME s
+        while fhir.context.patient != "patient-00002" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert fhir.context.patient == "patient-00002"
+        assert fhir.patient["id"] == "patient-00002"
+
+
+def test_no_secret_in_the_hub_and_sandbox_logs(world: HubWorld) -> None:
+    hub_log = world.hub.log_path.read_text(encoding="utf-8", errors="replace")
+    sandbox_log = world.sandbox.log_text()
+    leaked = [s[:6] for s in SEEN_SECRETS if s in hub_log or s in sandbox_log]
+    assert not leaked
