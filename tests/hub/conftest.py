@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from .evil_ehr import EvilEHR, run_evil_ehr
 from .harness import Hub, run_hub
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
@@ -46,7 +47,9 @@ def smart_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmartEnv]:
     )
     with (
         run_sandbox(work / "sandbox-public", [public_client]) as public,
-        run_sandbox(work / "sandbox-jwt", [jwt_client], extra_args=["--access-token-lifetime", "3600"]) as jwt,
+        run_sandbox(
+            work / "sandbox-jwt", [jwt_client], extra_args=["--access-token-lifetime", "3600"]
+        ) as jwt,
     ):
         issuers = {
             public.iss: {"client_id": "hub-public", "client_auth": "public"},
@@ -58,3 +61,29 @@ def smart_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmartEnv]:
         }
         with run_hub(work / "hub", issuers, port=port) as hub:
             yield SmartEnv(hub, public, jwt, key_path)
+
+
+@dataclass
+class EvilEnv:
+    hub: Hub
+    evil: EvilEHR
+    sandbox: SandboxProcess
+
+
+@pytest.fixture(scope="package")
+def evil_env(tmp_path_factory: pytest.TempPathFactory, smart_env: SmartEnv) -> Iterator[EvilEnv]:
+    """A hub registered with a misbehaving EHR (and with sandbox A, as a control)."""
+    work = tmp_path_factory.mktemp("evil-env")
+    key_path, _ = write_key_pair("ES384", work / "keys")
+    with run_evil_ehr(free_port()) as evil:
+        issuers = {
+            evil.iss: {
+                "client_id": evil.client_id,
+                "client_auth": "private_key_jwt",
+                "private_key_path": str(key_path),
+            },
+            evil.broken_iss: {"client_id": "hub-broken", "client_auth": "public"},
+        }
+        options = {"http_timeout": 2.0, "required_scopes": ["patient/*.rs"]}
+        with run_hub(work / "hub", issuers, authenticator=options) as hub:
+            yield EvilEnv(hub, evil, smart_env.public)

@@ -175,6 +175,10 @@ def run_hub(
         log.close()
 
 
+#: Every URL any Browser requested in this test session (the secrets test reads the codes).
+VISITED: list[str] = []
+
+
 class Browser:
     """A cookie-keeping HTTP client that follows redirects one hop at a time."""
 
@@ -193,11 +197,10 @@ class Browser:
 
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         self.visited.append(url)
+        VISITED.append(url)
         return self.client.get(url, **kwargs)
 
-    def follow(
-        self, url: str, *, stop_at: str | None = None, max_hops: int = 12
-    ) -> httpx.Response:
+    def follow(self, url: str, *, stop_at: str | None = None, max_hops: int = 12) -> httpx.Response:
         """GET ``url`` and follow redirects; stop before requesting a URL starting with ``stop_at``.
 
         When stopping, the last response (whose Location starts with ``stop_at``) is returned.
@@ -226,9 +229,7 @@ def patient_ids(sandbox: SandboxProcess) -> list[str]:
     return list(dict.fromkeys(re.findall(r'name="patient" value="([^"]+)"', page)))
 
 
-def ehr_launch(
-    browser: Browser, sandbox: SandboxProcess, hub: Hub, patient: str
-) -> httpx.Response:
+def ehr_launch(browser: Browser, sandbox: SandboxProcess, hub: Hub, patient: str) -> httpx.Response:
     """EHR launch by plain HTTP: sandbox /ehr/launch -> hub -> authorize -> callback.
 
     Returns the hub's answer to the callback (not followed further).

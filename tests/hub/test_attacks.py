@@ -1,0 +1,246 @@
+"""Bad input and attacks against the login: each gets a clear error, a log entry, and the
+hub keeps serving."""
+
+from __future__ import annotations
+
+import secrets
+
+import httpx
+import pytest
+
+from .conftest import EvilEnv, SmartEnv
+from .harness import Browser, Hub, ehr_launch, location, patient_ids, query
+
+#: Authorization codes the tests sent to a hub (the secrets test greps for them).
+CODES: list[str] = []
+
+
+def _still_serving(hub: Hub) -> None:
+    assert hub.alive()
+
+
+def _start(browser: Browser, hub: Hub, iss: str, **params: str) -> dict[str, str]:
+    """Start a login at the hub; the authorize request's parameters."""
+    response = browser.get(hub.login_url, params={"iss": iss, **params})
+    assert response.status_code == 302, response.text[:2000]
+    return query(location(response))
+
+
+def _callback(browser: Browser, hub: Hub, **params: str) -> httpx.Response:
+    if "code" in params:
+        CODES.append(params["code"])
+    return browser.get(hub.callback_url, params=params)
+
+
+# ---------------------------------------------------------------- issuer
+
+
+def test_unknown_issuer_gets_a_400_page_and_no_request(evil_env: EvilEnv) -> None:
+    hub, evil = evil_env.hub, evil_env.evil
+    unknown = evil.origin + "/other-fhir"
+    with Browser() as browser:
+        response = browser.get(hub.login_url, params={"iss": unknown, "launch": "abc"})
+    assert response.status_code == 400
+    assert "location" not in response.headers
+    assert "not registered with the EHR" in response.text and unknown in response.text
+    assert not [p for p in evil.requests if p.startswith("/other-fhir")]
+    assert "unknown_issuer" in hub.log_text()
+    _still_serving(hub)
+
+
+@pytest.mark.parametrize("variant", ["trailing_slash", "upper_host"])
+def test_issuer_spelling_is_normalised_not_a_bypass(smart_env: SmartEnv, variant: str) -> None:
+    hub, sandbox = smart_env.hub, smart_env.public
+    iss = (
+        sandbox.iss + "/"
+        if variant == "trailing_slash"
+        else sandbox.iss.replace("http://127.0.0.1", "HTTP://127.0.0.1")
+    )
+    with Browser() as browser:
+        params = _start(browser, hub, iss)
+    assert params["aud"] == sandbox.iss  # the configured spelling, not the attacker's
+
+
+def test_other_case_in_path_is_another_issuer(smart_env: SmartEnv) -> None:
+    with Browser() as browser:
+        response = browser.get(
+            smart_env.hub.login_url,
+            params={"iss": smart_env.public.iss.upper().replace("HTTP://", "http://")},
+        )
+    assert response.status_code == 400
+
+
+def test_launch_without_iss_is_refused(smart_env: SmartEnv) -> None:
+    with Browser() as browser:
+        response = browser.get(smart_env.hub.login_url, params={"launch": "xyz"})
+    assert response.status_code == 400 and "no &#39;iss&#39;" in response.text
+
+
+def test_discovery_missing_fields_is_a_502_page(evil_env: EvilEnv) -> None:
+    with Browser() as browser:
+        response = browser.get(evil_env.hub.login_url, params={"iss": evil_env.evil.broken_iss})
+    assert response.status_code == 502
+    assert "token_endpoint" in response.text
+    assert "discovery_failed" in evil_env.hub.log_text()
+    _still_serving(evil_env.hub)
+
+
+# ---------------------------------------------------------------- state
+
+
+def test_state_missing(smart_env: SmartEnv) -> None:
+    with Browser() as browser:
+        response = _callback(browser, smart_env.hub, code=secrets.token_urlsafe(16))
+    assert response.status_code == 400 and "no &#39;state&#39;" in response.text
+    assert "missing_state" in smart_env.hub.log_text()
+
+
+def test_state_forged(smart_env: SmartEnv) -> None:
+    with Browser() as browser:
+        _start(browser, smart_env.hub, smart_env.public.iss)
+        response = _callback(
+            browser, smart_env.hub, code=secrets.token_urlsafe(16), state=secrets.token_urlsafe(32)
+        )
+    assert response.status_code == 400 and "Launch the app again" in response.text
+
+
+def test_callback_replayed_and_other_browser(smart_env: SmartEnv) -> None:
+    hub, sandbox = smart_env.hub, smart_env.public
+    with Browser() as browser:
+        start = httpx.URL(
+            sandbox.origin + "/ehr/launch",
+            params={"app": hub.login_url, "patient": patient_ids(sandbox)[0]},
+        )
+        hop = browser.follow(str(start), stop_at=hub.callback_url)
+        callback = location(hop)
+        CODES.append(query(callback)["code"])
+        with Browser() as stranger:  # the authorization response stolen by another browser
+            stolen = stranger.get(callback)
+        assert stolen.status_code == 400 and "another browser" in stolen.text
+        # consumed: even the right browser cannot use it now (replay)
+        replay = browser.get(callback)
+        assert replay.status_code == 400 and "already used" in replay.text
+
+
+def test_code_replayed_with_a_fresh_state_fails_at_the_ehr(smart_env: SmartEnv) -> None:
+    hub, sandbox = smart_env.hub, smart_env.public
+    with Browser() as browser:
+        start = httpx.URL(
+            sandbox.origin + "/ehr/launch",
+            params={"app": hub.login_url, "patient": patient_ids(sandbox)[0]},
+        )
+        hop = browser.follow(str(start), stop_at=hub.callback_url)
+        first = query(location(hop))
+        assert browser.get(location(hop)).status_code == 302
+        params = _start(browser, hub, sandbox.iss)
+        response = _callback(
+            browser, hub, code=first["code"], state=params["state"], iss=first["iss"]
+        )
+    assert response.status_code == 400
+    assert "invalid_grant" in response.text
+    _still_serving(hub)
+
+
+def test_ehr_error_is_shown_in_words(smart_env: SmartEnv) -> None:
+    with Browser() as browser:
+        params = _start(browser, smart_env.hub, smart_env.public.iss)
+        response = _callback(
+            browser,
+            smart_env.hub,
+            state=params["state"],
+            error="access_denied",
+            error_description="<script>alert(1)</script>",
+        )
+    assert response.status_code == 403
+    assert "You declined access in the EHR" in response.text
+    assert "<script>alert(1)" not in response.text
+
+
+def test_rfc9207_iss_mismatch_is_refused(smart_env: SmartEnv) -> None:
+    with Browser() as browser:
+        params = _start(browser, smart_env.hub, smart_env.public.iss)
+        response = _callback(
+            browser,
+            smart_env.hub,
+            state=params["state"],
+            code=secrets.token_urlsafe(16),
+            iss="https://attacker.example/",
+        )
+    assert response.status_code == 400 and "mix-up" in response.text
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "//evil.example",
+        "\\\\evil.example",
+        "/%2F%2Fevil.example",
+        "https://evil.example/x",
+        "/\\evil.example",
+    ],
+)
+def test_next_off_site_is_dropped(smart_env: SmartEnv, target: str) -> None:
+    hub, sandbox = smart_env.hub, smart_env.public
+    with Browser() as browser:
+        response = browser.get(hub.login_url, params={"iss": sandbox.iss, "next": target})
+        hop = browser.follow(location(response), stop_at=hub.callback_url)
+        answer = browser.get(location(hop))
+    assert answer.status_code == 302
+    assert location(answer) == f"{hub.url}/hub/home"
+
+
+def test_next_on_site_is_kept(smart_env: SmartEnv) -> None:
+    hub, sandbox = smart_env.hub, smart_env.public
+    with Browser() as browser:
+        response = browser.get(hub.login_url, params={"iss": sandbox.iss, "next": "/hub/token"})
+        hop = browser.follow(location(response), stop_at=hub.callback_url)
+        answer = browser.get(location(hop))
+    assert location(answer) == f"{hub.url}/hub/token"
+
+
+# ---------------------------------------------------------------- the evil EHR
+
+
+def _evil_login(env: EvilEnv, mode: str) -> httpx.Response:
+    env.evil.mode = mode
+    with Browser() as browser:
+        params = _start(browser, env.hub, env.evil.iss)
+        env.evil.nonce = params["nonce"]
+        return _callback(
+            browser, env.hub, code="evil-code-" + secrets.token_urlsafe(12), state=params["state"]
+        )
+
+
+def test_evil_ehr_control_login_works(evil_env: EvilEnv) -> None:
+    """The control: with nothing forged the login succeeds, so the refusals below mean something."""
+    response = _evil_login(evil_env, "good")
+    assert response.status_code == 302, response.text[:2000]
+    form = evil_env.evil.received[-1]
+    assert form["client_assertion_type"].endswith("jwt-bearer") and form["code_verifier"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "words"),
+    [
+        ("bad_signature", 403, "signature"),
+        ("alg_none", 403, "algorithm"),
+        ("hs256_public_key", 403, "algorithm"),
+        ("wrong_aud", 403, "aud"),
+        ("expired", 403, "expired"),
+        ("wrong_nonce", 403, "nonce"),
+        ("low_scope", 403, "patient/*.rs"),
+        ("no_patient", 403, "did not choose a patient"),
+        ("token_500", 502, "HTTP 500"),
+        ("token_timeout", 504, "did not answer"),
+        ("token_html", 502, "instead of JSON"),
+        ("no_access_token", 502, "no access_token"),
+    ],
+)
+def test_evil_ehr_faults(evil_env: EvilEnv, mode: str, status: int, words: str) -> None:
+    response = _evil_login(evil_env, mode)
+    assert response.status_code == status, response.text[:2000]
+    assert words in response.text
+    assert "Error code" in response.text
+    log = evil_env.hub.log_text()
+    assert "SMART /hub/oauth_callback refused" in log
+    _still_serving(evil_env.hub)
