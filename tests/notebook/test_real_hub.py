@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import nbformat
 import pytest
 from hub.harness import Browser, Hub, ehr_launch, run_hub
+from nbclient import NotebookClient
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.notebook import HubTokenProvider, connect
@@ -23,6 +25,7 @@ from jupyterhub_smart.notebook import HubTokenProvider, connect
 from .sandbox_tokens import SEEN_SECRETS
 
 PATIENT = "patient-00003"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "demo" / "notebooks" / "patient-vitals.ipynb"
 LIFETIME = 4
 
 
@@ -111,6 +114,30 @@ def test_a_new_launch_for_another_patient_reaches_the_running_notebook(
             time.sleep(0.2)
         assert fhir.context.patient == "patient-00002"
         assert fhir.patient["id"] == "patient-00002"
+
+
+@pytest.mark.slow
+def test_demo_notebook_in_a_hub_session(
+    world: HubWorld, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The demo notebook, as a kernel in a SMART hub's server runs it (plain ``connect()``)."""
+    name = _login(world, PATIENT)
+    api_token = world.hub.user_token(name)
+    SEEN_SECRETS.add(api_token)
+    monkeypatch.delenv("SMART_DEMO_FHIR_BASE", raising=False)
+    monkeypatch.setenv("SMART_TOKEN_API_URL", f"{world.hub.url}/hub/api/smart/token")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", api_token)
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(
+        nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
+    # the demo asks connect() for the banner (an EHR launch itself sets need_patient_banner false)
+    assert "smart-patient-banner" in html and f"Patient/{PATIENT}" in html
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert api_token not in nbformat.writes(nb)
 
 
 def test_no_secret_in_the_hub_and_sandbox_logs(world: HubWorld) -> None:
