@@ -497,7 +497,7 @@ class SMARTAuthenticator(OAuthenticator):
             "scope": list(token.scope),
             "fhirUser": fhir_user,
             "sub": sub,
-            "login_time": time.time(),
+            "issued_at": time.time(),
         }
         state.update(context.to_dict())
         return state
@@ -673,6 +673,7 @@ class SMARTAuthenticator(OAuthenticator):
         state.update(
             access_token=token.access_token,
             token_type=token.token_type,
+            issued_at=time.time(),
             expires_at=token.expires_at,
             scope=list(token.scope),
         )
@@ -730,9 +731,17 @@ SMARTonFHIRAuthenticator = SMARTAuthenticator
 
 
 def _expires_within(state: Mapping[str, Any], seconds: float) -> bool:
+    """True when the access token expires within ``seconds``.
+
+    The leeway is capped at half the token's lifetime: an EHR that issues
+    tokens shorter than the leeway would otherwise make every call refresh.
+    """
     expires_at = state.get("expires_at")
     if not isinstance(expires_at, (int, float)):
         return False  # the EHR did not say: use it until the FHIR server refuses it
+    issued_at = state.get("issued_at")
+    if isinstance(issued_at, (int, float)) and expires_at > issued_at:
+        seconds = min(seconds, (float(expires_at) - float(issued_at)) / 2)
     return float(expires_at) - time.time() <= seconds
 
 

@@ -50,6 +50,7 @@ c.JupyterHub.log_level = "DEBUG"
 c.JupyterHub.spawner_class = "simple"
 c.Spawner.cmd = [{python!r}, "-m", "jupyterhub.singleuser"]
 c.Spawner.default_url = "/tree"
+c.Spawner.args = ["--allow-root"]
 c.JupyterHub.services = [{{"name": "test-admin", "api_token": cfg["admin_token"]}}]
 c.JupyterHub.load_roles = [{{"name": "admin", "services": ["test-admin"]}}]
 {extra}

@@ -1,0 +1,216 @@
+"""The token API and refresh: a real sandbox issuing short-lived tokens, a real hub.
+
+Access tokens live 6 s here, so the hub's leeway (capped at half the lifetime)
+is 3 s: a test that waits for it crosses it by a comfortable margin, and no
+assertion is about how long anything took.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from sandbox_process import SandboxProcess, free_port, run_sandbox
+
+from .conftest import SmartEnv, sandbox_client
+from .harness import Browser, Hub, ehr_launch, patient_ids, run_hub
+
+LIFETIME = 6
+
+
+@dataclass
+class RefreshEnv:
+    hub: Hub
+    sandbox: SandboxProcess
+
+
+@pytest.fixture(scope="module")
+def refresh_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RefreshEnv]:
+    work = tmp_path_factory.mktemp("refresh-env")
+    port = free_port()
+    client = sandbox_client("hub-refresh", f"http://127.0.0.1:{port}", type="public")
+    with run_sandbox(
+        work / "sandbox", [client], extra_args=["--access-token-lifetime", str(LIFETIME)]
+    ) as sandbox:
+        issuers = {sandbox.iss: {"client_id": "hub-refresh"}}
+        with run_hub(work / "hub", issuers, port=port) as hub:
+            yield RefreshEnv(hub, sandbox)
+
+
+def _login(env: RefreshEnv, patient_index: int = 0) -> tuple[str, str]:
+    """Log a user in through an EHR launch; (username, their API token)."""
+    with Browser() as browser:
+        answer = ehr_launch(browser, env.sandbox, env.hub, patient_ids(env.sandbox)[patient_index])
+        assert answer.status_code == 302, answer.text[:1000]
+    with env.hub.api(env.hub.admin_token) as api:
+        names = [u["name"] for u in api.get("/users").json() if "@" in u["name"]]
+    return names[0], env.hub.user_token(names[0])
+
+
+def _token(hub: Hub, api_token: str | None, **params: str) -> httpx.Response:
+    headers = {"Authorization": f"token {api_token}"} if api_token else {}
+    return httpx.get(f"{hub.url}/hub/api/smart/token", headers=headers, params=params, timeout=30)
+
+
+def _wait_until_refresh_due(expires_at: float) -> None:
+    time.sleep(max(0.0, expires_at - LIFETIME / 2 - time.time()) + 0.5)
+
+
+def _refresh_count(hub: Hub) -> int:
+    return len(re.findall(r"Refreshed the SMART access token", hub.log_text()))
+
+
+def test_no_token_is_401(refresh_env: RefreshEnv) -> None:
+    response = _token(refresh_env.hub, None)
+    assert response.status_code == 401
+    assert response.json()["error"] == "authentication_required"
+
+
+def test_bad_token_is_401(refresh_env: RefreshEnv) -> None:
+    assert _token(refresh_env.hub, "not-a-token-" + "x" * 20).status_code == 401
+
+
+def test_service_token_is_403(refresh_env: RefreshEnv) -> None:
+    response = _token(refresh_env.hub, refresh_env.hub.admin_token)
+    assert response.status_code == 403
+
+
+def test_another_users_token_is_403(refresh_env: RefreshEnv) -> None:
+    name, token = _login(refresh_env)
+    with refresh_env.hub.api(refresh_env.hub.admin_token) as api:
+        api.post("/users/someone-else")
+    response = _token(refresh_env.hub, token, user="someone-else")
+    assert response.status_code == 403
+    assert _token(refresh_env.hub, token, user=name).status_code == 200
+
+
+def test_user_without_smart_login_needs_reauthentication(refresh_env: RefreshEnv) -> None:
+    hub = refresh_env.hub
+    with hub.api(hub.admin_token) as api:
+        api.post("/users/never-signed-in")
+    response = _token(hub, hub.user_token("never-signed-in"))
+    assert response.status_code == 401
+    body = response.json()
+    assert body["error"] == "reauthentication_required"
+    assert body["login_url"] == f"{hub.url}/hub/oauth_login"
+
+
+def test_token_api_refreshes_when_due_and_rotates(refresh_env: RefreshEnv) -> None:
+    hub, sandbox = refresh_env.hub, refresh_env.sandbox
+    name, token = _login(refresh_env)
+    first = _token(hub, token).json()
+    before = hub.auth_state(name)["refresh_token"]
+    _wait_until_refresh_due(first["expires_at"])
+    second = _token(hub, token).json()
+    assert second["access_token"] != first["access_token"]
+    assert second["expires_at"] > first["expires_at"]
+    after = hub.auth_state(name)
+    assert after["refresh_token"] and after["access_token"] == second["access_token"]
+    assert after["refresh_token"] != before  # the sandbox rotates; the hub kept the new one
+    fhir = httpx.get(
+        f"{sandbox.iss}/Patient/{second['patient']}",
+        headers={"Authorization": f"Bearer {second['access_token']}"},
+    )
+    assert fhir.status_code == 200
+
+
+def test_many_concurrent_callers_cause_one_refresh(refresh_env: RefreshEnv) -> None:
+    hub = refresh_env.hub
+    name, token = _login(refresh_env)
+    first = _token(hub, token).json()
+    _wait_until_refresh_due(first["expires_at"])
+    count = _refresh_count(hub)
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            headers={"Authorization": f"token {token}"}, timeout=60
+        ) as client:
+            return await asyncio.gather(
+                *(client.get(f"{hub.url}/hub/api/smart/token") for _ in range(50))
+            )
+
+    responses = asyncio.run(burst())
+    assert all(r.status_code == 200 for r in responses)
+    assert len({r.json()["access_token"] for r in responses}) == 1
+    assert _refresh_count(hub) == count + 1
+
+
+def test_refused_refresh_means_sign_in_again(refresh_env: RefreshEnv) -> None:
+    hub, sandbox = refresh_env.hub, refresh_env.sandbox
+    name, token = _login(refresh_env)
+    state = hub.auth_state(name)
+    revoked = httpx.post(
+        f"{sandbox.origin}/auth/revoke",
+        data={"token": state["refresh_token"], "client_id": "hub-refresh"},
+    )
+    assert revoked.status_code == 200, revoked.text
+    _wait_until_refresh_due(state["expires_at"])
+    response = _token(hub, token)
+    assert response.status_code == 401, response.text
+    assert response.json()["error"] == "reauthentication_required"
+    assert response.json()["login_url"].endswith("/hub/oauth_login")
+    assert "invalid_grant" in hub.log_text()
+
+
+def test_ehr_outage_keeps_the_user_signed_in(refresh_env: RefreshEnv) -> None:
+    """Last in the module: it stops the sandbox."""
+    hub, sandbox = refresh_env.hub, refresh_env.sandbox
+    name, token = _login(refresh_env)
+    state = hub.auth_state(name)
+    sandbox.stop()
+    _wait_until_refresh_due(state["expires_at"])
+    response = _token(hub, token)  # refresh fails: the still-valid token is handed out
+    assert response.status_code == 200, response.text
+    assert response.json()["access_token"] == state["access_token"]
+    time.sleep(max(0.0, state["expires_at"] - time.time()) + 0.5)
+    expired = _token(hub, token)
+    assert expired.status_code == 503 and expired.json()["error"] == "ehr_unavailable"
+    # still the same user, still signed in, tokens kept for when the EHR is back
+    with hub.api(token) as api:
+        assert api.get("/user").json()["name"] == name
+    assert hub.auth_state(name)["refresh_token"] == state["refresh_token"]
+    assert "keeping the session" in hub.log_text()
+
+
+def test_spawner_gets_the_token_api_url_and_no_token(smart_env: SmartEnv) -> None:
+    """One real single-user server: its environment, and its own API token at the token API."""
+    hub, sandbox = smart_env.hub, smart_env.public
+    with Browser() as browser:
+        ehr_launch(browser, sandbox, hub, patient_ids(sandbox)[0])
+    with hub.api(hub.admin_token) as api:
+        name = next(
+            u["name"]
+            for u in api.get("/users").json()
+            if u["name"].endswith(f"-{sandbox.port}-fhir")
+        )
+        state = hub.auth_state(name)
+        started = api.post(f"/users/{name}/server")
+        assert started.status_code in (201, 202), started.text
+        deadline = time.monotonic() + 120
+        while True:
+            model = api.get(f"/users/{name}").json()
+            server = model["servers"].get("")
+            if server and server.get("ready"):
+                break
+            assert time.monotonic() < deadline, model
+            time.sleep(0.5)
+        pid = server["state"]["pid"]
+        try:
+            raw = open(f"/proc/{pid}/environ", "rb").read().decode("utf-8", "replace")
+            env = dict(line.split("=", 1) for line in raw.split("\0") if "=" in line)
+            assert env["SMART_TOKEN_API_URL"].endswith("/hub/api/smart/token")
+            for secret in (state["access_token"], state["refresh_token"]):
+                assert secret not in raw
+            response = httpx.get(
+                env["SMART_TOKEN_API_URL"],
+                headers={"Authorization": f"token {env['JUPYTERHUB_API_TOKEN']}"},
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["patient"] == state["patient"]
+        finally:
+            api.delete(f"/users/{name}/server")
