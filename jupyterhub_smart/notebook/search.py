@@ -226,7 +226,9 @@ class SearchResult(_Base):
                 fetched = ahead.result() if ahead is not None else self._get(link, None, "search")
         finally:
             if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+                # no waiting: an interrupted search (Ctrl-C in a notebook) returns at once; a
+                # page still in flight finishes in the background and is dropped
+                pool.shutdown(wait=False, cancel_futures=True)
 
     def _resource_pages(self) -> Iterator[list[dict[str, Any]]]:
         for bundle, url, _more in self._walk():
