@@ -83,6 +83,11 @@ def evil_env(tmp_path_factory: pytest.TempPathFactory, smart_env: SmartEnv) -> I
                 "private_key_path": str(key_path),
             },
             evil.broken_iss: {"client_id": "hub-broken", "client_auth": "public"},
+            evil.basic_iss: {
+                "client_id": evil.client_id,
+                "client_auth": "client_secret_basic",
+                "client_secret": evil.client_secret,
+            },
         }
         options = {"http_timeout": 2.0, "required_scopes": ["patient/*.rs"]}
         with run_hub(work / "hub", issuers, authenticator=options) as hub:

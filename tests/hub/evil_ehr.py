@@ -41,6 +41,7 @@ class EvilEHR:
     key: RSAKey
     other_key: RSAKey
     client_id: str = "hub-evil"
+    client_secret: str = field(default_factory=lambda: "evil-secret-" + secrets.token_urlsafe(16))
     mode: str = "good"
     nonce: str | None = None
     token_delay: float = 0.0
@@ -51,6 +52,10 @@ class EvilEHR:
     @property
     def iss(self) -> str:
         return self.origin + "/fhir"
+
+    @property
+    def basic_iss(self) -> str:
+        return self.origin + "/basic"
 
     @property
     def broken_iss(self) -> str:
@@ -162,6 +167,7 @@ def run_evil_ehr(port: int) -> Iterator[EvilEHR]:
             ehr.requests.append(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+            form["authorization"] = self.headers.get("Authorization") or ""
             ehr.received.append(form)
             if ehr.mode == "token_timeout":
                 time.sleep(ehr.token_delay or 4.0)

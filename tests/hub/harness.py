@@ -93,7 +93,11 @@ class Hub:
         with self.api(self.admin_token) as client:
             response = client.get(f"/users/{name}")
             response.raise_for_status()
-            return dict(response.json().get("auth_state") or {})
+            state = dict(response.json().get("auth_state") or {})
+        SEEN_TOKENS.extend(
+            v for k, v in state.items() if k in ("access_token", "refresh_token", "id_token") and v
+        )
+        return state
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -175,6 +179,9 @@ def run_hub(
                 process.wait(timeout=10)
         log.close()
 
+
+#: Every token seen in an auth_state during the session (the secrets test greps for them).
+SEEN_TOKENS: list[str] = []
 
 #: Every URL any Browser requested in this test session (the secrets test reads the codes).
 VISITED: list[str] = []

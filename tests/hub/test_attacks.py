@@ -201,10 +201,10 @@ def test_next_on_site_is_kept(smart_env: SmartEnv) -> None:
 # ---------------------------------------------------------------- the evil EHR
 
 
-def _evil_login(env: EvilEnv, mode: str) -> httpx.Response:
+def _evil_login(env: EvilEnv, mode: str, iss: str | None = None) -> httpx.Response:
     env.evil.mode = mode
     with Browser() as browser:
-        params = _start(browser, env.hub, env.evil.iss)
+        params = _start(browser, env.hub, iss or env.evil.iss)
         env.evil.nonce = params["nonce"]
         return _callback(
             browser, env.hub, code="evil-code-" + secrets.token_urlsafe(12), state=params["state"]
@@ -217,6 +217,14 @@ def test_evil_ehr_control_login_works(evil_env: EvilEnv) -> None:
     assert response.status_code == 302, response.text[:2000]
     form = evil_env.evil.received[-1]
     assert form["client_assertion_type"].endswith("jwt-bearer") and form["code_verifier"]
+
+
+def test_client_secret_basic_login(evil_env: EvilEnv) -> None:
+    evil = evil_env.evil
+    response = _evil_login(evil_env, "good", iss=evil.basic_iss)
+    assert response.status_code == 302, response.text[:2000]
+    form = evil.received[-1]
+    assert form["authorization"].startswith("Basic ") and "client_assertion" not in form
 
 
 @pytest.mark.parametrize(
