@@ -39,17 +39,17 @@ from typing import Any
 import httpx
 
 from .errors import FHIRError
-from .http import check_on_base
+from .http import check_on_base, require_tls
 from .tokens import TokenInfo, TokenProvider
 
 __all__ = ["SMARTAuth", "SMARTRequestsAuth"]
 
 
-def _base(info: TokenInfo, default: str | None) -> str:
+def _base(info: TokenInfo, default: str | None, allow_http: bool) -> str:
     base = info.fhir_base_url or default
     if not base:
         raise FHIRError("no FHIR base URL known: pass fhir_base_url=...")
-    return base.rstrip("/")
+    return require_tls(base.rstrip("/"), allow_http)
 
 
 class SMARTAuth(httpx.Auth):
@@ -57,12 +57,19 @@ class SMARTAuth(httpx.Auth):
 
     requires_request_body = True  # a retried POST must be able to send its body again
 
-    def __init__(self, provider: TokenProvider, fhir_base_url: str | None = None) -> None:
+    def __init__(
+        self,
+        provider: TokenProvider,
+        fhir_base_url: str | None = None,
+        *,
+        allow_http: bool = False,
+    ) -> None:
         self.provider = provider
         self.default_base = fhir_base_url
+        self.allow_http = allow_http
 
     def _sign(self, request: httpx.Request, info: TokenInfo) -> None:
-        check_on_base(str(request.url), _base(info, self.default_base))
+        check_on_base(str(request.url), _base(info, self.default_base, self.allow_http))
         request.headers["Authorization"] = f"Bearer {info.access_token}"
 
     def sync_auth_flow(
@@ -100,12 +107,19 @@ class SMARTRequestsAuth:
     ``requests``' own digest auth does for its challenge).
     """
 
-    def __init__(self, provider: TokenProvider, fhir_base_url: str | None = None) -> None:
+    def __init__(
+        self,
+        provider: TokenProvider,
+        fhir_base_url: str | None = None,
+        *,
+        allow_http: bool = False,
+    ) -> None:
         self.provider = provider
         self.default_base = fhir_base_url
+        self.allow_http = allow_http
 
     def _sign(self, request: Any, info: TokenInfo) -> None:
-        check_on_base(str(request.url), _base(info, self.default_base))
+        check_on_base(str(request.url), _base(info, self.default_base, self.allow_http))
         request.headers["Authorization"] = f"Bearer {info.access_token}"
 
     def __call__(self, request: Any) -> Any:

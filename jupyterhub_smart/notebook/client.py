@@ -208,6 +208,7 @@ class SMARTClient(_Core):
         check_scopes: bool = True,
         event_sink: EventSink | None = None,
         progress: bool | None = None,
+        allow_http: bool = False,
     ) -> None:
         super().__init__(
             provider,
@@ -217,12 +218,14 @@ class SMARTClient(_Core):
             event_sink=event_sink,
             progress=progress,
         )
+        self.allow_http = allow_http
         self.http = FHIRHTTP(
             provider,
             default_base=self.default_base,
             retry=retry,
             timeout=timeout,
             transport=transport,
+            allow_http=allow_http,
         )
 
     # -- context ---------------------------------------------------------------------
@@ -312,13 +315,15 @@ class SMARTClient(_Core):
         """An ``httpx.Auth`` that injects this session's fresh tokens (see :mod:`.auth`)."""
         from .auth import SMARTAuth
 
-        return SMARTAuth(self.provider, fhir_base_url=self.default_base)
+        return SMARTAuth(self.provider, fhir_base_url=self.default_base, allow_http=self.allow_http)
 
     def requests_auth(self) -> Any:
         """A ``requests`` auth object that injects this session's fresh tokens."""
         from .auth import SMARTRequestsAuth
 
-        return SMARTRequestsAuth(self.provider, fhir_base_url=self.default_base)
+        return SMARTRequestsAuth(
+            self.provider, fhir_base_url=self.default_base, allow_http=self.allow_http
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -351,6 +356,7 @@ class AsyncSMARTClient(_Core):
         check_scopes: bool = True,
         event_sink: EventSink | None = None,
         max_connections: int = 20,
+        allow_http: bool = False,
     ) -> None:
         super().__init__(
             provider,
@@ -367,6 +373,7 @@ class AsyncSMARTClient(_Core):
             timeout=timeout,
             transport=transport,
             max_connections=max_connections,
+            allow_http=allow_http,
         )
 
     async def get_context(self) -> SMARTContext:

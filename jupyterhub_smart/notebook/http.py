@@ -48,6 +48,7 @@ __all__ = [
     "RetryPolicy",
     "check_on_base",
     "parse_retry_after",
+    "require_tls",
 ]
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,26 @@ def check_on_base(url: str, base: str) -> str:
             url=safe_text(url, 200),
         )
     return url
+
+
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def require_tls(base: str, allow_http: bool = False) -> str:
+    """Return ``base`` unless it is plain HTTP to another machine (the token would travel in clear).
+
+    SMART App Launch: tokens go only to authenticated servers over TLS. Plain
+    HTTP stays possible on this machine (the sandbox) and, with
+    ``allow_http=True``, for a test server on a private network.
+    """
+    parts = urlsplit(base)
+    if parts.scheme == "http" and not allow_http and (parts.hostname or "") not in _LOOPBACK:
+        raise UnsafeURL(
+            f"refused to send an access token over plain HTTP to {safe_text(base, 200)}: use "
+            "https, or pass allow_http=True for a test server on a private network",
+            url=safe_text(base, 200),
+        )
+    return base
 
 
 def _diagnostics(body: Any) -> tuple[list[str], dict[str, Any] | None]:
@@ -256,10 +277,12 @@ class _Policy:
         provider: TokenProvider,
         default_base: str | None,
         retry: RetryPolicy,
+        allow_http: bool = False,
     ) -> None:
         self.provider = provider
         self.default_base = default_base.rstrip("/") if default_base else None
         self.retry = retry
+        self.allow_http = allow_http
 
     def base_of(self, info: TokenInfo) -> str:
         base = info.fhir_base_url or self.default_base
@@ -268,7 +291,7 @@ class _Policy:
                 "no FHIR base URL: pass connect(fhir_base_url=...) or return 'fhir_base_url' "
                 "from your token provider"
             )
-        return base
+        return require_tls(base, self.allow_http)
 
     def flow(
         self, path_or_url: str, params: Params
@@ -361,8 +384,9 @@ class FHIRHTTP:
         timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         user_agent: str = USER_AGENT,
+        allow_http: bool = False,
     ) -> None:
-        self.policy = _Policy(provider, default_base, retry or RetryPolicy())
+        self.policy = _Policy(provider, default_base, retry or RetryPolicy(), allow_http)
         self.provider = provider
         self._client = httpx.Client(
             timeout=timeout,
@@ -413,8 +437,9 @@ class AsyncFHIRHTTP:
         transport: httpx.AsyncBaseTransport | None = None,
         user_agent: str = USER_AGENT,
         max_connections: int = 20,
+        allow_http: bool = False,
     ) -> None:
-        self.policy = _Policy(provider, default_base, retry or RetryPolicy())
+        self.policy = _Policy(provider, default_base, retry or RetryPolicy(), allow_http)
         self.provider = provider
         self._client = httpx.AsyncClient(
             timeout=timeout,

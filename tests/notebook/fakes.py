@@ -19,7 +19,7 @@ import orjson
 from .sandbox_tokens import SEEN_SECRETS
 
 HUB_API = "http://hub.test/hub/api/smart/token"
-FHIR_BASE = "http://ehr.test/fhir"
+FHIR_BASE = "https://ehr.test/fhir"
 
 
 def secret(prefix: str) -> str:

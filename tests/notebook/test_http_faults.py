@@ -114,7 +114,7 @@ def test_403_carries_the_operation_outcome() -> None:
     assert info.value.status == 403
     assert info.value.diagnostics == [text]
     assert info.value.outcome is not None
-    assert text in str(info.value) and "http://ehr.test/fhir/Patient/p1" in str(info.value)
+    assert text in str(info.value) and "https://ehr.test/fhir/Patient/p1" in str(info.value)
 
 
 def test_404_without_outcome_still_explains() -> None:
@@ -182,7 +182,7 @@ def test_tcp_errors_are_retried_then_name_the_url() -> None:
     client, fake, _ = client_for(reset)
     with pytest.raises(
         FHIRConnectionError,
-        match=r"could not reach the FHIR server at http://ehr.test/fhir/Patient/p1: ReadError",
+        match=r"could not reach the FHIR server at https://ehr\.test/fhir/Patient/p1: ReadError",
     ):
         client.read("Patient", "p1")
     assert len(fake.requests) == FAST.max_retries + 1
@@ -256,16 +256,16 @@ def test_page_without_entry_is_an_empty_page() -> None:
 @pytest.mark.parametrize(
     "link",
     [
-        "http://evil.test/fhir/Patient?page=2",
-        "https://ehr.test/fhir/Patient?page=2",
-        "http://ehr.test:8443/fhir/Patient?page=2",
-        "http://ehr.test/other-tenant/Patient?page=2",
-        "http://ehr.test/fhir/../admin/Patient",
-        "http://ehr.test/fhir/%2e%2e/admin/Patient",
-        "http://ehr.test/fhir/%2E%2E%2fadmin",
-        "http://ehr.test/fhir/..%5cadmin",
-        "http://ehr.test@evil.test/fhir/Patient",
-        "http://ehr.test/fhirx/Patient",
+        "https://evil.test/fhir/Patient?page=2",
+        "http://ehr.test/fhir/Patient?page=2",
+        "https://ehr.test:8443/fhir/Patient?page=2",
+        "https://ehr.test/other-tenant/Patient?page=2",
+        "https://ehr.test/fhir/../admin/Patient",
+        "https://ehr.test/fhir/%2e%2e/admin/Patient",
+        "https://ehr.test/fhir/%2E%2E%2fadmin",
+        "https://ehr.test/fhir/..%5cadmin",
+        "https://ehr.test@evil.test/fhir/Patient",
+        "https://ehr.test/fhirx/Patient",
         "/elsewhere/Patient?page=2",
     ],
 )
@@ -316,7 +316,7 @@ async def test_async_client_has_the_same_policy() -> None:
         if len(seen) == 2:
             return json_response(503, {}, {"Retry-After": "0"})
         if "page" in request.url.params:
-            return json_response(200, bundle([patient("b")], "http://evil.test/fhir/x"))
+            return json_response(200, bundle([patient("b")], "https://evil.test/fhir/x"))
         return json_response(200, bundle([patient("a")], f"{FHIR_BASE}/Patient?page=2"))
 
     provider = HubTokenProvider(HUB_API, api.api_token, transport=api.transport())
@@ -362,3 +362,26 @@ def test_a_failing_event_sink_does_not_break_reads(caplog: pytest.LogCaptureFixt
 def test_retry_policy_bounds(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="must be"):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_plain_http_to_another_machine_is_refused() -> None:
+    sent: list[httpx.Request] = []
+    handler = lambda r: sent.append(r) or json_response(200, patient())  # noqa: E731
+    token = secret("t")
+    client = SMARTClient(
+        StaticTokenProvider(token, "http://ehr.test/fhir"), transport=httpx.MockTransport(handler)
+    )
+    with pytest.raises(UnsafeURL, match="over plain HTTP"):
+        client.read("Patient", "p1")
+    assert sent == []
+    allowed = SMARTClient(
+        StaticTokenProvider(token, "http://ehr.test/fhir"),
+        transport=httpx.MockTransport(handler),
+        allow_http=True,
+    )
+    assert allowed.read("Patient", "p1")["id"] == "p1"
+    local = SMARTClient(
+        StaticTokenProvider(token, "http://localhost:8700/fhir"),
+        transport=httpx.MockTransport(handler),
+    )
+    assert local.read("Patient", "p1")["id"] == "p1"
