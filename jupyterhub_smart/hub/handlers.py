@@ -88,7 +88,7 @@ class _SMARTMixin:
 
     @property
     def smart(self) -> SMARTAuthenticator:
-        return self.authenticator  # type: ignore[attr-defined, no-any-return]
+        return self.authenticator  # type: ignore[attr-defined]
 
     def _smart_env(self) -> Environment:
         env = self.settings.get("_smart_jinja_env")

@@ -19,7 +19,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -171,10 +171,8 @@ def run_evil_ehr(port: int) -> Iterator[EvilEHR]:
             ehr.received.append(form)
             if ehr.mode == "token_timeout":
                 time.sleep(ehr.token_delay or 4.0)
-            try:
+            with suppress(BrokenPipeError, ConnectionResetError):
                 self._send(*ehr.token_response())
-            except (BrokenPipeError, ConnectionResetError):
-                pass
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from .conftest import EvilEnv, SmartEnv
-from .harness import Browser, Hub, ehr_launch, location, patient_ids, query
+from .harness import Browser, Hub, location, patient_ids, query
 
 #: Authorization codes the tests sent to a hub (the secrets test greps for them).
 CODES: list[str] = []

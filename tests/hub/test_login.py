@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import httpx
+
 from .conftest import SmartEnv
 from .harness import Browser, ehr_launch, location, patient_ids, query
 
@@ -140,3 +145,22 @@ def _user_of(hub, sandbox) -> str:  # type: ignore[no-untyped-def]
     names = [u["name"] for u in users if u["name"].endswith(suffix)]
     assert names, [u["name"] for u in users]
     return str(names[0])
+
+
+def test_login_is_on_the_audit_trail_and_the_chain_verifies(smart_env: SmartEnv) -> None:
+    hub, sandbox = smart_env.hub, smart_env.public
+    patient = patient_ids(sandbox)[1]
+    with Browser() as browser:
+        assert ehr_launch(browser, sandbox, hub, patient).status_code == 302
+    name = _user_of(hub, sandbox)
+    lines = [json.loads(line) for line in hub.audit_path.read_text().splitlines()]
+    logins = [e for e in lines if e["subtype"][0]["code"] == "login-succeeded"]
+    assert (
+        logins and name in json.dumps(logins[-1]) and f"Patient/{patient}" in json.dumps(logins[-1])
+    )
+    verified = subprocess.run(
+        [sys.executable, "-m", "jupyterhub_smart", "audit", "verify", str(hub.audit_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr

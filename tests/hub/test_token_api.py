@@ -12,6 +12,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -121,7 +122,7 @@ def test_token_api_refreshes_when_due_and_rotates(refresh_env: RefreshEnv) -> No
 
 def test_many_concurrent_callers_cause_one_refresh(refresh_env: RefreshEnv) -> None:
     hub = refresh_env.hub
-    name, token = _login(refresh_env)
+    _name, token = _login(refresh_env)
     first = _token(hub, token).json()
     _wait_until_refresh_due(first["expires_at"])
     count = _refresh_count(hub)
@@ -201,7 +202,7 @@ def test_spawner_gets_the_token_api_url_and_no_token(smart_env: SmartEnv) -> Non
             time.sleep(0.5)
         pid = server["state"]["pid"]
         try:
-            raw = open(f"/proc/{pid}/environ", "rb").read().decode("utf-8", "replace")
+            raw = Path(f"/proc/{pid}/environ").read_bytes().decode("utf-8", "replace")
             env = dict(line.split("=", 1) for line in raw.split("\0") if "=" in line)
             assert env["SMART_TOKEN_API_URL"].endswith("/hub/api/smart/token")
             for secret in (state["access_token"], state["refresh_token"]):
