@@ -73,6 +73,7 @@ def _login(world: HubWorld, patient: str) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(SOAK_SECONDS + 240)
 def test_connect_reads_through_the_hub_token_api_across_refreshes(
     world: HubWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
