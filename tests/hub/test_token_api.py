@@ -39,7 +39,10 @@ def refresh_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RefreshEnv
         work / "sandbox", [client], extra_args=["--access-token-lifetime", str(LIFETIME)]
     ) as sandbox:
         issuers = {sandbox.iss: {"client_id": "hub-refresh"}}
-        with run_hub(work / "hub", issuers, port=port) as hub:
+        # refresh_user runs on (almost) every authenticated request, as it would after
+        # JupyterHub's default 300 s on a real deployment
+        extra = "c.Authenticator.auth_refresh_age = 1"
+        with run_hub(work / "hub", issuers, port=port, extra=extra) as hub:
             yield RefreshEnv(hub, sandbox)
 
 
@@ -156,6 +159,25 @@ def test_refused_refresh_means_sign_in_again(refresh_env: RefreshEnv) -> None:
     assert response.json()["error"] == "reauthentication_required"
     assert response.json()["login_url"].endswith("/hub/oauth_login")
     assert "invalid_grant" in hub.log_text()
+
+
+def test_browser_session_ends_when_the_ehr_refuses_the_refresh(refresh_env: RefreshEnv) -> None:
+    """refresh_user: invalid_grant means sign in again (JupyterHub sends the browser to login)."""
+    hub, sandbox = refresh_env.hub, refresh_env.sandbox
+    with Browser() as browser:
+        ehr_launch(browser, sandbox, hub, patient_ids(sandbox)[0])
+        with hub.api(hub.admin_token) as api:
+            name = next(u["name"] for u in api.get("/users").json() if "@" in u["name"])
+        state = hub.auth_state(name)
+        time.sleep(1.1)  # past auth_refresh_age, token not yet due: refresh_user keeps the session
+        assert browser.get(f"{hub.url}/hub/home").status_code == 200
+        httpx.post(
+            f"{sandbox.origin}/auth/revoke",
+            data={"token": state["refresh_token"], "client_id": "hub-refresh"},
+        ).raise_for_status()
+        _wait_until_refresh_due(state["expires_at"])
+        home = browser.get(f"{hub.url}/hub/home")
+        assert home.status_code == 302 and "/hub/login" in home.headers["location"]
 
 
 def test_ehr_outage_keeps_the_user_signed_in(refresh_env: RefreshEnv) -> None:
