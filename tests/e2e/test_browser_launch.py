@@ -1,0 +1,302 @@
+"""From EHR to notebook in a real browser: the whole chain, driven the way a person does it.
+
+``jupyterhub-smart demo`` runs as a subprocess (sandbox EHR with sign-in and
+consent pages, JupyterHub with SMARTAuthenticator as a ``private_key_jwt``
+client, JupyterLab single-user servers). Headless Chromium (Debian's
+``chromium``, never a Playwright download) then:
+
+1. opens the EHR's patient list and presses Launch for patient A;
+2. signs in as a practitioner and approves on the sandbox's pages;
+3. lands in JupyterLab on ``patient-vitals.ipynb``, runs all cells, and finds
+   the plot and patient A's name in the outputs;
+4. launches patient B from the EHR in another tab; the same kernel, in the
+   same running server, now reads B's context from the hub's token API;
+5. revokes the practitioner's grants on the EHR's sessions page; the next
+   FHIR read in the notebook ends in the client's clear re-authentication
+   message (``ReauthenticationRequired``), not a stack of HTTP errors.
+
+A screenshot of each step goes to ``test-artifacts/e2e/`` (printed at the
+start); set ``E2E_DOCS_SCREENSHOTS=1`` to refresh the copies in ``docs/img/``.
+
+The sandbox's access tokens live 20 s here, so the hub refreshes them all the
+time (it refreshes once half the lifetime is gone). That is also how it learns
+of the revocation: the hub's token API does not know that the FHIR server
+refused a token, so the test waits until every token issued before the
+revocation is past half its life; the hub's next refresh then gets
+``invalid_grant`` from the EHR and answers ``reauthentication_required``.
+(With a "this token was refused" signal from the notebook client, the hub could
+refresh at once and the wait would go.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from demo.runner import DemoProcess, run_demo
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "e2e"
+DOCS_IMG = REPO_ROOT / "docs" / "img"
+#: Screenshots worth showing in the docs (copied when E2E_DOCS_SCREENSHOTS=1).
+DOCS_SHOTS = {
+    "01-ehr-patients": "ehr-patients.png",
+    "03-consent": "sandbox-consent.png",
+    "05-vitals-plotted": "notebook-vitals.png",
+    "07-context-patient-b": "notebook-new-launch.png",
+    "09-reauthentication": "notebook-reauthentication.png",
+}
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+#: Sandbox access-token lifetime (seconds) for this test; see the module docstring.
+ACCESS_TOKEN_LIFETIME = 20
+#: Generous: the first JupyterLab start on a loaded two-core machine is slow.
+SLOW_MS = 150_000
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> str:
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.skip(
+            "Debian's chromium is not installed (`make test` installs it as root via "
+            ".ci/install-chromium; or `apt-get install -y chromium`)"
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory, chromium_path: str) -> Iterator[DemoProcess]:
+    state = tmp_path_factory.mktemp("e2e") / "demo"
+    lifetime = str(ACCESS_TOKEN_LIFETIME)
+    with run_demo(state, extra_args=["--access-token-lifetime", lifetime]) as process:
+        yield process
+
+
+class Shots:
+    """Numbered screenshots under test-artifacts/e2e/ (and docs/img/ on request)."""
+
+    def __init__(self) -> None:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        for old in ARTIFACTS.glob("*.png"):
+            old.unlink()
+        self.to_docs = os.environ.get("E2E_DOCS_SCREENSHOTS") == "1"
+        print(f"\nend-to-end screenshots: {ARTIFACTS}")
+
+    def take(self, page: Any, name: str) -> None:
+        path = ARTIFACTS / f"{name}.png"
+        page.screenshot(path=str(path))
+        if self.to_docs and name in DOCS_SHOTS:
+            _save_small_png(path, DOCS_IMG / DOCS_SHOTS[name])
+
+
+def _save_small_png(source: Path, target: Path) -> None:
+    """A 256-colour copy for the docs (screenshots of pages quantize without visible loss)."""
+    from PIL import Image
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(source) as image:
+        image.convert("RGB").quantize(colors=256).save(target, optimize=True)
+
+
+def _patient_rows(page: Any) -> list[tuple[str, str]]:
+    """(name, id) of each patient on the EHR page."""
+    rows = []
+    for row in page.locator("table tr").filter(has=page.locator("button", has_text="Launch")).all():
+        first = row.locator("td").first
+        patient_id = first.locator("code").inner_text().strip()
+        name = first.inner_text().replace(patient_id, "").strip()
+        rows.append((name, patient_id))
+    return rows
+
+
+def _launch(page: Any, patient_id: str) -> None:
+    """Press Launch on the patient's row (the form carries the patient id)."""
+    row = page.locator("table tr").filter(
+        has=page.locator(f'input[name="patient"][value="{patient_id}"]')
+    )
+    row.get_by_role("button", name="Launch").click()
+
+
+def _sign_in_and_consent(page: Any, shots: Shots | None, hub_url: str) -> None:
+    """Go through the sandbox's sign-in and consent pages until the browser is back at the hub."""
+    expect = sync_api.expect
+    if shots is not None:
+        expect(page).to_have_title(re.compile("Sign in"))
+        shots.take(page, "02-sign-in")
+    while not page.url.startswith(hub_url):
+        title = page.title()
+        if title.startswith("Sign in"):
+            page.get_by_role("radio").first.check()
+            page.get_by_role("button", name="Sign in").click()
+        elif title.startswith("Approve access"):
+            if shots is not None:
+                shots.take(page, "03-consent")
+            page.get_by_role("button", name="Approve").click()
+        else:
+            page.wait_for_url(re.compile(re.escape(hub_url) + "|/auth/"), timeout=SLOW_MS)
+        page.wait_for_load_state()
+
+
+def _wait_for_notebook(page: Any) -> None:
+    """JupyterLab is up with patient-vitals.ipynb open and its kernel idle."""
+    expect = sync_api.expect
+    page.wait_for_url(re.compile(r"/lab/tree/patient-vitals\.ipynb"), timeout=SLOW_MS)
+    expect(page.locator(".jp-NotebookPanel:visible .jp-Cell").first).to_be_visible(timeout=SLOW_MS)
+    # The status bar names the kernel once it is connected, and says Idle once it is ready.
+    kernel = page.get_by_role("button", name="Python 3 (ipykernel) | Idle")
+    expect(kernel).to_be_visible(timeout=SLOW_MS)
+    # The demo turned JupyterLab's "fetch news from the internet?" question off.
+    expect(page.get_by_text("get notified about official Jupyter news")).to_have_count(0)
+
+
+def _scroll_to_top(page: Any) -> None:
+    """JupyterLab renders only the cells in view: scroll up to read the first outputs."""
+    outer = page.locator(".jp-NotebookPanel:visible .jp-WindowedPanel-outer")
+    outer.evaluate("element => { element.scrollTop = 0; }")
+
+
+def _run_all(page: Any) -> None:
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+
+
+def _run_new_cell(page: Any, code: str) -> Any:
+    """Add a code cell at the end of the notebook, type ``code``, run it; return the cell."""
+    cells = page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell")
+    count = cells.count()
+    if cells.last.locator(".cm-content").inner_text().strip():
+        cells.last.locator(".jp-InputArea-prompt").click()
+        page.keyboard.press("Escape")
+        page.keyboard.press("b")
+        sync_api.expect(cells).to_have_count(count + 1)
+        count += 1
+    # else: Shift+Enter on the last cell left an empty one below it; use that.
+    new = cells.nth(count - 1)
+    new.locator(".cm-content").click()
+    page.keyboard.type(code)
+    page.keyboard.press("Shift+Enter")
+    sync_api.expect(new.locator(".jp-InputArea-prompt")).to_have_text(
+        re.compile(r"\[\d+\]"), timeout=SLOW_MS
+    )
+    new.scroll_into_view_if_needed()
+    return new
+
+
+def test_ehr_launch_to_notebook_new_patient_and_revocation(
+    demo: DemoProcess, chromium_path: str
+) -> None:
+    expect = sync_api.expect
+    shots = Shots()
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium_path, args=CHROMIUM_FLAGS, headless=True
+        )
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context.set_default_timeout(30_000)
+        try:
+            page = context.new_page()
+
+            # 1. The EHR's patient list; Launch for patient A.
+            page.goto(demo.ehr_url)
+            expect(page.get_by_role("heading", name="Patients")).to_be_visible()
+            patients = _patient_rows(page)
+            assert len(patients) == 5
+            (name_a, id_a), (name_b, id_b) = patients[0], patients[1]
+            shots.take(page, "01-ehr-patients")
+            _launch(page, id_a)
+
+            # 2. Sign in as a practitioner and approve, on the sandbox's own pages.
+            _sign_in_and_consent(page, shots, demo.hub_url)
+
+            # 3. JupyterLab opens the demo notebook; run it all.
+            _wait_for_notebook(page)
+            shots.take(page, "04-jupyterlab")
+            _run_all(page)
+            plot = page.locator(".jp-OutputArea-output img").first
+            expect(plot).to_be_visible(timeout=SLOW_MS)
+            summary = page.locator(".jp-OutputArea-output", has_text="heart rate readings")
+            expect(summary).to_be_visible(timeout=SLOW_MS)
+            # (Run All stops at the first error: the last cell's summary means none failed.)
+            _scroll_to_top(page)
+            first_output = page.locator(".jp-NotebookPanel:visible .jp-OutputArea").first
+            expect(first_output).to_contain_text(f"Patient:     {id_a}")
+            plot.scroll_into_view_if_needed()
+            shots.take(page, "05-vitals-plotted")
+            banner = _run_new_cell(page, "fhir.patient_banner()")
+            expect(banner.locator(".jp-OutputArea-output")).to_contain_text(name_a.split()[-1])
+            shots.take(page, "06-patient-a-banner")
+
+            # 4. A new EHR launch for patient B, in another tab, while the server keeps running.
+            ehr = context.new_page()
+            ehr.goto(demo.ehr_url)
+            _launch(ehr, id_b)
+            _sign_in_and_consent(ehr, None, demo.hub_url)
+            _wait_for_notebook(ehr)
+            ehr.close()
+            page.bring_to_front()
+            cell = _run_new_cell(
+                page,
+                "now = connect()\n"
+                'print("first launch:", context.patient, "| now:", now.context.patient)\n'
+                "now.patient_banner()",
+            )
+            output = cell.locator(".jp-OutputArea")
+            # The kernel kept patient A's context in its variables; the hub now serves B's.
+            expect(output).to_contain_text(f"first launch: {id_a} | now: {id_b}")
+            expect(output).to_contain_text(name_b.split()[-1])
+            shots.take(page, "07-context-patient-b")
+
+            # 5. The practitioner's consent is withdrawn in the EHR.
+            sessions = context.new_page()
+            sessions.goto(f"{demo.sandbox_url}/ehr/sessions")
+            expect(sessions.get_by_role("heading", name="Active grants")).to_be_visible()
+            revoke_all = sessions.get_by_role("button", name="Revoke all of this user's")
+            expect(revoke_all.first).to_be_visible()
+            shots.take(sessions, "08-ehr-sessions")
+            revoke_all.first.click()
+            expect(sessions.get_by_text("No active grants.")).to_be_visible()
+            sessions.close()
+            page.bring_to_front()
+            # Every token issued before the revocation is now past half its life: the hub refreshes.
+            page.wait_for_timeout((ACCESS_TOKEN_LIFETIME / 2 + 2) * 1000)
+            cell = _run_new_cell(page, 'fhir.observations(code="8867-4").to_pandas()')
+            error = cell.locator(".jp-OutputArea")
+            expect(error).to_contain_text("ReauthenticationRequired")
+            expect(error).to_contain_text("Your EHR session has ended")
+            # Where to sign in again. (The hub builds this URL from the request's Host, which
+            # for a notebook is the hub's internal API address, not the public hub_url.)
+            expect(error).to_contain_text(
+                re.compile(r"open http://127\.0\.0\.1:\d+/hub/oauth_login")
+            )
+            shots.take(page, "09-reauthentication")
+        except Exception:
+            for number, open_page in enumerate(context.pages):
+                open_page.screenshot(path=str(ARTIFACTS / f"failure-{number}.png"))
+            raise
+        finally:
+            context.close()
+            browser.close()
+
+    # Nothing secret in any log: the generated crypt key and the hub's private key.
+    logs = demo.logs()
+    assert (demo.state_dir / "crypt_key").read_text().strip() not in logs
+    for pem in (demo.state_dir / "keys").glob("*.pem"):
+        body = "".join(pem.read_text().splitlines()[1:-1])
+        assert body[:64] not in logs.replace("\n", "")
+    assert demo.interrupt() == 0
