@@ -406,8 +406,37 @@ class SMARTTokenAPIHandler(APIHandler):
         self.set_header("Pragma", "no-cache")
         self.finish(orjson.dumps(dict(body)))
 
+    def _login_url(self) -> str:
+        """Where to sign in again: the hub's public URL when configured, else this request's host."""
+        path = url_path_join(self.hub.base_url, "oauth_login")
+        public_url = self.settings.get("public_url")
+        if public_url:
+            return f"{public_url.scheme}://{public_url.netloc}{path}"
+        return f"{self.request.protocol}://{self.request.host}{path}"
+
+    def _token_owner_must_reauthenticate(self) -> bool:
+        """A valid API token of a user whose refresh JupyterHub just refused.
+
+        JupyterHub 5 (and 6 with ``auth_refresh_strict``) drops the user of
+        an API request when ``refresh_user`` returns False; the token itself is
+        still good, so the answer is "sign in again", not "who are you".
+        """
+        get_token = getattr(self, "get_token", None)  # JupyterHub >= 4.1
+        token = get_token() if callable(get_token) else None
+        return token is not None and getattr(token, "user", None) is not None
+
     async def get(self) -> None:
         user = self.current_user
+        if user is None and self._token_owner_must_reauthenticate():
+            self._json(
+                401,
+                {
+                    "error": "reauthentication_required",
+                    "message": "The EHR session has ended: sign in again.",
+                    "login_url": self._login_url(),
+                },
+            )
+            return
         if user is None:
             self.set_header("WWW-Authenticate", 'token realm="jupyterhub"')
             self._json(
@@ -434,12 +463,7 @@ class SMARTTokenAPIHandler(APIHandler):
             )
             return
         authenticator: SMARTAuthenticator = self.authenticator
-        login_url = (
-            self.request.protocol
-            + "://"
-            + self.request.host
-            + url_path_join(self.hub.base_url, "oauth_login")
-        )
+        login_url = self._login_url()
         try:
             state = await authenticator.fresh_auth_state(
                 user, min_validity=authenticator.refresh_leeway
