@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from demo.runner import DemoProcess, run_demo
 
@@ -262,6 +263,9 @@ def test_ehr_launch_to_notebook_new_patient_and_revocation(
             expect(output).to_contain_text(name_b.split()[-1])
             shots.take(page, "07-context-patient-b")
 
+            # The tokens of this session, to look for in logs and databases at the end.
+            secrets = _session_secrets(demo, id_b)
+
             # 5. The practitioner's consent is withdrawn in the EHR.
             sessions = context.new_page()
             sessions.goto(f"{demo.sandbox_url}/ehr/sessions")
@@ -293,10 +297,37 @@ def test_ehr_launch_to_notebook_new_patient_and_revocation(
             context.close()
             browser.close()
 
-    # Nothing secret in any log: the generated crypt key and the hub's private key.
-    logs = demo.logs()
-    assert (demo.state_dir / "crypt_key").read_text().strip() not in logs
-    for pem in (demo.state_dir / "keys").glob("*.pem"):
-        body = "".join(pem.read_text().splitlines()[1:-1])
-        assert body[:64] not in logs.replace("\n", "")
     assert demo.interrupt() == 0
+    # Nothing secret in any log (demo, sandbox, hub, single-user server, audit trail), and no
+    # token in plain text in the hub's database (auth_state is encrypted).
+    logs = demo.logs() + (demo.state_dir / "hub" / "audit.jsonl").read_text()
+    secrets["crypt key"] = (demo.state_dir / "crypt_key").read_text().strip()
+    for pem in (demo.state_dir / "keys").glob("*.pem"):
+        secrets[f"private key {pem.name}"] = "".join(pem.read_text().splitlines()[1:-1])[:64]
+    database = (demo.state_dir / "hub" / "jupyterhub.sqlite").read_bytes()
+    for what, value in secrets.items():
+        assert value not in logs.replace("\n", ""), f"the {what} is in a log"
+        assert value.encode() not in database, f"the {what} is in the hub's database"
+
+
+def _session_secrets(demo: DemoProcess, patient: str) -> dict[str, str]:
+    """The user's JupyterHub API token and a current SMART access token, as the kernel has them.
+
+    The API token is read from the single-user server's environment (where the hub put
+    it); with it, the hub's token API hands out the access token, for the launched patient.
+    """
+    servers = [p for p in demo.descendants() if "jupyterhub-singleuser" in " ".join(p.cmdline())]
+    assert len(servers) == 1, "one single-user server for the practitioner, whatever the launches"
+    environ = servers[0].environ()
+    assert environ.get("SMART_TOKEN_API_URL", "").endswith("/hub/api/smart/token")
+    api_token = environ["JUPYTERHUB_API_TOKEN"]
+    response = httpx.get(
+        f"{demo.hub_url}/hub/api/smart/token",
+        headers={"Authorization": f"token {api_token}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["patient"] == patient
+    assert "refresh_token" not in body
+    return {"JupyterHub API token": api_token, "access token": body["access_token"]}
