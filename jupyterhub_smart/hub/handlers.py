@@ -48,7 +48,7 @@ __all__ = [
     "safe_next_url",
 ]
 
-#: Encrypted cookie with a random value that binds pending logins to this browser.
+#: Signed (tornado secure cookie), HttpOnly cookie with a random value binding pending logins to this browser.
 BINDING_COOKIE = "jupyterhub-smart-login"
 TEMPLATES = Path(__file__).parent / "templates"
 _MAX_PARAM = 2048
@@ -153,7 +153,7 @@ class _SMARTMixin:
         self.finish(html)  # type: ignore[attr-defined]
 
     def browser_binding(self, create: bool) -> str | None:
-        """This browser's binding value (from its encrypted cookie), created if asked."""
+        """This browser's binding value (from its signed cookie), created if asked."""
         raw = self.get_secure_cookie(BINDING_COOKIE, max_age_days=1)  # type: ignore[attr-defined]
         value = raw.decode("ascii", "replace") if raw else None
         if value is None and create:
@@ -161,7 +161,7 @@ class _SMARTMixin:
             self._set_cookie(  # type: ignore[attr-defined]
                 BINDING_COOKIE,
                 value,
-                encrypted=True,
+                encrypted=True,  # JupyterHub: "secure" (signed) cookie
                 path=self.hub.base_url,  # type: ignore[attr-defined]
                 expires_days=1,
             )

@@ -11,7 +11,7 @@ by its ``state``:
   (10 minutes by default), the oldest dropped first, so a flood of login
   requests cannot grow memory without bound;
 * bound to the browser: the record holds a hash of a random value that lives
-  in the browser's (encrypted, HttpOnly) binding cookie; a callback from a
+  in the browser's (signed, HttpOnly) binding cookie; a callback from a
   browser without that cookie is refused even with a valid ``state``
   (login CSRF / session fixation through a stolen authorization response).
 

@@ -245,10 +245,11 @@ def test_client_secret_basic_login(evil_env: EvilEnv) -> None:
     ],
 )
 def test_evil_ehr_faults(evil_env: EvilEnv, mode: str, status: int, words: str) -> None:
+    marker = f"SMART /hub/oauth_callback refused ({status} "
+    before = evil_env.hub.log_text().count(marker)
     response = _evil_login(evil_env, mode)
     assert response.status_code == status, response.text[:2000]
     assert words in response.text
     assert "Error code" in response.text
-    log = evil_env.hub.log_text()
-    assert "SMART /hub/oauth_callback refused" in log
+    assert evil_env.hub.log_text().count(marker) == before + 1  # one log entry for it
     _still_serving(evil_env.hub)
