@@ -300,15 +300,15 @@ def start_process(
     *,
     log_path: Path,
     ready_marker: str,
-    started: list[subprocess.Popen[str]],
+    tree: ProcessTree,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 300.0,
 ) -> subprocess.Popen[str]:
     """Start a child, wait for ``ready_marker`` in its output, fail clearly otherwise.
 
-    The child is appended to ``started`` as soon as it exists, so that a Ctrl-C
-    while it is still starting stops it too.
+    The child joins ``tree`` as soon as it exists, so that a Ctrl-C while it is
+    still starting stops it too.
     """
     process = subprocess.Popen(  # noqa: S603 - our own commands, no shell
         cmd,
@@ -320,7 +320,7 @@ def start_process(
         cwd=cwd,
         start_new_session=True,  # the terminal's Ctrl-C reaches us only; we stop children
     )
-    started.append(process)
+    tree.children.append(process)
     ready = threading.Event()
     threading.Thread(
         target=_pump, args=(process.stdout, log_path, ready_marker, ready), daemon=True
@@ -335,12 +335,7 @@ def start_process(
 
 
 def _descendants(pid: int) -> list[Any]:
-    """Every live descendant of ``pid`` (psutil processes), including other sessions'.
-
-    JupyterHub starts the proxy and single-user servers in new sessions, so a
-    process-group signal does not reach them; we remember them before asking
-    the hub to stop, and kill whatever it left behind.
-    """
+    """Every live descendant of ``pid`` (psutil processes), including other sessions'."""
     try:
         import psutil
     except ImportError:  # pragma: no cover - psutil comes with ipykernel/jupyterlab
@@ -351,30 +346,60 @@ def _descendants(pid: int) -> list[Any]:
         return []
 
 
-def stop_process(process: subprocess.Popen[str], grace: float = STOP_GRACE_SECONDS) -> None:
-    """Stop a child and everything it started: SIGTERM first, SIGKILL after ``grace``."""
-    tree = _descendants(process.pid)
-    if process.poll() is None:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-    if tree:
-        import psutil
+class ProcessTree:
+    """The demo's children and every process they started, remembered while they run.
 
-        alive = [p for p in tree if p.is_running()]
-        for proc in alive:
-            with suppress(psutil.Error):
-                proc.terminate()
-        _gone, alive = psutil.wait_procs(alive, timeout=5)
-        for proc in alive:
-            with suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=5)
+    JupyterHub starts the proxy and single-user servers in new sessions, so a
+    process-group signal does not reach them; and when the hub crashes they
+    are re-parented away, out of sight of a search from the hub's pid. So the
+    demo remembers descendants as they appear (:meth:`remember`, called while
+    it waits) and, on the way out, kills whatever the children left behind.
+    """
+
+    def __init__(self) -> None:
+        self.children: list[subprocess.Popen[str]] = []
+        self._seen: dict[int, Any] = {}
+
+    def remember(self) -> None:
+        for child in self.children:
+            for proc in _descendants(child.pid):
+                self._seen.setdefault(proc.pid, proc)
+
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop the children (newest first), then every remembered descendant still alive."""
+        self.remember()
+        for child in reversed(self.children):
+            stop_process(child, grace)
+        leftovers = [p for p in self._seen.values() if p.is_running()]
+        if leftovers:
+            import psutil
+
+            for proc in leftovers:
+                with suppress(psutil.Error):
+                    proc.terminate()
+            _gone, alive = psutil.wait_procs(leftovers, timeout=5)
+            for proc in alive:
+                with suppress(psutil.Error):
+                    proc.kill()
+            psutil.wait_procs(alive, timeout=5)
+
+
+def stop_process(process: subprocess.Popen[str], grace: float = STOP_GRACE_SECONDS) -> None:
+    """Stop a child and its process group: SIGTERM first, SIGKILL after ``grace`` seconds.
+
+    The hub, given the time, stops its proxy and single-user servers itself;
+    :class:`ProcessTree` kills what it could not.
+    """
+    if process.poll() is not None:
+        return
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 @contextmanager
@@ -453,7 +478,7 @@ def _run(args: argparse.Namespace) -> int:
         f"{hub_url}/hub/oauth_login",
         *(["--auto-approve"] if args.auto_approve else []),
     ]
-    processes: list[subprocess.Popen[str]] = []
+    tree = ProcessTree()
     with _stop_on_signals():
         try:
             print("Starting the sandbox EHR (the first run generates the synthetic patients)...")
@@ -462,7 +487,7 @@ def _run(args: argparse.Namespace) -> int:
                 sandbox_cmd,
                 log_path=state / "logs" / "sandbox.log",
                 ready_marker="SMART sandbox ready",
-                started=processes,
+                tree=tree,
                 env=_child_env(),
             )
             iss = f"{sandbox_url}/fhir"
@@ -481,17 +506,20 @@ def _run(args: argparse.Namespace) -> int:
                 [str(Path(sys.executable).with_name("jupyterhub")), "-f", str(config)],
                 log_path=state / "logs" / "hub.log",
                 ready_marker="JupyterHub is now running",
-                started=processes,
+                tree=tree,
                 env=_child_env(JUPYTERHUB_CRYPT_KEY=crypt_key),
                 cwd=state / "hub",
             )
             print(f"Logs: {state / 'logs'}")
             print(OPEN_LINE.format(url=f"{sandbox_url}/ehr"))
             sys.stdout.flush()
-            while all(p.poll() is None for p in processes):
+            while all(p.poll() is None for p in tree.children):
+                tree.remember()
                 time.sleep(0.5)
             names = ("sandbox", "hub")
-            dead = [name for name, p in zip(names, processes, strict=False) if p.poll() is not None]
+            dead = [
+                name for name, p in zip(names, tree.children, strict=False) if p.poll() is not None
+            ]
             raise DemoError(f"the {' and '.join(dead)} stopped unexpectedly; see {state / 'logs'}")
         except (_Stop, KeyboardInterrupt):
             print("\nStopping the demo...")
@@ -501,5 +529,4 @@ def _run(args: argparse.Namespace) -> int:
             # A second Ctrl-C must not cut the clean-up short and leave servers behind.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            for process in reversed(processes):
-                stop_process(process)
+            tree.stop()

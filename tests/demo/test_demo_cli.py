@@ -78,3 +78,16 @@ def test_host_not_on_this_machine(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "192.0.2.1 is not an address of this machine; check --host" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_damaged_crypt_key_is_not_silently_replaced(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "crypt_key").write_text("not-a-key\n")
+    result = run_demo(state, "--sandbox-port", str(free_port()), "--hub-port", str(free_port()))
+    assert result.returncode == 2
+    assert f"{state / 'crypt_key'} is not a generated key; delete it to make a new one" in (
+        result.stderr
+    )
+    # Refused before starting anything (the sandbox would have made its data directory).
+    assert not (state / "sandbox").exists()

@@ -10,13 +10,18 @@ directory.
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+from sandbox_process import free_port
 
 from .runner import DemoProcess, run_demo
 
@@ -85,3 +90,57 @@ def test_ctrl_c_stops_everything_and_a_second_run_reuses_keys(tmp_path: Path) ->
         registered = json.loads((state / "clients.json").read_text())[0]["jwks"]
         assert registered == json.loads(first["keys/jwks.json"])
         assert again.interrupt() == 0
+
+
+def test_a_dead_hub_stops_the_demo_with_a_message(tmp_path: Path) -> None:
+    with run_demo(tmp_path / "state") as demo:
+        children = demo.descendants()
+        hub = next(p for p in children if "jupyterhub -f" in " ".join(p.cmdline()))
+        hub.kill()  # a crash: no clean-up of its own
+        assert demo.process.wait(timeout=60) == 2
+        assert "the hub stopped unexpectedly; see" in demo.output()
+        alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert alive == [], [" ".join(p.cmdline()) for p in alive]
+
+
+def test_ctrl_c_while_starting_stops_what_was_started(tmp_path: Path) -> None:
+    """SIGINT as soon as the sandbox process exists: nothing is left behind."""
+    state = tmp_path / "state"
+    output = tmp_path / "output.log"
+    with output.open("w") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyterhub_smart",
+                "demo",
+                "--state-dir",
+                str(state),
+                "--sandbox-port",
+                str(free_port()),
+                "--hub-port",
+                str(free_port()),
+                "--patients",
+                "5",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        demo = psutil.Process(process.pid)
+        deadline = time.monotonic() + 120
+        children: list[psutil.Process] = []
+        while not any("sandbox" in " ".join(c.cmdline()) for c in children):
+            assert process.poll() is None and time.monotonic() < deadline, output.read_text()
+            time.sleep(0.05)
+            children = demo.children(recursive=True)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0, output.read_text()
+        assert "Stopping the demo" in output.read_text()
+        alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert alive == [], [" ".join(p.cmdline()) for p in alive]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
