@@ -38,7 +38,7 @@ from ..smart.errors import SMARTError, TokenEndpointError
 from ..smart.id_token import JWKSCache, verify_id_token
 from ..smart.issuers import IssuerPolicy, IssuerRegistration
 from ..smart.launch_context import LaunchContext, fhir_user_reference
-from ..smart.scopes import require_scopes
+from ..smart.scopes import missing_scopes, require_scopes
 from ..smart.singleflight import SingleFlight
 from ..smart.tokens import TokenResponse, exchange_code, refresh_access_token, revoke_token
 from .handlers import (
@@ -430,6 +430,13 @@ class SMARTAuthenticator(OAuthenticator):
                 nonce=pending.nonce,
             )
         require_scopes(self.required_scopes, token.scope)
+        not_granted = missing_scopes(pending.scope, token.scope)
+        if not_granted:  # allowed (the EHR decides), but worth knowing when data is missing
+            self.log.info(
+                "The EHR %s granted less than requested; not granted: %s",
+                reg.issuer,
+                " ".join(not_granted),
+            )
         context = LaunchContext.from_token_response(token.raw)
         if "launch/patient" in pending.scope and context.patient is None:
             raise MissingPatient(

@@ -15,6 +15,7 @@ Log lines here name the path only.
 from __future__ import annotations
 
 import secrets
+import traceback
 from collections.abc import Mapping
 from http.client import responses
 from pathlib import Path
@@ -28,6 +29,7 @@ from jupyterhub.handlers import BaseHandler
 from jupyterhub.user import User
 from jupyterhub.utils import url_path_join
 from oauthenticator.oauth2 import OAuthLogoutHandler
+from tornado import web
 
 from ..smart.authorize import authorization_error, authorization_url, check_response_issuer
 from ..smart.errors import SMARTError, UnknownIssuer, safe_text
@@ -343,7 +345,30 @@ class SMARTCallbackHandler(_SMARTMixin, BaseHandler):
                     audit_action=None,
                 )
                 return
-            raise
+            if isinstance(exc, web.HTTPError):  # e.g. a hook refusing the user
+                await self.smart_fail(
+                    exc.status_code,
+                    exc.log_message or responses.get(exc.status_code, "Error"),
+                    error="refused",
+                    issuer=pending.issuer,
+                )
+                return
+            # Not raised on: tornado would log the request URL, code included. The
+            # traceback is logged without the exception's message (it could quote a token).
+            self.log.error(
+                "SMART sign-in failed unexpectedly (%s); traceback:\n%s",
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)),
+            )
+            await self.smart_fail(
+                500,
+                "The hub failed while signing you in; try again, and tell the hub's "
+                "administrators if it keeps happening.",
+                error="internal_error",
+                issuer=pending.issuer,
+                retry_url=login_url,
+            )
+            return
         if user is None:
             await self.smart_fail(
                 403,

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import SmartEnv
-from .harness import Browser, Hub, ehr_launch, patient_ids, run_hub
+from .conftest import EvilEnv, SmartEnv
+from .harness import Browser, Hub, ehr_launch, location, patient_ids, query, run_hub
 
 
 def _exits_with(hub: Hub, words: str) -> str:
@@ -113,3 +114,37 @@ def test_logout_revokes_the_refresh_token_and_drops_tokens(smart_env: SmartEnv) 
     )
     assert response.status_code == 401
     assert response.json()["error"] == "reauthentication_required"
+
+
+MAPPER_FAILS = """
+def username_mapper(issuer, fhir_user, claims):
+    held = open({secret_file!r}).read()  # a runtime value, as a token would be
+    raise RuntimeError("mapper broke holding " + held)
+
+c.SMARTAuthenticator.username_mapper = username_mapper
+"""
+
+
+def test_unexpected_failure_is_a_500_page_without_code_or_message(
+    tmp_path: Path, evil_env: EvilEnv
+) -> None:
+    evil = evil_env.evil
+    marker = "secret-in-exception-" + secrets.token_urlsafe(8)
+    code = "evil-code-" + secrets.token_urlsafe(12)
+    issuers = {evil.iss: {"client_id": evil.client_id, "client_auth": "public"}}
+    secret_file = tmp_path / "held.txt"
+    secret_file.write_text(marker)
+    extra = MAPPER_FAILS.format(secret_file=str(secret_file))
+    with run_hub(tmp_path / "hub", issuers, extra=extra) as hub:
+        evil.mode = "good"
+        with Browser() as browser:
+            response = browser.get(hub.login_url, params={"iss": evil.iss})
+            params = query(location(response))
+            evil.nonce = params["nonce"]
+            answer = browser.get(hub.callback_url, params={"code": code, "state": params["state"]})
+        assert answer.status_code == 500
+        assert "internal_error" in answer.text and marker not in answer.text
+        log = hub.log_text()
+        assert "failed unexpectedly (RuntimeError)" in log and "username_mapper" in log
+        assert marker not in log and code not in log
+        assert hub.alive()
