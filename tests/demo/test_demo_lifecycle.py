@@ -103,8 +103,9 @@ def test_a_dead_hub_stops_the_demo_with_a_message(tmp_path: Path) -> None:
         assert alive == [], [" ".join(p.cmdline()) for p in alive]
 
 
-def test_ctrl_c_while_starting_stops_what_was_started(tmp_path: Path) -> None:
-    """SIGINT as soon as the sandbox process exists: nothing is left behind."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_stopping_while_starting_stops_what_was_started(tmp_path: Path, signum: int) -> None:
+    """Ctrl-C (or a service manager's SIGTERM) as soon as the sandbox exists: nothing is left."""
     state = tmp_path / "state"
     output = tmp_path / "output.log"
     with output.open("w") as out:
@@ -135,7 +136,7 @@ def test_ctrl_c_while_starting_stops_what_was_started(tmp_path: Path) -> None:
             assert process.poll() is None and time.monotonic() < deadline, output.read_text()
             time.sleep(0.05)
             children = demo.children(recursive=True)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(signum)
         assert process.wait(timeout=60) == 0, output.read_text()
         assert "Stopping the demo" in output.read_text()
         alive = [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
