@@ -100,6 +100,14 @@ def test_launch_refresh_token_api_and_search_each_leave_one_event(
     searches = [r for r in records if r["subtype"][0]["code"] == "data-access"]
     assert len(searches) >= 1
     assert searches[-1]["agent"][0]["altId"] == name
+    # fhirUser and issuer come from the hub's auth_state, not from the kernel.
+    assert searches[-1]["agent"][0]["who"]["reference"]
+    issuers = [
+        e["what"]["identifier"]["value"]
+        for e in searches[-1]["entity"]
+        if "identifier" in e.get("what", {})
+    ]
+    assert issuers == [sandbox.iss]
     text = hub.audit_path.read_text()
     assert "8867-4" not in text  # parameter names only
     for secret in (api_token, first.json()["access_token"], second.json()["access_token"]):
