@@ -222,6 +222,9 @@ from pathlib import Path
 
 c = get_config()  # noqa: F821
 c.JupyterHub.bind_url = "http://{host}:{hub_port}"
+# Where people reach the hub: the token API's "sign in again" links point here, not at the
+# hub's internal API address that notebooks talk to.
+c.JupyterHub.public_url = "http://{host}:{hub_port}"
 c.JupyterHub.hub_ip = "{host}"
 c.JupyterHub.hub_port = {hub_api_port}
 c.ConfigurableHTTPProxy.api_url = "http://{host}:{proxy_api_port}"

@@ -283,11 +283,8 @@ def test_ehr_launch_to_notebook_new_patient_and_revocation(
             error = cell.locator(".jp-OutputArea")
             expect(error).to_contain_text("ReauthenticationRequired")
             expect(error).to_contain_text("Your EHR session has ended")
-            # Where to sign in again. (The hub builds this URL from the request's Host, which
-            # for a notebook is the hub's internal API address, not the public hub_url.)
-            expect(error).to_contain_text(
-                re.compile(r"open http://127\.0\.0\.1:\d+/hub/oauth_login")
-            )
+            # Where to sign in again: the hub's public address, not its internal API address.
+            expect(error).to_contain_text(f"open {demo.hub_url}/hub/oauth_login in your browser")
             shots.take(page, "09-reauthentication")
         except Exception:
             for number, open_page in enumerate(context.pages):
