@@ -105,7 +105,14 @@ def _back_channel(sandbox: SandboxProcess) -> int:
     )
 
 
+def _machine() -> str:
+    """CPU count and load: these figures depend on what else the machine is doing."""
+    one, five, _ = os.getloadavg()
+    return f"machine: {os.cpu_count()} CPUs, load average {one:.1f} (1 min) {five:.1f} (5 min)"
+
+
 def main() -> None:
+    print(_machine())
     with tempfile.TemporaryDirectory(prefix="bench-login-") as tmp:
         work = Path(os.environ.get("BENCH_WORKDIR") or tmp)
         smart_port, generic_port = free_port(), free_port()
@@ -190,6 +197,7 @@ def main() -> None:
         f"({cost * 100:+.0f}% cost of SMART's checks; goal < 15%)"
     )
     print(f"back-channel requests per SMART login with warm caches: {per_login:g} (goal: 1)")
+    print(_machine())
 
 
 if __name__ == "__main__":

@@ -123,7 +123,14 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _machine() -> str:
+    """CPU count and load: these figures depend on what else the machine is doing."""
+    one, five, _ = os.getloadavg()
+    return f"machine: {os.cpu_count()} CPUs, load average {one:.1f} (1 min) {five:.1f} (5 min)"
+
+
 def main() -> None:
+    print(_machine())
     with tempfile.TemporaryDirectory(prefix="bench-token-api-") as tmp:
         work = Path(os.environ.get("BENCH_WORKDIR") or tmp)
         port = free_port()
@@ -172,6 +179,7 @@ def main() -> None:
                         f"p99 {_pct(latencies, 0.99):7.1f} ms, max {max(latencies):7.1f} ms"
                     )
                 print(f"(refreshes during the load: {_refreshes(hub) - before})")
+                print(_machine())
 
 
 if __name__ == "__main__":
