@@ -30,7 +30,7 @@ import httpx
 from jupyterhub.utils import url_path_join
 from oauthenticator.oauth2 import OAuthenticator
 from traitlets import Any as AnyTrait
-from traitlets import Bool, Dict, Float, List, Unicode, default, validate
+from traitlets import Bool, Dict, Float, Integer, List, Unicode, default, validate
 
 from ..smart.client_auth import ClientAuthentication, PrivateKeyJWT, client_authentication_for
 from ..smart.discovery import DiscoveryCache, SMARTConfiguration
@@ -165,7 +165,7 @@ class SMARTAuthenticator(OAuthenticator):
         help="Seconds a started sign-in stays valid (between the EHR redirect and the callback).",
     )
 
-    max_pending_logins = Float(
+    max_pending_logins = Integer(
         10000,
         config=True,
         help="Bound on sign-ins in flight at once (the oldest are dropped beyond it).",
@@ -238,16 +238,25 @@ class SMARTAuthenticator(OAuthenticator):
                 f"SMARTAuthenticator.default_issuer {self.default_issuer!r} is not one of "
                 f"SMARTAuthenticator.issuers ({', '.join(self.policy.issuers) or 'none'})."
             )
-        missing = [s for s in self.required_scopes if s not in self.scope]
-        if missing and not self.policy.registrations():
-            self.log.warning("required_scopes %s are not in the requested scope", missing)
+        if not self.enable_auth_state:
+            self.log.warning(
+                "SMARTAuthenticator.enable_auth_state is off: EHR tokens are not kept, so "
+                "notebooks get no FHIR access (the token API answers reauthentication_required)."
+            )
+        for reg in self.policy.registrations():
+            never = missing_scopes(self.required_scopes, reg.scope or self.scope)
+            if never:
+                self.log.warning(
+                    "required_scopes %s are not requested from %s: logins there will fail "
+                    "unless the EHR grants them anyway",
+                    " ".join(never),
+                    reg.issuer,
+                )
         # Load every client credential now: a bad key file stops the hub at start-up.
         self.clients: dict[str, ClientAuthentication] = {
             reg.issuer: client_authentication_for(reg) for reg in self.policy.registrations()
         }
-        self.pending = PendingLogins(
-            ttl=self.login_timeout, max_entries=int(self.max_pending_logins)
-        )
+        self.pending = PendingLogins(ttl=self.login_timeout, max_entries=self.max_pending_logins)
         self.refresh_flight: SingleFlight[dict[str, Any]] = SingleFlight()
         self._http: httpx.AsyncClient | None = None
         self._discovery: DiscoveryCache | None = None
