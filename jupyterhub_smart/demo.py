@@ -330,10 +330,12 @@ def start_process(
     ).start()
     deadline = time.monotonic() + timeout
     while not ready.wait(0.2):
+        tree.remember()
         if process.poll() is not None or time.monotonic() > deadline:
             stop_process(process)
             tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
             raise DemoError(f"{Path(cmd[0]).name} did not start; the end of {log_path}:\n{tail}")
+    tree.remember()  # the proxy the hub started, before anyone is told the demo is up
     return process
 
 
