@@ -432,12 +432,20 @@ class SMARTTokenAPIHandler(APIHandler):
         self.finish(orjson.dumps(dict(body)))
 
     def _login_url(self) -> str:
-        """Where to sign in again: the hub's public URL when configured, else this request's host."""
+        """Where to sign in again.
+
+        ``JupyterHub.public_url`` when configured; else this request's host if
+        it came through the proxy (the user's address for the hub); else (a
+        notebook calling the hub's internal API URL) the path alone, which the
+        notebook resolves against the page it is shown in.
+        """
         path = url_path_join(self.hub.base_url, "oauth_login")
         public_url = self.settings.get("public_url")
         if public_url:
             return f"{public_url.scheme}://{public_url.netloc}{path}"
-        return f"{self.request.protocol}://{self.request.host}{path}"
+        if "X-Forwarded-Host" in self.request.headers:
+            return f"{self.request.protocol}://{self.request.host}{path}"
+        return str(path)
 
     def _token_owner_must_reauthenticate(self) -> bool:
         """A valid API token of a user whose refresh JupyterHub just refused.

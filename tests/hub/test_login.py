@@ -164,3 +164,9 @@ def test_login_is_on_the_audit_trail_and_the_chain_verifies(smart_env: SmartEnv)
         text=True,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_hub_login_page_offers_the_ehr_sign_in(smart_env: SmartEnv) -> None:
+    page = httpx.get(f"{smart_env.hub.url}/hub/login")
+    assert page.status_code == 200
+    assert "your EHR" in page.text and "/hub/oauth_login" in page.text

@@ -8,6 +8,7 @@ assertion is about how long anything took.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -102,6 +103,20 @@ def test_user_without_smart_login_needs_reauthentication(refresh_env: RefreshEnv
     body = response.json()
     assert body["error"] == "reauthentication_required"
     assert body["login_url"] == f"{hub.url}/hub/oauth_login"
+
+
+def test_login_url_is_a_path_on_the_hubs_internal_address(refresh_env: RefreshEnv) -> None:
+    """A notebook calls the hub's internal API URL: no host the user could not open."""
+    hub = refresh_env.hub
+    with hub.api(hub.admin_token) as api:
+        api.post("/users/internal-caller")
+    hub_port = json.loads((hub.workdir / "settings.json").read_text())["hub_port"]
+    response = httpx.get(
+        f"http://127.0.0.1:{hub_port}/hub/api/smart/token",
+        headers={"Authorization": f"token {hub.user_token('internal-caller')}"},
+    )
+    assert response.status_code == 401
+    assert response.json()["login_url"] == "/hub/oauth_login"
 
 
 def test_token_api_refreshes_when_due_and_rotates(refresh_env: RefreshEnv) -> None:
