@@ -170,3 +170,20 @@ def test_hub_login_page_offers_the_ehr_sign_in(smart_env: SmartEnv) -> None:
     page = httpx.get(f"{smart_env.hub.url}/hub/login")
     assert page.status_code == 200
     assert "your EHR" in page.text and "/hub/oauth_login" in page.text
+
+
+def test_notebook_audit_reports_land_in_the_hubs_audit_log(smart_env: SmartEnv) -> None:
+    """The audit engineer's POST /hub/api/smart/audit is wired in, on the authenticator's log."""
+    hub, sandbox = smart_env.hub, smart_env.public
+    with Browser() as browser:
+        assert ehr_launch(browser, sandbox, hub, patient_ids(sandbox)[0]).status_code == 302
+    name = _user_of(hub, sandbox)
+    token = hub.user_token(name)
+    response = httpx.post(
+        f"{hub.url}/hub/api/smart/audit",
+        headers={"Authorization": f"token {token}"},
+        json={"events": [{"interaction": "read", "resource_type": "Patient", "status": 200}]},
+    )
+    assert response.status_code == 201, response.text
+    last = json.loads(hub.audit_path.read_text().splitlines()[-1])
+    assert last["subtype"][0]["code"] == "data-access" and name in json.dumps(last)
