@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from pathlib import Path
@@ -148,3 +149,42 @@ def test_unexpected_failure_is_a_500_page_without_code_or_message(
         assert "failed unexpectedly (RuntimeError)" in log and "username_mapper" in log
         assert marker not in log and code not in log
         assert hub.alive()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a tiny tmpfs that really fills up needs root")
+def test_full_audit_disk_refuses_logins_and_tokens_not_the_hub(
+    tmp_path: Path, evil_env: EvilEnv
+) -> None:
+    """Fail closed: access nobody could account for is refused (503), the hub keeps serving."""
+    from audit.helpers import fill, tmpfs
+
+    evil = evil_env.evil
+    issuers = {evil.iss: {"client_id": evil.client_id, "client_auth": "public"}}
+
+    def login(browser: Browser) -> httpx.Response:
+        evil.mode = "good"
+        start = browser.get(hub.login_url, params={"iss": evil.iss})
+        params = query(location(start))
+        evil.nonce = params["nonce"]
+        code = "evil-code-" + secrets.token_urlsafe(12)
+        return browser.get(hub.callback_url, params={"code": code, "state": params["state"]})
+
+    with tmpfs(tmp_path / "disk", size="256k") as disk:
+        options = {"audit_log_path": str(disk / "audit.jsonl")}
+        with run_hub(tmp_path / "hub", issuers, authenticator=options) as hub:
+            with Browser() as browser:
+                assert login(browser).status_code == 302
+            with hub.api(hub.admin_token) as api:
+                name = next(u["name"] for u in api.get("/users").json() if "@" in u["name"])
+            token = hub.user_token(name)
+            api_url = f"{hub.url}/hub/api/smart/token"
+            headers = {"Authorization": f"token {token}"}
+            assert httpx.get(api_url, headers=headers).status_code == 200
+            fill(disk)
+            with Browser() as browser:
+                refused = login(browser)
+            assert refused.status_code == 503 and "audit trail" in refused.text
+            response = httpx.get(api_url, headers=headers)
+            assert response.status_code == 503
+            assert response.json()["error"] == "audit_unavailable"
+            assert hub.alive()
