@@ -83,6 +83,9 @@ def chromium_path() -> str:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory, chromium_path: str) -> Iterator[DemoProcess]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
     state = tmp_path_factory.mktemp("e2e") / "demo"
     lifetime = str(ACCESS_TOKEN_LIFETIME)
     with run_demo(state, extra_args=["--access-token-lifetime", lifetime]) as process:
@@ -94,8 +97,6 @@ class Shots:
 
     def __init__(self) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        for old in ARTIFACTS.glob("*.png"):
-            old.unlink()
         self.to_docs = os.environ.get("E2E_DOCS_SCREENSHOTS") == "1"
         print(f"\nend-to-end screenshots: {ARTIFACTS}")
 
@@ -134,7 +135,9 @@ def _launch(page: Any, patient_id: str) -> None:
     row.get_by_role("button", name="Launch").click()
 
 
-def _sign_in_and_consent(page: Any, shots: Shots | None, hub_url: str) -> None:
+def _sign_in_and_consent(
+    page: Any, shots: Shots | None, hub_url: str, decision: str = "Approve"
+) -> None:
     """Go through the sandbox's sign-in and consent pages until the browser is back at the hub."""
     expect = sync_api.expect
     if shots is not None:
@@ -150,7 +153,7 @@ def _sign_in_and_consent(page: Any, shots: Shots | None, hub_url: str) -> None:
         elif title.startswith("Approve access"):
             if shots is not None:
                 shots.take(page, "03-consent")
-            page.get_by_role("button", name="Approve").click()
+            page.get_by_role("button", name=decision).click()
         else:
             raise AssertionError(f"unexpected page {title!r}: {page.inner_text('body')[:1000]}")
         page.wait_for_load_state()
@@ -200,6 +203,28 @@ def _run_new_cell(page: Any, code: str) -> Any:
     )
     new.scroll_into_view_if_needed()
     return new
+
+
+def test_declined_consent_is_a_clear_page(demo: DemoProcess, chromium_path: str) -> None:
+    """Deny on the EHR's consent page: the hub says so in words (403), and offers to retry."""
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium_path, args=CHROMIUM_FLAGS, headless=True
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(demo.ehr_url)
+            _launch(page, _patient_rows(page)[-1][1])
+            with page.expect_response(lambda r: "/hub/oauth_callback" in r.url) as callback:
+                _sign_in_and_consent(page, None, demo.hub_url, decision="Deny")
+            assert callback.value.status == 403
+            expect(page.get_by_text("You declined access in the EHR")).to_be_visible()
+            expect(page.get_by_role("link", name="Sign in again")).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "00-consent-declined.png"))
+        finally:
+            browser.close()
+    assert not [p for p in demo.descendants() if "jupyterhub-singleuser" in " ".join(p.cmdline())]
 
 
 def test_ehr_launch_to_notebook_new_patient_and_revocation(
@@ -297,7 +322,6 @@ def test_ehr_launch_to_notebook_new_patient_and_revocation(
             context.close()
             browser.close()
 
-    assert demo.interrupt() == 0
     # Nothing secret in any log (demo, sandbox, hub, single-user server, audit trail), and no
     # token in plain text in the hub's database (auth_state is encrypted).
     logs = demo.logs() + (demo.state_dir / "hub" / "audit.jsonl").read_text()
