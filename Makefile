@@ -8,10 +8,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CHP    := node_modules/.bin/configurable-http-proxy
 PYTEST_ARGS ?=
+# The older JupyterHub line we support (what Zero to JupyterHub's hub image ships),
+# overlaid on the venv with PYTHONPATH for a second pass of the hub suite.
+JH_PREVIOUS     := 5.5.0
+JH_PREVIOUS_DIR := $(VENV)/jupyterhub-$(JH_PREVIOUS)
 
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test lint unit docs bench browser clean
+.PHONY: demo test test-jupyterhub5 lint unit docs bench browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,9 +42,20 @@ lint: $(STAMP)
 browser:
 	@bash .ci/install-chromium
 
-## test: lint, then every test (unit, integration against real processes, end to end)
-test: $(STAMP) $(CHP) lint browser
+## test: lint, docs, every test (unit, integration against real processes, end to end),
+## then the hub suite again on JupyterHub 5.5
+test: $(STAMP) $(CHP) lint docs browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-jupyterhub5
+
+$(JH_PREVIOUS_DIR)/.installed: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(JH_PREVIOUS_DIR) jupyterhub==$(JH_PREVIOUS)
+	touch $@
+
+## test-jupyterhub5: the hub suite on JupyterHub 5.5 (part of `make test`)
+test-jupyterhub5: $(STAMP) $(CHP) $(JH_PREVIOUS_DIR)/.installed
+	PYTHONPATH=$(CURDIR)/$(JH_PREVIOUS_DIR) SMART_EXPECT_JUPYTERHUB=$(JH_PREVIOUS) \
+		$(BIN)/python -m pytest tests/hub $(PYTEST_ARGS)
 
 ## docs: build the documentation, warnings as errors
 docs: $(STAMP)
