@@ -61,8 +61,12 @@ test-jupyterhub5: $(STAMP) $(CHP) $(JH_PREVIOUS_DIR)/.installed
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --quiet
 
+$(VENV)/.installed-bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
 ## bench: benchmarks against peers (not part of `make test`)
-bench: $(STAMP) $(CHP)
+bench: $(STAMP) $(CHP) $(VENV)/.installed-bench
 	$(BIN)/python -m bench
 
 clean:
