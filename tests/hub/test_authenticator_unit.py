@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from jupyterhub.crypto import CryptKeeper
 
@@ -63,3 +68,194 @@ def test_every_option_has_help() -> None:
     assert {"username_mapper", "audit_log_path", "audit_sinks", "discovery_ttl"} <= set(own)
     assert "frame_ancestors" in own
     assert all(trait.help and len(trait.help) > 20 for trait in own.values())
+
+
+def test_entry_point_smart_is_the_authenticator() -> None:
+    """`c.JupyterHub.authenticator_class = "smart"` resolves through this entry point."""
+    from importlib.metadata import entry_points
+
+    (point,) = [p for p in entry_points(group="jupyterhub.authenticators") if p.name == "smart"]
+    assert point.load() is SMARTAuthenticator
+
+
+# ---------------------------------------------------------------- refresh_user
+#
+# The EHR here is an httpx.MockTransport: it answers what no real sandbox can be
+# made to answer on demand (500, a timeout, a refresh held open while others wait).
+# The hub-level tests in test_token_api.py cover refresh against the real sandbox.
+
+DISCOVERY = {
+    "issuer": "https://ehr.example/auth",
+    "authorization_endpoint": "https://ehr.example/auth/authorize",
+    "token_endpoint": "https://ehr.example/auth/token",
+    "jwks_uri": "https://ehr.example/auth/jwks",
+    "capabilities": ["launch-ehr", "sso-openid-connect"],
+    "code_challenge_methods_supported": ["S256"],
+}
+
+
+class FakeUser:
+    """JupyterHub's User as the authenticator sees it: a name and an auth_state store."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.name = "practitioner-1@ehr.example-fhir"
+        self.state = dict(state)
+        self.saved = 0
+
+    async def get_auth_state(self) -> dict[str, Any]:
+        return dict(self.state)
+
+    async def save_auth_state(self, state: dict[str, Any]) -> None:
+        self.state = dict(state)
+        self.saved += 1
+
+
+class FakeEHR:
+    """Token endpoint answers steered by ``mode``; counts the refresh requests."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.refreshes = 0
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/.well-known/smart-configuration"):
+            return httpx.Response(200, json=DISCOVERY)
+        assert request.url.path == "/auth/token", request.url
+        self.refreshes += 1
+        await self.release.wait()
+        if self.mode == "500":
+            return httpx.Response(500, json={"error": "server_error"})
+        if self.mode == "timeout":
+            raise httpx.ReadTimeout("no answer", request=request)
+        if self.mode == "reset":
+            raise httpx.ConnectError("connection reset", request=request)
+        if self.mode == "invalid_grant":
+            return httpx.Response(400, json={"error": "invalid_grant"})
+        return httpx.Response(
+            200,
+            json={
+                "access_token": f"new-access-{self.refreshes}",
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "refresh_token": f"rotated-refresh-{self.refreshes}",
+                "scope": "openid fhirUser patient/*.rs",
+            },
+        )
+
+
+def _state(expires_in: float) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "iss": EHR,
+        "fhir_base_url": EHR,
+        "access_token": "old-access",
+        "refresh_token": "old-refresh",
+        "token_type": "Bearer",
+        "expires_at": now + expires_in,
+        "issued_at": now - 3600 + expires_in,
+        "scope": ["openid", "fhirUser", "patient/*.rs"],
+        "patient": "p1",
+        "fhirUser": "Practitioner/1",
+    }
+
+
+@pytest.fixture
+def ehr_auth(
+    auth: SMARTAuthenticator, tmp_path: Path
+) -> Iterator[Callable[[str], tuple[SMARTAuthenticator, FakeEHR]]]:
+    auth.audit_log_path = str(tmp_path / "audit.jsonl")
+
+    def make(mode: str) -> tuple[SMARTAuthenticator, FakeEHR]:
+        ehr = FakeEHR(mode)
+        auth._http = httpx.AsyncClient(transport=httpx.MockTransport(ehr))
+        return auth, ehr
+
+    yield make
+
+
+async def test_refresh_user_does_nothing_while_the_token_is_fresh(ehr_auth: Any) -> None:
+    """Expiry decides, not a probe of the EHR: no request at all for a fresh token."""
+    auth, ehr = ehr_auth("good")
+    user = FakeUser(_state(expires_in=3000))
+    assert await auth.refresh_user(user) is True
+    assert ehr.refreshes == 0 and user.saved == 0
+
+
+async def test_refresh_user_refreshes_near_expiry_and_keeps_the_rotated_token(
+    ehr_auth: Any,
+) -> None:
+    auth, ehr = ehr_auth("good")
+    user = FakeUser(_state(expires_in=60))  # inside the 300 s leeway
+    result = await auth.refresh_user(user)
+    assert isinstance(result, dict)
+    state = result["auth_state"]
+    assert state["access_token"] == "new-access-1"
+    assert state["refresh_token"] == "rotated-refresh-1"
+    assert state["expires_at"] > time.time() + 3000
+    assert state["patient"] == "p1"  # the launch context survives a refresh
+    assert user.saved == 1 and user.state["refresh_token"] == "rotated-refresh-1"  # persisted
+    assert ehr.refreshes == 1
+
+
+@pytest.mark.parametrize("expires_in", [60, -10], ids=["expiring", "expired"])
+@pytest.mark.parametrize("mode", ["500", "timeout", "reset"])
+async def test_refresh_user_keeps_the_session_when_the_ehr_blinks(
+    ehr_auth: Any, mode: str, expires_in: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 5xx or network error never signs the user out; the state is kept for a retry."""
+    auth, ehr = ehr_auth(mode)
+    user = FakeUser(_state(expires_in=expires_in))
+    before = dict(user.state)
+    result = await auth.refresh_user(user)
+    # True, or the unchanged state (the current token still works for a minute)
+    assert result is True or result == {"auth_state": before}, result
+    assert user.state == before and user.saved == 0
+    assert ehr.refreshes == 1
+    assert "keeping the session" in caplog.text
+    assert "old-refresh" not in caplog.text and "old-access" not in caplog.text
+    # later, the EHR is back: the kept refresh token works
+    ehr.mode = "good"
+    assert isinstance(await auth.refresh_user(user), dict)
+
+
+async def test_refresh_user_invalid_grant_means_sign_in_again(
+    ehr_auth: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth, _ehr = ehr_auth("invalid_grant")
+    user = FakeUser(_state(expires_in=60))
+    assert await auth.refresh_user(user) is False
+    assert "invalid_grant" in caplog.text and "old-refresh" not in caplog.text
+
+
+async def test_refresh_user_without_refresh_token_means_sign_in_again(ehr_auth: Any) -> None:
+    auth, ehr = ehr_auth("good")
+    state = _state(expires_in=60)
+    del state["refresh_token"]
+    assert await auth.refresh_user(FakeUser(state)) is False
+    assert ehr.refreshes == 0
+
+
+async def test_refresh_user_for_an_issuer_no_longer_configured_signs_out(ehr_auth: Any) -> None:
+    auth, ehr = ehr_auth("good")
+    state = {**_state(expires_in=3000), "iss": "https://gone.example/fhir"}
+    assert await auth.refresh_user(FakeUser(state)) is False
+    assert ehr.refreshes == 0
+
+
+async def test_concurrent_refresh_user_calls_make_one_refresh(ehr_auth: Any) -> None:
+    """Single flight: 20 callers while a refresh is held open at the EHR, one request."""
+    auth, ehr = ehr_auth("good")
+    ehr.release.clear()
+    user = FakeUser(_state(expires_in=60))
+    calls = [asyncio.ensure_future(auth.refresh_user(user)) for _ in range(20)]
+    while ehr.refreshes == 0:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # let every caller reach the flight
+    ehr.release.set()
+    results = await asyncio.gather(*calls)
+    assert ehr.refreshes == 1
+    assert all(isinstance(r, dict) for r in results)
+    assert {r["auth_state"]["access_token"] for r in results} == {"new-access-1"}
+    assert user.saved == 1
