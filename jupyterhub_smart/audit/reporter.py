@@ -32,6 +32,8 @@ from typing import Any
 
 import httpx
 
+from .events import _FHIR_ID, _PARAM_NAME, _RESOURCE_TYPE
+
 log = logging.getLogger(__name__)
 
 #: Client action names -> FHIR RESTful interaction codes accepted by the hub.
@@ -43,23 +45,44 @@ def to_report(event: Any) -> dict[str, Any] | None:
 
     Reads ``action``, ``resource_type``, ``status``, ``count``, ``patient``,
     ``resource_id`` and ``params`` (pairs of name, value): values are dropped here.
+    Every field is checked with the hub's own rules (:func:`.events.data_access_event`)
+    and a field the hub would refuse is left out (a name) or makes the event
+    unreportable (the type): the hub refuses a batch as a whole, so one odd
+    event must not cost the other 99 their place in the trail.
     """
     interaction = INTERACTIONS.get(getattr(event, "action", ""))
     resource_type = getattr(event, "resource_type", None)
-    if interaction is None or not isinstance(resource_type, str):
+    if (
+        interaction is None
+        or not isinstance(resource_type, str)
+        or not _RESOURCE_TYPE.fullmatch(resource_type)
+    ):
         return None
     report: dict[str, Any] = {"interaction": interaction, "resource_type": resource_type}
-    names = sorted({str(pair[0]) for pair in getattr(event, "params", ()) or () if pair})
+    names = sorted(
+        {
+            pair[0]
+            for pair in getattr(event, "params", ()) or ()
+            if pair and isinstance(pair[0], str) and _PARAM_NAME.fullmatch(pair[0])
+        }
+    )
     if names:
         report["search_params"] = names[:50]
-    for key in ("count", "status"):
+    for key, low, high in (("count", 0, None), ("status", 100, 599)):
         value = getattr(event, key, None)
-        if isinstance(value, int) and not isinstance(value, bool):
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and value >= low
+            and (high is None or value <= high)
+        ):
             report[key] = value
     for key in ("patient", "resource_id"):
         value = getattr(event, key, None)
         if isinstance(value, str) and value:
-            report[key] = value
+            ident = value.removeprefix("Patient/") if key == "patient" else value
+            if _FHIR_ID.fullmatch(ident):
+                report[key] = value
     return report
 
 
@@ -106,6 +129,17 @@ class HubAuditReporter:
     def __repr__(self) -> str:  # never shows the token
         return f"HubAuditReporter({self.url!r})"
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran (events are no longer sent)."""
+        return self._closed
+
+    @property
+    def pending(self) -> int:
+        """Events queued or in flight, not yet accepted by the hub."""
+        with self._lock:
+            return len(self._queue) + self._in_flight
+
     def __call__(self, event: Any) -> None:
         """Queue one event (returns at once; never raises into the analysis)."""
         report = to_report(event)
@@ -136,15 +170,30 @@ class HubAuditReporter:
         return True
 
     def close(self, timeout: float = 5.0) -> None:
-        """Send what is queued (briefly), then stop."""
+        """Send what is queued (waiting at most ``timeout`` seconds), then stop.
+
+        Registered with :mod:`atexit`, so a kernel that shuts down normally
+        delivers its last events. What the hub has not accepted by then is
+        lost, and an ERROR says how many (a SIGKILLed kernel loses its queue
+        silently: at most ``flush_interval`` seconds of reports).
+        """
         if self._closed:
             return
-        self.flush(timeout)
+        delivered = self.flush(timeout)
         with self._lock:
             self._closed = True
-            self._lock.notify()
+            lost = len(self._queue) + self._in_flight
+            self._lock.notify_all()
         self._thread.join(timeout)
         self._http.close()
+        atexit.unregister(self.close)
+        if not delivered and lost:
+            log.error(
+                "%d data-access report(s) could not be delivered to the hub's audit trail "
+                "at %s before closing",
+                lost,
+                self.url,
+            )
 
     def _run(self) -> None:
         backoff = 1.0
@@ -179,7 +228,7 @@ class HubAuditReporter:
         """0 when done (sent or dropped), seconds to wait, or -1 for "back off"."""
         try:
             response = self._http.post(self.url, json={"events": batch})
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, RuntimeError) as exc:  # RuntimeError: client closed meanwhile
             log.warning("audit report to the hub failed (%s); will retry", type(exc).__name__)
             return -1
         if response.status_code == 201:

@@ -14,8 +14,10 @@ characters Python keywords cannot hold (``code:text``) go in ``params={...}``.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -31,10 +33,14 @@ from .tokens import TokenInfo, TokenProvider
 
 __all__ = ["AsyncSMARTClient", "SMARTClient", "search_params"]
 
+log = logging.getLogger(__name__)
+
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.:]{0,99}$")
 VITAL_SIGNS = "vital-signs"
+#: Search parameters that name the patient a search is about (for data-access events).
+_PATIENT_PARAMS = frozenset({"patient", "subject", "subject:Patient", "patient:Patient"})
 
 
 def _check_type(resource_type: str) -> str:
@@ -84,6 +90,35 @@ def search_params(
             raise ValueError(f"search parameter {name!r} has an empty value")
         out.append((name, text))
     return out
+
+
+def event_patient(
+    launched: str | None,
+    resource_type: str,
+    resource_id: str | None,
+    params: Sequence[tuple[str, str]],
+) -> str | None:
+    """The patient a request is about, for its data-access event.
+
+    A read of ``Patient/x`` or a search naming one patient (``patient=x``,
+    ``subject=Patient/x``, ``Patient?_id=x``) is about that patient, whatever
+    the launch context says; a search naming several is about no single one
+    (None); otherwise it is the launched patient (patient-level scopes keep
+    the server to that patient's compartment).
+    """
+    if resource_type == "Patient" and resource_id:
+        return resource_id
+    named = [
+        value
+        for name, value in params
+        if name in _PATIENT_PARAMS or (resource_type == "Patient" and name == "_id")
+    ]
+    if not named:
+        return launched
+    if len(named) > 1 or "," in named[0]:
+        return None
+    ident = named[0].removeprefix("Patient/")
+    return ident if _ID.match(ident) else None
 
 
 def _date_param(prefix: str, value: str | date | datetime) -> str:
@@ -165,7 +200,15 @@ class _Core:
         params.append(("_sort", "date"))
         return self._search_params(params, {})
 
-    def _emit(self, fetched: Fetched, action: str, resource_type: str, **extra: Any) -> None:
+    def _emit(
+        self,
+        fetched: Fetched,
+        action: str,
+        resource_type: str,
+        *,
+        resource_id: str | None = None,
+        params: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         if self.event_sink is None:
             return
         data = fetched.data
@@ -183,10 +226,22 @@ class _Core:
                 url=fetched.url,
                 status=fetched.status,
                 count=count,
-                patient=fetched.token.patient,
-                **extra,
+                patient=event_patient(fetched.token.patient, resource_type, resource_id, params),
+                resource_id=resource_id,
+                params=params,
             ),
         )
+
+    def _sink_flush(self) -> Callable[[], Any] | None:
+        flush = getattr(self.event_sink, "flush", None)
+        return flush if callable(flush) else None
+
+    def _flushed(self, done: Any) -> None:
+        if done is False:
+            log.warning(
+                "some data-access reports are not delivered yet; they are retried in the "
+                "background and at exit"
+            )
 
 
 class SMARTClient(_Core):
@@ -269,16 +324,19 @@ class SMARTClient(_Core):
         pairs = self._search_params(params, kwargs)
         self._check(self.provider.get(), resource_type, "s", pairs)
         return SearchResult(
-            self._search_get(resource_type),
+            self._search_get(resource_type, pairs),
             resource_type,
             pairs,
             progress=self.progress if progress is None else progress,
         )
 
-    def _search_get(self, resource_type: str) -> Any:
+    def _search_get(self, resource_type: str, pairs: list[tuple[str, str]]) -> Any:
+        """The request function of one search; ``next`` pages report the search's parameters."""
+
         def get(path_or_url: str, params: list[tuple[str, str]] | None, action: str) -> Fetched:
             fetched = self.http.get(path_or_url, params)
-            self._emit(fetched, action, resource_type, params=tuple(params or ()))
+            used = params if params is not None else pairs
+            self._emit(fetched, action, resource_type, params=tuple(used))
             return fetched
 
         return get
@@ -304,7 +362,7 @@ class SMARTClient(_Core):
         params = self._observation_params(info, code, since, until, category, patient)
         self._check(info, "Observation", "s", params)
         return SearchResult(
-            self._search_get("Observation"),
+            self._search_get("Observation", params),
             "Observation",
             params,
             progress=self.progress if progress is None else progress,
@@ -326,10 +384,14 @@ class SMARTClient(_Core):
         )
 
     def close(self) -> None:
+        """Close connections, and flush the event sink (if it has ``flush()``: the hub reporter)."""
         self.http.close()
         close = getattr(self.provider, "close", None)
         if callable(close):
             close()
+        flush = self._sink_flush()
+        if flush is not None:
+            self._flushed(flush())
 
     def __enter__(self) -> SMARTClient:
         return self
@@ -396,12 +458,13 @@ class AsyncSMARTClient(_Core):
         self._emit(fetched, "read", resource_type, resource_id=resource_id)
         return fetched.data
 
-    def _search_get(self, resource_type: str) -> Any:
+    def _search_get(self, resource_type: str, pairs: list[tuple[str, str]]) -> Any:
         async def get(
             path_or_url: str, params: list[tuple[str, str]] | None, action: str
         ) -> Fetched:
             fetched = await self.http.get(path_or_url, params)
-            self._emit(fetched, action, resource_type, params=tuple(params or ()))
+            used = params if params is not None else pairs
+            self._emit(fetched, action, resource_type, params=tuple(used))
             return fetched
 
         return get
@@ -416,7 +479,7 @@ class AsyncSMARTClient(_Core):
         _check_type(resource_type)
         pairs = self._search_params(params, kwargs)
         self._check(await self.provider.aget(), resource_type, "s", pairs)
-        return AsyncSearchResult(self._search_get(resource_type), resource_type, pairs)
+        return AsyncSearchResult(self._search_get(resource_type, pairs), resource_type, pairs)
 
     async def observations(
         self,
@@ -430,10 +493,17 @@ class AsyncSMARTClient(_Core):
         info = await self.provider.aget()
         params = self._observation_params(info, code, since, until, category, patient)
         self._check(info, "Observation", "s", params)
-        return AsyncSearchResult(self._search_get("Observation"), "Observation", params)
+        return AsyncSearchResult(self._search_get("Observation", params), "Observation", params)
 
     async def aclose(self) -> None:
+        """Close connections, and flush the event sink in a worker thread (it blocks)."""
         await self.http.aclose()
+        close = getattr(self.provider, "close", None)
+        if callable(close):
+            close()
+        flush = self._sink_flush()
+        if flush is not None:
+            self._flushed(await asyncio.get_running_loop().run_in_executor(None, flush))
 
     async def __aenter__(self) -> AsyncSMARTClient:
         return self

@@ -10,6 +10,11 @@ token, or a function that returns tokens.
 SMART hub, session ended, hub down) shows up on the ``connect()`` line with
 what to do, not later in the middle of an analysis. When the EHR asked for a
 patient banner (``need_patient_banner``) it displays the banner.
+
+In a hub's server, every FHIR request the client makes is also reported to
+the hub's audit trail (interaction, resource type, parameter names, count,
+status; never a value), unless ``event_sink=`` names another sink: see
+:mod:`.reporting`.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 from .client import AsyncSMARTClient, SMARTClient
 from .context import display_banner, in_notebook
 from .errors import TokenUnavailable
+from .events import EventSink
 from .tokens import (
     CallableTokenProvider,
     HubTokenProvider,
@@ -29,7 +35,7 @@ from .tokens import (
     TokenProvider,
 )
 
-__all__ = ["connect", "connect_async", "make_provider"]
+__all__ = ["connect", "connect_async", "default_event_sink", "make_provider"]
 
 TOKEN_API_ENV = "SMART_TOKEN_API_URL"  # noqa: S105 - a variable name
 API_TOKEN_ENV = "JUPYTERHUB_API_TOKEN"  # noqa: S105 - a variable name
@@ -66,6 +72,19 @@ def make_provider(
     return HubTokenProvider(url, api_token)
 
 
+def default_event_sink(provider: TokenProvider, given: EventSink | None) -> EventSink | None:
+    """``given``, else the hub's audit reporter when tokens come from a jupyterhub-smart hub.
+
+    Outside a hub (a fixed token, a token function) there is no audit endpoint
+    to report to, and nothing is reported unless the caller passes a sink.
+    """
+    if given is not None or not isinstance(provider, HubTokenProvider):
+        return given
+    from .reporting import hub_reporter
+
+    return hub_reporter()
+
+
 def connect(
     fhir_base_url: str | None = None,
     token: str | None = None,
@@ -87,7 +106,8 @@ def connect(
     ``show_banner``: ``None`` shows the patient banner when the EHR asks for
     it and this is a notebook; ``True``/``False`` force it. Other keyword
     arguments go to :class:`SMARTClient` (``page_size``, ``retry``,
-    ``timeout``, ``check_scopes``, ``event_sink``, ``progress``).
+    ``timeout``, ``check_scopes``, ``event_sink``, ``progress``). In a hub's
+    server ``event_sink`` defaults to the hub's audit reporter.
     """
     provider = make_provider(fhir_base_url, token, token_provider, patient)
     if not isinstance(provider, StaticTokenProvider):
@@ -97,6 +117,7 @@ def connect(
                 f"this session's FHIR server is {info.fhir_base_url}, not {fhir_base_url}; "
                 "leave fhir_base_url out to use the session's"
             )
+    options["event_sink"] = default_event_sink(provider, options.get("event_sink"))
     client = SMARTClient(provider, fhir_base_url=fhir_base_url, **options)
     wanted = show_banner
     if wanted is None:
@@ -112,6 +133,11 @@ def connect_async(
     token_provider: TokenProvider | Callable[[], TokenLike] | None = None,
     **options: Any,
 ) -> AsyncSMARTClient:
-    """An :class:`AsyncSMARTClient`; the first token is fetched on first use."""
+    """An :class:`AsyncSMARTClient`; the first token is fetched on first use.
+
+    In a hub's server ``event_sink`` defaults to the hub's audit reporter, as
+    for :func:`connect`.
+    """
     provider = make_provider(fhir_base_url, token, token_provider)
+    options["event_sink"] = default_event_sink(provider, options.get("event_sink"))
     return AsyncSMARTClient(provider, fhir_base_url=fhir_base_url, **options)

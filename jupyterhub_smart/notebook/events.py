@@ -1,13 +1,17 @@
 """Data-access events: the seam where a notebook's reads reach the audit trail.
 
 The client calls an optional *event sink* after each FHIR request it makes on
-the researcher's behalf. The sink that POSTs batches to the hub's audit
-endpoint (``{hub}/hub/api/smart/audit``, issue 5) plugs in here later; it must
-return at once (queue and send off the hot path) and be thread-safe: search
-pages are fetched one ahead in a worker thread, which calls the sink for the
-pages it fetched. A sink that raises is
-logged and ignored: an audit hiccup must not break an analysis, and a sink
-that must fail closed can do so by its own policy.
+the researcher's behalf. In a jupyterhub-smart single-user server,
+``connect()`` uses the hub's reporter by default
+(:class:`jupyterhub_smart.audit.reporter.HubAuditReporter`, see
+:mod:`.reporting`), which POSTs batches to ``{hub}/hub/api/smart/audit``.
+
+A sink must return at once (queue and send off the hot path) and be
+thread-safe: search pages are fetched one ahead in a worker thread, which
+calls the sink for the pages it fetched. A sink that raises is logged and
+ignored: an audit hiccup must not break an analysis, and a sink that must fail
+closed can do so by its own policy. A sink with a ``flush()`` method is
+flushed when the client is closed.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ log = logging.getLogger(__name__)
 class DataAccessEvent:
     """One FHIR request: what was asked, of which server, about which patient, and what came back.
 
-    Never holds a token. ``params`` are the search parameters (no ``_cursor``
-    noise is added by the client; paging requests carry the server's own
-    link); ``count`` is the number of resources on the page (1 for a read).
+    Never holds a token. ``params`` are the search's parameters (also on the
+    events of its ``next`` pages, whose ``url`` is the server's link);
+    ``count`` is the number of resources on the page (1 for a read, 0 for a
+    ``_summary=count``). ``patient`` is the patient the request is about: the
+    one a read or a search names, else the launched patient, and None for a
+    search naming several.
     """
 
     action: str  # "read", "search" (one per page) or "count"

@@ -11,7 +11,11 @@ test with ``SMART_SOAK_TOKEN_LIFETIME=60 SMART_SOAK_SECONDS=600``.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +28,7 @@ from hub.harness import Browser, Hub, ehr_launch, run_hub
 from nbclient import NotebookClient
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
+from jupyterhub_smart.audit.reporter import HubAuditReporter
 from jupyterhub_smart.notebook import HubTokenProvider, connect
 
 from .sandbox_tokens import SEEN_SECRETS
@@ -151,3 +156,96 @@ def test_no_secret_in_the_hub_and_sandbox_logs(world: HubWorld) -> None:
     sandbox_log = world.sandbox.log_text()
     leaked = [s[:6] for s in SEEN_SECRETS if s in hub_log or s in sandbox_log]
     assert not leaked
+
+
+def _spawner_env(world: HubWorld, api_token: str) -> dict[str, str]:
+    """The variables a jupyterhub-smart spawner gives a server: the hub's internal API URL."""
+    settings = json.loads((world.hub.workdir / "settings.json").read_text())
+    api_url = f"http://127.0.0.1:{settings['hub_port']}/hub/api"
+    return {
+        "JUPYTERHUB_API_URL": api_url,
+        "SMART_TOKEN_API_URL": f"{api_url}/smart/token",
+        "JUPYTERHUB_API_TOKEN": api_token,
+    }
+
+
+def _data_access(world: HubWorld, name: str, resource_type: str) -> list[dict[str, object]]:
+    """The hub's data-access records of ``name`` about searches of ``resource_type``."""
+    records = [json.loads(line) for line in world.hub.audit_path.read_bytes().splitlines()]
+    return [
+        r
+        for r in records
+        if r["subtype"][0]["code"] == "data-access"
+        and r["agent"][0]["altId"] == name
+        and r["entity"][-1].get("name") == resource_type
+    ]
+
+
+def _details(record: dict[str, object]) -> dict[str, str]:
+    target = record["entity"][-1]  # type: ignore[index]
+    return {d["type"]: d["valueString"] for d in target["detail"]}
+
+
+@pytest.mark.slow
+def test_plain_connect_reports_data_access_to_the_hub(
+    world: HubWorld, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No event_sink argument: the hub's audit log still gets the search (issue 5)."""
+    name = _login(world, PATIENT)
+    api_token = world.hub.user_token(name)
+    SEEN_SECRETS.add(api_token)
+    for key, value in _spawner_env(world, api_token).items():
+        monkeypatch.setenv(key, value)
+    before = len(_data_access(world, name, "Observation"))
+    fhir = connect(page_size=5)
+    assert isinstance(fhir.event_sink, HubAuditReporter)
+    assert connect().event_sink is fhir.event_sink  # one reporter per kernel, not per connect()
+    frame = fhir.observations(code="8867-4").to_pandas()
+    pages = -(-len(frame) // 5)
+    assert pages >= 2, "the test wants a search of several pages"
+    fhir.close()  # flushes: the events are in the hub's log when close() returns
+    records = _data_access(world, name, "Observation")[before:]
+    assert len(records) == pages
+    for record in records:  # every page names the search's parameters, never their values
+        detail = _details(record)
+        assert detail["interaction"] == "search-type" and detail["http-status"] == "200"
+        assert detail["search-parameter-names"] == "_count,_sort,code,patient"
+    assert sum(int(_details(r)["count"]) for r in records) == len(frame)
+    patients = [
+        e["what"]["reference"]
+        for e in records[0]["entity"]  # type: ignore[attr-defined]
+        if e.get("what", {}).get("reference", "").startswith("Patient/")
+    ]
+    assert patients == [f"Patient/{PATIENT}"]
+    assert records[0]["agent"][0]["who"]["reference"].startswith("Practitioner/")  # type: ignore[index]
+    trail = world.hub.audit_path.read_text()
+    assert "8867-4" not in trail and api_token not in trail
+
+
+SCRIPT = """
+from jupyterhub_smart.notebook import connect
+fhir = connect(show_banner=False)
+print(len(fhir.search("Condition", patient=fhir.context.patient).to_pandas()))
+"""
+
+
+@pytest.mark.slow
+def test_a_kernels_last_events_reach_the_hub_at_exit(world: HubWorld) -> None:
+    """A process that never closes its client still delivers its reports (atexit)."""
+    name = _login(world, PATIENT)
+    api_token = world.hub.user_token(name)
+    SEEN_SECRETS.add(api_token)
+    before = len(_data_access(world, name, "Condition"))
+    env = {**os.environ, **_spawner_env(world, api_token)}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(SCRIPT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert api_token not in done.stdout + done.stderr
+    records = _data_access(world, name, "Condition")[before:]
+    assert len(records) == 1
+    assert _details(records[0])["count"] == done.stdout.strip()
