@@ -38,6 +38,23 @@ def test_only_names_leave_the_kernel() -> None:
     assert to_report(Event(action="delete")) is None
 
 
+def test_what_the_hub_would_refuse_is_left_out_not_the_whole_batch() -> None:
+    """The hub refuses a batch as a whole: one odd event must not cost the others."""
+    odd = Event(
+        params=(("__odd", "1"), ("x" * 80, "2"), ("code", "3")),
+        patient="Patient/../x",
+        count=-1,
+        status=42,
+    )
+    assert to_report(odd) == {
+        "interaction": "search-type",
+        "resource_type": "Condition",
+        "search_params": ["code"],
+    }
+    assert to_report(Event(resource_type="X")) is None  # not a type the hub accepts
+    assert to_report(Event(patient="Patient/p9"))["patient"] == "Patient/p9"  # type: ignore[index]
+
+
 def test_waits_on_429_and_retries_503_then_delivers(caplog: pytest.LogCaptureFixture) -> None:
     answers = iter([(429, {"Retry-After": "1"}), (503, {}), (201, {})])
     bodies: list[dict] = []
@@ -94,3 +111,24 @@ def test_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     reporter = HubAuditReporter.from_environment()
     assert reporter is not None and reporter.url == "http://127.0.0.1:9/hub/api/smart/audit"
     reporter.close(timeout=0.1)
+
+
+def test_close_says_how_many_reports_it_could_not_deliver(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("hub down", request=request)
+
+    reporter = HubAuditReporter(
+        "http://hub/hub/api/smart/audit",
+        "user-token-abcdef",
+        flush_interval=0.01,
+        transport=httpx.MockTransport(handler),
+    )
+    reporter(Event())
+    reporter(Event(action="read", resource_id="c1", params=()))
+    assert reporter.flush(0.2) is False and reporter.pending == 2
+    reporter.close(timeout=0.2)
+    assert reporter.closed
+    assert "2 data-access report(s) could not be delivered" in caplog.text
+    assert "user-token-abcdef" not in caplog.text

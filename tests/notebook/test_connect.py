@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 from sandbox_process import SandboxProcess
 
+from jupyterhub_smart.audit.reporter import HubAuditReporter
 from jupyterhub_smart.notebook import (
     HubTokenProvider,
     NotInSMARTHub,
@@ -18,6 +21,7 @@ from jupyterhub_smart.notebook import (
     SMARTClient,
     TokenUnavailable,
     connect,
+    connect_async,
 )
 
 from .fakes import FHIR_BASE, HUB_API, FakeTokenAPI, json_response, secret
@@ -176,3 +180,56 @@ def test_argument_errors() -> None:
         fhir.search("Patient", name=object())
     with pytest.raises(ValueError, match="page_size"):
         connect(FHIR_BASE, token=secret("t"), page_size=0)
+
+
+def test_in_a_hub_without_its_api_url_nothing_is_reported_and_it_says_so(
+    token_api: tuple[TokenAPIServer, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, api_token = token_api
+    monkeypatch.setenv("SMART_TOKEN_API_URL", server.url)
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", api_token)
+    monkeypatch.delenv("JUPYTERHUB_API_URL", raising=False)
+    with caplog.at_level(logging.WARNING), connect() as fhir:
+        assert fhir.event_sink is None
+    assert "JUPYTERHUB_API_URL is not set" in caplog.text
+    assert "not reported to the hub's audit trail" in caplog.text
+
+
+def test_the_hub_reporter_is_the_default_sink_and_an_explicit_sink_replaces_it(
+    token_api: tuple[TokenAPIServer, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server, api_token = token_api
+    monkeypatch.setenv("SMART_TOKEN_API_URL", server.url)
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", api_token)
+    monkeypatch.setenv("JUPYTERHUB_API_URL", server.url.removesuffix("/smart/token"))
+    with connect() as fhir:
+        reporter = fhir.event_sink
+        assert isinstance(reporter, HubAuditReporter)
+        assert reporter.url == server.url.replace("/smart/token", "/smart/audit")
+        assert api_token not in repr(reporter)
+    with connect() as again:  # one reporter per kernel, not one thread per connect()
+        assert again.event_sink is reporter
+    mine: list[Any] = []
+    with connect(event_sink=mine.append) as fhir:
+        assert fhir.event_sink == mine.append
+        fhir.read("Patient", PATIENT)
+    assert [e.action for e in mine] == ["read"]
+
+    async def async_sinks() -> None:
+        client = connect_async()
+        assert client.event_sink is reporter
+        await client.aclose()
+        client = connect_async(event_sink=mine.append)
+        assert client.event_sink == mine.append
+        await client.aclose()
+
+    asyncio.run(async_sinks())
+
+
+def test_no_hub_reporter_outside_a_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://127.0.0.1:9/hub/api")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", secret("api"))
+    with connect(FHIR_BASE, token=secret("t")) as fhir:  # a fixed token: no hub to report to
+        assert fhir.event_sink is None

@@ -11,6 +11,7 @@ test with ``SMART_SOAK_TOKEN_LIFETIME=60 SMART_SOAK_SECONDS=600``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -29,7 +30,7 @@ from nbclient import NotebookClient
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.audit.reporter import HubAuditReporter
-from jupyterhub_smart.notebook import HubTokenProvider, connect
+from jupyterhub_smart.notebook import HubTokenProvider, connect, connect_async
 
 from .sandbox_tokens import SEEN_SECRETS
 
@@ -220,6 +221,18 @@ def test_plain_connect_reports_data_access_to_the_hub(
     assert records[0]["agent"][0]["who"]["reference"].startswith("Practitioner/")  # type: ignore[index]
     trail = world.hub.audit_path.read_text()
     assert "8867-4" not in trail and api_token not in trail
+
+    async def weights() -> int:  # the async twin reports the same way
+        client = connect_async(page_size=5)
+        assert client.event_sink is fhir.event_sink
+        frame = await (await client.observations(code="29463-7")).to_pandas()
+        await client.aclose()  # flushes too
+        return len(frame)
+
+    before = len(_data_access(world, name, "Observation"))
+    weight_rows = asyncio.run(weights())
+    records = _data_access(world, name, "Observation")[before:]
+    assert len(records) == -(-weight_rows // 5) and weight_rows > 0
 
 
 SCRIPT = """
