@@ -4,7 +4,9 @@ This is a fake peer, allowed because it produces faults no real part of the
 project produces: forged id_tokens (bad signature, ``alg: none``, HS256 signed
 with the public key, wrong audience, expired, wrong nonce), a token endpoint
 answering 500, HTML, JSON without ``access_token`` or nothing in time, and a
-discovery document missing required fields. Everything it receives is kept
+discovery document missing required fields; and the good answers a real
+sandbox does not give on demand (every launch-context field, another user,
+no identity at all). Everything it receives is kept
 (``received``) so tests can grep the hub's log for the codes and client
 assertions that were sent.
 """
@@ -33,6 +35,18 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+#: Every SMART launch-context field a token response can carry (SMART App Launch 2.x).
+FULL_CONTEXT: dict[str, Any] = {
+    "patient": "p1",
+    "encounter": "e1",
+    "need_patient_banner": False,
+    "smart_style_url": "https://ehr.example/style.json",
+    "intent": "reconcile-medications",
+    "tenant": "hospital-2",
+    "fhirContext": [{"reference": "DiagnosticReport/r1"}, {"reference": "Location/l1"}],
+}
+
+
 @dataclass
 class EvilEHR:
     """State of the evil EHR; set ``mode`` (and ``nonce``/``client_id``) before a callback."""
@@ -45,6 +59,7 @@ class EvilEHR:
     mode: str = "good"
     nonce: str | None = None
     token_delay: float = 0.0
+    fhir_user: str = "Practitioner/evil-1"
     received: list[dict[str, str]] = field(default_factory=list)
     issued: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
@@ -84,7 +99,7 @@ class EvilEHR:
             "iat": now,
             "exp": now + 300,
             "nonce": self.nonce,
-            "fhirUser": "Practitioner/evil-1",
+            "fhirUser": self.fhir_user,
         }
         header = {"alg": "RS256", "kid": self.key.kid}
         if self.mode == "wrong_aud":
@@ -93,6 +108,13 @@ class EvilEHR:
             claims["iat"], claims["exp"] = now - 7200, now - 3600
         elif self.mode == "wrong_nonce":
             claims["nonce"] = "not-the-nonce"
+        elif self.mode == "wrong_iss":  # the FHIR base URL, not the authorization server
+            claims["iss"] = self.iss
+        elif self.mode == "header_keys":  # signed by a key the token itself points to
+            # (an embedded RSA "jwk" would exceed joserfc's header size limit, refused
+            # earlier; tests/smart covers it with an EC key)
+            header.update(jku=self.origin + "/attacker-jwks", x5u=self.origin + "/attacker-x5u")
+            return jwt.encode(header, claims, self.other_key)
         elif self.mode == "bad_signature":
             return jwt.encode({**header, "kid": self.key.kid}, claims, self.other_key)
         elif self.mode == "alg_none":
@@ -130,6 +152,13 @@ class EvilEHR:
             body["scope"] = "openid fhirUser launch/patient"
         elif self.mode == "no_patient":
             del body["patient"]
+        elif self.mode == "full_context":
+            body.update(FULL_CONTEXT)
+        elif self.mode == "bad_context":
+            body["fhirContext"] = "DiagnosticReport/r1"
+        elif self.mode == "no_identity":  # no id_token, and the hub asked for none
+            del body["id_token"]
+            body["scope"] = "launch/patient patient/*.rs"
         return 200, "application/json", json.dumps(body).encode()
 
 
@@ -157,8 +186,9 @@ def run_evil_ehr(port: int) -> Iterator[EvilEHR]:
                 broken = self.path.startswith("/broken")
                 body = json.dumps(ehr.discovery(broken)).encode()
                 self._send(200, "application/json", body)
-            elif self.path == "/jwks":
-                jwks = {"keys": [ehr.key.as_dict(private=False)]}
+            elif self.path in ("/jwks", "/attacker-jwks"):
+                key = ehr.key if self.path == "/jwks" else ehr.other_key
+                jwks = {"keys": [key.as_dict(private=False)]}
                 self._send(200, "application/json", json.dumps(jwks).encode())
             else:
                 self._send(404, "text/plain", b"not found")

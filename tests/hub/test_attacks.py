@@ -4,6 +4,8 @@ hub keeps serving."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -17,6 +19,15 @@ CODES: list[str] = []
 
 def _still_serving(hub: Hub) -> None:
     assert hub.alive()
+
+
+@contextmanager
+def _one_log_entry(hub: Hub, marker: str) -> Iterator[None]:
+    """The block adds exactly one hub log line containing ``marker``; the hub still serves."""
+    before = hub.log_text().count(marker)
+    yield
+    assert hub.log_text().count(marker) == before + 1, hub.log_text()[-3000:]
+    _still_serving(hub)
 
 
 def _start(browser: Browser, hub: Hub, iss: str, **params: str) -> dict[str, str]:
@@ -38,7 +49,7 @@ def _callback(browser: Browser, hub: Hub, **params: str) -> httpx.Response:
 def test_unknown_issuer_gets_a_400_page_and_no_request(evil_env: EvilEnv) -> None:
     hub, evil = evil_env.hub, evil_env.evil
     unknown = evil.origin + "/other-fhir"
-    with Browser() as browser:
+    with _one_log_entry(hub, "refused (400 unknown_issuer)"), Browser() as browser:
         response = browser.get(hub.login_url, params={"iss": unknown, "launch": "abc"})
     assert response.status_code == 400
     assert "location" not in response.headers
@@ -77,7 +88,8 @@ def test_launch_without_iss_is_refused(smart_env: SmartEnv) -> None:
 
 
 def test_discovery_missing_fields_is_a_502_page(evil_env: EvilEnv) -> None:
-    with Browser() as browser:
+    marker = "refused (502 discovery_failed)"
+    with _one_log_entry(evil_env.hub, marker), Browser() as browser:
         response = browser.get(evil_env.hub.login_url, params={"iss": evil_env.evil.broken_iss})
     assert response.status_code == 502
     assert "token_endpoint" in response.text
@@ -89,14 +101,15 @@ def test_discovery_missing_fields_is_a_502_page(evil_env: EvilEnv) -> None:
 
 
 def test_state_missing(smart_env: SmartEnv) -> None:
-    with Browser() as browser:
+    with _one_log_entry(smart_env.hub, "refused (400 missing_state)"), Browser() as browser:
         response = _callback(browser, smart_env.hub, code=secrets.token_urlsafe(16))
     assert response.status_code == 400 and "no &#39;state&#39;" in response.text
-    assert "missing_state" in smart_env.hub.log_text()
+    assert "Launch the app again" in response.text
 
 
 def test_state_forged(smart_env: SmartEnv) -> None:
-    with Browser() as browser:
+    marker = "refused (400 invalid_state)"
+    with _one_log_entry(smart_env.hub, marker), Browser() as browser:
         _start(browser, smart_env.hub, smart_env.public.iss)
         response = _callback(
             browser, smart_env.hub, code=secrets.token_urlsafe(16), state=secrets.token_urlsafe(32)
@@ -114,12 +127,34 @@ def test_callback_replayed_and_other_browser(smart_env: SmartEnv) -> None:
         hop = browser.follow(str(start), stop_at=hub.callback_url)
         callback = location(hop)
         CODES.append(query(callback)["code"])
-        with Browser() as stranger:  # the authorization response stolen by another browser
+        with (
+            _one_log_entry(hub, "refused (400 invalid_state)"),
+            Browser() as stranger,  # the authorization response stolen by another browser
+        ):
             stolen = stranger.get(callback)
         assert stolen.status_code == 400 and "another browser" in stolen.text
         # consumed: even the right browser cannot use it now (replay)
-        replay = browser.get(callback)
+        with _one_log_entry(hub, "refused (400 invalid_state)"):
+            replay = browser.get(callback)
         assert replay.status_code == 400 and "already used" in replay.text
+        assert "Launch the app again" in replay.text
+
+
+def test_state_replayed_after_a_successful_login(smart_env: SmartEnv) -> None:
+    """The callback that signed the user in, sent again by the same browser: refused."""
+    hub, sandbox = smart_env.hub, smart_env.public
+    with Browser() as browser:
+        start = httpx.URL(
+            sandbox.origin + "/ehr/launch",
+            params={"app": hub.login_url, "patient": patient_ids(sandbox)[0]},
+        )
+        hop = browser.follow(str(start), stop_at=hub.callback_url)
+        callback = location(hop)
+        CODES.append(query(callback)["code"])
+        assert browser.get(callback).status_code == 302  # signed in
+        with _one_log_entry(hub, "refused (400 invalid_state)"):
+            replay = browser.get(callback)
+    assert replay.status_code == 400 and "already used" in replay.text
 
 
 def test_code_replayed_with_a_fresh_state_fails_at_the_ehr(smart_env: SmartEnv) -> None:
@@ -182,7 +217,8 @@ def test_rfc9207_iss_mismatch_is_refused(smart_env: SmartEnv) -> None:
 def test_next_off_site_is_dropped(smart_env: SmartEnv, target: str) -> None:
     hub, sandbox = smart_env.hub, smart_env.public
     with Browser() as browser:
-        response = browser.get(hub.login_url, params={"iss": sandbox.iss, "next": target})
+        with _one_log_entry(hub, "ignoring an off-site 'next' parameter"):
+            response = browser.get(hub.login_url, params={"iss": sandbox.iss, "next": target})
         hop = browser.follow(location(response), stop_at=hub.callback_url)
         answer = browser.get(location(hop))
     assert answer.status_code == 302
@@ -201,13 +237,23 @@ def test_next_on_site_is_kept(smart_env: SmartEnv) -> None:
 # ---------------------------------------------------------------- the evil EHR
 
 
-def _evil_login(env: EvilEnv, mode: str, iss: str | None = None) -> httpx.Response:
+def _evil_login(
+    env: EvilEnv,
+    mode: str,
+    iss: str | None = None,
+    callback: dict[str, str] | None = None,
+) -> httpx.Response:
+    """A login at the evil EHR: start at the hub, then its callback as the EHR would send it."""
     env.evil.mode = mode
     with Browser() as browser:
         params = _start(browser, env.hub, iss or env.evil.iss)
         env.evil.nonce = params["nonce"]
         return _callback(
-            browser, env.hub, code="evil-code-" + secrets.token_urlsafe(12), state=params["state"]
+            browser,
+            env.hub,
+            code="evil-code-" + secrets.token_urlsafe(12),
+            state=params["state"],
+            **(callback or {}),
         )
 
 
@@ -236,6 +282,9 @@ def test_client_secret_basic_login(evil_env: EvilEnv) -> None:
         ("wrong_aud", 403, "aud"),
         ("expired", 403, "expired"),
         ("wrong_nonce", 403, "nonce"),
+        ("wrong_iss", 403, "is not the EHR&#39;s issuer"),
+        ("header_keys", 403, "signature does not verify"),
+        ("bad_context", 502, "fhirContext"),
         ("low_scope", 403, "patient/*.rs"),
         ("no_patient", 403, "did not choose a patient"),
         ("token_500", 502, "HTTP 500"),
@@ -253,3 +302,92 @@ def test_evil_ehr_faults(evil_env: EvilEnv, mode: str, status: int, words: str) 
     assert "Error code" in response.text
     assert evil_env.hub.log_text().count(marker) == before + 1  # one log entry for it
     _still_serving(evil_env.hub)
+
+
+def test_header_keys_are_never_fetched(evil_env: EvilEnv) -> None:
+    """An id_token naming its own keys (jku, x5u) is checked against the issuer's jwks_uri only."""
+    evil = evil_env.evil
+    assert _evil_login(evil_env, "header_keys").status_code == 403
+    assert not [p for p in evil.requests if p.startswith("/attacker")]
+
+
+def test_rfc9207_iss_is_the_authorization_servers_not_the_fhir_base(evil_env: EvilEnv) -> None:
+    """The evil EHR's authorization server issuer (its origin) differs from its FHIR base."""
+    evil = evil_env.evil
+    good = _evil_login(evil_env, "good", callback={"iss": evil.origin})
+    assert good.status_code == 302, good.text[:2000]
+    with _one_log_entry(evil_env.hub, "refused (400 "):
+        mixed = _evil_login(evil_env, "good", callback={"iss": evil.iss})
+    assert mixed.status_code == 400 and "mix-up" in mixed.text
+
+
+def test_every_launch_context_field_lands_in_auth_state(evil_env: EvilEnv) -> None:
+    from .evil_ehr import FULL_CONTEXT
+
+    hub, evil = evil_env.hub, evil_env.evil
+    response = _evil_login(evil_env, "full_context")
+    assert response.status_code == 302, response.text[:2000]
+    name = f"practitioner-evil-1@127.0.0.1-{evil.origin.rsplit(':', 1)[1]}-fhir"
+    state = hub.auth_state(name)
+    required = {
+        "iss",
+        "fhir_base_url",
+        "access_token",
+        "refresh_token",
+        "expires_at",
+        "scope",
+        "patient",
+        "encounter",
+        "fhirUser",
+        "need_patient_banner",
+        "smart_style_url",
+        "fhirContext",
+        "intent",
+        "tenant",
+    }
+    assert required <= set(state), required - set(state)
+    assert {k: state[k] for k in FULL_CONTEXT} == FULL_CONTEXT
+    assert state["iss"] == evil.iss and state["fhir_base_url"] == evil.iss
+    assert state["fhirUser"] == "Practitioner/evil-1"
+    assert state["scope"] == ["openid", "fhirUser", "launch/patient", "patient/*.rs"]
+    assert state["access_token"] == evil.issued[-2] and state["refresh_token"] == evil.issued[-1]
+    assert "id_token" not in state  # not kept: nothing needs it after the login
+
+
+# ---------------------------------------------------------------- malformed requests
+
+
+def test_callback_without_code_is_a_400_page(evil_env: EvilEnv) -> None:
+    hub = evil_env.hub
+    with _one_log_entry(hub, "refused (400 missing_code)"), Browser() as browser:
+        params = _start(browser, hub, evil_env.evil.iss)
+        response = _callback(browser, hub, state=params["state"])
+    assert response.status_code == 400 and "no authorization code" in response.text
+
+
+@pytest.mark.parametrize("launch", ["x" * 3000, "bad\x01launch", "two words"])
+def test_unusable_launch_parameter_is_a_400_page(smart_env: SmartEnv, launch: str) -> None:
+    hub = smart_env.hub
+    with _one_log_entry(hub, "refused (400 invalid_launch)"), Browser() as browser:
+        response = browser.get(
+            hub.login_url, params={"iss": smart_env.public.iss, "launch": launch}
+        )
+    assert response.status_code == 400 and "launch" in response.text
+    assert "location" not in response.headers
+
+
+@pytest.mark.parametrize(
+    "iss",
+    [
+        "not a url",
+        "javascript:alert(1)",
+        "ftp://127.0.0.1/fhir",
+        "https://ehr.example/<script>alert(1)</script>",
+    ],
+)
+def test_iss_that_is_not_an_http_url_is_a_400_page(smart_env: SmartEnv, iss: str) -> None:
+    hub = smart_env.hub
+    with _one_log_entry(hub, "refused (400 unknown_issuer)"), Browser() as browser:
+        response = browser.get(hub.login_url, params={"iss": iss})
+    assert response.status_code == 400 and "location" not in response.headers
+    assert "<script>alert(1)" not in response.text  # named in the page, escaped
