@@ -49,7 +49,16 @@ from .handlers import (
     SMARTTokenAPIHandler,
 )
 from .pending import PendingLogin, PendingLogins
-from .tokenstate import SECRET_KEYS, MissingPatient, ReauthenticationRequired
+from .tokenstate import (
+    SECRET_KEYS,
+    AuthStateCache,
+    ForcedRefresh,
+    ForcedRefreshLimiter,
+    MissingPatient,
+    ReauthenticationRequired,
+    RefreshRateLimited,
+    fingerprint_matches,
+)
 from .username import default_username
 
 __all__ = ["SMARTAuthenticator", "SMARTonFHIRAuthenticator"]
@@ -121,6 +130,18 @@ class SMARTAuthenticator(OAuthenticator):
         config=True,
         help="""Seconds before expiry at which an access token is refreshed, by refresh_user
         and by the token API. The token API hands out tokens valid for at least this long.""",
+    )
+
+    forced_refresh_interval = Float(
+        30.0,
+        config=True,
+        help="""Seconds between two forced refreshes of one user's EHR token. A notebook whose
+        access token the FHIR server refused (401) sends the token's SHA-256 to the token API,
+        and the hub refreshes at once instead of handing the same token out until it expires
+        (concurrent reports share one refresh). If the FHIR server refuses the new token too,
+        further reports within this interval do not reach the EHR: the token API answers 429
+        with Retry-After (or reauthentication_required again when the last forced refresh was
+        refused). Bounds what a buggy or hostile client can make the hub ask of the EHR.""",
     )
 
     username_mapper = AnyTrait(
@@ -258,6 +279,9 @@ class SMARTAuthenticator(OAuthenticator):
         }
         self.pending = PendingLogins(ttl=self.login_timeout, max_entries=self.max_pending_logins)
         self.refresh_flight: SingleFlight[dict[str, Any]] = SingleFlight()
+        #: Decrypted auth_state reused while its ciphertext is unchanged (token API speed).
+        self.auth_states = AuthStateCache()
+        self.forced_refreshes = ForcedRefreshLimiter()
         self._http: httpx.AsyncClient | None = None
         self._discovery: DiscoveryCache | None = None
         self._jwks: JWKSCache | None = None
@@ -598,34 +622,86 @@ class SMARTAuthenticator(OAuthenticator):
             return True  # logged in fresh_auth_state; the token API reports it
         return {"auth_state": fresh}
 
-    async def fresh_auth_state(self, user: Any, *, min_validity: float) -> dict[str, Any]:
+    async def fresh_auth_state(
+        self, user: Any, *, min_validity: float, rejected: str | None = None
+    ) -> dict[str, Any]:
         """The user's auth_state with an access token valid for ``min_validity`` s.
 
         Refreshes when needed, at most once per user at a time (refresh_user
-        and the token API share the flight). Raises ReauthenticationRequired
-        when the user must sign in again, another SMARTError when the EHR is
-        unavailable and the current token does not last long enough.
+        and the token API share the flight). ``rejected``: the SHA-256 of an
+        access token the FHIR server refused; when it is the current token, the
+        refresh is forced (rate-limited per user, see forced_refresh_interval).
+        Raises ReauthenticationRequired when the user must sign in again,
+        RefreshRateLimited, or another SMARTError when the EHR is unavailable
+        and the current token does not last long enough (or was refused).
         """
-        state = await user.get_auth_state()
+        state = await self.auth_states.get(user)
         if not isinstance(state, Mapping) or not state.get("access_token"):
             raise ReauthenticationRequired("No SMART tokens for this user: sign in again.")
-        if not _expires_within(state, min_validity):
+        forced = rejected is not None and fingerprint_matches(state["access_token"], rejected)
+        if not forced and not _expires_within(state, min_validity):
             return dict(state)
+        if forced and not self.refresh_flight.in_flight(user.name):
+            assert rejected is not None
+            last = self.forced_refreshes.recent(user.name, self.forced_refresh_interval)
+            if last is not None:
+                return await self._forced_too_soon(user, rejected, last)
+            self.forced_refreshes.started(user.name, rejected)
         try:
-            return await self.refresh_flight.run(user.name, lambda: self._refresh(user))
-        except ReauthenticationRequired:
+            return await self.refresh_flight.run(
+                user.name, lambda: self._refresh(user, rejected=rejected if forced else None)
+            )
+        except ReauthenticationRequired as exc:
+            if forced:
+                assert rejected is not None
+                self.forced_refreshes.failed(user.name, rejected, exc)
             raise
         except SMARTError:
+            if forced:
+                raise  # the current token was refused: never hand it out again
             current = await user.get_auth_state()
             if isinstance(current, Mapping) and not _expires_within(current, 0):
                 return dict(current)  # still valid, just short: better than nothing
             raise
 
-    async def _refresh(self, user: Any) -> dict[str, Any]:
-        """One refresh for ``user`` (run inside the single flight), persisted at once."""
+    async def _forced_too_soon(
+        self, user: Any, rejected: str, last: ForcedRefresh
+    ) -> dict[str, Any]:
+        """A refused token reported within forced_refresh_interval of the last forced refresh."""
+        current = await self.auth_states.get(user)
+        token = (current or {}).get("access_token")
+        if isinstance(token, str) and token and not fingerprint_matches(token, rejected):
+            return dict(current or {})  # refreshed meanwhile: the report is about an old token
+        if last.fingerprint == rejected and isinstance(last.failure, ReauthenticationRequired):
+            raise ReauthenticationRequired(str(last.failure))
+        retry_after = self.forced_refresh_interval - (time.monotonic() - last.at)
+        self.log.warning(
+            "Token API: %s reported a refused token again within %.0f s of a forced refresh; "
+            "not asking the EHR",
+            user.name,
+            self.forced_refresh_interval,
+        )
+        raise RefreshRateLimited(
+            "The FHIR server refused the access token the hub refreshed moments ago; the hub "
+            f"will not refresh it again for {retry_after:.0f} s. If this keeps happening, the "
+            "FHIR server does not accept this EHR session's tokens: tell the hub's administrators.",
+            retry_after=retry_after,
+        )
+
+    async def _refresh(self, user: Any, rejected: str | None = None) -> dict[str, Any]:
+        """One refresh for ``user`` (run inside the single flight), persisted at once.
+
+        ``rejected``: forced because the FHIR server refused the token with this
+        SHA-256 (refresh even though it has not expired, unless it was replaced).
+        """
         state = dict(await user.get_auth_state() or {})
-        if state.get("access_token") and not _expires_within(state, self.refresh_leeway):
+        token = state.get("access_token")
+        refused = (
+            isinstance(token, str) and rejected is not None and fingerprint_matches(token, rejected)
+        )
+        if token and not refused and not _expires_within(state, self.refresh_leeway):
             return state  # a flight that just finished already refreshed it
+        forced = " (forced: the FHIR server refused the access token)" if refused else ""
         refresh_token = state.get("refresh_token")
         iss = state.get("iss")
         if not isinstance(iss, str) or iss not in self.policy:
@@ -634,7 +710,7 @@ class SMARTAuthenticator(OAuthenticator):
             await self.audit_event(
                 "reauthentication-required",
                 outcome="failure",
-                description="access token expiring and no refresh token",
+                description="access token expiring and no refresh token" + forced,
                 username=user.name,
                 fhir_user=state.get("fhirUser"),
                 issuer=iss,
@@ -655,11 +731,11 @@ class SMARTAuthenticator(OAuthenticator):
             )
         except TokenEndpointError as exc:
             if exc.oauth_error in ("invalid_grant", "invalid_client", "unauthorized_client"):
-                self.log.warning("Refresh for %s refused by the EHR: %s", user.name, exc)
+                self.log.warning("Refresh for %s refused by the EHR%s: %s", user.name, forced, exc)
                 await self.audit_event(
                     "reauthentication-required",
                     outcome="failure",
-                    description=str(exc),
+                    description=str(exc) + forced,
                     username=user.name,
                     fhir_user=state.get("fhirUser"),
                     issuer=iss,
@@ -671,7 +747,7 @@ class SMARTAuthenticator(OAuthenticator):
             await self.audit_event(
                 "refresh-failed",
                 outcome="failure",
-                description=str(exc),
+                description=str(exc) + forced,
                 username=user.name,
                 issuer=iss,
             )
@@ -681,7 +757,7 @@ class SMARTAuthenticator(OAuthenticator):
             await self.audit_event(
                 "refresh-failed",
                 outcome="failure",
-                description=str(exc),
+                description=str(exc) + forced,
                 username=user.name,
                 issuer=iss,
             )
@@ -704,8 +780,9 @@ class SMARTAuthenticator(OAuthenticator):
             patient=_patient_ref(state.get("patient")),
             scopes_granted=state["scope"],
             token_hash=self.token_hash(token.access_token),
+            description=forced.strip(" ()") or None,
         )
-        self.log.info("Refreshed the SMART access token of %s", user.name)
+        self.log.info("Refreshed the SMART access token of %s%s", user.name, forced)
         return state
 
     # ------------------------------------------------------------------ spawn, logout
@@ -741,6 +818,7 @@ class SMARTAuthenticator(OAuthenticator):
         kept = {k: v for k, v in state.items() if k not in SECRET_KEYS}
         kept["expires_at"] = 0
         await user.save_auth_state(kept)
+        self.auth_states.forget(user.name)
 
 
 SMARTonFHIRAuthenticator = SMARTAuthenticator

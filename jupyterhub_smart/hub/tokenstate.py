@@ -5,7 +5,13 @@ Shared by the authenticator and the handlers (kept apart so neither imports the 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..smart.errors import SMARTError
@@ -13,8 +19,15 @@ from ..smart.errors import SMARTError
 __all__ = [
     "SECRET_KEYS",
     "TOKEN_API_FIELDS",
+    "AuthStateCache",
+    "ForcedRefresh",
+    "ForcedRefreshLimiter",
     "MissingPatient",
     "ReauthenticationRequired",
+    "RefreshRateLimited",
+    "access_token_fingerprint",
+    "fingerprint_matches",
+    "parse_fingerprint",
     "token_api_payload",
 ]
 
@@ -54,3 +67,131 @@ class MissingPatient(SMARTError):
 def token_api_payload(auth_state: Mapping[str, Any]) -> dict[str, Any]:
     """The token API's JSON body from an auth_state (only the listed fields)."""
     return {key: auth_state.get(key) for key in TOKEN_API_FIELDS}
+
+
+class RefreshRateLimited(SMARTError):
+    """A forced refresh was asked for too soon after the last one for this user."""
+
+    status = 429
+    error = "refresh_rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
+def access_token_fingerprint(access_token: str) -> str:
+    """Hex SHA-256 of an access token (UTF-8): how a notebook names a token it saw refused.
+
+    Unsalted on purpose: the notebook and the hub compute it independently, and
+    it travels in a URL (so it lands in access logs) where the token itself
+    never may. SHA-256 does not give the token back; it only lets someone who
+    already holds the token recognise it.
+    """
+    return hashlib.sha256(access_token.encode("utf-8")).hexdigest()
+
+
+def parse_fingerprint(value: str) -> str:
+    """The token API's ``rejected`` value, lower-cased; ValueError when it is not a SHA-256."""
+    normalized = value.strip().lower()
+    if not _FINGERPRINT.fullmatch(normalized):
+        raise ValueError("not 64 hex digits")
+    return normalized
+
+
+def fingerprint_matches(access_token: str, fingerprint: str) -> bool:
+    """Constant-time: is ``fingerprint`` the SHA-256 of ``access_token``?"""
+    return hmac.compare_digest(access_token_fingerprint(access_token), fingerprint)
+
+
+@dataclass
+class ForcedRefresh:
+    """The last forced refresh of one user: when, for which refused token, and how it ended."""
+
+    at: float
+    fingerprint: str
+    failure: SMARTError | None = None
+
+
+class ForcedRefreshLimiter:
+    """At most one forced refresh per user per interval, remembered in memory.
+
+    A notebook that reports a refused token makes the hub call the EHR's token
+    endpoint at once. Concurrent reports share one refresh (the single flight);
+    this bounds what a buggy or hostile client can do *after* it: report the
+    new token refused too, again and again. Within the interval the hub does
+    not call the EHR for that user; it answers from what the last forced
+    refresh taught it (``reauthentication_required`` stays so) or 429.
+    """
+
+    def __init__(self, max_users: int = 10000) -> None:
+        self._last: OrderedDict[str, ForcedRefresh] = OrderedDict()
+        self._max_users = max_users
+
+    def recent(self, user: str, interval: float, now: float | None = None) -> ForcedRefresh | None:
+        """The user's last forced refresh if it began less than ``interval`` s ago."""
+        last = self._last.get(user)
+        now = time.monotonic() if now is None else now
+        if last is None or now - last.at >= interval:
+            return None
+        return last
+
+    def started(self, user: str, fingerprint: str, now: float | None = None) -> None:
+        self._last[user] = ForcedRefresh(time.monotonic() if now is None else now, fingerprint)
+        self._last.move_to_end(user)
+        while len(self._last) > self._max_users:
+            self._last.popitem(last=False)
+
+    def failed(self, user: str, fingerprint: str, failure: SMARTError) -> None:
+        last = self._last.get(user)
+        if last is not None and last.fingerprint == fingerprint:
+            last.failure = failure
+
+
+class AuthStateCache:
+    """Decrypted auth_state per user, reused while the stored ciphertext is unchanged.
+
+    The token API is called by every kernel before FHIR requests; decrypting
+    auth_state (a thread-pool hop, Fernet and JSON) on each call was the
+    largest part of its own cost. The cache key is the encrypted blob itself
+    (``user.encrypted_auth_state``, in memory: JupyterHub's session does not
+    expire objects on commit), so *any* write of auth_state, by a refresh, a
+    new EHR launch for another patient, a logout or an admin's API call,
+    changes the key and the next read decrypts again: no invalidation call can
+    be forgotten. Callers get a copy, never the cached dict.
+    """
+
+    def __init__(self, max_users: int = 10000) -> None:
+        self._entries: OrderedDict[str, tuple[bytes, dict[str, Any]]] = OrderedDict()
+        self._max_users = max_users
+
+    async def get(self, user: Any) -> dict[str, Any] | None:
+        """The user's auth_state (a copy), decrypting only when it changed."""
+        encrypted = getattr(user, "encrypted_auth_state", None)
+        name = user.name
+        if not isinstance(encrypted, bytes):
+            self._entries.pop(name, None)
+            state = await user.get_auth_state()
+            return dict(state) if isinstance(state, Mapping) else None
+        hit = self._entries.get(name)
+        if hit is not None and hit[0] == encrypted:
+            self._entries.move_to_end(name)
+            return dict(hit[1])
+        state = await user.get_auth_state()  # decrypts ``encrypted`` (or what replaced it)
+        if not isinstance(state, Mapping):
+            self._entries.pop(name, None)
+            return None
+        # Keyed by the ciphertext read *before* decrypting: if a write raced with the
+        # decryption, the key no longer matches and the next call decrypts again.
+        self._entries[name] = (encrypted, dict(state))
+        self._entries.move_to_end(name)
+        while len(self._entries) > self._max_users:
+            self._entries.popitem(last=False)
+        return dict(state)
+
+    def forget(self, name: str) -> None:
+        """Drop a user's entry (logout: no decrypted tokens kept in memory for them)."""
+        self._entries.pop(name, None)
