@@ -158,7 +158,10 @@ def _launch_request(auth: SandboxAuth, store: PeopleStore) -> tuple[str, LaunchC
     """Validate ``/ehr/launch``'s query; return the app URL and the context to record."""
     args = request.args
     app_url = args.get("app") or auth.settings.default_app_launch_url
-    parts = urlsplit(app_url)
+    try:
+        parts = urlsplit(app_url)
+    except ValueError:  # e.g. "http://[::1": an unclosed IPv6 literal
+        raise LaunchError("'app' must be an absolute http(s) URL without fragment.") from None
     if (
         len(app_url) > MAX_URL_LENGTH
         or parts.scheme not in ("http", "https")

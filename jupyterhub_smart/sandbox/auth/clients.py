@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin, InvalidScopeError
 from joserfc.errors import JoseError
@@ -145,6 +145,14 @@ def _ascii(text: str) -> str:
     return "".join(c if 0x20 <= ord(c) <= 0x7E and c not in '"\\' else "?" for c in text)
 
 
+def _split_url(url: str) -> SplitResult | None:
+    """``urlsplit`` that answers ``None`` where it would raise (``http://[::1``)."""
+    try:
+        return urlsplit(url)
+    except ValueError:
+        return None
+
+
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
@@ -224,8 +232,13 @@ def parse_client(entry: object, label: str) -> SandboxClient:
     if not isinstance(redirect_uris, list) or not all(isinstance(u, str) for u in redirect_uris):
         raise fail("'redirect_uris' must be a list of URLs")
     for uri in redirect_uris:
-        parts = urlsplit(uri)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+        parts = _split_url(uri)
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.fragment
+        ):
             raise fail(f"redirect URI {uri!r} must be an absolute http(s) URL without fragment")
     if not redirect_uris and client_type != ASYMMETRIC:
         raise fail("'redirect_uris' must list at least one URL for this client type")
@@ -246,7 +259,7 @@ def parse_client(entry: object, label: str) -> SandboxClient:
         if jwks is not None:
             _check_public_jwks(jwks, fail)
         if jwks_uri is not None:
-            jwks_parts = urlsplit(jwks_uri) if isinstance(jwks_uri, str) else None
+            jwks_parts = _split_url(jwks_uri) if isinstance(jwks_uri, str) else None
             if (
                 jwks_parts is None
                 or jwks_parts.scheme not in ("http", "https")

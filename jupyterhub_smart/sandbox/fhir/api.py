@@ -19,6 +19,7 @@ import re
 import uuid
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from flask import Blueprint, Response, request
@@ -83,6 +84,11 @@ def create_fhir_blueprint(
         # For the sandbox's access log, which names the client of every request.
         request.environ[CLIENT_ID_ENVIRON_KEY] = result.grant.client_id
         return result
+
+    @bp.before_request
+    def query_must_be_utf8() -> None:
+        """Refuse a query that is not UTF-8, instead of searching for U+FFFD (Werkzeug's stand-in)."""
+        _require_utf8(request.query_string, "the query string")
 
     @bp.errorhandler(FHIRError)
     def fhir_error(error: FHIRError) -> Response:
@@ -157,6 +163,8 @@ def create_fhir_blueprint(
         _known_type(resource_type)
         if request.mimetype != _FORM_TYPE:
             raise FHIRError(415, f"POST _search takes a {_FORM_TYPE} body")
+        # Cached, so that request.form below parses the same bytes.
+        _require_utf8(request.get_data(cache=True), "the form body")
         params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
         return search(resource_type, params)
 
@@ -228,6 +236,18 @@ def create_fhir_blueprint(
         )
 
     return bp
+
+
+def _require_utf8(encoded: bytes, where: str) -> None:
+    """400 unless percent-decoding ``encoded`` gives UTF-8 (a client's encoding bug otherwise)."""
+    try:
+        unquote_to_bytes(encoded).decode("utf-8")
+    except UnicodeDecodeError:
+        raise FHIRError(
+            400,
+            f"{where} is not UTF-8 once percent-decoded: percent-encode the UTF-8 bytes of "
+            "each value (e.g. %C3%A9 for \u00e9)",
+        ) from None
 
 
 def _visible(store: FHIRStore, granted: Access, seq: int) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Literal
 from urllib.parse import urlencode
 
@@ -79,10 +79,13 @@ MAX_ALTERNATIVES = 100
 
 _DATE = re.compile(
     r"^(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
-    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.\d{1,9})?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+    r"(?:T(?P<H>\d{2}):(?P<M>\d{2})(?::(?P<S>\d{2})(?:\.\d{1,9})?)?(?P<tz>Z|[+-]\d{2}:\d{2})?)?)?)?$",
+    re.ASCII,  # "\d" alone would also match Arabic-Indic and other Unicode digits
 )
 _PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb")
-_CURSOR = re.compile(r"^(?:s(?P<seq>\d{1,18})|d(?P<date>-?\d{1,18})\.(?P<dseq>\d{1,18}))$")
+_CURSOR = re.compile(
+    r"^(?:s(?P<seq>\d{1,18})|d(?P<date>-?\d{1,18})\.(?P<dseq>\d{1,18}))$", re.ASCII
+)
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 
 
@@ -209,45 +212,57 @@ def parse_date(text: str) -> tuple[int, int]:
         )
     if match["H"] is not None and match["tz"] is None:
         raise FHIRError(400, f"date {text!r} has a time but no timezone (add Z or +hh:mm)")
-    tz = timezone.utc
+    offset = 0
     if match["tz"] and match["tz"] != "Z":
         sign = 1 if match["tz"][0] == "+" else -1
         hours, minutes = int(match["tz"][1:3]), int(match["tz"][4:6])
         if hours > 14 or minutes > 59:
             raise FHIRError(400, f"date {text!r} has an impossible timezone offset")
-        tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
+        offset = sign * (hours * 3600 + minutes * 60)
+    # Naive calendar arithmetic, then the offset in whole seconds: the range of
+    # 9999-12-31T23:59:59+14:00 ends after datetime.max, which datetime cannot hold.
     year = int(match["y"])
     try:
         if match["m"] is None:
-            start = datetime(year, 1, 1, tzinfo=tz)
-            end = (
-                datetime(year + 1, 1, 1, tzinfo=tz) if year < 9999 else start + timedelta(days=365)
-            )
+            start = _epoch(datetime(year, 1, 1))
+            end = _month_end(year, 12)
         elif match["d"] is None:
             month = int(match["m"])
-            start = datetime(year, month, 1, tzinfo=tz)
-            end = (
-                datetime(year + 1, 1, 1, tzinfo=tz)
-                if month == 12
-                else datetime(year, month + 1, 1, tzinfo=tz)
-            )
+            start = _epoch(datetime(year, month, 1))
+            end = _month_end(year, month)
         elif match["H"] is None:
-            start = datetime(year, int(match["m"]), int(match["d"]), tzinfo=tz)
-            end = start + timedelta(days=1)
+            start = _epoch(datetime(year, int(match["m"]), int(match["d"])))
+            end = start + 86400
         else:
-            start = datetime(
-                year,
-                int(match["m"]),
-                int(match["d"]),
-                int(match["H"]),
-                int(match["M"]),
-                int(match["S"] or 0),
-                tzinfo=tz,
+            start = _epoch(
+                datetime(
+                    year,
+                    int(match["m"]),
+                    int(match["d"]),
+                    int(match["H"]),
+                    int(match["M"]),
+                    int(match["S"] or 0),
+                )
             )
-            end = start + (timedelta(seconds=1) if match["S"] else timedelta(minutes=1))
+            end = start + (1 if match["S"] else 60)
     except ValueError as exc:
         raise FHIRError(400, f"date {text!r} is not a real date or time ({exc})") from None
-    return int(start.timestamp()), int(end.timestamp())
+    return start - offset, end - offset
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _epoch(naive: datetime) -> int:
+    """Seconds from 1970-01-01T00:00 to a naive date-time (read as UTC)."""
+    return int((naive - _EPOCH).total_seconds())
+
+
+def _month_end(year: int, month: int) -> int:
+    """Seconds from the epoch to the end of ``month`` of ``year`` (exclusive), in UTC."""
+    if month < 12:
+        return _epoch(datetime(year, month + 1, 1))
+    return _epoch(datetime(year, 12, 31)) + 86400  # also for 9999, where year + 1 cannot exist
 
 
 def _date_clause(value: str) -> Clause:
@@ -446,7 +461,8 @@ def parse_search(
         raise FHIRError(406, "this server speaks JSON only (_format=json)")
     if "_count" in control:
         text = _single("_count", control["_count"])
-        if not text.isdigit() or len(text) > 9:
+        # isascii: str.isdigit() is also true of '¹' and '٣', which int() refuses or misreads.
+        if not (text.isascii() and text.isdigit()) or len(text) > 9:
             raise FHIRError(400, f"_count must be a whole number from 0, got {text!r}")
         request.count = min(int(text), MAX_COUNT)
         request.summary_count = request.count == 0
