@@ -38,6 +38,24 @@ def _port(text: str) -> int:
     return value
 
 
+EPILOG = """\
+URLs under http://HOST:PORT: /fhir (FHIR R4; iss and aud), /auth (authorize,
+token, introspect, revoke, jwks), /ehr (EHR simulator with Launch buttons).
+
+Access rules of the FHIR server (stricter than most real EHRs, on purpose):
+  - every request but /fhir/metadata and /fhir/.well-known/smart-configuration
+    needs 'Authorization: Bearer TOKEN'; a missing, expired or revoked token
+    answers 401 with WWW-Authenticate: Bearer;
+  - a token without a scope for the interaction answers 403 with an
+    OperationOutcome naming the scope it needs;
+  - patient/ scopes see only the launched patient's compartment; user/ and
+    system/ scopes see every patient. A read of a resource the token may not
+    see (another patient's, or outside a v2 scope's ?category=) answers 404,
+    exactly like an id that does not exist, so that a token cannot probe
+    which other records exist.
+"""
+
+
 def register(subparsers: Any) -> None:
     """Add the ``sandbox`` sub-command."""
     parser = subparsers.add_parser(
@@ -45,6 +63,8 @@ def register(subparsers: Any) -> None:
         help="serve the sandbox EHR (SMART authorization server, FHIR R4 server, EHR launcher)",
         description="Serve a strict SMART on FHIR sandbox EHR on this machine. Prints "
         "'SMART sandbox ready: iss=URL' once it accepts requests.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
@@ -90,6 +110,13 @@ def register(subparsers: Any) -> None:
         default=30 * 24 * 3600,
         metavar="SECONDS",
         help="lifetime of refresh tokens (default 30 days)",
+    )
+    parser.add_argument(
+        "--code-lifetime",
+        type=_positive_int,
+        default=60,
+        metavar="SECONDS",
+        help="how long an authorization code stays redeemable (default 60)",
     )
     parser.add_argument(
         "--launch-lifetime",
@@ -142,5 +169,7 @@ def run(args: argparse.Namespace) -> int:
     return serve(
         settings,
         dense_patient_observations=args.dense_patient_observations,
-        auth_options=AuthOptions(launch_lifetime=args.launch_lifetime),
+        auth_options=AuthOptions(
+            launch_lifetime=args.launch_lifetime, code_lifetime=args.code_lifetime
+        ),
     )

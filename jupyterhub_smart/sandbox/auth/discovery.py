@@ -43,6 +43,8 @@ def smart_configuration(settings: SandboxSettings) -> dict[str, Any]:
         "token_endpoint": f"{auth}/token",
         "introspection_endpoint": f"{auth}/introspect",
         "revocation_endpoint": f"{auth}/revoke",
+        # RECOMMENDED: where a user sees which apps hold access, and revokes it.
+        "management_endpoint": f"{settings.origin}/ehr/sessions",
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
         "response_types_supported": ["code"],
         "authorization_response_iss_parameter_supported": True,

@@ -15,6 +15,19 @@ would hide can never be read by id (one rule, one implementation):
   grant nothing, failing closed.
 
 Several scopes allowing the same interaction are OR-ed.
+
+What each refusal answers, and why:
+
+- no, malformed, unknown, expired or revoked token: 401 with
+  ``WWW-Authenticate: Bearer`` (the client should refresh or sign in again);
+- no scope allows the interaction on the type: 403 with an OperationOutcome
+  naming the scopes that would (the client asked for too little);
+- the scope allows the type but not this resource (another patient's, or
+  outside a v2 ``?category=`` restriction): **404**, word for word the answer
+  for an id that does not exist. A 403 here would confirm that the other
+  patient's record exists; a patient-scoped token must not learn even that.
+  :func:`jupyterhub_smart.sandbox.fhir.api.create_fhir_blueprint` applies it
+  with the same :meth:`Access.clauses` as search.
 """
 
 from __future__ import annotations
