@@ -8,8 +8,10 @@ base and the search parameters (no credentials ride in URLs here).
 
 from __future__ import annotations
 
+import linecache
+import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "FHIRConnectionError",
@@ -24,8 +26,62 @@ __all__ = [
 ]
 
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_RED, _RESET = "\x1b[31m", "\x1b[0m"
+
+
+def _call_site(error: BaseException) -> str | None:
+    """``line N: <source>`` of the caller's line that led into this package, if known.
+
+    The traceback runs from the notebook cell into our code; the frame just
+    before the first frame of ``jupyterhub_smart`` is the researcher's own
+    line, the one worth showing.
+    """
+    frames = []
+    tb = error.__traceback__
+    while tb is not None:
+        frames.append((tb.tb_frame.f_code.co_filename, tb.tb_lineno))
+        tb = tb.tb_next
+    ours = [i for i, (name, _) in enumerate(frames) if os.path.abspath(name).startswith(_PACKAGE)]
+    index = ours[0] - 1 if ours else len(frames) - 1
+    if index < 0:
+        return None
+    filename, lineno = frames[index]
+    source = linecache.getline(filename, lineno).strip()
+    return f"line {lineno}: {source}" if source else f"line {lineno}"
+
+
 class SMARTNotebookError(Exception):
-    """Base class: catch this to handle every error of the notebook client."""
+    """Base class: catch this to handle every error of the notebook client.
+
+    In Jupyter these errors show as their message (what happened, what to do,
+    and the link to click when signing in again is needed) and the line of
+    your code that led to them, not as a forty-line traceback through this
+    package's internals, which would bury the one line that matters. For the
+    full traceback, set ``SMARTNotebookError.short_traceback = False`` and run
+    ``%tb``.
+    """
+
+    #: Show the short form in IPython/Jupyter (``False``: IPython's own traceback).
+    short_traceback: ClassVar[bool] = True
+
+    @property
+    def _render_traceback_(self) -> Any:
+        """IPython's hook for custom tracebacks (absent when ``short_traceback`` is off)."""
+        if not type(self).short_traceback:
+            raise AttributeError("_render_traceback_")
+        return self._short_traceback
+
+    def _short_traceback(self) -> list[str]:
+        lines = [f"{_RED}{type(self).__name__}{_RESET}: {self}"]
+        where = _call_site(self)
+        if where:
+            lines.append(f"  in your code at {where}")
+        lines.append(
+            "  (a jupyterhub-smart error; the full traceback: "
+            "SMARTNotebookError.short_traceback = False, then %tb)"
+        )
+        return lines
 
 
 class FHIRError(SMARTNotebookError):
