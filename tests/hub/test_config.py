@@ -1,17 +1,22 @@
-"""Start-up checks, iframe embedding and logout, each against a real JupyterHub process."""
+"""Start-up checks, iframe embedding, logout and OAuthenticator's usual options, each
+against a real JupyterHub process."""
 
 from __future__ import annotations
 
 import os
 import secrets
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
 from .conftest import EvilEnv, SmartEnv
+from .evil_ehr import EvilEHR
 from .harness import Browser, Hub, ehr_launch, location, patient_ids, query, run_hub
+from .test_attacks import CODES
 
 
 def _exits_with(hub: Hub, words: str) -> str:
@@ -94,8 +99,12 @@ def test_logout_revokes_the_refresh_token_and_drops_tokens(smart_env: SmartEnv) 
             )
         state = hub.auth_state(name)
         assert browser.get(f"{hub.url}/hub/home").status_code == 200
+        assert "jupyterhub-smart-login" in browser.client.cookies  # the launch's binding
         out = browser.get(f"{hub.url}/hub/logout")
         assert out.status_code in (200, 302)
+        # the hub's cookies are cleared (expired), the binding cookie with them
+        names = {cookie.name for cookie in browser.client.cookies.jar}
+        assert not names & {"jupyterhub-smart-login", "jupyterhub-hub-login"}, names
         home = browser.get(f"{hub.url}/hub/home")
         assert home.status_code == 302  # signed out: back to the login page
     after = hub.auth_state(name)
@@ -188,3 +197,124 @@ def test_full_audit_disk_refuses_logins_and_tokens_not_the_hub(
             assert response.status_code == 503
             assert response.json()["error"] == "audit_unavailable"
             assert hub.alive()
+
+
+# ---------------------------------------------------------------- OAuthenticator options
+
+GROUPS_FROM_TENANT = """
+c.SMARTAuthenticator.auth_state_groups_key = lambda state: ["tenant-" + str(state.get("tenant"))]
+"""
+
+
+@dataclass
+class PolicyEnv:
+    hub: Hub
+    evil: EvilEHR
+    allowed: str  # the one allowed (and admin) user
+
+    @property
+    def noid_iss(self) -> str:
+        return self.evil.origin + "/noid"
+
+
+@pytest.fixture(scope="module")
+def policy_env(tmp_path_factory: pytest.TempPathFactory, evil_env: EvilEnv) -> Iterator[PolicyEnv]:
+    """A hub with the usual OAuthenticator options on: no allow_all, one allowed admin user,
+    managed groups, a default issuer for standalone launches, and an issuer asked for no
+    openid (so the EHR names nobody)."""
+    evil = evil_env.evil
+    port = evil.origin.rsplit(":", 1)[1]
+    allowed = f"practitioner-evil-1@127.0.0.1-{port}-fhir"
+    issuers = {
+        evil.iss: {"client_id": evil.client_id, "client_auth": "public"},
+        evil.origin + "/noid": {
+            "client_id": evil.client_id,
+            "client_auth": "public",
+            "scope": "launch/patient patient/*.rs",
+        },
+    }
+    options = {
+        "allow_all": False,
+        "allowed_users": [allowed],
+        "admin_users": [allowed],
+        "manage_groups": True,
+        "default_issuer": evil.iss,
+    }
+    work = tmp_path_factory.mktemp("policy-env")
+    with run_hub(work / "hub", issuers, authenticator=options, extra=GROUPS_FROM_TENANT) as hub:
+        yield PolicyEnv(hub, evil, allowed)
+
+
+def _finish_at_evil(
+    env: PolicyEnv, browser: Browser, start: httpx.Response, mode: str, fhir_user: str
+) -> httpx.Response:
+    """The evil EHR's side of a login the hub started with ``start`` (its 302 to authorize)."""
+    assert start.status_code == 302, start.text[:2000]
+    params = query(location(start))
+    env.evil.mode, env.evil.nonce, env.evil.fhir_user = mode, params.get("nonce"), fhir_user
+    try:
+        code = "evil-code-" + secrets.token_urlsafe(12)
+        CODES.append(code)
+        return browser.get(env.hub.callback_url, params={"code": code, "state": params["state"]})
+    finally:
+        env.evil.fhir_user = "Practitioner/evil-1"
+
+
+def test_standalone_launch_uses_default_issuer_and_options_keep_working(
+    policy_env: PolicyEnv,
+) -> None:
+    """default_issuer, allowed_users, admin_users and manage_groups on a SMART login."""
+    hub, evil = policy_env.hub, policy_env.evil
+    with Browser() as browser:
+        start = browser.get(hub.login_url)  # no iss: the default issuer, no picker page
+        authorize = location(start)
+        assert authorize.startswith(evil.origin + "/authorize?")
+        params = query(authorize)
+        assert params["aud"] == evil.iss and "launch" not in params
+        answer = _finish_at_evil(policy_env, browser, start, "full_context", "Practitioner/evil-1")
+        assert answer.status_code == 302, answer.text[:2000]
+    with hub.api(hub.admin_token) as api:
+        model = api.get(f"/users/{policy_env.allowed}").json()
+    assert model["admin"] is True
+    assert model["groups"] == ["tenant-hospital-2"]
+
+
+def test_user_not_in_allowed_users_gets_a_403_page(policy_env: PolicyEnv) -> None:
+    hub = policy_env.hub
+    marker = "refused (403 not_allowed)"
+    before = hub.log_text().count(marker)
+    with Browser() as browser:
+        start = browser.get(hub.login_url, params={"iss": policy_env.evil.iss})
+        answer = _finish_at_evil(policy_env, browser, start, "good", "Practitioner/evil-2")
+    assert answer.status_code == 403 and "not currently authorized to use this hub" in answer.text
+    assert hub.log_text().count(marker) == before + 1
+    with hub.api(hub.admin_token) as api:
+        assert "practitioner-evil-2" not in api.get("/users").text
+    audit = hub.audit_path.read_text()
+    assert "login-failed" in audit and "allowed/blocked users" in audit
+    assert hub.alive()
+
+
+def test_ehr_that_names_nobody_gets_a_403_page(policy_env: PolicyEnv) -> None:
+    """No openid asked, no fhirUser, no sub: the hub cannot make a username."""
+    hub = policy_env.hub
+    marker = "refused (403 no_user_identity)"
+    before = hub.log_text().count(marker)
+    with Browser() as browser:
+        start = browser.get(hub.login_url, params={"iss": policy_env.noid_iss})
+        assert "nonce" not in query(location(start))  # no openid, no nonce
+        answer = _finish_at_evil(policy_env, browser, start, "no_identity", "Practitioner/evil-1")
+    assert answer.status_code == 403 and "did not say who you are" in answer.text
+    assert hub.log_text().count(marker) == before + 1
+    assert hub.alive()
+
+
+def test_hub_without_issuers_says_so_on_the_login_page(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    with run_hub(tmp_path_factory.mktemp("no-issuers-env") / "hub", {}) as hub:
+        response = httpx.get(hub.login_url)
+        assert response.status_code == 503
+        assert "not registered with any EHR" in response.text
+        assert "refused (503 no_issuers)" in hub.log_text()
+        assert hub.alive()
