@@ -36,6 +36,21 @@ def test_ehr_launch_public_client_logs_in_with_the_patient(smart_env: SmartEnv) 
     assert state["access_token"] and state["refresh_token"] and state["expires_at"]
     assert "patient/*.rs" in state["scope"] or any(s.startswith("patient/") for s in state["scope"])
     assert name.startswith("practitioner-")
+    context_keys = {"encounter", "fhirContext", "need_patient_banner", "smart_style_url"}
+    assert context_keys | {"intent", "tenant"} <= set(state)
+    # Done when: the token API hands this user a token that reads the patient at the EHR
+    token = hub.user_token(name)
+    response = httpx.get(
+        f"{hub.url}/hub/api/smart/token", headers={"Authorization": f"token {token}"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["patient"] == patient and body["fhir_base_url"] == sandbox.iss
+    fhir = httpx.get(
+        f"{sandbox.iss}/Patient/{patient}",
+        headers={"Authorization": f"Bearer {body['access_token']}"},
+    )
+    assert fhir.status_code == 200 and fhir.json()["id"] == patient
 
 
 def test_ehr_launch_private_key_jwt_and_token_api_reads_the_patient(smart_env: SmartEnv) -> None:
@@ -71,7 +86,7 @@ def test_ehr_launch_private_key_jwt_and_token_api_reads_the_patient(smart_env: S
         f"{sandbox.iss}/Patient/{patient}",
         headers={"Authorization": f"Bearer {body['access_token']}"},
     )
-    assert fhir.status_code == 200
+    assert fhir.status_code == 200 and fhir.json()["id"] == patient
     # the sandbox fetched the hub's JWKS to check the client assertion
     assert "/hub/smart/jwks.json" in hub.log_text()
 
