@@ -25,8 +25,12 @@ from .flow import OTHER_REDIRECT_URI, REDIRECT_URI
 RS_KEY = RSAKey.generate_key(2048, parameters={"kid": "rs384-key"}, private=True)
 EC_KEY = ECKey.generate_key("P-384", parameters={"kid": "es384-key"}, private=True)
 URI_KEY = RSAKey.generate_key(2048, parameters={"kid": "jwks-uri-key"}, private=True)
+URI_EC_KEY = ECKey.generate_key("P-384", parameters={"kid": "jwks-uri-ec-key"}, private=True)
+#: Nothing listens on port 9 of the loopback (the test redirect URIs use it too).
+DEAD_JWKS_URI = "http://127.0.0.1:9/jwks.json"
 SYMMETRIC_SECRET = "sandbox-auth-test-secret-8f3a1c"
 
+HUB_REDIRECT_URI = "http://127.0.0.1:8000/hub/oauth_callback"
 LIMITED_SCOPE = "openid fhirUser launch launch/patient offline_access patient/Patient.rs"
 
 
@@ -35,15 +39,26 @@ def public_jwks(*keys: RSAKey | ECKey) -> dict[str, Any]:
 
 
 class JWKSServer:
-    """A real HTTP server publishing a client's JWKS (for ``jwks_uri`` clients)."""
+    """A real HTTP server publishing a client's JWKS (for ``jwks_uri`` clients).
+
+    ``/jwks.json`` is the key set; ``/broken`` answers 500 and ``/not-jwks``
+    an HTML page, the faults a client's key server really shows.
+    """
 
     def __init__(self, jwks: dict[str, Any]) -> None:
-        body = json.dumps(jwks).encode()
+        answers = {
+            "/jwks.json": (200, "application/json", json.dumps(jwks).encode()),
+            "/broken": (500, "text/plain", b"internal error"),
+            "/not-jwks": (200, "text/html", b"<html><body>Sign in</body></html>"),
+        }
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
+                status, content_type, body = answers.get(
+                    self.path, (404, "text/plain", b"not found")
+                )
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -52,7 +67,8 @@ class JWKSServer:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"{self.origin}/jwks.json"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> JWKSServer:
@@ -98,6 +114,22 @@ def clients(jwks_uri: str) -> list[dict[str, Any]]:
             "jwks_uri": jwks_uri,
             "scope": "system/Patient.rs system/Observation.rs",
         },
+        # jwks_uri faults: nothing listening, a 500, a page that is not a JWK Set.
+        *(
+            {
+                "client_id": client_id,
+                "type": "confidential-asymmetric",
+                "jwks_uri": uri,
+                "scope": "system/Patient.rs",
+            }
+            for client_id, uri in (
+                ("backend-dead-uri", DEAD_JWKS_URI),
+                ("backend-500-uri", jwks_uri.replace("/jwks.json", "/broken")),
+                ("backend-html-uri", jwks_uri.replace("/jwks.json", "/not-jwks")),
+            )
+        ),
+        # On the origin of the EHR simulator's default app launch URL (the demo hub).
+        {"client_id": "hub", "type": "public", "redirect_uris": [HUB_REDIRECT_URI]},
     ]
 
 
@@ -109,7 +141,7 @@ def seen_secrets() -> list[str]:
 
 @pytest.fixture(scope="package")
 def jwks_server() -> Iterator[JWKSServer]:
-    with JWKSServer(public_jwks(URI_KEY)) as server:
+    with JWKSServer(public_jwks(URI_KEY, URI_EC_KEY)) as server:
         yield server
 
 

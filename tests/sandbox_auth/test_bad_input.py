@@ -204,3 +204,48 @@ def test_unquotable_token_parameters_are_4xx(http: httpx.Client, path: str) -> N
         response = http.post(path, data=data)
         assert 400 <= response.status_code < 500, (value, response.status_code)
         assert "error" in response.json()
+
+
+@pytest.mark.parametrize(
+    "app", ["http://[::1/launch", "http://[not-ipv6]/launch", "http://127.0.0.1:9/%ZZ#frag"]
+)
+def test_unparsable_app_launch_url_is_a_400_page(http: httpx.Client, app: str) -> None:
+    patient = http.get("/ehr").text.split('name="patient" value="')[1].split('"')[0]
+    response = http.get("/ehr/launch", params={"app": app, "patient": patient})
+    assert response.status_code == 400
+    assert "text/html" in response.headers["content-type"]
+    assert "absolute http(s) URL" in response.text or "redirect URI" in response.text
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-www-form-urlencoded; charset=latin-1",
+        "application/x-www-form-urlencoded; charset=utf-16",
+        "application/x-www-form-urlencoded; charset=no-such-charset",
+        'application/x-www-form-urlencoded; charset="',
+        "multipart/form-data; boundary=xyz",
+        "multipart/form-data",
+        "text/plain",
+    ],
+)
+@pytest.mark.parametrize("path", API)
+def test_odd_content_types_are_4xx_json(http: httpx.Client, path: str, content_type: str) -> None:
+    """Charsets and multipart never reach Authlib as something it cannot handle."""
+    body = "grant_type=client_credentials&token=x&client_id=nobody\u00e9".encode("latin-1")
+    response = http.post(path, content=body, headers={"Content-Type": content_type})
+    assert 400 <= response.status_code < 500, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"]
+
+
+def test_header_larger_than_the_cap_is_431(sbx: SandboxProcess) -> None:
+    """64 KiB of headers at most; more is refused by the HTTP server before any code runs."""
+    request = (
+        f"GET /fhir/metadata HTTP/1.1\r\nHost: 127.0.0.1:{sbx.port}\r\n"
+        f"X-Padding: {'p' * (70 * 1024)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", sbx.port), timeout=30) as sock:
+        sock.sendall(request)
+        status_line = sock.makefile("rb").readline().decode()
+    assert status_line.split()[1] == "431", status_line

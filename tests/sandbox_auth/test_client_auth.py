@@ -12,7 +12,7 @@ import pytest
 from joserfc.jwk import ECKey, RSAKey
 from sandbox_process import SandboxProcess
 
-from .conftest import EC_KEY, RS_KEY, URI_KEY
+from .conftest import EC_KEY, RS_KEY, URI_EC_KEY, URI_KEY
 from .flow import ASSERTION_TYPE, assertion, authorize, exchange, jwt_auth
 
 SCOPE = "openid fhirUser launch/patient patient/*.rs offline_access"
@@ -259,3 +259,34 @@ def test_client_id_must_match_the_assertion(http: httpx.Client, sbx: SandboxProc
     )
     assert response.status_code == 400
     assert "does not match" in response.json()["error_description"]
+
+
+def test_es384_assertion_with_keys_from_jwks_uri(
+    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+) -> None:
+    signed = assertion(URI_EC_KEY, "backend-uri", token_url(sbx), alg="ES384")
+    seen_secrets.append(signed)
+    response = backend_token(http, signed, "system/Patient.rs")
+    assert response.status_code == 200, response.text
+    seen_secrets.append(response.json()["access_token"])
+    assert response.json()["scope"] == "system/Patient.rs"
+    # An EC key of our own under the published kid does not pass.
+    impostor = ECKey.generate_key("P-384", parameters={"kid": URI_EC_KEY.kid}, private=True)
+    refused = backend_token(
+        http, assertion(impostor, "backend-uri", token_url(sbx), alg="ES384"), "system/Patient.rs"
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_client"
+
+
+@pytest.mark.parametrize("client_id", ["backend-dead-uri", "backend-500-uri", "backend-html-uri"])
+def test_unusable_jwks_uri_is_invalid_client_not_a_server_error(
+    http: httpx.Client, sbx: SandboxProcess, client_id: str
+) -> None:
+    """Nothing listening, a 500, or HTML instead of a JWK Set: the client's fault, said so."""
+    signed = assertion(URI_KEY, client_id, token_url(sbx), alg="RS384")
+    response = backend_token(http, signed, "system/Patient.rs")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_client"
+    assert "jwks_uri could not be fetched or parsed" in response.json()["error_description"]
+    assert "cannot fetch client jwks_uri" in sbx.log_text()

@@ -1,4 +1,4 @@
-"""Expiry of access tokens and launches, on a sandbox with one-second lifetimes."""
+"""Expiry of access tokens, launches, refresh tokens and codes, on sandboxes with short lifetimes."""
 
 from __future__ import annotations
 
@@ -99,3 +99,24 @@ def test_expired_refresh_token_is_refused(client: httpx.Client, short: SandboxPr
     assert refreshed.status_code == 400
     assert refreshed.json()["error"] == "invalid_grant"
     assert "expired" in refreshed.json()["error_description"]
+
+
+@pytest.fixture(scope="module")
+def short_codes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
+    """Codes live one second here (60 by default); nothing else is shortened."""
+    workdir: Path = tmp_path_factory.mktemp("sandbox-short-codes")
+    with run_sandbox(workdir, CLIENTS, extra_args=["--code-lifetime", "1"]) as process:
+        yield process
+
+
+def test_expired_code_is_refused(short_codes: SandboxProcess) -> None:
+    with httpx.Client(base_url=short_codes.origin, follow_redirects=False, timeout=30) as http:
+        auth = authorize(http, short_codes.iss, "app-public", "launch/patient patient/*.rs")
+        code = auth.code
+        issued = time.time()
+        wait_past(issued + 2)
+        late = exchange(http, auth, "app-public")
+        assert late.status_code == 400
+        assert late.json()["error"] == "invalid_grant"
+        assert "expired" in late.json()["error_description"]
+        assert code not in short_codes.log_text()

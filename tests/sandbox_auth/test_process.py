@@ -159,3 +159,28 @@ def test_request_log_has_one_line_per_request_with_client_id(
     assert "?" not in "".join(
         line for line in log.splitlines() if " /auth/" in line and "access:" in line
     )
+
+
+def test_help_states_the_access_rules() -> None:
+    """The sandbox's own documentation says why another patient's resource is a 404."""
+    result = run_command("--help", timeout=60)
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "answers 401 with WWW-Authenticate: Bearer" in text
+    assert "403 with an OperationOutcome naming the scope it needs" in text
+    assert "answers 404, exactly like an id that does not exist" in text
+    assert "--code-lifetime" in text
+
+
+def test_clients_file_with_an_unparsable_url_names_the_entry(tmp_path: Path) -> None:
+    clients = tmp_path / "clients.json"
+    clients.write_text(
+        json.dumps([{"client_id": "v6", "type": "public", "redirect_uris": ["http://[::1/cb"]}]),
+        encoding="utf-8",
+    )
+    result = run_command(
+        "--port", str(free_port()), "--data-dir", str(tmp_path / "data"), "--clients", str(clients)
+    )
+    assert result.returncode == 2
+    assert "entry 0 (client_id 'v6'): redirect URI 'http://[::1/cb'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -421,8 +421,16 @@ def test_patient_token_cannot_read_another_patient(
     tokens = issue(http, sbx, seen_secrets)
     others = [p for p in patient_ids(http) if p != tokens["patient"]]
     response = http.get(f"/fhir/Patient/{others[0]}", headers=bearer(tokens["access_token"]))
-    assert response.status_code in (403, 404)
+    # 404, not 403: a patient-scoped token must not learn that the other record exists.
+    assert response.status_code == 404
     assert response.json()["resourceType"] == "OperationOutcome"
+    missing = http.get("/fhir/Patient/no-such-patient", headers=bearer(tokens["access_token"]))
+    assert missing.status_code == 404
+    diagnostics = [r.json()["issue"][0]["diagnostics"] for r in (response, missing)]
+    assert diagnostics == [
+        f"Patient/{others[0]} is not known or not visible to this token",
+        "Patient/no-such-patient is not known or not visible to this token",
+    ]
 
 
 def test_ehr_revokes_every_grant_of_a_user(
