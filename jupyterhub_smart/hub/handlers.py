@@ -35,7 +35,12 @@ from ..smart.authorize import authorization_error, authorization_url, check_resp
 from ..smart.errors import SMARTError, UnknownIssuer, safe_text
 from ..smart.pkce import code_challenge_s256, new_code_verifier, new_nonce, new_state
 from .pending import PendingLogin, PendingLoginError, binding_hash
-from .tokenstate import ReauthenticationRequired, token_api_payload
+from .tokenstate import (
+    ReauthenticationRequired,
+    RefreshRateLimited,
+    parse_fingerprint,
+    token_api_payload,
+)
 
 if TYPE_CHECKING:
     from .authenticator import SMARTAuthenticator
@@ -422,7 +427,31 @@ class SMARTTokenAPIHandler(APIHandler):
     Any API token of the user works (the single-user server's own, or one made
     on the token page), because it already proves to be that user; service
     tokens and other users are refused. The refresh token never leaves the hub.
+
+    ``?rejected=<hex SHA-256 of an access token>``: the FHIR server refused
+    that token (401). If it is still the user's current token, the hub
+    refreshes at once (a revoked token would otherwise be handed out until it
+    expires); concurrent reports share one refresh, and one user gets at most
+    one forced refresh per ``forced_refresh_interval`` (429 beyond). A
+    fingerprint of an older token just gets the current one. Only a hash
+    travels: the token itself must never be in a URL.
     """
+
+    def _rejected_argument(self) -> tuple[str | None, str | None]:
+        """(fingerprint, None), (None, None) when absent, or (None, error message)."""
+        values = self.get_arguments("rejected", strip=False)
+        if not values:
+            return None, None
+        if len(values) > 1:
+            return None, "Send 'rejected' once: the fingerprint of the one refused token."
+        try:
+            return parse_fingerprint(values[0]), None
+        except ValueError:
+            return None, (
+                "'rejected' must be the SHA-256 of the access token the FHIR server refused, "
+                "as 64 hex digits (hashlib.sha256(token.encode()).hexdigest()), never the "
+                "token itself."
+            )
 
     def _json(self, status: int, body: Mapping[str, Any]) -> None:
         self.set_status(status)
@@ -495,11 +524,17 @@ class SMARTTokenAPIHandler(APIHandler):
                 {"error": "forbidden", "message": "A user can only get their own SMART token."},
             )
             return
+        rejected, problem = self._rejected_argument()
+        if problem is not None:
+            # The value is not logged: a buggy client might have sent the token itself.
+            self.log.warning("Token API: %s sent a malformed 'rejected' parameter", user.name)
+            self._json(400, {"error": "invalid_request", "message": problem})
+            return
         authenticator: SMARTAuthenticator = self.authenticator
         login_url = self._login_url()
         try:
             state = await authenticator.fresh_auth_state(
-                user, min_validity=authenticator.refresh_leeway
+                user, min_validity=authenticator.refresh_leeway, rejected=rejected
             )
         except ReauthenticationRequired as exc:
             await authenticator.audit_event(
@@ -512,6 +547,13 @@ class SMARTTokenAPIHandler(APIHandler):
             self._json(
                 401,
                 {"error": exc.error, "message": str(exc), "login_url": login_url},
+            )
+            return
+        except RefreshRateLimited as exc:
+            self.set_header("Retry-After", str(exc.retry_after))
+            self._json(
+                429,
+                {"error": exc.error, "message": str(exc), "retry_after": exc.retry_after},
             )
             return
         except SMARTError as exc:
@@ -532,6 +574,7 @@ class SMARTTokenAPIHandler(APIHandler):
                 patient=f"Patient/{state['patient']}" if state.get("patient") else None,
                 client_address=self.request.remote_ip,
                 token_hash=authenticator.token_hash(state["access_token"]),
+                description="the client reported a refused token" if rejected else None,
             )
         except AuditUnavailable:
             self._json(

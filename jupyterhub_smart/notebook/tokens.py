@@ -13,12 +13,17 @@ takes the same lock, so a burst of 50 tasks costs the hub one request.
 
 ``invalidate(token)`` is how the HTTP layer reports a 401 from the FHIR
 server: the cached token is dropped only if it is still the one that failed,
-so a burst of 401s on one token causes one fetch, not one per request.
+so a burst of 401s on one token causes one fetch, not one per request. The
+hub's provider then tells the hub which token was refused (its SHA-256, never
+the token), so that the hub refreshes at once instead of handing back the same
+unexpired token: a revoked session ends in ``ReauthenticationRequired`` on the
+next request, not when the token would have expired.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
 import threading
@@ -41,6 +46,7 @@ __all__ = [
     "StaticTokenProvider",
     "TokenInfo",
     "TokenProvider",
+    "token_fingerprint",
     "token_info_from_mapping",
 ]
 
@@ -312,12 +318,22 @@ class CallableTokenProvider(CachingTokenProvider):
         )
 
 
+def token_fingerprint(access_token: str) -> str:
+    """Hex SHA-256 of an access token: how the hub's token API is told which token was refused."""
+    return hashlib.sha256(access_token.encode("utf-8")).hexdigest()
+
+
 class HubTokenProvider(CachingTokenProvider):
     """Access tokens from the hub: ``GET {SMART_TOKEN_API_URL}`` with the server's API token.
 
     The hub keeps the refresh token and refreshes with the EHR; this side only
     caches the short-lived access token it hands out. A new EHR launch for
     another patient shows up here on the next fetch, with its new context.
+
+    After :meth:`invalidate` (the FHIR server answered 401), fetches carry
+    ``?rejected=<SHA-256 of the refused token>`` until the hub hands out
+    another token, so the hub refreshes now (or says to sign in again) rather
+    than returning the same token until it expires.
     """
 
     refreshable = True
@@ -341,6 +357,8 @@ class HubTokenProvider(CachingTokenProvider):
             raise TokenUnavailable("JUPYTERHUB_API_TOKEN is empty; restart your server")
         self.url = url
         self._retries = retries
+        #: SHA-256 of the token the FHIR server refused, until the hub gives another one.
+        self._rejected: str | None = None
         self._http = httpx.Client(
             timeout=timeout,
             transport=transport,
@@ -351,11 +369,29 @@ class HubTokenProvider(CachingTokenProvider):
     def close(self) -> None:
         self._http.close()
 
+    def invalidate(self, access_token: str) -> None:
+        """Drop the cached token if it is still ``access_token``, and report it on the next fetch."""
+        with self._state_lock:
+            if self._info is not None and self._info.access_token == access_token:
+                self._fresh_until = 0.0
+                self._rejected = token_fingerprint(access_token)
+
     def _fetch(self) -> TokenInfo:
+        with self._state_lock:
+            rejected = self._rejected
+        params = {"rejected": rejected} if rejected else None
+        info = self._request(params)
+        if rejected is not None:
+            with self._state_lock:
+                if self._rejected == rejected and token_fingerprint(info.access_token) != rejected:
+                    self._rejected = None  # the hub replaced the refused token
+        return info
+
+    def _request(self, params: dict[str, str] | None) -> TokenInfo:
         response: httpx.Response | None = None
         for attempt in range(self._retries + 1):
             try:
-                response = self._http.get(self.url)
+                response = self._http.get(self.url, params=params)
             except httpx.TransportError as exc:
                 if attempt < self._retries:
                     time.sleep(0.5 * 2**attempt)
@@ -406,6 +442,11 @@ class HubTokenProvider(CachingTokenProvider):
             raise TokenUnavailable(
                 "the hub did not accept this server's API token (JUPYTERHUB_API_TOKEN): "
                 f"stop and start your server from the hub's home page{said}"
+            )
+        if status == 429:
+            raise TokenUnavailable(
+                "the FHIR server refused the access token the hub refreshed moments ago, and "
+                f"the hub will not refresh it again yet{said}"
             )
         if status == 403:
             raise TokenUnavailable(

@@ -3,11 +3,16 @@
 Access tokens live 6 s here, so the hub's leeway (capped at half the lifetime)
 is 3 s: a test that waits for it crosses it by a comfortable margin, and no
 assertion is about how long anything took.
+
+Forced refresh (a notebook reports its token refused, by SHA-256) runs against
+the package's hub and sandboxes, whose tokens live an hour: whatever refresh
+happens there was forced, none is due.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import time
@@ -19,8 +24,10 @@ import httpx
 import pytest
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
+from jupyterhub_smart.notebook import HubTokenProvider, ReauthenticationRequired, connect
+
 from .conftest import SmartEnv, sandbox_client
-from .harness import Browser, Hub, ehr_launch, patient_ids, run_hub
+from .harness import SEEN_TOKENS, Browser, Hub, ehr_launch, patient_ids, run_hub
 
 LIFETIME = 6
 
@@ -215,6 +222,40 @@ def test_ehr_outage_keeps_the_user_signed_in(refresh_env: RefreshEnv) -> None:
     assert "keeping the session" in hub.log_text()
 
 
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _token_requests(sandbox: SandboxProcess) -> int:
+    """Token requests (code exchanges and refreshes) the EHR answered."""
+    return len(re.findall(r"POST /auth/token 200", sandbox.log_text()))
+
+
+def _audit_events(hub: Hub, action: str, name: str) -> list[dict[str, object]]:
+    events = [json.loads(line) for line in hub.audit_path.read_text().splitlines() if line]
+    return [
+        e
+        for e in events
+        if e.get("subtype", [{}])[0].get("code") == action and name in json.dumps(e["agent"])
+    ]
+
+
+def _smart_login(env: SmartEnv, sandbox: SandboxProcess) -> tuple[str, str, dict[str, object]]:
+    """EHR launch at ``sandbox`` (the package's hub); (username, API token, first token body)."""
+    hub = env.hub
+    with Browser() as browser:
+        answer = ehr_launch(browser, sandbox, hub, patient_ids(sandbox)[1])
+        assert answer.status_code == 302, answer.text[:1000]
+    with hub.api(hub.admin_token) as api:
+        names = [u["name"] for u in api.get("/users").json()]
+    name = next(n for n in names if n.endswith(f"-{sandbox.port}-fhir"))
+    token = hub.user_token(name)
+    SEEN_TOKENS.append(token)
+    first = _token(hub, token)
+    assert first.status_code == 200, first.text
+    return name, token, first.json()
+
+
 def test_spawner_gets_the_token_api_url_and_no_token(smart_env: SmartEnv) -> None:
     """One real single-user server: its environment, and its own API token at the token API."""
     hub, sandbox = smart_env.hub, smart_env.public
@@ -252,3 +293,119 @@ def test_spawner_gets_the_token_api_url_and_no_token(smart_env: SmartEnv) -> Non
             assert response.json()["patient"] == state["patient"]
         finally:
             api.delete(f"/users/{name}/server")
+
+
+def test_malformed_rejected_value_is_400(smart_env: SmartEnv) -> None:
+    hub = smart_env.hub
+    _name, token, first = _smart_login(smart_env, smart_env.public)
+    access_token = str(first["access_token"])
+    for bad in (
+        "eyJ-looks-like-a-token-" + "x" * 40,  # a client sending a token, not its hash
+        "abc",
+        "g" * 64,
+        _sha256(access_token) + "0",
+        "",
+    ):
+        response = _token(hub, token, rejected=bad)
+        assert response.status_code == 400, (bad[:8], response.text)
+        body = response.json()
+        assert body["error"] == "invalid_request"
+        assert "SHA-256" in body["message"] and "64 hex digits" in body["message"]
+        assert access_token not in response.text
+    twice = httpx.get(
+        f"{hub.url}/hub/api/smart/token",
+        params=[("rejected", _sha256(access_token)), ("rejected", _sha256(access_token))],
+        headers={"Authorization": f"token {token}"},
+    )
+    assert twice.status_code == 400 and "once" in twice.json()["message"]
+    assert "sent a malformed 'rejected' parameter" in hub.log_text()
+    # nothing was refreshed: the same token is still the current one
+    assert _token(hub, token).json()["access_token"] == access_token
+
+
+def test_flood_of_rejections_is_one_refresh_then_rate_limited(smart_env: SmartEnv) -> None:
+    """100 kernels report the same refused token: one refresh; the old hash: no refresh;
+    the new token reported too: 429 without asking the EHR."""
+    hub, sandbox = smart_env.hub, smart_env.public
+    name, token, first = _smart_login(smart_env, sandbox)
+    old = str(first["access_token"])
+    requests_before = _token_requests(sandbox)
+
+    async def flood(fingerprint: str, count: int) -> list[httpx.Response]:
+        async with httpx.AsyncClient(
+            headers={"Authorization": f"token {token}"}, timeout=60
+        ) as client:
+            return await asyncio.gather(
+                *(
+                    client.get(f"{hub.url}/hub/api/smart/token", params={"rejected": fingerprint})
+                    for _ in range(count)
+                )
+            )
+
+    responses = asyncio.run(flood(_sha256(old), 100))
+    assert all(r.status_code == 200 for r in responses), {r.status_code for r in responses}
+    fresh = {r.json()["access_token"] for r in responses}
+    assert len(fresh) == 1 and old not in fresh
+    new = fresh.pop()
+    SEEN_TOKENS.append(new)
+    assert _token_requests(sandbox) == requests_before + 1
+    forced = re.findall(
+        rf"Refreshed the SMART access token of {re.escape(name)} \(forced", hub.log_text()
+    )
+    assert len(forced) == 1
+    refreshed = _audit_events(hub, "token-refreshed", name)
+    assert refreshed and "forced" in str(refreshed[-1].get("outcomeDesc"))
+    # the new token works at the FHIR server; the old hash now just gets it
+    fhir = httpx.get(
+        f"{sandbox.iss}/Patient/{first['patient']}", headers={"Authorization": f"Bearer {new}"}
+    )
+    assert fhir.status_code == 200
+    again = _token(hub, token, rejected=_sha256(old))
+    assert again.status_code == 200 and again.json()["access_token"] == new
+    # the FHIR server "refuses" the new token too: within forced_refresh_interval, 429
+    limited = asyncio.run(flood(_sha256(new), 20))
+    assert all(r.status_code == 429 for r in limited), {r.status_code for r in limited}
+    body = limited[0].json()
+    assert body["error"] == "refresh_rate_limited" and body["retry_after"] >= 1
+    assert int(limited[0].headers["Retry-After"]) == body["retry_after"]
+    assert _token_requests(sandbox) == requests_before + 1
+    # without a report the (still valid) token is handed out as usual
+    assert _token(hub, token).json()["access_token"] == new
+
+
+def _withdraw_consent(sandbox: SandboxProcess, fhir_user: str) -> None:
+    """The EHR's sessions page: revoke every grant the practitioner approved."""
+    with httpx.Client(base_url=sandbox.origin, timeout=30) as ehr:
+        page = ehr.get("/ehr/sessions").text
+        csrf = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert csrf, page[:1000]
+        answer = ehr.post("/ehr/revoke", data={"csrf_token": csrf.group(1), "user": fhir_user})
+        assert answer.status_code == 303, answer.text[:1000]
+
+
+def test_revoked_grant_means_reauthentication_at_the_next_request(
+    smart_env: SmartEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consent withdrawn in the EHR: the notebook's next read raises ReauthenticationRequired,
+    although the access token would be valid for another hour."""
+    hub, sandbox = smart_env.hub, smart_env.jwt
+    name, token, first = _smart_login(smart_env, sandbox)
+    state = hub.auth_state(name)
+    assert float(state["expires_at"]) - time.time() > 600  # no refresh would be due for long
+    monkeypatch.setenv("JUPYTERHUB_API_URL", f"{hub.url}/hub/api")
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", token)
+    provider = HubTokenProvider(f"{hub.url}/hub/api/smart/token", token)
+    with connect(token_provider=provider, show_banner=False) as fhir:
+        assert fhir.read("Patient", str(first["patient"]))["id"] == first["patient"]
+        _withdraw_consent(sandbox, str(state["fhirUser"]))
+        with pytest.raises(ReauthenticationRequired) as raised:
+            fhir.read("Patient", str(first["patient"]))
+        assert raised.value.login_url == f"{hub.url}/hub/oauth_login"
+        # and again (the hub remembers; it does not ask the EHR once more)
+        requests = _token_requests(sandbox)
+        with pytest.raises(ReauthenticationRequired):
+            fhir.read("Patient", str(first["patient"]))
+        assert _token_requests(sandbox) == requests
+    assert re.search(rf"Refresh for {re.escape(name)} refused by the EHR \(forced", hub.log_text())
+    refused = _audit_events(hub, "reauthentication-required", name)
+    assert any("forced" in str(e.get("outcomeDesc")) for e in refused)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 
@@ -16,6 +17,7 @@ from jupyterhub_smart.notebook import (
     StaticTokenProvider,
     TokenUnavailable,
 )
+from jupyterhub_smart.notebook.tokens import token_fingerprint
 
 from .fakes import FHIR_BASE, HUB_API, FakeTokenAPI, json_response, secret
 
@@ -62,6 +64,66 @@ def test_invalidate_drops_only_the_refused_token() -> None:
     provider.invalidate(first.access_token)
     assert provider.get().access_token != first.access_token
     assert api.calls == 2
+
+
+def test_refused_token_is_reported_to_the_hub_by_its_sha256_once() -> None:
+    """After a 401, the next fetch names the refused token by hash; later fetches do not."""
+    api = FakeTokenAPI(secret("api"), lifetime=0.4)
+    seen: list[httpx.URL] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return api(request)
+
+    provider = HubTokenProvider(HUB_API, api.api_token, transport=httpx.MockTransport(record))
+    first = provider.get()
+    assert "rejected" not in seen[0].params
+    provider.invalidate(first.access_token)
+    provider.invalidate(first.access_token)  # a burst of 401s on one token: one report
+    second = provider.get()
+    assert second.access_token != first.access_token
+    expected = hashlib.sha256(first.access_token.encode()).hexdigest()
+    assert seen[1].params["rejected"] == expected == token_fingerprint(first.access_token)
+    assert first.access_token not in str(seen[1])
+    provider.invalidate(first.access_token)  # an old token: nothing to report, no fetch
+    assert provider.get() is second and len(seen) == 2
+    time.sleep(0.45)  # past expiry: the next fetch is not a report (not a timing assertion)
+    provider.get()
+    assert len(seen) == 3 and "rejected" not in seen[2].params
+
+
+def test_refused_token_is_reported_again_until_the_hub_replaces_it() -> None:
+    """Reauthentication (or a 429) keeps the report, so the hub keeps answering from it."""
+    api = FakeTokenAPI(secret("api"))
+    provider = hub(api)
+    first = provider.get()
+    seen: list[httpx.URL] = []
+
+    def reauthenticate(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return json_response(
+            401, {"error": "reauthentication_required", "login_url": "/hub/oauth_login"}
+        )
+
+    api.answer = reauthenticate
+    provider.invalidate(first.access_token)
+    for _ in range(2):
+        with pytest.raises(ReauthenticationRequired):
+            provider.get()
+    assert [u.params["rejected"] for u in seen] == [token_fingerprint(first.access_token)] * 2
+
+
+def test_hub_rate_limit_on_forced_refresh_says_what_happened() -> None:
+    api = FakeTokenAPI(secret("api"))
+    provider = hub(api)
+    provider.invalidate(provider.get().access_token)
+    api.answer = lambda request: json_response(
+        429,
+        {"error": "refresh_rate_limited", "message": "not again for 12 s", "retry_after": 12},
+        headers={"Retry-After": "12"},
+    )
+    with pytest.raises(TokenUnavailable, match=r"refused the access token the hub refreshed.*12 s"):
+        provider.get()
 
 
 def test_threads_share_one_fetch() -> None:
