@@ -3,12 +3,16 @@ hub keeps serving."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
 import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet
 
 from .conftest import EvilEnv, SmartEnv
 from .harness import Browser, Hub, location, patient_ids, query
@@ -263,6 +267,33 @@ def test_evil_ehr_control_login_works(evil_env: EvilEnv) -> None:
     assert response.status_code == 302, response.text[:2000]
     form = evil_env.evil.received[-1]
     assert form["client_assertion_type"].endswith("jwt-bearer") and form["code_verifier"]
+
+
+def test_private_key_jwt_assertion_and_pkce_as_the_ehr_sees_them(evil_env: EvilEnv) -> None:
+    """What reached the token endpoint: an ES384 assertion that verifies with the hub's
+    published JWKS (kid, aud = token URL, <= 5 minutes, fresh jti) and the PKCE verifier of
+    this very authorize request."""
+    hub, evil = evil_env.hub, evil_env.evil
+    evil.mode = "good"
+    with Browser() as browser:
+        params = _start(browser, hub, evil.iss)
+        evil.nonce = params["nonce"]
+        code = "evil-code-" + secrets.token_urlsafe(12)
+        assert _callback(browser, hub, code=code, state=params["state"]).status_code == 302
+    form = next(f for f in reversed(evil.received) if f.get("code") == code)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(form["code_verifier"].encode()).digest())
+    assert params["code_challenge_method"] == "S256"
+    assert challenge.rstrip(b"=").decode() == params["code_challenge"]
+    published = KeySet.import_key_set(httpx.get(f"{hub.url}/hub/smart/jwks.json").json())
+    token = jwt.decode(form["client_assertion"], published, algorithms=["ES384"])
+    assert token.header["alg"] == "ES384" and token.header["kid"]
+    claims = token.claims
+    assert claims["iss"] == claims["sub"] == evil.client_id
+    assert claims["aud"] == evil.origin + "/token"
+    assert 0 < claims["exp"] - claims["iat"] <= 300 and claims["jti"]
+    earlier = [f.get("client_assertion") for f in evil.received if f.get("code") != code]
+    jtis = {jwt.decode(a, published, algorithms=["ES384"]).claims["jti"] for a in earlier if a}
+    assert claims["jti"] not in jtis
 
 
 def test_client_secret_basic_login(evil_env: EvilEnv) -> None:

@@ -259,3 +259,47 @@ async def test_concurrent_refresh_user_calls_make_one_refresh(ehr_auth: Any) -> 
     assert all(isinstance(r, dict) for r in results)
     assert {r["auth_state"]["access_token"] for r in results} == {"new-access-1"}
     assert user.saved == 1
+
+
+# ---------------------------------------------------------------- username_mapper
+
+
+async def test_username_mapper_sync_and_async(auth: SMARTAuthenticator) -> None:
+    seen: list[tuple[str, str | None, dict[str, Any]]] = []
+
+    def mapper(issuer: str, fhir_user: str | None, claims: dict[str, Any]) -> str:
+        seen.append((issuer, fhir_user, claims))
+        return "dr-" + (fhir_user or "x").split("/")[-1]
+
+    async def async_mapper(issuer: str, fhir_user: str | None, claims: dict[str, Any]) -> str:
+        return "async-" + claims["sub"]
+
+    claims = {"sub": "s1", "fhirUser": "Practitioner/7"}
+    auth.username_mapper = mapper
+    assert await auth._username(EHR, "Practitioner/7", "s1", claims) == "dr-7"
+    assert seen == [(EHR, "Practitioner/7", claims)]
+    auth.username_mapper = async_mapper
+    assert await auth._username(EHR, "Practitioner/7", "s1", claims) == "async-s1"
+    auth.username_mapper = None  # default mapping again
+    assert await auth._username(EHR, "Practitioner/7", "s1", claims) == (
+        "practitioner-7@ehr.example-fhir"
+    )
+
+
+@pytest.mark.parametrize("returned", ["", None, 42])
+async def test_username_mapper_without_a_name_is_a_clear_500(
+    auth: SMARTAuthenticator, returned: object
+) -> None:
+    from jupyterhub_smart.smart.errors import SMARTError
+
+    auth.username_mapper = lambda issuer, fhir_user, claims: returned
+    with pytest.raises(SMARTError, match="username_mapper returned no username") as info:
+        await auth._username(EHR, "Practitioner/7", None, {})
+    assert info.value.status == 500 and info.value.error == "username_mapper_failed"
+
+
+def test_username_mapper_must_be_callable(auth: SMARTAuthenticator) -> None:
+    from traitlets import TraitError
+
+    with pytest.raises((ValueError, TraitError), match="callable"):
+        auth.username_mapper = "not callable"
