@@ -409,3 +409,68 @@ def test_concurrent_searches_agree(
         results = list(pool.map(run, range(24)))
     for i, result in enumerate(results):
         assert result and result == results[i % 6]
+
+
+def _next_url(bundle: dict[str, Any]) -> str | None:
+    urls = [link["url"] for link in bundle["link"] if link["relation"] == "next"]
+    return urls[0] if urls else None
+
+
+def test_next_links_stay_stable_while_resources_are_added(
+    http: httpx.Client, seen_secrets: list[str]
+) -> None:
+    """Keyset paging: an insert between pages neither repeats nor skips a match."""
+    from .test_access_http import _audit_event
+    from .tokens import backend_token, bearer
+
+    token = backend_token(http, "system/AuditEvent.c system/AuditEvent.rs")
+    seen_secrets.append(token["access_token"])
+
+    def create() -> str:
+        response = http.post("/fhir/AuditEvent", json=_audit_event(), headers=bearer(token))
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    for _ in range(5):
+        create()
+    before = ids(search_all(http, "AuditEvent", token, {"_count": 1000}))
+    assert len(before) >= 5
+    first = search(http, "AuditEvent", token, {"_count": 2})
+    next_url = _next_url(first)
+    assert next_url
+    added = create()  # lands after every existing match
+    second_once = http.get(next_url, headers=bearer(token)).json()
+    second_again = http.get(next_url, headers=bearer(token)).json()
+    assert ids([e["resource"] for e in second_once["entry"]]) == ids(
+        [e["resource"] for e in second_again["entry"]]
+    )
+    seen = ids([e["resource"] for e in first["entry"]])
+    bundle = second_once
+    while True:
+        seen.extend(e["resource"]["id"] for e in bundle.get("entry", []))
+        url = _next_url(bundle)
+        if url is None:
+            break
+        bundle = http.get(url, headers=bearer(token)).json()
+    assert seen == [*before, added]
+
+
+def test_sorted_next_link_gives_the_same_page_twice(
+    http: httpx.Client, system_token: dict[str, Any]
+) -> None:
+    first = search(
+        http,
+        "Observation",
+        system_token,
+        {"patient": "patient-00001", "_sort": "-date", "_count": 7},
+    )
+    next_url = _next_url(first)
+    assert next_url and "_cursor=" in next_url and "_sort=-date" in next_url
+    headers = {"Authorization": f"Bearer {system_token['access_token']}"}
+    pages = [http.get(next_url, headers=headers).json() for _ in range(2)]
+    assert [e["resource"]["id"] for e in pages[0]["entry"]] == [
+        e["resource"]["id"] for e in pages[1]["entry"]
+    ]
+    assert not set(ids([e["resource"] for e in first["entry"]])) & {
+        e["resource"]["id"] for e in pages[0]["entry"]
+    }

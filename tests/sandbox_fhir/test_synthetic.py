@@ -43,6 +43,13 @@ def test_contents() -> None:
     observations = [r for r in resources if r["resourceType"] == "Observation"]
     codes = Counter(o["code"]["coding"][0]["code"] for o in observations)
     assert set(codes) == {"8867-4", "85354-9", "29463-7", "39156-5", "2339-0"}
+    panels = [o for o in observations if o["code"]["coding"][0]["code"] == "85354-9"]
+    assert panels and all(
+        [c["code"]["coding"][0]["code"] for c in p["component"]] == ["8480-6", "8462-4"]
+        and all(c["valueQuantity"]["code"] == "mm[Hg]" for c in p["component"])
+        for p in panels
+    ), "a blood pressure panel has a systolic and a diastolic component"
+    assert {c["system"] for o in observations for c in o["code"]["coding"]} == {"http://loinc.org"}
     categories = {o["category"][0]["coding"][0]["code"] for o in observations}
     assert categories == {"vital-signs", "laboratory"}
     for o in observations:
