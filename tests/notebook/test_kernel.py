@@ -38,6 +38,13 @@ CELLS = [
     "fhir.read('Patient', 'no-such-patient')",
     # 5: the full traceback, when asked for
     "SMARTNotebookError.short_traceback = False\nfhir.read('Patient', 'no-such-patient')",
+    # 6: the EHR asks for a patient banner: connect() shows it by itself
+    "def launch(banner):\n"
+    "    return lambda: {'access_token': os.environ['SMART_TEST_TOKEN'],\n"
+    "                    'patient': os.environ['SMART_TEST_PATIENT'], 'need_patient_banner': banner}\n"
+    "with_banner = connect(os.environ['SMART_TEST_FHIR_BASE'], token_provider=launch(True))",
+    # 7: ... and not when it does not
+    "without = connect(os.environ['SMART_TEST_FHIR_BASE'], token_provider=launch(False))",
 ]
 
 
@@ -112,3 +119,12 @@ def test_fhir_errors_are_short_and_the_full_traceback_is_one_switch_away(
     assert full["ename"] == "FHIRError" and len(full["traceback"]) > 3
     assert "http.py" in "\n".join(full["traceback"])
     assert token not in nbformat.writes(nb)
+
+
+def test_connect_shows_the_patient_banner_when_the_ehr_asks(executed: tuple[Any, str]) -> None:
+    nb, _ = executed
+    [shown] = [o for o in _outputs(nb, 6) if o["output_type"] == "display_data"]
+    html = shown["data"]["text/html"]
+    assert "smart-patient-banner" in html and f"Patient/{PATIENT}" in html
+    assert "MRN" in html and "Born" in html
+    assert _outputs(nb, 7) == []
