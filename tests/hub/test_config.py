@@ -85,6 +85,17 @@ def test_frame_ancestors_allow_only_the_ehr(tmp_path: Path, smart_env: SmartEnv)
         assert csp == "frame-ancestors 'self' https://ehr.example.org https://epic.example.org:8443"
         cookie = response.headers["set-cookie"]
         assert "SameSite=None" in cookie and "Secure" in cookie and "HttpOnly" in cookie
+        # every hub page carries the same policy (error pages and JupyterHub's own), and
+        # every cookie the hub sets can live inside the EHR's iframe
+        refused = httpx.get(hub.login_url, params={"iss": "https://unknown.example/fhir"})
+        assert refused.status_code == 400
+        login_page = httpx.get(f"{hub.url}/hub/login")
+        for page in (refused, login_page):
+            assert page.headers["content-security-policy"] == csp
+        cookies = [c for r in (response, login_page) for c in r.headers.get_list("set-cookie")]
+        assert len(cookies) >= 2, cookies  # the binding cookie and JupyterHub's _xsrf
+        for cookie in cookies:
+            assert "SameSite=None" in cookie and "Secure" in cookie, cookie
 
 
 def test_logout_revokes_the_refresh_token_and_drops_tokens(smart_env: SmartEnv) -> None:
