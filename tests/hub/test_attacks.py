@@ -422,3 +422,12 @@ def test_iss_that_is_not_an_http_url_is_a_400_page(smart_env: SmartEnv, iss: str
         response = browser.get(hub.login_url, params={"iss": iss})
     assert response.status_code == 400 and "location" not in response.headers
     assert "<script>alert(1)" not in response.text  # named in the page, escaped
+
+
+def test_a_warm_login_makes_one_back_channel_request(evil_env: EvilEnv) -> None:
+    """Discovery and JWKS are cached: a login costs the EHR exactly one token request."""
+    evil = evil_env.evil
+    assert _evil_login(evil_env, "good").status_code == 302  # warm (or already warm)
+    before = len(evil.requests)
+    assert _evil_login(evil_env, "good").status_code == 302
+    assert evil.requests[before:] == ["/token"]
