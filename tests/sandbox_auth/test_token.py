@@ -453,3 +453,20 @@ def test_ehr_revokes_every_grant_of_a_user(
             f"/fhir/Patient/{tokens['patient']}", headers=bearer(tokens["access_token"])
         )
         assert read.status_code == 401
+
+
+def test_client_secret_in_the_body_is_refused(
+    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+) -> None:
+    """client_secret_basic only: a secret in the form (client_secret_post) is not accepted."""
+    auth = authorize(http, sbx.iss, "app-symmetric", SCOPE)
+    seen_secrets.append(auth.code)
+    response = exchange(
+        http,
+        auth,
+        "app-symmetric",
+        client_auth={"data": {"client_id": "app-symmetric", "client_secret": SYMMETRIC_SECRET}},
+    )
+    assert response.status_code in (400, 401)
+    assert response.json()["error"] == "invalid_client"
+    assert SYMMETRIC_SECRET not in response.text

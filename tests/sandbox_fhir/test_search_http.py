@@ -474,3 +474,59 @@ def test_sorted_next_link_gives_the_same_page_twice(
     assert not set(ids([e["resource"] for e in first["entry"]])) & {
         e["resource"]["id"] for e in pages[0]["entry"]
     }
+
+
+def test_condition_and_medication_request_code(
+    http: httpx.Client, system_token: dict[str, Any]
+) -> None:
+    """The ``code`` parameter the CapabilityStatement advertises on these types really filters."""
+    for resource_type, element in (
+        ("Condition", "code"),
+        ("MedicationRequest", "medicationCodeableConcept"),
+    ):
+        everything = search_all(http, resource_type, system_token, {"_count": 1000})
+        wanted = sorted({c for r in everything for c in codes(r, element)})
+        assert len(wanted) >= 2, f"the fixture needs two {resource_type} codes"
+        for code in wanted[:2]:
+            expected = [r["id"] for r in everything if code in codes(r, element)]
+            got = search_all(http, resource_type, system_token, {"code": code, "_count": 1000})
+            assert ids(got) == expected, (resource_type, code)
+            system = everything[0][element]["coding"][0]["system"]
+            with_system = {"code": f"{system}|{code}", "_count": 1000}
+            assert ids(search_all(http, resource_type, system_token, with_system)) == expected
+
+
+def test_encounter_date_and_sort(http: httpx.Client, system_token: dict[str, Any]) -> None:
+    from datetime import datetime, timezone
+
+    def period(e: dict[str, Any]) -> tuple[datetime, datetime]:
+        return (
+            datetime.fromisoformat(e["period"]["start"]).astimezone(timezone.utc),
+            datetime.fromisoformat(e["period"]["end"]).astimezone(timezone.utc),
+        )
+
+    base = {"patient": "patient-00001", "_count": 1000}
+    encounters = search_all(http, "Encounter", system_token, base)
+    assert len(encounters) >= 2
+    year = period(encounters[len(encounters) // 2])[0].year
+    expected = [e["id"] for e in encounters if {t.year for t in period(e)} == {year}]
+    got = search_all(http, "Encounter", system_token, {**base, "date": str(year)})
+    assert ids(got) == expected and expected
+    newest_first = search_all(http, "Encounter", system_token, {**base, "_sort": "-date"})
+    starts = [period(e)[0] for e in newest_first]
+    assert starts == sorted(starts, reverse=True)
+    assert sorted(ids(newest_first)) == sorted(ids(encounters))
+
+
+def test_practitioner_name_and_identifier(http: httpx.Client, system_token: dict[str, Any]) -> None:
+    practitioners = search_all(http, "Practitioner", system_token)
+    first = practitioners[0]
+    family = first["name"][0]["family"]
+    npi = first["identifier"][0]
+    by_name = search_all(http, "Practitioner", system_token, {"name": family.lower()[:3]})
+    assert first["id"] in ids(by_name)
+    assert all(family.lower()[:3] in str(p["name"]).lower() for p in by_name)
+    by_npi = search_all(
+        http, "Practitioner", system_token, {"identifier": f"{npi['system']}|{npi['value']}"}
+    )
+    assert ids(by_npi) == [first["id"]]
