@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from .context import PatientBanner, SMARTContext
-from .errors import NoPatientInContext
+from .errors import FHIRError, NoPatientInContext
 from .events import DataAccessEvent, EventSink, emit
 from .http import DEFAULT_TIMEOUT, FHIRHTTP, AsyncFHIRHTTP, Fetched, RetryPolicy
 from .scopecheck import check_scopes
@@ -146,6 +146,9 @@ class _Core:
         self.check_scopes = check_scopes
         self.event_sink = event_sink
         self.progress = progress
+        #: The token of the last request (its launch context names the patient of
+        #: a refused request's event, which has no response to carry it).
+        self._last_token: TokenInfo | None = None
 
     def _context(self, info: TokenInfo) -> SMARTContext:
         return SMARTContext.from_token(info, self.default_base)
@@ -158,6 +161,7 @@ class _Core:
         params: Sequence[tuple[str, str]] = (),
         resource_id: str | None = None,
     ) -> None:
+        self._last_token = info
         if self.check_scopes:
             check_scopes(
                 info.scopes,
@@ -209,6 +213,7 @@ class _Core:
         resource_id: str | None = None,
         params: tuple[tuple[str, str], ...] = (),
     ) -> None:
+        self._last_token = fetched.token
         if self.event_sink is None:
             return
         data = fetched.data
@@ -227,6 +232,41 @@ class _Core:
                 status=fetched.status,
                 count=count,
                 patient=event_patient(fetched.token.patient, resource_type, resource_id, params),
+                resource_id=resource_id,
+                params=params,
+            ),
+        )
+
+    def _emit_refused(
+        self,
+        error: FHIRError,
+        action: str,
+        resource_type: str,
+        *,
+        resource_id: str | None = None,
+        params: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """Report a request the FHIR server answered with an error (403, 404...).
+
+        "Was it allowed" is half of what an audit trail is for: a refused read
+        is reported like a served one, with its status and no resources.
+        Requests that got no answer (connection errors) or were never sent
+        (a token that would leave its server, a scope check) are not reported.
+        """
+        if self.event_sink is None or error.status is None or error.status < 400:
+            return
+        token = self._last_token
+        launched = token.patient if token is not None else None
+        emit(
+            self.event_sink,
+            DataAccessEvent(
+                action=action,
+                resource_type=resource_type,
+                fhir_base_url=(token.fhir_base_url if token else None) or self.default_base or "",
+                url=error.url or "",
+                status=error.status,
+                count=0,
+                patient=event_patient(launched, resource_type, resource_id, params),
                 resource_id=resource_id,
                 params=params,
             ),
@@ -307,7 +347,11 @@ class SMARTClient(_Core):
         _check_type(resource_type)
         _check_id(resource_id)
         self._check(self.provider.get(), resource_type, "r", resource_id=resource_id)
-        fetched = self.http.get(f"{resource_type}/{resource_id}")
+        try:
+            fetched = self.http.get(f"{resource_type}/{resource_id}")
+        except FHIRError as exc:
+            self._emit_refused(exc, "read", resource_type, resource_id=resource_id)
+            raise
         self._emit(fetched, "read", resource_type, resource_id=resource_id)
         return fetched.data
 
@@ -334,9 +378,13 @@ class SMARTClient(_Core):
         """The request function of one search; ``next`` pages report the search's parameters."""
 
         def get(path_or_url: str, params: list[tuple[str, str]] | None, action: str) -> Fetched:
-            fetched = self.http.get(path_or_url, params)
-            used = params if params is not None else pairs
-            self._emit(fetched, action, resource_type, params=tuple(used))
+            used = tuple(params if params is not None else pairs)
+            try:
+                fetched = self.http.get(path_or_url, params)
+            except FHIRError as exc:
+                self._emit_refused(exc, action, resource_type, params=used)
+                raise
+            self._emit(fetched, action, resource_type, params=used)
             return fetched
 
         return get
@@ -454,7 +502,11 @@ class AsyncSMARTClient(_Core):
         _check_type(resource_type)
         _check_id(resource_id)
         self._check(await self.provider.aget(), resource_type, "r", resource_id=resource_id)
-        fetched = await self.http.get(f"{resource_type}/{resource_id}")
+        try:
+            fetched = await self.http.get(f"{resource_type}/{resource_id}")
+        except FHIRError as exc:
+            self._emit_refused(exc, "read", resource_type, resource_id=resource_id)
+            raise
         self._emit(fetched, "read", resource_type, resource_id=resource_id)
         return fetched.data
 
@@ -462,9 +514,13 @@ class AsyncSMARTClient(_Core):
         async def get(
             path_or_url: str, params: list[tuple[str, str]] | None, action: str
         ) -> Fetched:
-            fetched = await self.http.get(path_or_url, params)
-            used = params if params is not None else pairs
-            self._emit(fetched, action, resource_type, params=tuple(used))
+            used = tuple(params if params is not None else pairs)
+            try:
+                fetched = await self.http.get(path_or_url, params)
+            except FHIRError as exc:
+                self._emit_refused(exc, action, resource_type, params=used)
+                raise
+            self._emit(fetched, action, resource_type, params=used)
             return fetched
 
         return get

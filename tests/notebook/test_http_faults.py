@@ -24,6 +24,7 @@ from jupyterhub_smart.notebook import (
     StaticTokenProvider,
     UnsafeURL,
 )
+from jupyterhub_smart.notebook.events import DataAccessEvent
 from jupyterhub_smart.notebook.http import parse_retry_after
 
 from .fakes import FHIR_BASE, HUB_API, FakeTokenAPI, json_response, outcome, secret
@@ -385,3 +386,44 @@ def test_plain_http_to_another_machine_is_refused() -> None:
         transport=httpx.MockTransport(handler),
     )
     assert local.read("Patient", "p1")["id"] == "p1"
+
+
+def test_refused_requests_are_reported_with_their_status() -> None:
+    """ "Was it allowed" is half of an audit trail: a 403 is reported like a 200."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/Patient/p2"):
+            return json_response(403, outcome("not your patient"))
+        return json_response(404, outcome("unknown type", "not-found"))
+
+    client, _, _ = client_for(handler)
+    events: list[DataAccessEvent] = []
+    client.event_sink = events.append
+    with pytest.raises(FHIRError):
+        client.read("Patient", "p2")
+    with pytest.raises(FHIRError):
+        client.search("Observation", code="8867-4").to_pandas()
+    assert [(e.action, e.resource_type, e.status, e.count) for e in events] == [
+        ("read", "Patient", 403, 0),
+        ("search", "Observation", 404, 0),
+    ]
+    assert events[0].patient == "p2" and events[0].resource_id == "p2"
+    assert [name for name, _ in events[1].params] == ["code", "_count"]
+
+
+def test_requests_that_got_no_answer_or_were_never_sent_are_not_reported() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    client, _, _ = client_for(handler)
+    events: list[DataAccessEvent] = []
+    client.event_sink = events.append
+    with pytest.raises(FHIRConnectionError):
+        client.read("Patient", "p1")
+    page = bundle([patient()], next_url="https://evil.test/fhir/Patient?page=2")
+    client, _, _ = client_for(lambda r: json_response(200, page))
+    client.event_sink = events.append
+    with pytest.raises(UnsafeURL):
+        for _ in client.search("Patient"):  # (list() would also ask for the count)
+            pass
+    assert [(e.status, e.count) for e in events] == [(200, 1)]  # the first page only

@@ -118,10 +118,18 @@ def test_real_403_with_operation_outcome(sandbox: SandboxProcess) -> None:
         pytest.raises(ScopeNotGranted, match=r"granted patient/Patient\.rs"),
     ):
         fhir.search("Observation")
-    with connect(sandbox.iss, token_provider=lambda: tokens, check_scopes=False) as fhir:
+    events: list[DataAccessEvent] = []
+    with connect(
+        sandbox.iss, token_provider=lambda: tokens, check_scopes=False, event_sink=events.append
+    ) as fhir:
         with pytest.raises(FHIRError, match="do not allow search of Observation") as info:
             fhir.search("Observation").to_pandas()
         assert info.value.status == 403 and info.value.diagnostics
+    # the refused search is on the audit seam too, with its status
+    assert [(e.action, e.resource_type, e.status, e.count) for e in events] == [
+        ("search", "Observation", 403, 0)
+    ]
+    assert events[0].patient == tokens["patient"]
 
 
 def test_restricted_scope_against_the_real_server(sandbox: SandboxProcess) -> None:
