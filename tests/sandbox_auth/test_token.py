@@ -470,3 +470,66 @@ def test_client_secret_in_the_body_is_refused(
     assert response.status_code in (400, 401)
     assert response.json()["error"] == "invalid_client"
     assert SYMMETRIC_SECRET not in response.text
+
+
+def test_a_wrong_token_type_hint_does_not_stop_the_search(
+    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+) -> None:
+    """RFC 7662/7009 §2.1: a hint that misses MUST widen the search, never end it.
+
+    Otherwise introspection calls a live token inactive, and revocation answers
+    200 while the token keeps working.
+    """
+    tokens = issue(http, sbx, seen_secrets)
+    info = http.post(
+        "/auth/introspect",
+        data={
+            "token": tokens["access_token"],
+            "token_type_hint": "refresh_token",
+            "client_id": "app-public",
+        },
+    ).json()
+    assert info["active"] is True
+    assert info["patient"] == tokens["patient"]
+    revoked = http.post(
+        "/auth/revoke",
+        data={
+            "token": tokens["refresh_token"],
+            "token_type_hint": "access_token",
+            "client_id": "app-public",
+        },
+    )
+    assert revoked.status_code == 200
+    # The refresh token was found despite the hint, so its whole grant ended.
+    read = http.get(f"/fhir/Patient/{tokens['patient']}", headers=bearer(tokens["access_token"]))
+    assert read.status_code == 401
+    refreshed = http.post(
+        "/auth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": "app-public",
+        },
+    )
+    assert refreshed.status_code == 400
+
+
+def test_a_refresh_token_is_not_a_bearer_token(
+    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+) -> None:
+    """The widened search is for introspection and revocation only, never for FHIR access."""
+    tokens = issue(http, sbx, seen_secrets)
+    response = http.get(
+        f"/fhir/Patient/{tokens['patient']}", headers=bearer(tokens["refresh_token"])
+    )
+    assert response.status_code == 401
+    reused = http.post(
+        "/auth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["access_token"],
+            "client_id": "app-public",
+        },
+    )
+    assert reused.status_code == 400
+    assert reused.json()["error"] == "invalid_grant"

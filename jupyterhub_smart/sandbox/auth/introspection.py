@@ -28,7 +28,10 @@ class SMARTIntrospectionEndpoint(IntrospectionEndpoint):
     def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRecord | None:
         if not token_string or len(token_string) > 512:
             return None
-        return self._storage.find_token(token_string, token_type_hint)
+        # A hint that does not find the token MUST NOT end the search (RFC 7662 §2.1).
+        return self._storage.find_token(token_string, token_type_hint) or self._storage.find_token(
+            token_string
+        )
 
     def check_permission(self, token: TokenRecord, client: Any, request: Any) -> bool:
         note_client_id(client.client_id)

@@ -26,7 +26,10 @@ class SMARTRevocationEndpoint(RevocationEndpoint):
     def query_token(self, token_string: str, token_type_hint: str | None) -> TokenRecord | None:
         if not token_string or len(token_string) > 512:
             return None
-        return self._storage.find_token(token_string, token_type_hint)
+        # A hint that does not find the token MUST NOT end the search (RFC 7009 §2.1).
+        return self._storage.find_token(token_string, token_type_hint) or self._storage.find_token(
+            token_string
+        )
 
     def authenticate_token(self, request: Any, client: Any) -> TokenRecord | None:
         note_client_id(client.client_id)
