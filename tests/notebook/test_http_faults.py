@@ -427,3 +427,40 @@ def test_requests_that_got_no_answer_or_were_never_sent_are_not_reported() -> No
         for _ in client.search("Patient"):  # (list() would also ask for the count)
             pass
     assert [(e.status, e.count) for e in events] == [(200, 1)]  # the first page only
+
+
+def test_len_asks_for_the_count_once_and_a_server_that_cannot_count_is_explained() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("_summary") == "count":
+            body = {"resourceType": "Bundle", "type": "searchset", "total": 42}
+            return json_response(200, body)
+        return json_response(200, bundle([patient()]))
+
+    client, fake, _ = client_for(handler)
+    result = client.search("Patient", name="x", _count=10, _sort="name")
+    assert len(result) == 42 and len(result) == 42  # cached: one request
+    [count] = fake.requests
+    assert sorted(count.url.params.multi_items()) == [("_summary", "count"), ("name", "x")]
+
+    client, _, _ = client_for(lambda r: json_response(200, bundle([patient()])))  # no total
+    result = client.search("Patient")
+    with pytest.raises(TypeError, match=r"len\(\) needs the server's _summary=count"):
+        len(result)
+    assert len(list(result)) == 1  # list() treats it as "no size hint" and carries on
+
+
+def test_patient_banner_escapes_what_the_ehr_sends() -> None:
+    from jupyterhub_smart.notebook import PatientBanner
+
+    evil = {
+        "resourceType": "Patient",
+        "id": "p1",
+        "name": [{"use": "official", "family": "<img src=x onerror=alert(1)>", "given": ["A&B"]}],
+        "birthDate": "1970-01-01",
+        "gender": "other",
+    }
+    html = PatientBanner.from_resource(evil)._repr_html_()
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "A&amp;B" in html
+    bare = PatientBanner.from_resource({"resourceType": "Patient"})  # nothing to show: no crash
+    assert "(no name)" in bare._repr_html_() and "unknown" in str(bare)
