@@ -533,3 +533,20 @@ def test_a_refresh_token_is_not_a_bearer_token(
     )
     assert reused.status_code == 400
     assert reused.json()["error"] == "invalid_grant"
+
+
+def test_another_client_cannot_revoke_or_introspect_a_token(
+    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+) -> None:
+    tokens = issue(http, sbx, seen_secrets)
+    for token in (tokens["access_token"], tokens["refresh_token"]):
+        refused = http.post(
+            "/auth/revoke",
+            data={"token": token},
+            headers=basic("app-symmetric", SYMMETRIC_SECRET)["headers"],
+        )
+        assert 400 <= refused.status_code < 500
+        assert introspect(http, token, client_id="app-other") == {"active": False}
+    read = http.get(f"/fhir/Patient/{tokens['patient']}", headers=bearer(tokens["access_token"]))
+    assert read.status_code == 200
+    assert introspect(http, tokens["refresh_token"])["active"] is True
