@@ -137,8 +137,9 @@ def test_demo_notebook_in_a_hub_session(
     api_token = world.hub.user_token(name)
     SEEN_SECRETS.add(api_token)
     monkeypatch.delenv("SMART_DEMO_FHIR_BASE", raising=False)
-    monkeypatch.setenv("SMART_TOKEN_API_URL", f"{world.hub.url}/hub/api/smart/token")
-    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", api_token)
+    for key, value in _spawner_env(world, api_token).items():
+        monkeypatch.setenv(key, value)
+    before = len(_data_access(world, name, "Observation"))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(
         nb, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
@@ -150,6 +151,9 @@ def test_demo_notebook_in_a_hub_session(
     assert "smart-patient-banner" in html and f"Patient/{PATIENT}" in html
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert api_token not in nbformat.writes(nb)
+    # the kernel's searches are on the hub's audit trail, with no argument in the notebook
+    reported = _data_access(world, name, "Observation")[before:]
+    assert reported and sum(int(_details(r)["count"]) for r in reported) > 0
 
 
 def test_no_secret_in_the_hub_and_sandbox_logs(world: HubWorld) -> None:
