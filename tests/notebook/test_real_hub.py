@@ -197,7 +197,10 @@ def test_plain_connect_reports_data_access_to_the_hub(
 ) -> None:
     """No event_sink argument: the hub's audit log still gets the search (issue 5)."""
     name = _login(world, PATIENT)
-    api_token = world.hub.user_token(name)
+    # the scopes JupyterHub gives a spawned server's JUPYTERHUB_API_TOKEN ("server" role)
+    api_token = world.hub.user_token(
+        name, scopes=[f"users:activity!user={name}", f"access:servers!server={name}/"]
+    )
     SEEN_SECRETS.add(api_token)
     for key, value in _spawner_env(world, api_token).items():
         monkeypatch.setenv(key, value)
