@@ -740,6 +740,12 @@ class SMARTAuthenticator(OAuthenticator):
                     fhir_user=state.get("fhirUser"),
                     issuer=iss,
                 )
+                if refused:
+                    # The FHIR server refused the token and the EHR the refresh: the grant is
+                    # over. Drop the dead tokens so every kernel of the user hears it next time.
+                    kept = {k: v for k, v in state.items() if k not in SECRET_KEYS}
+                    kept["expires_at"] = 0
+                    await user.save_auth_state(kept)
                 raise ReauthenticationRequired(
                     "The EHR no longer accepts this session: sign in again."
                 ) from None

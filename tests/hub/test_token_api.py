@@ -406,6 +406,12 @@ def test_revoked_grant_means_reauthentication_at_the_next_request(
         with pytest.raises(ReauthenticationRequired):
             fhir.read("Patient", str(first["patient"]))
         assert _token_requests(sandbox) == requests
+    # the dead tokens are gone: every other kernel of the user hears it on its next call
+    plain = _token(hub, token)
+    assert plain.status_code == 401 and plain.json()["error"] == "reauthentication_required"
+    left = hub.auth_state(name)
+    assert not left.get("access_token") and not left.get("refresh_token")
+    assert left["patient"] == first["patient"]  # the context stays for the sign-in page
     assert re.search(rf"Refresh for {re.escape(name)} refused by the EHR \(forced", hub.log_text())
     refused = _audit_events(hub, "reauthentication-required", name)
     assert any("forced" in str(e.get("outcomeDesc")) for e in refused)
