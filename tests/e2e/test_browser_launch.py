@@ -11,21 +11,17 @@ client, JupyterLab single-user servers). Headless Chromium (Debian's
    the plot and patient A's name in the outputs;
 4. launches patient B from the EHR in another tab; the same kernel, in the
    same running server, now reads B's context from the hub's token API;
-5. revokes the practitioner's grants on the EHR's sessions page; the next
-   FHIR read in the notebook ends in the client's clear re-authentication
-   message (``ReauthenticationRequired``), not a stack of HTTP errors.
+5. revokes the practitioner's grants on the EHR's sessions page; the very
+   next FHIR read in the notebook (no waiting: the access token would be
+   valid for the rest of the hour) ends in the client's clear
+   re-authentication message (``ReauthenticationRequired``), not a stack of
+   HTTP errors. The FHIR server refuses the revoked token (401); the client
+   tells the hub's token API which token was refused (its SHA-256); the hub
+   refreshes at once, the EHR answers ``invalid_grant``, and the hub answers
+   ``reauthentication_required``.
 
 A screenshot of each step goes to ``test-artifacts/e2e/`` (printed at the
 start); set ``E2E_DOCS_SCREENSHOTS=1`` to refresh the copies in ``docs/img/``.
-
-The sandbox's access tokens live 20 s here, so the hub refreshes them all the
-time (it refreshes once half the lifetime is gone). That is also how it learns
-of the revocation: the hub's token API does not know that the FHIR server
-refused a token, so the test waits until every token issued before the
-revocation is past half its life; the hub's next refresh then gets
-``invalid_grant`` from the EHR and answers ``reauthentication_required``.
-(With a "this token was refused" signal from the notebook client, the hub could
-refresh at once and the wait would go.)
 """
 
 from __future__ import annotations
@@ -64,8 +60,6 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-#: Sandbox access-token lifetime (seconds) for this test; see the module docstring.
-ACCESS_TOKEN_LIFETIME = 20
 #: Generous: the first JupyterLab start on a loaded two-core machine is slow.
 SLOW_MS = 150_000
 
@@ -87,8 +81,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory, chromium_path: str) -> Iterat
     for old in ARTIFACTS.glob("*.png"):
         old.unlink()
     state = tmp_path_factory.mktemp("e2e") / "demo"
-    lifetime = str(ACCESS_TOKEN_LIFETIME)
-    with run_demo(state, extra_args=["--access-token-lifetime", lifetime]) as process:
+    with run_demo(state) as process:
         yield process
 
 
@@ -305,9 +298,11 @@ def test_ehr_launch_to_notebook_new_patient_and_revocation(
             expect(sessions.get_by_text("No active grants.")).to_be_visible()
             sessions.close()
             page.bring_to_front()
-            # Every token issued before the revocation is now past half its life: the hub refreshes.
-            page.wait_for_timeout((ACCESS_TOKEN_LIFETIME / 2 + 2) * 1000)
-            cell = _run_new_cell(page, 'fhir.observations(code="8867-4").to_pandas()')
+            # At once: the kernel's cached token is still unexpired, the FHIR server refuses it.
+            # (`now`, the client of the latest launch: `fhir` still caches patient A's token,
+            # whose report the hub answers with B's token, refused in turn, and the client
+            # retries a 401 only once: FHIRError first, ReauthenticationRequired on the next.)
+            cell = _run_new_cell(page, 'now.observations(code="8867-4").to_pandas()')
             error = cell.locator(".jp-OutputArea")
             expect(error).to_contain_text("ReauthenticationRequired")
             expect(error).to_contain_text("Your EHR session has ended")
