@@ -72,8 +72,18 @@ def test_issuer_spelling_is_normalised_not_a_bypass(smart_env: SmartEnv, variant
         else sandbox.iss.replace("http://127.0.0.1", "HTTP://127.0.0.1")
     )
     with Browser() as browser:
-        params = _start(browser, hub, iss)
-    assert params["aud"] == sandbox.iss  # the configured spelling, not the attacker's
+        start = browser.get(hub.login_url, params={"iss": iss})
+        assert start.status_code == 302, start.text[:2000]
+        params = query(location(start))
+        assert params["aud"] == sandbox.iss  # the configured spelling, not the attacker's
+        hop = browser.follow(location(start), stop_at=hub.callback_url)
+        answer = browser.get(location(hop))
+        assert answer.status_code == 302, answer.text[:2000]
+        whoami = browser.get(f"{hub.url}/hub/api/user")  # the browser's session, via cookie
+    # the same user (and issuer) as the canonical spelling gives: no second identity
+    name = whoami.json()["name"]
+    assert name.endswith(f"@127.0.0.1-{sandbox.port}-fhir")
+    assert hub.auth_state(name)["iss"] == sandbox.iss
 
 
 def test_other_case_in_path_is_another_issuer(smart_env: SmartEnv) -> None:
