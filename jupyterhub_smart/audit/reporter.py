@@ -37,7 +37,13 @@ from .events import _FHIR_ID, _PARAM_NAME, _RESOURCE_TYPE
 log = logging.getLogger(__name__)
 
 #: Client action names -> FHIR RESTful interaction codes accepted by the hub.
-INTERACTIONS = {"read": "read", "vread": "vread", "search": "search-type", "count": "search-type"}
+INTERACTIONS = {
+    "read": "read",
+    "vread": "vread",
+    "search": "search-type",
+    "count": "search-type",
+    "operation": "operation",
+}
 
 
 def to_report(event: Any) -> dict[str, Any] | None:

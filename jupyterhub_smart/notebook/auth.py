@@ -29,6 +29,13 @@ httpx::
         http.get(f"{fhir.context.fhir_base_url}/Patient/{fhir.context.patient}")
 
 Both are tested against the sandbox in ``tests/notebook/test_interop.py``.
+
+Auditing: the auth objects made by ``fhir.requests_auth()`` and
+``fhir.httpx_auth()`` report each resource request to the client's event sink
+(in a jupyterhub-smart server, the hub's audit trail), read from the request's
+URL and the answer's status and size: requests made through fhirpy or
+fhirclient this way are on the trail like the client's own. (A token copied
+out of the session and used elsewhere is not; see docs/audit.md.)
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import Any
 import httpx
 
 from .errors import FHIRError
+from .events import EventSink, emit, request_event
 from .http import check_on_base, require_tls
 from .tokens import TokenInfo, TokenProvider
 
@@ -63,18 +71,39 @@ class SMARTAuth(httpx.Auth):
         fhir_base_url: str | None = None,
         *,
         allow_http: bool = False,
+        event_sink: EventSink | None = None,
     ) -> None:
         self.provider = provider
         self.default_base = fhir_base_url
         self.allow_http = allow_http
+        self.event_sink = event_sink
 
     def _sign(self, request: httpx.Request, info: TokenInfo) -> None:
         check_on_base(str(request.url), _base(info, self.default_base, self.allow_http))
         request.headers["Authorization"] = f"Bearer {info.access_token}"
 
+    def _report(self, request: httpx.Request, response: httpx.Response, info: TokenInfo) -> None:
+        if self.event_sink is None:
+            return
+        body = response.content if response.status_code < 400 else None
+        event = request_event(
+            str(request.url),
+            _base(info, self.default_base, self.allow_http),
+            response.status_code,
+            launched=info.patient,
+            body=body,
+        )
+        if event is not None:
+            emit(self.event_sink, event)
+
+    # These override httpx.Auth's own drivers (sync and async need different token
+    # calls), so they do its two chores themselves: read the request body (a retry
+    # sends it again) and, when reporting, the answer (its size is in the event).
+
     def sync_auth_flow(
         self, request: httpx.Request
     ) -> Generator[httpx.Request, httpx.Response, None]:
+        request.read()
         info = self.provider.get()
         self._sign(request, info)
         response = yield request
@@ -82,12 +111,17 @@ class SMARTAuth(httpx.Auth):
             self.provider.invalidate(info.access_token)
             fresh = self.provider.get()
             if fresh.access_token != info.access_token:
+                info = fresh
                 self._sign(request, fresh)
-                yield request
+                response = yield request
+        if self.event_sink is not None and response.status_code < 400:
+            response.read()
+        self._report(request, response, info)
 
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        await request.aread()
         info = await self.provider.aget()
         self._sign(request, info)
         response = yield request
@@ -95,8 +129,12 @@ class SMARTAuth(httpx.Auth):
             self.provider.invalidate(info.access_token)
             fresh = await self.provider.aget()
             if fresh.access_token != info.access_token:
+                info = fresh
                 self._sign(request, fresh)
-                yield request
+                response = yield request
+        if self.event_sink is not None and response.status_code < 400:
+            await response.aread()
+        self._report(request, response, info)
 
 
 class SMARTRequestsAuth:
@@ -113,14 +151,35 @@ class SMARTRequestsAuth:
         fhir_base_url: str | None = None,
         *,
         allow_http: bool = False,
+        event_sink: EventSink | None = None,
     ) -> None:
         self.provider = provider
         self.default_base = fhir_base_url
         self.allow_http = allow_http
+        self.event_sink = event_sink
 
     def _sign(self, request: Any, info: TokenInfo) -> None:
-        check_on_base(str(request.url), _base(info, self.default_base, self.allow_http))
+        base = _base(info, self.default_base, self.allow_http)
+        check_on_base(str(request.url), base)
         request.headers["Authorization"] = f"Bearer {info.access_token}"
+        # for the data-access event: no token, only where and about whom
+        request._smart_event_context = (base, info.patient)
+
+    def _report(self, response: Any) -> None:
+        context = getattr(response.request, "_smart_event_context", None)
+        if self.event_sink is None or context is None:
+            return
+        base, patient = context
+        ok = response.status_code < 400
+        event = request_event(
+            str(response.request.url),
+            base,
+            response.status_code,
+            launched=patient,
+            body=response.content if ok else None,
+        )
+        if event is not None:
+            emit(self.event_sink, event)
 
     def __call__(self, request: Any) -> Any:
         info = self.provider.get()
@@ -131,11 +190,13 @@ class SMARTRequestsAuth:
     def _on_response(self, response: Any, **kwargs: Any) -> Any:
         request = response.request
         if response.status_code != 401 or getattr(request, "_smart_retried", False):
+            self._report(response)
             return response
         used = request.headers.get("Authorization", "").partition(" ")[2]
         self.provider.invalidate(used)
         fresh = self.provider.get()
         if fresh.access_token == used:
+            self._report(response)
             return response
         response.content  # noqa: B018 - drain the body so the connection can be reused
         response.close()
@@ -145,4 +206,5 @@ class SMARTRequestsAuth:
         new_response = response.connection.send(retry, **kwargs)
         new_response.history.append(response)
         new_response.request = retry
+        self._report(new_response)
         return new_response

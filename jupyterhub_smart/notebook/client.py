@@ -25,13 +25,13 @@ import httpx
 
 from .context import PatientBanner, SMARTContext
 from .errors import FHIRError, NoPatientInContext
-from .events import DataAccessEvent, EventSink, emit
+from .events import DataAccessEvent, EventSink, emit, event_patient
 from .http import DEFAULT_TIMEOUT, FHIRHTTP, AsyncFHIRHTTP, Fetched, RetryPolicy
 from .scopecheck import check_scopes
 from .search import AsyncSearchResult, SearchResult
 from .tokens import TokenInfo, TokenProvider
 
-__all__ = ["AsyncSMARTClient", "SMARTClient", "search_params"]
+__all__ = ["AsyncSMARTClient", "SMARTClient", "event_patient", "search_params"]
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ _TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.:]{0,99}$")
 VITAL_SIGNS = "vital-signs"
-#: Search parameters that name the patient a search is about (for data-access events).
-_PATIENT_PARAMS = frozenset({"patient", "subject", "subject:Patient", "patient:Patient"})
 
 
 def _check_type(resource_type: str) -> str:
@@ -90,35 +88,6 @@ def search_params(
             raise ValueError(f"search parameter {name!r} has an empty value")
         out.append((name, text))
     return out
-
-
-def event_patient(
-    launched: str | None,
-    resource_type: str,
-    resource_id: str | None,
-    params: Sequence[tuple[str, str]],
-) -> str | None:
-    """The patient a request is about, for its data-access event.
-
-    A read of ``Patient/x`` or a search naming one patient (``patient=x``,
-    ``subject=Patient/x``, ``Patient?_id=x``) is about that patient, whatever
-    the launch context says; a search naming several is about no single one
-    (None); otherwise it is the launched patient (patient-level scopes keep
-    the server to that patient's compartment).
-    """
-    if resource_type == "Patient" and resource_id:
-        return resource_id
-    named = [
-        value
-        for name, value in params
-        if name in _PATIENT_PARAMS or (resource_type == "Patient" and name == "_id")
-    ]
-    if not named:
-        return launched
-    if len(named) > 1 or "," in named[0]:
-        return None
-    ident = named[0].removeprefix("Patient/")
-    return ident if _ID.match(ident) else None
 
 
 def _date_param(prefix: str, value: str | date | datetime) -> str:
@@ -418,17 +387,28 @@ class SMARTClient(_Core):
 
     # -- interop and lifetime --------------------------------------------------------
     def httpx_auth(self) -> httpx.Auth:
-        """An ``httpx.Auth`` that injects this session's fresh tokens (see :mod:`.auth`)."""
+        """An ``httpx.Auth`` that injects this session's fresh tokens (see :mod:`.auth`).
+
+        Its requests are reported to this client's event sink, like the client's own.
+        """
         from .auth import SMARTAuth
 
-        return SMARTAuth(self.provider, fhir_base_url=self.default_base, allow_http=self.allow_http)
+        return SMARTAuth(
+            self.provider,
+            fhir_base_url=self.default_base,
+            allow_http=self.allow_http,
+            event_sink=self.event_sink,
+        )
 
     def requests_auth(self) -> Any:
-        """A ``requests`` auth object that injects this session's fresh tokens."""
+        """A ``requests`` auth object that injects fresh tokens and reports to the event sink."""
         from .auth import SMARTRequestsAuth
 
         return SMARTRequestsAuth(
-            self.provider, fhir_base_url=self.default_base, allow_http=self.allow_http
+            self.provider,
+            fhir_base_url=self.default_base,
+            allow_http=self.allow_http,
+            event_sink=self.event_sink,
         )
 
     def close(self) -> None:

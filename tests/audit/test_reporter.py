@@ -52,6 +52,7 @@ def test_what_the_hub_would_refuse_is_left_out_not_the_whole_batch() -> None:
         "search_params": ["code"],
     }
     assert to_report(Event(resource_type="X")) is None  # not a type the hub accepts
+    assert to_report(Event(action="operation"))["interaction"] == "operation"  # type: ignore[index]
     assert to_report(Event(patient="Patient/p9"))["patient"] == "Patient/p9"  # type: ignore[index]
 
 

@@ -12,7 +12,7 @@ from fhirclient.models.observation import Observation
 from fhirpy import SyncFHIRClient
 from sandbox_process import SandboxProcess
 
-from jupyterhub_smart.notebook import CallableTokenProvider, UnsafeURL, connect
+from jupyterhub_smart.notebook import CallableTokenProvider, DataAccessEvent, UnsafeURL, connect
 from jupyterhub_smart.notebook.auth import SMARTAuth, SMARTRequestsAuth
 
 from .sandbox_tokens import patient_login, system_token
@@ -103,3 +103,63 @@ def test_client_httpx_auth_helper(sandbox: SandboxProcess) -> None:
     fhir = connect(sandbox.iss, token_provider=lambda: system_token(sandbox))
     with httpx.Client(auth=fhir.httpx_auth()) as http:
         assert http.get(f"{sandbox.iss}/Patient/{PATIENT}").status_code == 200
+
+
+def test_requests_through_the_auth_objects_are_reported(sandbox: SandboxProcess) -> None:
+    """fhirpy, fhirclient and httpx requests made with the session's auth reach its event sink."""
+    events: list[DataAccessEvent] = []
+    tokens = patient_login(sandbox)
+    fhir = connect(sandbox.iss, token_provider=lambda: tokens, event_sink=events.append)
+
+    ehr = SyncFHIRClient(fhir.context.fhir_base_url, requests_config={"auth": fhir.requests_auth()})
+    observations = ehr.resources("Observation").search(patient=fhir.context.patient).fetch()
+    [search] = events
+    assert (search.action, search.resource_type, search.status) == ("search", "Observation", 200)
+    assert search.count == len(observations) and search.patient == PATIENT
+    assert "patient" in dict(search.params)
+
+    events.clear()
+    srv = fhir_server.FHIRServer(None, base_uri=fhir.context.fhir_base_url + "/")
+    srv.session.auth = fhir.requests_auth()
+    found = list(
+        Observation.where({"patient": PATIENT, "code": "8867-4"}).perform_resources_iter(srv)
+    )
+    assert events and {e.action for e in events} == {"search"}
+    assert sum(e.count for e in events) == len(found)  # every page, with its size
+
+    events.clear()
+    with httpx.Client(auth=fhir.httpx_auth()) as http:
+        assert http.get(f"{sandbox.iss}/Patient/{PATIENT}").status_code == 200
+        assert http.get(f"{sandbox.iss}/Patient/nobody").status_code == 404
+        assert http.get(f"{sandbox.iss}/metadata").status_code == 200  # not a resource request
+    assert [(e.action, e.resource_id, e.status, e.count) for e in events] == [
+        ("read", PATIENT, 200, 1),
+        ("read", "nobody", 404, 0),
+    ]
+    assert events[1].patient == "nobody"  # about whom the request was, even when refused
+
+
+def test_a_retried_request_is_reported_once(sandbox: SandboxProcess) -> None:
+    for make in (SMARTAuth, SMARTRequestsAuth):
+        events: list[DataAccessEvent] = []
+        mint = Minting(sandbox, revoke_first=True)
+        auth = make(CallableTokenProvider(mint, sandbox.iss), event_sink=events.append)
+        if make is SMARTAuth:
+            with httpx.Client(auth=auth) as http:
+                status = http.get(f"{sandbox.iss}/Patient/{PATIENT}").status_code
+        else:
+            session = requests.Session()
+            session.auth = auth
+            status = session.get(f"{sandbox.iss}/Patient/{PATIENT}").status_code
+        assert status == 200 and len(mint.minted) == 2
+        assert [(e.action, e.status) for e in events] == [("read", 200)], make
+
+
+async def test_async_httpx_auth_reports_too(sandbox: SandboxProcess) -> None:
+    events: list[DataAccessEvent] = []
+    auth = SMARTAuth(CallableTokenProvider(Minting(sandbox), sandbox.iss), event_sink=events.append)
+    async with httpx.AsyncClient(auth=auth) as http:
+        response = await http.get(f"{sandbox.iss}/Observation", params={"patient": PATIENT})
+    assert response.status_code == 200
+    [event] = events
+    assert event.action == "search" and event.count == len(response.json().get("entry", []))
