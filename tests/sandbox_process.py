@@ -54,6 +54,19 @@ class SandboxProcess:
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
+    def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
+        """The log once it contains ``text``; fails after ``timeout`` seconds.
+
+        The process's output reaches the log file through a reader thread, so a
+        line printed before an HTTP response may land in the file just after it.
+        """
+        deadline = time.monotonic() + timeout
+        while text not in (log := self.log_text()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} did not appear in {self.log_path}")
+            time.sleep(0.05)
+        return log
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

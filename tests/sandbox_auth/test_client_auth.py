@@ -289,4 +289,4 @@ def test_unusable_jwks_uri_is_invalid_client_not_a_server_error(
     assert response.status_code == 400, response.text
     assert response.json()["error"] == "invalid_client"
     assert "jwks_uri could not be fetched or parsed" in response.json()["error_description"]
-    assert "cannot fetch client jwks_uri" in sbx.log_text()
+    sbx.wait_for_log("cannot fetch client jwks_uri")

@@ -122,7 +122,7 @@ def test_tokens_and_signing_key_survive_a_restart(tmp_path: Path) -> None:
         jwks = http.get("/auth/jwks").json()
     # SIGTERM stops it cleanly: exit status 0, storage closed, the port free again
     assert first.process.returncode == 0
-    assert "sandbox stopped" in first.log_text()
+    first.wait_for_log("sandbox stopped")
     two = run_sandbox(tmp_path / "two", CLIENTS, data_dir=data_dir, port=port)
     with two as second, httpx.Client(base_url=second.origin, follow_redirects=False) as http:
         assert http.get("/auth/jwks").json() == jwks
@@ -153,7 +153,7 @@ def test_request_log_has_one_line_per_request_with_client_id(
 ) -> None:
     auth = authorize(http, sbx.iss, "app-public", "launch/patient patient/*.rs")
     exchange(http, auth, "app-public")
-    log = sbx.log_text()
+    log = sbx.wait_for_log("POST /auth/token 200 client_id=app-public")
     assert "GET /auth/authorize 302 client_id=-" in log or "GET /auth/authorize 302" in log
     assert "POST /auth/token 200 client_id=app-public" in log
     assert "?" not in "".join(
