@@ -169,3 +169,107 @@ def test_mutated_valid_requests_never_cause_a_server_error(
             failures.append(("token", data, response.status_code))
     assert not failures, failures[:5]
     assert "internal error" not in sbx.log_text()
+
+
+GET_PATHS = [
+    "/fhir/Patient",
+    "/fhir/Observation",
+    "/fhir/Encounter",
+    "/fhir/Patient/patient-00001",
+    "/fhir/Observation/patient-00001-obs-00001/_history/1",
+    "/fhir/metadata",
+    "/fhir/.well-known/smart-configuration",
+    "/auth/authorize",
+    "/auth/jwks",
+    "/auth/login",
+    "/auth/consent",
+    "/auth/select-patient",
+    "/ehr",
+    "/ehr/launch",
+    "/ehr/sessions",
+    "/ehr/smart-style.json",
+    "/",
+]
+ODD_QUERIES = [
+    "?", "??", "?&&&", "?=", "?==", "?%", "?%%%", "?%FF", "?a=%FF", "?a=%C0%AF", "?a=%ED%A0%80",
+    "?_count=1&_count", "?_count=%00", "?_count=%C2%B9", "?_count=%EF%BC%95", "?_count=1e3",
+    "?_count=99999999999999999999999", "?_format=%00", "?name=" + "%E2%82%AC" * 300,
+    "?date=ge" + "9" * 40, "?date=le9999-12-31T23:59:59%2B14:00", "?date=ge0001-01-01T00:00:00-14:00",
+    "?date=9999", "?birthdate=ge-0001", "?_sort=date,-date", "?_cursor=d-999999999999999999.1&_sort=date",
+    "?patient=Patient/", "?patient=/", "?subject:Group=x", "?code=%5C%7C", "?offset=%00",
+    "?app=http://[::1&patient=patient-00001", "?app=http://a:99999/&patient=patient-00001",
+    "?app=http://127.0.0.1:9/callback&patient=patient-00001&context=Foo/../../x",
+    "?app=http://127.0.0.1:9/callback&patient=patient-00001&encounter=%FF",
+    "?req=" + "x" * 3000, "?" + "&".join(f"a{i}=1" for i in range(1500)),
+    "?client_id=app-public&redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fcallback&response_type=code"
+    "&state=x&code_challenge=" + "a" * 43 + "&code_challenge_method=S256&scope=launch%2Fpatient"
+    "&aud=%FF&login_hint=%FF&nonce=" + "n" * 3000,
+]  # fmt: skip
+
+
+def test_odd_query_strings_on_every_get_endpoint(http: httpx.Client, sbx: SandboxProcess) -> None:
+    """The fuzz pass that found ``_count=¹``, year-9999 dates and ``app=http://[::1``, kept."""
+    from .flow import authorize, exchange
+
+    auth = authorize(http, sbx.iss, "app-public", "user/*.rs")
+    token = exchange(http, auth, "app-public").json()["access_token"]
+    failures = []
+    for path in GET_PATHS:
+        for query in ODD_QUERIES:
+            for headers in ({"Authorization": f"Bearer {token}"}, {}):
+                response = http.get(path + query, headers=headers)
+                if response.status_code >= 500:
+                    failures.append((path, query[:60], response.status_code))
+    assert not failures, failures[:5]
+    assert "internal error" not in sbx.log_text()
+
+
+def test_odd_bodies_and_content_types_on_every_post_endpoint(
+    http: httpx.Client, sbx: SandboxProcess
+) -> None:
+    rng = random.Random(1129)
+    paths = [
+        "/auth/token", "/auth/introspect", "/auth/revoke", "/auth/authorize", "/auth/login",
+        "/auth/consent", "/auth/select-patient", "/auth/logout", "/ehr/revoke", "/fhir/AuditEvent",
+        "/fhir/Observation/_search", "/fhir/Patient", "/fhir/metadata", "/ehr/launch",
+    ]  # fmt: skip
+    content_types = [
+        "application/x-www-form-urlencoded",
+        "application/x-www-form-urlencoded; charset=utf-16",
+        "application/x-www-form-urlencoded; charset=nonsense",
+        'application/x-www-form-urlencoded; charset="',
+        "multipart/form-data",
+        "multipart/form-data; boundary=xyz",
+        "multipart/form-data; boundary=",
+        "application/json",
+        "application/fhir+json; charset=utf-16",
+        "text/plain",
+        "",
+        'a/b; c="\\"',
+    ]
+    bodies = [
+        b"",
+        b"grant_type=client_credentials&scope=system%2F*.rs",
+        b"\xff\xfe\x00garbage",
+        b"[]",
+        b"[1,2]",
+        b"null",
+        b'"str"',
+        b'--xyz\r\nContent-Disposition: form-data; name="grant_type"\r\n\r\nx\r\n--xyz--\r\n',
+        b"--xyz\r\nbroken",
+        b'{"resourceType":"AuditEvent"}',
+        b"a=%FF%FE&b=\xff",
+        b"=&=&&",
+        b"%",
+    ]
+    failures = []
+    for _ in range(500):
+        path, content_type, body = rng.choice(paths), rng.choice(content_types), rng.choice(bodies)
+        headers = {"Content-Type": content_type} if content_type else {}
+        if rng.random() < 0.3:
+            headers["Authorization"] = rng.choice(["Bearer x", "Basic YTpi", "Basic !!"])
+        response = http.post(path, content=body, headers=headers)
+        if response.status_code >= 500:
+            failures.append((path, content_type, body[:20], response.status_code))
+    assert not failures, failures[:5]
+    assert "internal error" not in sbx.log_text()
