@@ -358,6 +358,7 @@ def test_encounter_launch_and_fhir_context(http: httpx.Client, sbx: SandboxProce
         "/auth/introspect", data={"token": body["access_token"], "client_id": "app-public"}
     )
     assert info.json()["encounter"] == encounter
+    assert info.json()["fhirContext"] == [{"reference": f"Observation/{observation}"}]
     # an encounter of another patient is refused
     other = patient_ids(http)[0]
     mismatch = ehr_launch(http, REDIRECT_URI, other, client_id="app-public", encounter=encounter)

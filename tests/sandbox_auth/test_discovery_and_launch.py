@@ -169,3 +169,21 @@ def test_ehr_launch_button_with_its_defaults(
     seen_secrets += [body["access_token"], body["id_token"]]
     assert body["patient"] == fields["patient"]
     assert body["need_patient_banner"] is False  # the EHR shows its own banner
+
+
+def test_openid_without_fhir_user_has_no_fhir_user_claim(
+    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+) -> None:
+    auth = authorize(http, sbx.iss, "app-public", "openid launch/patient patient/Patient.rs")
+    seen_secrets.append(auth.code)
+    body = exchange(http, auth, "app-public").json()
+    seen_secrets += [body["access_token"], body["id_token"]]
+    keys = KeySet.import_key_set(http.get("/auth/jwks").json())
+    claims = jwt.decode(body["id_token"], keys, algorithms=["RS256"]).claims
+    assert "fhirUser" not in claims
+    assert claims["sub"].startswith("Practitioner/")
+    assert claims["nonce"] == auth.nonce
+    info = http.post(
+        "/auth/introspect", data={"token": body["access_token"], "client_id": "app-public"}
+    ).json()
+    assert "fhirUser" not in info and info["sub"] == claims["sub"]
