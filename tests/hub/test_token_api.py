@@ -295,6 +295,19 @@ def test_spawner_gets_the_token_api_url_and_no_token(smart_env: SmartEnv) -> Non
             api.delete(f"/users/{name}/server")
 
 
+def test_new_launch_for_another_patient_is_served_at_once(smart_env: SmartEnv) -> None:
+    """The hub reuses the decrypted auth_state between calls: a new launch must replace it."""
+    hub, sandbox = smart_env.hub, smart_env.public
+    name, token, first = _smart_login(smart_env, sandbox)
+    assert _token(hub, token).json()["patient"] == first["patient"]  # served from the cache
+    other = next(p for p in patient_ids(sandbox) if p != first["patient"])
+    with Browser() as browser:
+        assert ehr_launch(browser, sandbox, hub, other).status_code == 302
+    body = _token(hub, token).json()
+    assert body["patient"] == other and body["access_token"] != first["access_token"]
+    assert hub.auth_state(name)["patient"] == other
+
+
 def test_malformed_rejected_value_is_400(smart_env: SmartEnv) -> None:
     hub = smart_env.hub
     _name, token, first = _smart_login(smart_env, smart_env.public)
