@@ -26,6 +26,8 @@ RS_KEY = RSAKey.generate_key(2048, parameters={"kid": "rs384-key"}, private=True
 EC_KEY = ECKey.generate_key("P-384", parameters={"kid": "es384-key"}, private=True)
 URI_KEY = RSAKey.generate_key(2048, parameters={"kid": "jwks-uri-key"}, private=True)
 URI_EC_KEY = ECKey.generate_key("P-384", parameters={"kid": "jwks-uri-ec-key"}, private=True)
+ROTATION_OLD_KEY = RSAKey.generate_key(2048, parameters={"kid": "rotation-1"}, private=True)
+ROTATION_NEW_KEY = ECKey.generate_key("P-384", parameters={"kid": "rotation-2"}, private=True)
 #: Nothing listens on port 9 of the loopback (the test redirect URIs use it too).
 DEAD_JWKS_URI = "http://127.0.0.1:9/jwks.json"
 SYMMETRIC_SECRET = "sandbox-auth-test-secret-8f3a1c"
@@ -51,6 +53,7 @@ class JWKSServer:
             "/broken": (500, "text/plain", b"internal error"),
             "/not-jwks": (200, "text/html", b"<html><body>Sign in</body></html>"),
         }
+        self._answers = answers
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -71,6 +74,10 @@ class JWKSServer:
         self.url = f"{self.origin}/jwks.json"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def publish(self, jwks: dict[str, Any]) -> None:
+        """Serve another key set from now on (a client rotating its keys)."""
+        self._answers["/jwks.json"] = (200, "application/json", json.dumps(jwks).encode())
+
     def __enter__(self) -> JWKSServer:
         self.thread.start()
         return self
@@ -80,7 +87,7 @@ class JWKSServer:
         self.server.server_close()
 
 
-def clients(jwks_uri: str) -> list[dict[str, Any]]:
+def clients(jwks_uri: str, rotating_jwks_uri: str = DEAD_JWKS_URI) -> list[dict[str, Any]]:
     return [
         {"client_id": "app-public", "type": "public", "redirect_uris": [REDIRECT_URI]},
         {"client_id": "app-other", "type": "public", "redirect_uris": [OTHER_REDIRECT_URI]},
@@ -128,6 +135,12 @@ def clients(jwks_uri: str) -> list[dict[str, Any]]:
                 ("backend-html-uri", jwks_uri.replace("/jwks.json", "/not-jwks")),
             )
         ),
+        {
+            "client_id": "backend-rotating",
+            "type": "confidential-asymmetric",
+            "jwks_uri": rotating_jwks_uri,
+            "scope": "system/Patient.rs",
+        },
         # On the origin of the EHR simulator's default app launch URL (the demo hub).
         {"client_id": "hub", "type": "public", "redirect_uris": [HUB_REDIRECT_URI]},
     ]
@@ -146,12 +159,21 @@ def jwks_server() -> Iterator[JWKSServer]:
 
 
 @pytest.fixture(scope="package")
+def rotating_jwks_server() -> Iterator[JWKSServer]:
+    """The key server of ``backend-rotating``; a test publishes a new key on it."""
+    with JWKSServer(public_jwks(ROTATION_OLD_KEY)) as server:
+        yield server
+
+
+@pytest.fixture(scope="package")
 def sbx(
-    tmp_path_factory: pytest.TempPathFactory, jwks_server: JWKSServer
+    tmp_path_factory: pytest.TempPathFactory,
+    jwks_server: JWKSServer,
+    rotating_jwks_server: JWKSServer,
 ) -> Iterator[SandboxProcess]:
     """The auto-approving sandbox most tests share."""
     workdir: Path = tmp_path_factory.mktemp("sandbox-auth")
-    with run_sandbox(workdir, clients(jwks_server.url)) as process:
+    with run_sandbox(workdir, clients(jwks_server.url, rotating_jwks_server.url)) as process:
         yield process
 
 

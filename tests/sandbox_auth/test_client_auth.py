@@ -12,7 +12,16 @@ import pytest
 from joserfc.jwk import ECKey, RSAKey
 from sandbox_process import SandboxProcess
 
-from .conftest import EC_KEY, RS_KEY, URI_EC_KEY, URI_KEY
+from .conftest import (
+    EC_KEY,
+    ROTATION_NEW_KEY,
+    ROTATION_OLD_KEY,
+    RS_KEY,
+    URI_EC_KEY,
+    URI_KEY,
+    JWKSServer,
+    public_jwks,
+)
 from .flow import ASSERTION_TYPE, assertion, authorize, exchange, jwt_auth
 
 SCOPE = "openid fhirUser launch/patient patient/*.rs offline_access"
@@ -179,7 +188,7 @@ def test_alg_none_assertion_is_refused(http: httpx.Client, sbx: SandboxProcess) 
         "exp": now + 60,
         "jti": str(uuid.uuid4()),
     }
-    unsigned = f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
+    unsigned = f"{b64({'alg': 'none', 'typ': 'JWT', 'kid': RS_KEY.kid})}.{b64(claims)}."
     response = backend_token(http, unsigned)
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_client"
@@ -221,9 +230,11 @@ def test_assertion_with_iss_not_sub_is_refused(http: httpx.Client, sbx: SandboxP
         "exp": now + 60,
         "jti": str(uuid.uuid4()),
     }
-    signed = jwt.encode({"alg": "RS384", "kid": RS_KEY.kid}, claims, RS_KEY, algorithms=["RS384"])
+    header = {"alg": "RS384", "kid": RS_KEY.kid, "typ": "JWT"}
+    signed = jwt.encode(header, claims, RS_KEY, algorithms=["RS384"])
     response = backend_token(http, signed)
     assert response.status_code == 400
+    assert "'iss' and 'sub'" in response.json()["error_description"]
 
 
 def test_jku_other_than_registered_jwks_uri_is_refused(
@@ -239,7 +250,12 @@ def test_jku_other_than_registered_jwks_uri_is_refused(
         "exp": now + 60,
         "jti": str(uuid.uuid4()),
     }
-    header = {"alg": "RS384", "kid": URI_KEY.kid, "jku": "http://127.0.0.1:9/evil-jwks.json"}
+    header = {
+        "alg": "RS384",
+        "kid": URI_KEY.kid,
+        "typ": "JWT",
+        "jku": "http://127.0.0.1:9/evil-jwks.json",
+    }
     signed = jwt.encode(header, claims, URI_KEY, algorithms=["RS384"])
     response = backend_token(http, signed, "system/Patient.rs")
     assert response.status_code == 400
@@ -290,3 +306,83 @@ def test_unusable_jwks_uri_is_invalid_client_not_a_server_error(
     assert response.json()["error"] == "invalid_client"
     assert "jwks_uri could not be fetched or parsed" in response.json()["error_description"]
     sbx.wait_for_log("cannot fetch client jwks_uri")
+
+
+def _signed(key: RSAKey | ECKey, alg: str, header: dict[str, str], client_id: str, aud: str) -> str:
+    """A compact JWS with exactly ``header`` (joserfc's ``jwt.encode`` would add ``typ``)."""
+    from joserfc import jws
+
+    now = int(time.time())
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": aud,
+        "exp": now + 60,
+        "jti": str(uuid.uuid4()),
+    }
+    payload = json.dumps(claims).encode()
+    return jws.serialize_compact({"alg": alg, **header}, payload, key, algorithms=[alg])
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ({"typ": "JWT"}, "needs 'kid'"),
+        ({"typ": "JWT", "kid": ""}, "needs 'kid'"),
+        ({"kid": RS_KEY.kid}, "needs 'typ'"),
+        ({"kid": RS_KEY.kid, "typ": "at+jwt"}, "needs 'typ'"),
+        ({"kid": "not-registered", "typ": "JWT"}, "names none of the client's registered keys"),
+    ],
+)
+def test_assertion_header_must_name_kid_and_typ(
+    http: httpx.Client, sbx: SandboxProcess, header: dict[str, str], expected: str
+) -> None:
+    """SMART asks for both; their absence is named, not reported as a bad signature."""
+    signed = _signed(RS_KEY, "RS384", header, "backend", token_url(sbx))
+    response = backend_token(http, signed)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_client"
+    assert expected in response.json()["error_description"]
+
+
+def test_a_new_key_on_the_jwks_uri_is_picked_up(
+    http: httpx.Client,
+    sbx: SandboxProcess,
+    rotating_jwks_server: JWKSServer,
+    seen_secrets: list[str],
+) -> None:
+    """Key rotation: an unknown ``kid`` makes the sandbox look at the client's JWKS again."""
+    url = token_url(sbx)
+    old = backend_token(
+        http,
+        _signed(
+            ROTATION_OLD_KEY, "RS384", {"kid": "rotation-1", "typ": "JWT"}, "backend-rotating", url
+        ),
+        "system/Patient.rs",
+    )
+    assert old.status_code == 200, old.text  # the old key set is now cached
+    seen_secrets.append(old.json()["access_token"])
+    rotating_jwks_server.publish(public_jwks(ROTATION_NEW_KEY))
+    # The refetch is rate-limited (2 s): wait past it, as a client would between rotations.
+    deadline = time.time() + 2.5
+    while time.time() < deadline:
+        time.sleep(0.1)
+    new = backend_token(
+        http,
+        _signed(
+            ROTATION_NEW_KEY, "ES384", {"kid": "rotation-2", "typ": "JWT"}, "backend-rotating", url
+        ),
+        "system/Patient.rs",
+    )
+    assert new.status_code == 200, new.text
+    seen_secrets.append(new.json()["access_token"])
+    # The retired key is gone from the published set: its assertions fail now.
+    retired = backend_token(
+        http,
+        _signed(
+            ROTATION_OLD_KEY, "RS384", {"kid": "rotation-1", "typ": "JWT"}, "backend-rotating", url
+        ),
+        "system/Patient.rs",
+    )
+    assert retired.status_code == 400
+    assert "names none of the client's registered keys" in retired.json()["error_description"]

@@ -108,9 +108,26 @@ class PrivateKeyJWTAuthentication(JWTBearerClientAssertion):
         return self._storage.remember_jti(str(claims["sub"]), jti, float(claims["exp"]))
 
     def extract_assertion(self, assertion: str) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Also remember ``jku``: SMART allows it only if it equals the registered JWKS URL."""
+        """Check SMART's header rules before any key is looked up.
+
+        SMART asymmetric authentication asks for ``kid`` (the signing key among the
+        client's registered ones) and ``typ: JWT``; refusing their absence with a
+        message that names them beats a puzzling "signature invalid". ``jku`` is
+        remembered: it is allowed only if it equals the registered JWKS URL.
+        """
         headers, claims = super().extract_assertion(assertion)
-        self._local.jku = headers.get("jku") if isinstance(headers, dict) else None
+        if not isinstance(headers, dict):
+            raise InvalidClientError(description="Client assertion header is not a JSON object.")
+        kid = headers.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise InvalidClientError(
+                description="Client assertion header needs 'kid': the id of the signing key "
+                "in the client's registered JWK Set."
+            )
+        if headers.get("typ") != "JWT":
+            raise InvalidClientError(description="Client assertion header needs 'typ': 'JWT'.")
+        self._local.jku = headers.get("jku")
+        self._local.kid = kid
         return headers, claims
 
     def resolve_client_public_key(self, client: SandboxClient) -> KeySet:
@@ -119,18 +136,41 @@ class PrivateKeyJWTAuthentication(JWTBearerClientAssertion):
             raise InvalidClientError(
                 description="Client assertion 'jku' must be the client's registered jwks_uri."
             )
+        kid = getattr(self._local, "kid", None)
         if client.jwks is not None:
-            return KeySet.import_key_set(dict(client.jwks))  # type: ignore[arg-type]
-        if client.jwks_uri is None:
+            key_set = KeySet.import_key_set(dict(client.jwks))  # type: ignore[arg-type]
+        elif client.jwks_uri is None:
             raise InvalidClientError(description="The client has no registered public keys.")
-        return self._fetch_jwks(client.jwks_uri)
+        else:
+            key_set = self._fetch_jwks(client.jwks_uri)
+            if not _has_kid(key_set, kid):
+                # A client rotating keys publishes the new one first: look again (rate-limited).
+                key_set = self._fetch_jwks(client.jwks_uri, refetch=True)
+        if not _has_kid(key_set, kid):
+            raise InvalidClientError(
+                description="Client assertion 'kid' names none of the client's registered keys."
+            )
+        return key_set
 
-    def _fetch_jwks(self, uri: str) -> KeySet:
+    def _fetch_jwks(self, uri: str, *, refetch: bool = False) -> KeySet:
+        """The client's JWK Set, cached for ``jwks_cache_seconds``.
+
+        ``refetch`` fetches again unless the cached copy is younger than
+        ``jwks_refetch_interval``, so that made-up ``kid`` values cannot make the
+        sandbox hammer a client's key server.
+        """
         now = time.monotonic()
         with self._cache_lock:
             cached = self._jwks_cache.get(uri)
-        if cached and now - cached[0] < self._options.jwks_cache_seconds:
-            return cached[1]
+        if cached:
+            age = now - cached[0]
+            fresh_enough = (
+                age < self._options.jwks_refetch_interval
+                if refetch
+                else age < self._options.jwks_cache_seconds
+            )
+            if fresh_enough:
+                return cached[1]
         try:
             response = self._http.get(uri, timeout=self._options.jwks_fetch_timeout)
             response.raise_for_status()
@@ -143,3 +183,7 @@ class PrivateKeyJWTAuthentication(JWTBearerClientAssertion):
         with self._cache_lock:
             self._jwks_cache[uri] = (now, key_set)
         return key_set
+
+
+def _has_kid(key_set: KeySet, kid: str | None) -> bool:
+    return kid is not None and any(key.kid == kid for key in key_set.keys)

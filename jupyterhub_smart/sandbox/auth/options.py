@@ -24,6 +24,8 @@ class AuthOptions:
     jwks_fetch_timeout: float = 3.0
     #: Seconds a fetched ``jwks_uri`` document is reused before fetching again.
     jwks_cache_seconds: float = 60.0
+    #: An assertion whose ``kid`` is not in the cached document refetches it, at most this often.
+    jwks_refetch_interval: float = 2.0
     #: Backend Services tokens SHOULD live at most 5 minutes (SMART Backend Services).
     max_system_token_lifetime: int = 300
     #: Interactive authorizations left unfinished are forgotten after this many seconds.
