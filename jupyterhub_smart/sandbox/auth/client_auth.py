@@ -2,9 +2,11 @@
 
 Authlib's :class:`JWTBearerClientAssertion` does the parsing and signature
 check; this subclass adds what SMART App Launch 2.x asks of the server on top:
-RS384 or ES384 only, ``aud`` = the token endpoint URL, ``exp`` at most five
-minutes ahead, a ``jti`` that is never accepted twice while it could still be
-valid, and keys taken from the client's registered ``jwks`` or ``jwks_uri``.
+RS384 or ES384 only, ``kid`` and ``typ: JWT`` in the header, ``aud`` = the
+token endpoint URL, ``exp`` at most five minutes ahead, a ``jti`` that is never
+accepted twice while it could still be valid, and keys taken from the client's
+registered ``jwks`` or ``jwks_uri`` (fetched again when a new ``kid`` shows up,
+so that a client can rotate its keys).
 """
 
 from __future__ import annotations
