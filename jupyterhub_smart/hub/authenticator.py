@@ -656,8 +656,10 @@ class SMARTAuthenticator(OAuthenticator):
                 assert rejected is not None
                 self.forced_refreshes.failed(user.name, rejected, exc)
             raise
-        except SMARTError:
+        except SMARTError as exc:
             if forced:
+                assert rejected is not None
+                self.forced_refreshes.failed(user.name, rejected, exc)
                 raise  # the current token was refused: never hand it out again
             current = await user.get_auth_state()
             if isinstance(current, Mapping) and not _expires_within(current, 0):
@@ -681,6 +683,12 @@ class SMARTAuthenticator(OAuthenticator):
             user.name,
             self.forced_refresh_interval,
         )
+        if last.fingerprint == rejected and last.failure is not None:
+            raise RefreshRateLimited(
+                "The hub tried to refresh this refused access token moments ago and the EHR did "
+                f"not answer ({last.failure.error}); it tries again in {retry_after:.0f} s.",
+                retry_after=retry_after,
+            )
         raise RefreshRateLimited(
             "The FHIR server refused the access token the hub refreshed moments ago; the hub "
             f"will not refresh it again for {retry_after:.0f} s. If this keeps happening, the "

@@ -212,6 +212,12 @@ def test_ehr_outage_keeps_the_user_signed_in(refresh_env: RefreshEnv) -> None:
     response = _token(hub, token)  # refresh fails: the still-valid token is handed out
     assert response.status_code == 200, response.text
     assert response.json()["access_token"] == state["access_token"]
+    # ...but never once the FHIR server refused it: 503, then 429 (the EHR is not asked again)
+    refused = _token(hub, token, rejected=_sha256(state["access_token"]))
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["error"] == "ehr_unavailable"
+    again = _token(hub, token, rejected=_sha256(state["access_token"]))
+    assert again.status_code == 429 and "did not answer" in again.json()["message"]
     time.sleep(max(0.0, state["expires_at"] - time.time()) + 0.5)
     expired = _token(hub, token)
     assert expired.status_code == 503 and expired.json()["error"] == "ehr_unavailable"
