@@ -445,8 +445,8 @@ class HubTokenProvider(CachingTokenProvider):
             )
         if status == 429:
             raise TokenUnavailable(
-                "the FHIR server refused the access token the hub refreshed moments ago, and "
-                f"the hub will not refresh it again yet{said}"
+                "the FHIR server refused the access token and the hub will not refresh it again "
+                f"yet (429){said}"
             )
         if status == 403:
             raise TokenUnavailable(

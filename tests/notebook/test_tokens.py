@@ -122,7 +122,9 @@ def test_hub_rate_limit_on_forced_refresh_says_what_happened() -> None:
         {"error": "refresh_rate_limited", "message": "not again for 12 s", "retry_after": 12},
         headers={"Retry-After": "12"},
     )
-    with pytest.raises(TokenUnavailable, match=r"refused the access token the hub refreshed.*12 s"):
+    with pytest.raises(
+        TokenUnavailable, match=r"will not refresh it again yet \(429\).*not again for 12 s"
+    ):
         provider.get()
 
 
