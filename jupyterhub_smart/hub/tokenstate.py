@@ -162,6 +162,10 @@ class AuthStateCache:
     new EHR launch for another patient, a logout or an admin's API call,
     changes the key and the next read decrypts again: no invalidation call can
     be forgotten. Callers get a copy, never the cached dict.
+
+    Holding decrypted tokens in memory adds no exposure a memory dump of the
+    hub would not already have (the process holds JUPYTERHUB_CRYPT_KEY); a
+    logout drops the user's entry, and at most ``max_users`` are kept.
     """
 
     def __init__(self, max_users: int = 10000) -> None:
