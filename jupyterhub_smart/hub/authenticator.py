@@ -49,6 +49,7 @@ from .handlers import (
     SMARTTokenAPIHandler,
 )
 from .pending import PendingLogin, PendingLogins
+from .published_keys import jwk_set, load_published_keys
 from .tokenstate import (
     SECRET_KEYS,
     AuthStateCache,
@@ -208,6 +209,21 @@ class SMARTAuthenticator(OAuthenticator):
         default (`frame-ancestors 'none'`). Requires https.""",
     )
 
+    published_jwks = List(
+        Unicode(),
+        config=True,
+        help="""Files of extra PUBLIC keys that /hub/smart/jwks.json serves next to the keys
+        of the private_key_path files in use: a JWK Set (such as the jwks.json that
+        `jupyterhub-smart keys generate` writes), a single JWK, or a PEM public key. For a
+        rotation without failed logins: publish the successor key here, wait until EHRs that
+        cache the hub's JWK Set have fetched it again, then switch private_key_path (and
+        key_id) to it and keep the old public key listed until no EHR can still hold an
+        assertion signed with it. Read at start-up; the hub refuses to start on a missing or
+        malformed file, a private or symmetric key (members d, p, q, dp, dq, qi, oth, k), an
+        RSA key under 2048 bits or EC key not on P-384, or a key id naming two different
+        keys.""",
+    )
+
     revoke_on_logout = Bool(
         True,
         config=True,
@@ -277,6 +293,8 @@ class SMARTAuthenticator(OAuthenticator):
         self.clients: dict[str, ClientAuthentication] = {
             reg.issuer: client_authentication_for(reg) for reg in self.policy.registrations()
         }
+        # ...and every published key: a private or clashing key stops it too.
+        self._public_jwks = self._build_public_jwks()
         self.pending = PendingLogins(ttl=self.login_timeout, max_entries=self.max_pending_logins)
         self.refresh_flight: SingleFlight[dict[str, Any]] = SingleFlight()
         #: Decrypted auth_state reused while its ciphertext is unchanged (token API speed).
@@ -345,14 +363,21 @@ class SMARTAuthenticator(OAuthenticator):
             scope.append("launch")
         return tuple(dict.fromkeys(scope))
 
+    def _build_public_jwks(self) -> dict[str, list[dict[str, str]]]:
+        """Signing keys in use first, then ``published_jwks``; ValueError names a bad one."""
+        in_use = [
+            (f"the private_key_path of {issuer}", client.public_jwk())
+            for issuer, client in self.clients.items()
+            if isinstance(client, PrivateKeyJWT)
+        ]
+        try:
+            return jwk_set([*in_use, *load_published_keys(self.published_jwks)])
+        except ValueError as exc:
+            raise ValueError(f"SMARTAuthenticator JWK Set: {exc}") from None
+
     def public_jwks(self) -> dict[str, list[dict[str, str]]]:
-        """Public keys of every private_key_jwt registration (never private parts)."""
-        keys: dict[str, dict[str, str]] = {}
-        for client in self.clients.values():
-            if isinstance(client, PrivateKeyJWT):
-                jwk = client.public_jwk()
-                keys.setdefault(jwk["kid"], jwk)
-        return {"keys": list(keys.values())}
+        """The hub's JWK Set: keys signing now and keys published (never private parts)."""
+        return {"keys": [dict(jwk) for jwk in self._public_jwks["keys"]]}
 
     def get_handlers(self, app: Any) -> list[tuple[str, type]]:
         self._configure_framing(app)
@@ -614,12 +639,23 @@ class SMARTAuthenticator(OAuthenticator):
             return False
         if not _expires_within(state, self.refresh_leeway):
             return True
+        from ..audit import AuditUnavailable
+
         try:
             fresh = await self.fresh_auth_state(user, min_validity=self.refresh_leeway)
         except ReauthenticationRequired:
             return False
         except SMARTError:
             return True  # logged in fresh_auth_state; the token API reports it
+        except AuditUnavailable:
+            # The refreshed tokens are stored (the EHR rotated the refresh token: dropping
+            # them would end the session); only the record is held back until the disk
+            # accepts it. Nothing is handed out here, and the token API refuses (503)
+            # while the trail cannot record the hand-out.
+            self.log.error(
+                "Refreshed the SMART tokens of %s but the audit trail is unavailable", user.name
+            )
+            return True
         return {"auth_state": fresh}
 
     async def fresh_auth_state(
@@ -638,6 +674,15 @@ class SMARTAuthenticator(OAuthenticator):
         state = await self.auth_states.get(user)
         if not isinstance(state, Mapping) or not state.get("access_token"):
             raise ReauthenticationRequired("No SMART tokens for this user: sign in again.")
+        iss = state.get("iss")
+        if not isinstance(iss, str) or iss not in self.policy:
+            # The admin removed this EHR: its tokens are not handed out any more, even
+            # while they are valid (JupyterHub keeps token-authenticated requests of a
+            # user whose refresh_user said False, unless auth_refresh_strict).
+            self.log.warning("Token API: %s signed in at an EHR no longer configured", user.name)
+            raise ReauthenticationRequired(
+                "The EHR you signed in with is no longer configured on this hub: sign in again."
+            )
         forced = rejected is not None and fingerprint_matches(state["access_token"], rejected)
         if not forced and not _expires_within(state, min_validity):
             return dict(state)
@@ -724,7 +769,8 @@ class SMARTAuthenticator(OAuthenticator):
                 issuer=iss,
             )
             raise ReauthenticationRequired(
-                "Your EHR session has expired and the EHR gave no refresh token: sign in again."
+                "Your EHR session has expired and the EHR gave no refresh token: sign in again.",
+                recorded=True,
             )
         reg = self.registration(iss)
         try:
@@ -755,7 +801,7 @@ class SMARTAuthenticator(OAuthenticator):
                     kept["expires_at"] = 0
                     await user.save_auth_state(kept)
                 raise ReauthenticationRequired(
-                    "The EHR no longer accepts this session: sign in again."
+                    "The EHR no longer accepts this session: sign in again.", recorded=True
                 ) from None
             self.log.error("Refresh for %s failed, keeping the session: %s", user.name, exc)
             await self.audit_event(

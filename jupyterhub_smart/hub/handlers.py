@@ -59,6 +59,8 @@ __all__ = [
 BINDING_COOKIE = "jupyterhub-smart-login"
 TEMPLATES = Path(__file__).parent / "templates"
 _MAX_PARAM = 2048
+#: Characters of a refused (attacker-controlled) ``iss`` kept in the audit trail.
+_MAX_AUDITED_ISSUER = 256
 
 
 def safe_next_url(value: str | None) -> str:
@@ -213,8 +215,14 @@ class SMARTLoginHandler(_SMARTMixin, BaseHandler):
         try:
             reg = self.smart.registration(iss)  # allow-list: no network request before this
         except UnknownIssuer as exc:
+            # The refused iss is recorded: it says which EHR (or which forgery) tried.
+            # Attacker-controlled, so clipped and stripped of control characters.
             await self.smart_fail(
-                exc.status, str(exc), error=exc.error, audit_action="issuer-refused"
+                exc.status,
+                str(exc),
+                error=exc.error,
+                audit_action="issuer-refused",
+                issuer=safe_text(iss, _MAX_AUDITED_ISSUER),
             )
             return
         try:
@@ -530,6 +538,8 @@ class SMARTTokenAPIHandler(APIHandler):
             self.log.warning("Token API: %s sent a malformed 'rejected' parameter", user.name)
             self._json(400, {"error": "invalid_request", "message": problem})
             return
+        from ..audit import AuditUnavailable
+
         authenticator: SMARTAuthenticator = self.authenticator
         login_url = self._login_url()
         try:
@@ -537,13 +547,14 @@ class SMARTTokenAPIHandler(APIHandler):
                 user, min_validity=authenticator.refresh_leeway, rejected=rejected
             )
         except ReauthenticationRequired as exc:
-            await authenticator.audit_event(
-                "reauthentication-required",
-                outcome="failure",
-                description=str(exc),
-                username=user.name,
-                client_address=self.request.remote_ip,
-            )
+            if not exc.recorded:  # else the refresh that found out recorded it, with why
+                await authenticator.audit_event(
+                    "reauthentication-required",
+                    outcome="failure",
+                    description=str(exc),
+                    username=user.name,
+                    client_address=self.request.remote_ip,
+                )
             self._json(
                 401,
                 {"error": exc.error, "message": str(exc), "login_url": login_url},
@@ -563,8 +574,12 @@ class SMARTTokenAPIHandler(APIHandler):
                 {"error": "ehr_unavailable", "message": str(exc)},
             )
             return
-        from ..audit import AuditUnavailable
-
+        except AuditUnavailable:
+            # A refresh stored new tokens but could not record it (the record waits in
+            # memory for the disk): hand nothing out that the trail cannot account for.
+            self.log.error("Token API for %s: audit trail unavailable, no token", user.name)
+            self._audit_unavailable()
+            return
         try:
             await authenticator.audit_event(
                 "token-issued",
@@ -577,12 +592,20 @@ class SMARTTokenAPIHandler(APIHandler):
                 description="the client reported a refused token" if rejected else None,
             )
         except AuditUnavailable:
-            self._json(
-                503,
-                {"error": "audit_unavailable", "message": "The audit trail is unavailable; retry."},
-            )
+            self._audit_unavailable()
             return
         self._json(200, token_api_payload(state))
+
+    def _audit_unavailable(self) -> None:
+        """503: access nobody could account for is refused (fail closed); the hub serves on."""
+        self._json(
+            503,
+            {
+                "error": "audit_unavailable",
+                "message": "The hub cannot write its audit trail right now, so it hands out no "
+                "token; retry in a moment, and tell the hub's administrators if it lasts.",
+            },
+        )
 
 
 class SMARTJWKSHandler(BaseHandler):

@@ -51,10 +51,20 @@ TOKEN_API_FIELDS = (
 
 
 class ReauthenticationRequired(SMARTError):
-    """The user's tokens cannot be refreshed: they must sign in again."""
+    """The user's tokens cannot be refreshed: they must sign in again.
+
+    ``recorded``: the ``reauthentication-required`` audit event of this
+    occurrence is already written (by the refresh that found out, with the
+    EHR's reason). The token API then records nothing more: one occurrence,
+    one record, however many callers share the refresh that raised it.
+    """
 
     status = 401
     error = "reauthentication_required"
+
+    def __init__(self, message: str, *, recorded: bool = False) -> None:
+        super().__init__(message)
+        self.recorded = recorded
 
 
 class MissingPatient(SMARTError):
