@@ -2,8 +2,9 @@
 
 Use these when a library you already like (fhirpy, fhirclient, plain httpx or
 requests) should read from the FHIR server with the session's tokens: each
-request gets a token that is not about to expire, a 401 gets one new token
-and one retry, and the token is only ever attached to URLs under the FHIR
+request gets a token that is not about to expire, a 401 gets a new token and
+a retry (and, if that token is refused too, one more: the same bound as the
+client's own requests, :data:`~.http.MAX_TOKEN_CHANGES`), and the token is only ever attached to URLs under the FHIR
 base it belongs to (anything else raises :class:`UnsafeURL` before sending).
 
 fhirpy (sync, over requests)::
@@ -47,7 +48,7 @@ import httpx
 
 from .errors import FHIRError
 from .events import EventSink, emit, request_event
-from .http import check_on_base, require_tls
+from .http import MAX_TOKEN_CHANGES, check_on_base, require_tls
 from .tokens import TokenInfo, TokenProvider
 
 __all__ = ["SMARTAuth", "SMARTRequestsAuth"]
@@ -107,13 +108,16 @@ class SMARTAuth(httpx.Auth):
         info = self.provider.get()
         self._sign(request, info)
         response = yield request
-        if response.status_code == 401:
+        changes = 0
+        while response.status_code == 401 and changes < MAX_TOKEN_CHANGES:
             self.provider.invalidate(info.access_token)
             fresh = self.provider.get()
-            if fresh.access_token != info.access_token:
-                info = fresh
-                self._sign(request, fresh)
-                response = yield request
+            if fresh.access_token == info.access_token:
+                break  # nothing new to try: the 401 stands
+            changes += 1
+            info = fresh
+            self._sign(request, fresh)
+            response = yield request
         if self.event_sink is not None and response.status_code < 400:
             response.read()
         self._report(request, response, info)
@@ -125,13 +129,16 @@ class SMARTAuth(httpx.Auth):
         info = await self.provider.aget()
         self._sign(request, info)
         response = yield request
-        if response.status_code == 401:
+        changes = 0
+        while response.status_code == 401 and changes < MAX_TOKEN_CHANGES:
             self.provider.invalidate(info.access_token)
             fresh = await self.provider.aget()
-            if fresh.access_token != info.access_token:
-                info = fresh
-                self._sign(request, fresh)
-                response = yield request
+            if fresh.access_token == info.access_token:
+                break  # nothing new to try: the 401 stands
+            changes += 1
+            info = fresh
+            self._sign(request, fresh)
+            response = yield request
         if self.event_sink is not None and response.status_code < 400:
             await response.aread()
         self._report(request, response, info)
@@ -141,8 +148,9 @@ class SMARTRequestsAuth:
     """``session.auth = SMARTRequestsAuth(provider)`` for ``requests`` (and fhirpy, fhirclient).
 
     ``requests`` accepts any callable as auth; this one also registers a
-    response hook that answers a 401 with one new token and one retry (as
-    ``requests``' own digest auth does for its challenge).
+    response hook that answers a 401 with a new token and a retry (as
+    ``requests``' own digest auth does for its challenge), and a second 401
+    with one more, like the client's own requests (``MAX_TOKEN_CHANGES``).
     """
 
     def __init__(
@@ -188,23 +196,27 @@ class SMARTRequestsAuth:
         return request
 
     def _on_response(self, response: Any, **kwargs: Any) -> Any:
-        request = response.request
-        if response.status_code != 401 or getattr(request, "_smart_retried", False):
+        if getattr(response.request, "_smart_retried", False):
             self._report(response)
             return response
-        used = request.headers.get("Authorization", "").partition(" ")[2]
-        self.provider.invalidate(used)
-        fresh = self.provider.get()
-        if fresh.access_token == used:
-            self._report(response)
-            return response
-        response.content  # noqa: B018 - drain the body so the connection can be reused
-        response.close()
-        retry = request.copy()
-        retry._smart_retried = True
-        self._sign(retry, fresh)
-        new_response = response.connection.send(retry, **kwargs)
-        new_response.history.append(response)
-        new_response.request = retry
-        self._report(new_response)
-        return new_response
+        # The adapter's send() below runs no hooks, so the retries loop here.
+        changes = 0
+        while response.status_code == 401 and changes < MAX_TOKEN_CHANGES:
+            request = response.request
+            used = request.headers.get("Authorization", "").partition(" ")[2]
+            self.provider.invalidate(used)
+            fresh = self.provider.get()
+            if fresh.access_token == used:
+                break  # nothing new to try: the 401 stands
+            changes += 1
+            response.content  # noqa: B018 - drain the body so the connection can be reused
+            response.close()
+            retry = request.copy()
+            retry._smart_retried = True
+            self._sign(retry, fresh)
+            new_response = response.connection.send(retry, **kwargs)
+            new_response.history[:0] = [*response.history, response]
+            new_response.request = retry
+            response = new_response
+        self._report(response)
+        return response

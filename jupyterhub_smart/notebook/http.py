@@ -1,7 +1,7 @@
 """HTTP to the FHIR server: tokens, retries, errors and the token's boundaries.
 
 One request policy, two drivers. The policy is a generator that *describes*
-a request's life (get a token, send, maybe refresh the token once after a 401,
+a request's life (get a token, send, maybe get new tokens after a 401 (two at most),
 maybe wait and retry on 429/503, turn errors into :class:`FHIRError`); the
 sync driver (``httpx.Client``) and the async driver (``httpx.AsyncClient``)
 only execute its steps. So the notebook API and its async twin cannot drift
@@ -16,8 +16,13 @@ Rules this module enforces:
 * retries are bounded (``max_retries``) and honour ``Retry-After`` in seconds
   or as an HTTP-date; a server asking for a longer wait than
   ``max_retry_after`` gets an error that says so instead of a silent hang;
-* a 401 leads to exactly one new token and one retry; a second 401 is an
-  error that says how to recover;
+* a 401 leads to a new token and a retry. If the new token is refused too
+  (a kernel that still held an older EHR launch's token is handed the newest
+  launch's, and that one was revoked meanwhile), it is reported as well and
+  one more token is fetched: at most :data:`MAX_TOKEN_CHANGES` token changes
+  per request, and never a retry with a token that did not change. So a
+  withdrawn consent ends in the hub's ``ReauthenticationRequired`` in the
+  same cell, not in a bare 401 first;
 * connection errors name the URL that failed; no message ever holds a token.
 """
 
@@ -43,6 +48,7 @@ from .tokens import TokenInfo, TokenProvider
 
 __all__ = [
     "FHIRHTTP",
+    "MAX_TOKEN_CHANGES",
     "AsyncFHIRHTTP",
     "Fetched",
     "RetryPolicy",
@@ -54,6 +60,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
+
+#: New tokens tried per request after 401s. Two, not one: the first new token
+#: may belong to the same stale session the refused one did (the hub hands out
+#: its current token without refreshing when the refused one is older), and
+#: only reporting *that* token makes the hub refresh or ask for a new sign-in.
+#: Bounded, so a server that refuses every token cannot make a request loop.
+MAX_TOKEN_CHANGES = 2
 Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
 
 
@@ -298,7 +311,7 @@ class _Policy:
     ) -> Generator[_Step, Any, tuple[httpx.Response, str, TokenInfo]]:
         info: TokenInfo = yield _NEED_TOKEN
         url = _target(path_or_url, params, self.base_of(info))
-        refreshed = False
+        changes = 0  # new tokens tried after a 401 (at most MAX_TOKEN_CHANGES)
         attempt = 0
         while True:
             headers = {"Authorization": f"Bearer {info.access_token}"}
@@ -325,12 +338,19 @@ class _Policy:
                     url=url,
                 ) from exc
             status = response.status_code
-            if status == 401 and not refreshed:
-                refreshed = True
+            if status == 401 and changes < MAX_TOKEN_CHANGES:
+                # Report the refused token (the hub then refreshes or says to sign in
+                # again) and retry only if the provider has another one: no loop.
                 yield _Invalidate(info.access_token)
                 fresh: TokenInfo = yield _NEED_TOKEN
                 if fresh.access_token != info.access_token:
-                    log.info("FHIR GET %s: 401, retrying once with a new access token", url)
+                    changes += 1
+                    log.info(
+                        "FHIR GET %s: 401, retrying with a new access token (%d/%d)",
+                        url,
+                        changes,
+                        MAX_TOKEN_CHANGES,
+                    )
                     check_on_base(url, self.base_of(fresh))
                     info = fresh
                     continue

@@ -91,12 +91,13 @@ def test_401_then_one_fresh_token_and_one_retry() -> None:
     assert fake.tokens[0] != fake.tokens[1]
 
 
-def test_401_twice_is_an_error_after_one_retry() -> None:
+def test_401_for_every_token_is_an_error_after_two_new_tokens() -> None:
     client, fake, api = client_for(lambda r: json_response(401, outcome("invalid token", "login")))
     with pytest.raises(FHIRError, match=r"HTTP 401.*invalid token") as info:
         client.read("Patient", "p1")
     assert info.value.status == 401
-    assert len(fake.requests) == 2 and api.calls == 2
+    assert len(fake.requests) == 3 and api.calls == 3  # bounded: never a loop
+    assert fake.tokens == api.tokens and len(set(fake.tokens)) == 3
 
 
 def test_401_with_a_static_token_is_not_retried() -> None:
