@@ -26,6 +26,8 @@ import pytest
 from hub.harness import Browser, Hub, ehr_launch, patient_ids, run_hub
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
+from jupyterhub_smart.audit.events import ISSUER_SYSTEM
+
 pytestmark = pytest.mark.slow
 
 LIFETIME = 6  # seconds; the hub refreshes in the last half of a token's life
@@ -85,6 +87,14 @@ def references(record: dict[str, Any]) -> list[str]:
     ]
 
 
+def issuers(record: dict[str, Any]) -> list[str]:
+    return [
+        e["what"]["identifier"]["value"]
+        for e in record.get("entity", [])
+        if e.get("what", {}).get("identifier", {}).get("system") == ISSUER_SYSTEM
+    ]
+
+
 def token_api(hub: Hub, api_token: str) -> httpx.Response:
     return httpx.get(
         f"{hub.url}/hub/api/smart/token",
@@ -117,6 +127,8 @@ def test_every_hub_action_leaves_its_event(env: tuple[Hub, SandboxProcess]) -> N
     assert refused.status_code == 400
     event = one(trail.new(), "issuer-refused")
     assert event["outcome"] == "4" and event["outcomeDesc"].startswith("unknown_issuer")
+    # which issuer was refused (attacker-controlled, clipped; not a secret)
+    assert issuers(event) == ["https://unknown.example/fhir"]
 
     # A callback without state: login failed, with the reason.
     code = secrets.token_urlsafe(24)
@@ -187,10 +199,12 @@ def test_every_hub_action_leaves_its_event(env: tuple[Hub, SandboxProcess]) -> N
         wait_until_refresh_due(state["expires_at"])
         again = token_api(hub, api_token)
         assert again.status_code == 401 and again.json()["error"] == "reauthentication_required"
-        # (two records today: the refresh's, with the EHR's reason, and the token API's answer)
-        events = [r for r in trail.new() if action(r) == "reauthentication-required"]
-        assert events and all(r["agent"][0]["altId"] == name for r in events)
-        assert any("invalid_grant" in r["outcomeDesc"] for r in events)
+        # One occurrence, one record: the refresh's, with the EHR's reason (the token
+        # API's answer adds none), for this user at this issuer.
+        event = one(trail.new(), "reauthentication-required")
+        assert event["agent"][0]["altId"] == name and event["outcome"] == "4"
+        assert "invalid_grant" in event["outcomeDesc"]
+        assert issuers(event) == [sandbox.iss]
 
     with Browser() as browser:
         # The EHR is down when a refresh comes due: refresh failed, the session is kept.

@@ -60,6 +60,8 @@ class EvilEHR:
     nonce: str | None = None
     token_delay: float = 0.0
     fhir_user: str = "Practitioner/evil-1"
+    #: Lifetime of the access tokens it issues (short ones make a refresh come due).
+    expires_in: int = 3600
     received: list[dict[str, str]] = field(default_factory=list)
     issued: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
@@ -140,7 +142,7 @@ class EvilEHR:
         body: dict[str, Any] = {
             "access_token": access,
             "token_type": "Bearer",
-            "expires_in": 3600,
+            "expires_in": self.expires_in,
             "refresh_token": refresh,
             "scope": "openid fhirUser launch/patient patient/*.rs",
             "patient": "p1",

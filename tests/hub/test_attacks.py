@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,6 +61,37 @@ def test_unknown_issuer_gets_a_400_page_and_no_request(evil_env: EvilEnv) -> Non
     assert "not registered with the EHR" in response.text and unknown in response.text
     assert not [p for p in evil.requests if p.startswith("/other-fhir")]
     assert "unknown_issuer" in hub.log_text()
+    _still_serving(hub)
+
+
+def _refused_issuers(hub: Hub) -> list[str]:
+    """The issuer named by each issuer-refused record of the hub's audit trail."""
+    found = []
+    for line in hub.audit_path.read_text().splitlines():
+        record = json.loads(line)
+        if record["subtype"][0]["code"] != "issuer-refused":
+            continue
+        found += [
+            e["what"]["identifier"]["value"]
+            for e in record.get("entity", [])
+            if "identifier" in e.get("what", {})
+        ]
+    return found
+
+
+def test_issuer_refused_records_which_issuer_clipped(evil_env: EvilEnv) -> None:
+    """The audit trail says which issuer was refused; a long one is clipped, not stored whole."""
+    hub, evil = evil_env.hub, evil_env.evil
+    unknown = evil.origin + "/refused-" + secrets.token_hex(4)
+    long = "https://forged.example/" + "a" * 1900
+    with Browser() as browser:
+        for iss in (unknown, long, "https://user@ehr.example/fhir"):
+            assert browser.get(hub.login_url, params={"iss": iss}).status_code == 400
+    refused = _refused_issuers(hub)
+    assert unknown in refused
+    assert "https://user@ehr.example/fhir" in refused  # malformed ones are named too
+    clipped = [r for r in refused if r.startswith("https://forged.example/aaa")]
+    assert clipped and all(len(r) <= 256 for r in clipped) and long not in refused
     _still_serving(hub)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -242,6 +243,68 @@ async def test_refresh_user_for_an_issuer_no_longer_configured_signs_out(ehr_aut
     state = {**_state(expires_in=3000), "iss": "https://gone.example/fhir"}
     assert await auth.refresh_user(FakeUser(state)) is False
     assert ehr.refreshes == 0
+
+
+async def test_token_api_state_for_an_issuer_no_longer_configured_is_refused(
+    ehr_auth: Any,
+) -> None:
+    """An EHR the admin removed: its still-valid token is not handed out any more."""
+    from jupyterhub_smart.hub.tokenstate import ReauthenticationRequired
+
+    auth, ehr = ehr_auth("good")
+    user = FakeUser({**_state(expires_in=3000), "iss": "https://gone.example/fhir"})
+    with pytest.raises(ReauthenticationRequired, match="no longer configured") as raised:
+        await auth.fresh_auth_state(user, min_validity=auth.refresh_leeway)
+    assert not raised.value.recorded  # the token API records this one
+    assert ehr.refreshes == 0 and user.saved == 0
+    # the configured issuer's user is served as before
+    ok = FakeUser(_state(expires_in=3000))
+    assert (await auth.fresh_auth_state(ok, min_validity=auth.refresh_leeway))["iss"] == EHR
+
+
+async def test_refused_refresh_is_recorded_once_by_the_refresh(ehr_auth: Any) -> None:
+    """invalid_grant: the refresh writes the one reauthentication-required record (with
+    the EHR's reason) and says so on the exception, so the token API adds none."""
+    from jupyterhub_smart.hub.tokenstate import ReauthenticationRequired
+
+    auth, _ehr = ehr_auth("invalid_grant")
+    user = FakeUser(_state(expires_in=60))
+    with pytest.raises(ReauthenticationRequired) as raised:
+        await auth.fresh_auth_state(user, min_validity=auth.refresh_leeway)
+    assert raised.value.recorded
+    await auth.get_audit_log().aclose()
+    records = Path(auth.audit_log_path).read_text().splitlines()
+    reauth = [r for r in records if '"reauthentication-required"' in r]
+    assert len(reauth) == 1 and "invalid_grant" in reauth[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a tiny tmpfs that really fills up needs root")
+async def test_refresh_with_a_full_audit_disk_keeps_the_new_tokens_and_hands_none_out(
+    auth: SMARTAuthenticator, tmp_path: Path
+) -> None:
+    """The EHR rotated the refresh token: it is stored (else the session dies); the refresh
+    cannot be recorded, so fresh_auth_state refuses (AuditUnavailable: the token API's 503)
+    and refresh_user keeps the session instead of failing JupyterHub's request."""
+    from audit.helpers import fill, tmpfs
+
+    from jupyterhub_smart.audit import AuditUnavailable
+
+    with tmpfs(tmp_path / "disk", size="256k") as disk:
+        auth.audit_log_path = str(disk / "audit.jsonl")
+        auth.get_audit_log()  # opened while the disk has room, as on a running hub
+        fill(disk)
+        for call in ("token_api", "refresh_user"):
+            ehr = FakeEHR("good")
+            auth._http = httpx.AsyncClient(transport=httpx.MockTransport(ehr))
+            user = FakeUser(_state(expires_in=60))
+            if call == "token_api":
+                with pytest.raises(AuditUnavailable):
+                    await auth.fresh_auth_state(user, min_validity=auth.refresh_leeway)
+            else:
+                assert await auth.refresh_user(user) is True
+            assert ehr.refreshes == 1 and user.saved == 1
+            assert user.state["refresh_token"] == "rotated-refresh-1"
+        auth.get_audit_log().close()
 
 
 async def test_concurrent_refresh_user_calls_make_one_refresh(ehr_auth: Any) -> None:
