@@ -1,0 +1,178 @@
+"""What an admin changes between two hub starts: a signing-key rotation, a removed EHR.
+
+One real sandbox registers the hub as a ``private_key_jwt`` client by its JWK
+Set URL (``/hub/smart/jwks.json``), which it fetches, caches, and fetches again
+when an assertion names a ``kid`` it does not know. The hub is restarted on the
+same address with the same database and crypt key, each run with its own log
+and audit trail (the secrets test reads them all).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sandbox_process import SandboxProcess, free_port, run_sandbox
+
+from jupyterhub_smart.hub.published_keys import PRIVATE_MEMBERS
+from jupyterhub_smart.smart.keys import write_key_pair
+
+from .conftest import sandbox_client
+from .harness import SEEN_TOKENS, Browser, Hub, ehr_launch, patient_ids, run_hub
+
+SHARED = """
+c.JupyterHub.db_url = "sqlite:///{shared}/jupyterhub.sqlite"
+c.JupyterHub.cookie_secret_file = "{shared}/cookie_secret"
+"""
+
+
+@dataclass
+class Site:
+    work: Path
+    port: int
+    sandbox: SandboxProcess
+    keys: Path
+    crypt_key: str
+    runs: int = 0
+
+    @contextmanager
+    def hub(
+        self,
+        issuers: Mapping[str, Mapping[str, Any]],
+        published: list[str] | None = None,
+        expect_failure: bool = False,
+    ) -> Iterator[Hub]:
+        """The hub, (re)started on the same port, database and crypt key."""
+        self.runs += 1
+        extra = SHARED.format(shared=self.work)
+        options = {"published_jwks": published} if published is not None else {}
+        with run_hub(
+            self.work / f"hub-{self.runs}",
+            issuers,
+            port=self.port,
+            authenticator=options,
+            extra=extra,
+            crypt_key=self.crypt_key,
+            expect_failure=expect_failure,
+        ) as hub:
+            yield hub
+
+    def issuers(self, key_path: Path) -> dict[str, dict[str, str]]:
+        return {
+            self.sandbox.iss: {
+                "client_id": "hub-rotate",
+                "client_auth": "private_key_jwt",
+                "private_key_path": str(key_path),
+            }
+        }
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    work = tmp_path_factory.mktemp("restart-env")
+    port = free_port()
+    hub_url = f"http://127.0.0.1:{port}"
+    client = sandbox_client(
+        "hub-rotate",
+        hub_url,
+        type="confidential-asymmetric",
+        jwks_uri=f"{hub_url}/hub/smart/jwks.json",
+    )
+    with run_sandbox(work / "sandbox", [client]) as sandbox:
+        yield Site(work, port, sandbox, work / "keys", secrets.token_hex(32))
+
+
+def _login(site: Site, hub: Hub) -> str:
+    """An EHR launch signed with the hub's current key; the username."""
+    with Browser() as browser:
+        answer = ehr_launch(browser, site.sandbox, hub, patient_ids(site.sandbox)[0])
+        assert answer.status_code == 302, answer.text[:2000]
+    with hub.api(hub.admin_token) as api:
+        return next(u["name"] for u in api.get("/users").json() if u["name"].endswith("-fhir"))
+
+
+def _kids(hub: Hub) -> list[str]:
+    response = httpx.get(f"{hub.url}/hub/smart/jwks.json")
+    assert response.status_code == 200
+    keys = response.json()["keys"]
+    assert not [m for jwk in keys for m in PRIVATE_MEMBERS if m in jwk]
+    return [jwk["kid"] for jwk in keys]
+
+
+def _kid(jwks: Path, index: int) -> str:
+    return str(json.loads(jwks.read_text())["keys"][index]["kid"])
+
+
+def test_signing_key_rotation_without_a_failed_login(site: Site) -> None:
+    """publish the successor -> switch to it -> keep the old published a while -> remove it."""
+    old_pem, jwks = write_key_pair("RS384", site.keys, rsa_bits=2048)
+    old = _kid(jwks, 0)
+    with site.hub(site.issuers(old_pem)) as hub:  # before: one key, cached by the EHR
+        assert _kids(hub) == [old]
+        _login(site, hub)
+
+    new_pem, _ = write_key_pair("ES384", site.keys)  # jwks.json now holds old and new
+    new = _kid(jwks, 1)
+    with site.hub(site.issuers(old_pem), published=[str(jwks)]) as hub:  # 1. publish
+        assert _kids(hub) == [old, new]
+        _login(site, hub)  # still signed with the old key
+
+    with site.hub(site.issuers(new_pem), published=[str(jwks)]) as hub:  # 2. switch
+        assert _kids(hub) == [new, old]  # the old one stays published for a while
+        _login(site, hub)  # signed with the new key: the EHR accepts it
+        log = hub.log_text()
+    assert "invalid_client" not in log and "refused (" not in log
+
+    with site.hub(site.issuers(new_pem)) as hub:  # 3. retire the old key
+        assert _kids(hub) == [new]
+        _login(site, hub)
+
+
+def test_private_key_named_for_publication_stops_the_hub(site: Site) -> None:
+    """The wrong file in published_jwks (the private key itself): refused, never served."""
+    pem, _jwks = write_key_pair("RS384", site.keys / "leak", rsa_bits=2048)
+    private_json = site.keys / "leak" / "private.json"
+    from joserfc.jwk import RSAKey
+
+    jwk = RSAKey.import_key(pem.read_bytes()).as_dict(private=True)
+    private_json.write_text(json.dumps({"keys": [jwk]}))
+    for wrong in (pem, private_json):
+        with site.hub(site.issuers(pem), [str(wrong)], expect_failure=True) as hub:
+            hub.process.wait(timeout=60)
+            assert hub.process.returncode != 0
+            log = hub.log_text()
+            assert "published_jwks file" in log and "private key" in log, log[-3000:]
+            assert str(jwk["d"])[:40] not in log
+
+
+def test_removed_ehr_gets_no_token_after_the_restart(site: Site) -> None:
+    """The admin removes an EHR and restarts the hub: its users' notebooks are told to sign
+    in again at once, although their access tokens would still be valid for an hour."""
+    pem, _jwks = write_key_pair("ES384", site.keys / "removed")
+    with site.hub(site.issuers(pem)) as hub:
+        name = _login(site, hub)
+        token = hub.user_token(name)
+        SEEN_TOKENS.append(token)
+        before = httpx.get(
+            f"{hub.url}/hub/api/smart/token", headers={"Authorization": f"token {token}"}
+        )
+        assert before.status_code == 200
+    with site.hub({}) as hub:
+        response = httpx.get(
+            f"{hub.url}/hub/api/smart/token", headers={"Authorization": f"token {token}"}
+        )
+        assert response.status_code == 401, response.text
+        body = response.json()
+        assert body["error"] == "reauthentication_required"
+        assert "no longer configured" in body["message"] and "access_token" not in body
+        records = [json.loads(line) for line in hub.audit_path.read_text().splitlines()]
+        refused = [r for r in records if r["subtype"][0]["code"] == "reauthentication-required"]
+        assert len(refused) == 1 and refused[0]["agent"][0]["altId"] == name
+        assert hub.alive()
