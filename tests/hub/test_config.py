@@ -3,6 +3,7 @@ against a real JupyterHub process."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -208,6 +209,74 @@ def test_full_audit_disk_refuses_logins_and_tokens_not_the_hub(
             assert response.status_code == 503
             assert response.json()["error"] == "audit_unavailable"
             assert hub.alive()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a tiny tmpfs that really fills up needs root")
+def test_full_audit_disk_when_a_refresh_is_due_is_503_and_nothing_is_lost(
+    tmp_path: Path, evil_env: EvilEnv
+) -> None:
+    """The refresh happens and its tokens are stored (the EHR rotated the refresh token),
+    but it cannot be recorded: the token API hands nothing out (503, not 500), the hub
+    keeps serving, and once the disk has room the held record is written and tokens flow."""
+    from audit.helpers import fill, tmpfs, wait_for
+
+    evil = evil_env.evil
+    issuers = {evil.iss: {"client_id": evil.client_id, "client_auth": "public"}}
+    lifetime = 8  # the hub refreshes in the last half of a token's life
+    with tmpfs(tmp_path / "disk", size="256k") as disk:
+        audit_path = disk / "audit.jsonl"
+        with run_hub(
+            tmp_path / "hub", issuers, authenticator={"audit_log_path": str(audit_path)}
+        ) as hub:
+            evil.mode, evil.expires_in = "good", lifetime
+            try:
+                with Browser() as browser:
+                    start = browser.get(hub.login_url, params={"iss": evil.iss})
+                    params = query(location(start))
+                    evil.nonce = params["nonce"]
+                    code = "evil-code-" + secrets.token_urlsafe(12)
+                    CODES.append(code)
+                    answer = browser.get(
+                        hub.callback_url, params={"code": code, "state": params["state"]}
+                    )
+                    assert answer.status_code == 302, answer.text[:2000]
+            finally:
+                evil.expires_in = 3600
+            with hub.api(hub.admin_token) as api:
+                name = next(u["name"] for u in api.get("/users").json() if "@" in u["name"])
+            before = hub.auth_state(name)
+            api_url = f"{hub.url}/hub/api/smart/token"
+            headers = {"Authorization": f"token {hub.user_token(name)}"}
+            assert httpx.get(api_url, headers=headers).status_code == 200
+            filler = fill(disk)
+            # tmpfs keeps the slack of the log's last page: refused launches (events that
+            # are held, not refused) use it up until the log reports the disk full
+            for n in range(200):
+                httpx.get(hub.login_url, params={"iss": f"https://refused-{n}.example/fhir"})
+                if "is not writable (ENOSPC" in hub.log_text():
+                    break
+            time.sleep(max(0.0, before["expires_at"] - lifetime / 2 - time.time()) + 0.5)
+            response = httpx.get(api_url, headers=headers)
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "audit_unavailable"
+            assert "access_token" not in response.json()
+            assert "audit trail unavailable, no token" in hub.log_text()  # the refresh's
+            after = hub.auth_state(name)  # refreshed and stored, not lost
+            assert after["access_token"] != before["access_token"]
+            assert after["refresh_token"] != before["refresh_token"]
+            assert after["access_token"] not in response.text
+            assert hub.alive()
+            assert "Traceback" not in hub.log_text() and " 500 GET" not in hub.log_text()
+
+            filler.unlink()  # room again: the held records are written, tokens flow
+            wait_for(lambda: "token-refreshed" in audit_path.read_text(), "the held record")
+            wait_for(lambda: httpx.get(api_url, headers=headers).status_code == 200, "a token")
+            actions = [
+                json.loads(line)["subtype"][0]["code"]
+                for line in audit_path.read_text().splitlines()
+            ]
+            assert actions.index("token-refreshed") < len(actions) - 1
+            assert actions[-1] == "token-issued"
 
 
 # ---------------------------------------------------------------- OAuthenticator options
