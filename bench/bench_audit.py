@@ -11,6 +11,11 @@ only after the line is fsynced. Side by side:
 Latency per login: a login records about two events (``launch-received`` and
 ``login-succeeded``) one after the other; we time that pair on an idle log.
 
+Build + sanitize: the CPU the hub spends per event before the writer thread
+sees it (``hub_event``/``data_access_event`` then ``sanitize``), on one core,
+no disk: events the hub builds itself, and the same events as plain dicts
+(what any other caller hands in, which gets the full walk).
+
 Run: ``python -m bench audit`` (or ``python -m bench.bench_audit``).
 """
 
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import orjson
 
-from jupyterhub_smart.audit import AuditLog, hub_event
+from jupyterhub_smart.audit import AuditLog, data_access_event, hub_event, sanitize
 
 CONCURRENCY = 64
 SECONDS = 2.0
@@ -44,6 +49,50 @@ def _event(i: int) -> dict:
         token_hash="ab" * 32,
         server_name="",
     )
+
+
+def _data_access(i: int) -> dict:
+    return data_access_event(
+        interaction="search-type",
+        resource_type="Observation",
+        search_params=["patient", "code", "_count", "_sort"],
+        count=50,
+        status=200,
+        patient=f"patient-{i % 500:05d}",
+        username=f"user{i % 50}",
+        fhir_user=f"Practitioner/{i % 50}",
+        server_name="",
+        issuer="https://ehr.example/fhir",
+        client_address="10.0.0.1",
+        user_agent="jupyterhub-smart-notebook",
+    )
+
+
+def _plain(event: dict) -> dict:
+    """The same content as a plain dict (no builder's seal): what sanitize walks in full."""
+    return orjson.loads(orjson.dumps(event))
+
+
+def build_and_sanitize(seconds: float = 1.0) -> dict[str, float]:
+    """Events/s of build+sanitize (hub_event, data_access_event) and of sanitize on plain dicts."""
+    rates: dict[str, float] = {}
+    for name, build in (("hub_event", _event), ("data_access_event", _data_access)):
+        done, stop = 0, time.perf_counter() + seconds
+        start = time.perf_counter()
+        while time.perf_counter() < stop:
+            for i in range(done, done + 200):
+                sanitize(build(i))
+            done += 200
+        rates[name] = done / (time.perf_counter() - start)
+        plain = [_plain(build(i)) for i in range(200)]
+        done, stop = 0, time.perf_counter() + seconds
+        start = time.perf_counter()
+        while time.perf_counter() < stop:
+            for event in plain:
+                sanitize(event)
+            done += 200
+        rates[f"{name}, plain dict (full walk)"] = done / (time.perf_counter() - start)
+    return rates
 
 
 async def _throughput(log: AuditLog, seconds: float, concurrency: int) -> float:
@@ -109,6 +158,10 @@ def login_latency(directory: Path, logins: int = 200) -> tuple[float, float]:
 
 
 def main() -> None:
+    rates = build_and_sanitize()
+    print("build + sanitize, one core, no disk:")
+    for name, rate in rates.items():
+        print(f"  {name:45s}: {rate:10.0f} events/s")
     with tempfile.TemporaryDirectory(prefix="bench-audit-", dir=Path.home()) as tmp:
         directory = Path(tmp)
         per_event = measure(directory, group_commit=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
@@ -125,3 +126,129 @@ def test_credential_values_in_free_text_are_redacted(text: str) -> None:
 def test_ordinary_text_is_left_alone() -> None:
     text = "basic authentication failed for Practitioner/7: invalid_grant (grant expired)"
     assert sanitize(hub_event("login-failed", description=text))["outcomeDesc"] == text
+
+
+# --- the builders' shortcut through sanitize ------------------------------------------
+
+JWT = "eyJhbGciOiJSUzM4NCJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJlc2lnbmF0dXJl"
+BEARER = "Authorization: Bearer mF_9.B5f-4.1JqMzz8MFzzzzzz"
+
+#: Credential-looking text in every argument a builder takes (the fragments must go).
+HOSTILE_HUB_EVENT = {
+    "description": f"refresh failed for token={JWT}",
+    "username": f"alice?code=SplxlOBeZQQYbYS6WxSbIA{'x' * 300}",
+    "fhir_user": f"Practitioner/{JWT}",
+    "client_address": "10.0.0.1 client_secret=hunter2hunter2",
+    "user_agent": BEARER + " " + "y" * 5000,
+    "issuer": "https://ehr.example/fhir?api_key=AKIAIOSFODNN7EXAMPLE",
+    "patient": f"Patient/{JWT}",
+    "encounter": "e1 -----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBg\n-----END PRIVATE KEY-----",
+    "scopes_requested": ["openid", f"launch={JWT}"],
+    "scopes_granted": "patient/*.rs password=swordfish1",
+    "server_name": "lab password=swordfish2",
+}
+FRAGMENTS = (
+    "eyJzdWIi",
+    "SplxlOBeZQ",
+    "hunter2",
+    "mF_9.B5f",
+    "AKIAIOSFODNN7",
+    "MIIEvQ",
+    "swordfish",
+)
+
+
+def plain(event: dict) -> dict:
+    """The event's content as a plain dict: what any other caller would hand to sanitize."""
+    return orjson.loads(orjson.dumps(event))
+
+
+def built_events() -> list[dict]:
+    return [
+        hub_event("login-failed", outcome="failure", **HOSTILE_HUB_EVENT),
+        hub_event("token-issued", username="alice", token_hash="ab" * 32, server_name=""),
+        hub_event("issuer-refused", outcome="failure", issuer="https://evil.example/fhir"),
+        data_access_event(
+            interaction="read",
+            resource_type="Patient",
+            resource_id="eyJhbGciOi.eyJzdWIiOiJh.c2ln",  # a valid FHIR id shaped like a JWS
+            status=200,
+            patient=f"Patient/{JWT}",
+            username="bob",
+            server_name="",
+            user_agent=BEARER,
+            client_address="127.0.0.1",
+            fhir_user="Practitioner/7",
+            issuer="https://ehr.example/fhir",
+        ),
+        data_access_event(
+            interaction="search-type",
+            resource_type="Observation",
+            search_params=["code", "patient", "_count"],
+            count=3,
+            status=503,
+        ),
+    ]
+
+
+def test_built_events_are_fixed_points_of_the_full_walk(caplog: pytest.LogCaptureFixture) -> None:
+    """The shortcut keeps nothing the full walk would remove: the walk finds nothing to do."""
+    caplog.set_level(logging.WARNING)
+    for event in built_events():
+        content = plain(event)
+        assert sanitize(content) == content  # full walk: nothing to redact or clip
+        assert sanitize(event) == content  # shortcut: the same record
+        as_resource(sanitize(event))
+    text = orjson.dumps([sanitize(e) for e in built_events()]).decode() + caplog.text
+    for fragment in FRAGMENTS:
+        assert fragment not in text
+    for argument in ("description", "username", "user_agent", "patient", "resource_id"):
+        assert argument in caplog.text  # the warning names the argument, never the value
+
+
+def test_built_events_redact_and_clip_like_sanitize() -> None:
+    event = sanitize(hub_event("login-failed", outcome="failure", **HOSTILE_HUB_EVENT))
+    assert event["outcomeDesc"] == "refresh failed for [redacted]"
+    assert event["agent"][1]["who"]["display"].startswith("Authorization: [redacted]")
+    assert len(event["agent"][1]["who"]["display"]) <= 512
+    assert len(event["agent"][0]["altId"]) <= 255
+    assert event["entity"][0]["what"]["reference"] == "Patient/[redacted]"
+
+
+def test_a_built_event_changed_afterwards_gets_the_full_walk(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    event = hub_event("token-issued", username="alice")
+    assert sanitize(event) == plain(event)
+    event["agent"][0]["who"]["display"] = BEARER  # nested: the seal no longer matches
+    assert "mF_9" not in str(sanitize(event))
+    assert "agent[0].who.display" in caplog.text
+    event = hub_event("token-issued", username="alice")
+    event["agent"][0]["network"] = {"address": object()}
+    with pytest.raises(ValueError, match="unsupported type"):
+        sanitize(event)
+    event = hub_event("token-issued", username="alice")
+    event["recorded"] = "2026-01-01"
+    with pytest.raises(ValueError, match="unknown audit event field"):
+        sanitize(event)
+    copied = dict(hub_event("logout", username="alice"))  # a copy is any other mapping
+    copied["outcomeDesc"] = f"bye {JWT}"
+    assert "eyJzdWIi" not in str(sanitize(copied))
+
+
+def test_sanitize_returns_a_record_independent_of_the_event() -> None:
+    event = hub_event("logout", username="alice")
+    clean = sanitize(event)
+    event["agent"][0]["altId"] = "mallory"
+    clean["agent"][0]["who"]["identifier"]["value"] = "eve"
+    again = sanitize(event)  # changed: full walk, and the earlier record is untouched
+    assert clean["agent"][0]["altId"] == "alice" and again["agent"][0]["altId"] == "mallory"
+    assert again["agent"][0]["who"]["identifier"]["value"] == "alice"
+
+
+def test_odd_argument_types_still_meet_the_full_walk() -> None:
+    """A non-string description is not vetted by the builder: the walk judges it as before."""
+    assert sanitize(hub_event("logout", description=5))["outcomeDesc"] == 5  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unsupported type"):
+        sanitize(hub_event("logout", description=ValueError("x")))  # type: ignore[arg-type]

@@ -144,6 +144,20 @@ def test_no_token_in_the_hub_log_or_the_trail(hub: Hub, alice: str) -> None:
     assert "8480-6" not in text  # the refused search value never got anywhere
 
 
+def test_a_credential_in_a_reports_header_is_redacted_and_long_text_bounded(
+    hub: Hub, alice: str
+) -> None:
+    """The report's User-Agent is the notebook's to choose: vetted like any untrusted text."""
+    leaked = "mF_9.B5f-4.1JqMzz8MFzzzzzzzz"
+    agent = f"nb/1 Authorization: Bearer {leaked} " + "z" * 3000
+    response = post(hub, alice, {"events": [SEARCH]}, headers={"User-Agent": agent})
+    assert response.status_code == 201, response.text
+    record = audit_records(hub)[-1]  # the log verifies (raises otherwise)
+    shown = record["agent"][1]["who"]["display"]
+    assert shown.startswith("nb/1 Authorization: [redacted] zzz") and len(shown) <= 512
+    assert leaked not in Path(hub.audit_path).read_text() + hub.log_text()
+
+
 @pytest.mark.skipif(not can_mount(), reason="a tiny tmpfs that really fills up needs root")
 def test_full_audit_disk_answers_503_and_the_hub_keeps_running(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "disk", size="64k") as disk:
