@@ -195,7 +195,10 @@ class _Vetting:
         self.sealable = True
 
     def __call__(self, value: Any, field: str) -> Any:
-        if type(value) is not str:
+        kind = type(value)
+        if kind is str and len(value) <= MAX_TEXT and not _might_hold_secret(value):
+            return value  # the common case, without the calls below
+        if kind is not str:
             if not isinstance(value, str):
                 self.sealable = False
                 return value
