@@ -186,6 +186,9 @@ SEEN_TOKENS: list[str] = []
 #: Every URL any Browser requested in this test session (the secrets test reads the codes).
 VISITED: list[str] = []
 
+#: (sandbox origin, patient id) of every EHR launch (the secrets test looks for their data).
+LAUNCHED: list[tuple[str, str]] = []
+
 
 class Browser:
     """A cookie-keeping HTTP client that follows redirects one hop at a time."""
@@ -242,6 +245,7 @@ def ehr_launch(browser: Browser, sandbox: SandboxProcess, hub: Hub, patient: str
 
     Returns the hub's answer to the callback (not followed further).
     """
+    LAUNCHED.append((sandbox.origin, patient))
     start = httpx.URL(
         sandbox.origin + "/ehr/launch", params={"app": hub.login_url, "patient": patient}
     )

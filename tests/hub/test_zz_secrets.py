@@ -12,10 +12,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import httpx
 import pytest
 
+from jupyterhub_smart.smart.client_auth import PrivateKeyJWT
+from jupyterhub_smart.smart.keys import load_private_key
+
 from .conftest import EvilEnv, SmartEnv
-from .harness import SEEN_TOKENS, VISITED, query
+from .harness import LAUNCHED, SEEN_TOKENS, VISITED, query
 from .test_attacks import CODES
 
 
@@ -56,3 +60,62 @@ def test_no_secret_in_hub_logs_audit_logs_or_databases(
         assert not leaked, f"{path}: {leaked}"
     # the hub did log the refusals (the check above is not passing on an empty log)
     assert re.search(r"refused \(403 invalid_id_token\)", evil_env.hub.log_text())
+
+
+def _clinical_values(env: SmartEnv) -> dict[str, list[str]]:
+    """Names and birth dates of every launched patient, read from the EHR's FHIR API.
+
+    The token is a Backend Services one (client_credentials, ``system/Patient.rs``)
+    of the hub's ``private_key_jwt`` client at sandbox B, signed with the hub's key.
+    Every sandbox of these tests serves the same synthetic patients (run_sandbox's
+    default seed and count), so sandbox B answers for the launches at the others too.
+    """
+    sandbox = env.jwt
+    token_url = sandbox.origin + "/auth/token"
+    form = {"grant_type": "client_credentials", "scope": "system/Patient.rs"}
+    headers: dict[str, str] = {}
+    PrivateKeyJWT("hub-jwt", load_private_key(env.key_path)).apply(token_url, form, headers)
+    answer = httpx.post(token_url, data=form, headers=headers, timeout=30)
+    assert answer.status_code == 200, answer.text
+    bearer = {"Authorization": f"Bearer {answer.json()['access_token']}"}
+    values: dict[str, list[str]] = {}
+    for patient in sorted({pid for _origin, pid in LAUNCHED}):
+        response = httpx.get(f"{sandbox.iss}/Patient/{patient}", headers=bearer, timeout=30)
+        assert response.status_code == 200, (patient, response.text[:300])
+        resource = response.json()
+        names = [
+            part
+            for name in resource.get("name", [])
+            for part in [name.get("family"), *name.get("given", [])]
+            if isinstance(part, str) and len(part) >= 3
+        ]
+        values[patient] = [*names, resource["birthDate"]]
+    return values
+
+
+def test_no_clinical_value_in_hub_logs_audit_logs_or_databases(
+    smart_env: SmartEnv, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Patient names and birth dates never reach a hub log, audit trail or database
+    (identifiers such as Patient/123 may: they are what an audit trail is for)."""
+    values = _clinical_values(smart_env)
+    assert len(values) >= 2  # several patients were launched: the check means something
+    patterns = {
+        value: re.compile(rf"(?<![\w-]){re.escape(value)}(?![\w-])")
+        for found in values.values()
+        for value in found
+    }
+    root = tmp_path_factory.getbasetemp()
+    files = [
+        *_hub_files(root, "jupyterhub.log"),
+        *_hub_files(root, "jupyterhub-smart-audit.jsonl"),
+        *_hub_files(root, "jupyterhub.sqlite"),
+    ]
+    assert len(files) >= 6
+    for path in files:
+        text = path.read_bytes().decode("utf-8", "replace")
+        leaked = sorted(value for value, pattern in patterns.items() if pattern.search(text))
+        assert not leaked, f"{path}: {leaked}"
+    # the trails do name the launched patients (by id): the check is not on empty files
+    audits = "".join(p.read_text() for p in _hub_files(root, "jupyterhub-smart-audit.jsonl"))
+    assert all(f"Patient/{patient}" in audits for patient in values)
