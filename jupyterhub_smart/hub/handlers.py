@@ -4,7 +4,8 @@
 * ``GET /hub/oauth_callback``: the authorization response;
 * ``GET /hub/logout``: JupyterHub's logout plus refresh-token revocation;
 * ``GET /hub/api/smart/token``: a fresh access token for the caller's notebook;
-* ``GET /hub/smart/jwks.json``: the hub's public keys for ``private_key_jwt``.
+* ``GET /hub/smart/jwks.json``: the hub's public keys for ``private_key_jwt``
+  (in use and published for a rotation).
 
 Errors are written as pages (or JSON) by the handlers themselves instead of
 raising ``HTTPError``: tornado's own warning line for a raised error logs the
@@ -609,7 +610,11 @@ class SMARTTokenAPIHandler(APIHandler):
 
 
 class SMARTJWKSHandler(BaseHandler):
-    """``GET /hub/smart/jwks.json``: public keys for ``private_key_jwt`` (register its URL)."""
+    """``GET /hub/smart/jwks.json``: public keys for ``private_key_jwt`` (register its URL).
+
+    The keys signing now, then those of ``published_jwks`` (a successor published
+    before the switch, a predecessor kept after it), checked once at start-up.
+    """
 
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
