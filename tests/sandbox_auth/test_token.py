@@ -38,6 +38,25 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def refresh(http: httpx.Client, tokens: dict[str, Any]) -> httpx.Response:
+    """Use the grant's refresh token as the public test client does."""
+    return http.post(
+        "/auth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": tokens["refresh_token"],
+            "client_id": "app-public",
+        },
+    )
+
+
+def assert_grant_ended(http: httpx.Client, tokens: dict[str, Any]) -> None:
+    """Neither the access token nor the refresh token of the grant works any more."""
+    read = http.get(f"/fhir/Patient/{tokens['patient']}", headers=bearer(tokens["access_token"]))
+    assert read.status_code == 401
+    assert refresh(http, tokens).status_code == 400
+
+
 def introspect(http: httpx.Client, token: str, client_id: str = "app-public") -> dict[str, Any]:
     response = http.post("/auth/introspect", data={"token": token, "client_id": client_id})
     assert response.status_code == 200, response.text
@@ -334,14 +353,7 @@ def test_revoked_access_token_stops_working(
     assert http.get(url, headers=bearer(tokens["access_token"])).status_code == 401
     assert introspect(http, tokens["access_token"]) == {"active": False}
     # the refresh token still works (only the access token was revoked)
-    refreshed = http.post(
-        "/auth/token",
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": tokens["refresh_token"],
-            "client_id": "app-public",
-        },
-    )
+    refreshed = refresh(http, tokens)
     assert refreshed.status_code == 200
     seen_secrets += [refreshed.json()["access_token"], refreshed.json()["refresh_token"]]
 
@@ -359,21 +371,7 @@ def test_revoked_refresh_token_ends_the_grant(
         },
     )
     assert revoked.status_code == 200
-    assert (
-        http.get(
-            f"/fhir/Patient/{tokens['patient']}", headers=bearer(tokens["access_token"])
-        ).status_code
-        == 401
-    )
-    refreshed = http.post(
-        "/auth/token",
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": tokens["refresh_token"],
-            "client_id": "app-public",
-        },
-    )
-    assert refreshed.status_code == 400
+    assert_grant_ended(http, tokens)
 
 
 def test_ehr_sessions_page_revokes_a_grant(
@@ -501,17 +499,7 @@ def test_a_wrong_token_type_hint_does_not_stop_the_search(
     )
     assert revoked.status_code == 200
     # The refresh token was found despite the hint, so its whole grant ended.
-    read = http.get(f"/fhir/Patient/{tokens['patient']}", headers=bearer(tokens["access_token"]))
-    assert read.status_code == 401
-    refreshed = http.post(
-        "/auth/token",
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": tokens["refresh_token"],
-            "client_id": "app-public",
-        },
-    )
-    assert refreshed.status_code == 400
+    assert_grant_ended(http, tokens)
 
 
 def test_a_refresh_token_is_not_a_bearer_token(
