@@ -300,6 +300,10 @@ class SMARTAuthenticator(OAuthenticator):
         #: Decrypted auth_state reused while its ciphertext is unchanged (token API speed).
         self.auth_states = AuthStateCache()
         self.forced_refreshes = ForcedRefreshLimiter()
+        # (username, issuer) pairs whose "EHR no longer configured" is on the audit trail
+        # already: refresh_user and the token API both find out, and JupyterHub 5 runs
+        # the first before the second, so each records through _note_removed_issuer.
+        self._removed_issuer_noted: set[tuple[str, str]] = set()
         self._http: httpx.AsyncClient | None = None
         self._discovery: DiscoveryCache | None = None
         self._jwks: JWKSCache | None = None
@@ -636,6 +640,7 @@ class SMARTAuthenticator(OAuthenticator):
         iss = state.get("iss")
         if not isinstance(iss, str) or iss not in self.policy:
             self.log.warning("Signing %s out: their EHR is no longer configured", user.name)
+            await self._note_removed_issuer(user.name, state)
             return False
         if not _expires_within(state, self.refresh_leeway):
             return True
@@ -657,6 +662,22 @@ class SMARTAuthenticator(OAuthenticator):
             )
             return True
         return {"auth_state": fresh}
+
+    async def _note_removed_issuer(self, username: str, state: Mapping[str, Any]) -> None:
+        """Put "EHR no longer configured" on the audit trail once per user and issuer."""
+        iss = state.get("iss")
+        key = (username, iss if isinstance(iss, str) else "")
+        if key in self._removed_issuer_noted:
+            return
+        self._removed_issuer_noted.add(key)
+        await self.audit_event(
+            "reauthentication-required",
+            outcome="failure",
+            description="the EHR this user signed in with is no longer configured on this hub",
+            username=username,
+            fhir_user=state.get("fhirUser"),
+            issuer=key[1] or None,
+        )
 
     async def fresh_auth_state(
         self, user: Any, *, min_validity: float, rejected: str | None = None
@@ -680,8 +701,10 @@ class SMARTAuthenticator(OAuthenticator):
             # while they are valid (JupyterHub keeps token-authenticated requests of a
             # user whose refresh_user said False, unless auth_refresh_strict).
             self.log.warning("Token API: %s signed in at an EHR no longer configured", user.name)
+            await self._note_removed_issuer(user.name, state)
             raise ReauthenticationRequired(
-                "The EHR you signed in with is no longer configured on this hub: sign in again."
+                "The EHR you signed in with is no longer configured on this hub: sign in again.",
+                recorded=True,
             )
         forced = rejected is not None and fingerprint_matches(state["access_token"], rejected)
         if not forced and not _expires_within(state, min_validity):

@@ -255,7 +255,15 @@ async def test_token_api_state_for_an_issuer_no_longer_configured_is_refused(
     user = FakeUser({**_state(expires_in=3000), "iss": "https://gone.example/fhir"})
     with pytest.raises(ReauthenticationRequired, match="no longer configured") as raised:
         await auth.fresh_auth_state(user, min_validity=auth.refresh_leeway)
-    assert not raised.value.recorded  # the token API records this one
+    assert raised.value.recorded  # recorded here, once, so the token API adds none
+    # refresh_user (which JupyterHub 5 runs first on the same request) finds out too: no second record
+    assert await auth.refresh_user(user) is False
+    with pytest.raises(ReauthenticationRequired):
+        await auth.fresh_auth_state(user, min_validity=auth.refresh_leeway)
+    await auth.get_audit_log().aclose()
+    records = Path(auth.audit_log_path).read_text().splitlines()
+    reauth = [r for r in records if '"reauthentication-required"' in r]
+    assert len(reauth) == 1 and "no longer configured" in reauth[0] and "gone.example" in reauth[0]
     assert ehr.refreshes == 0 and user.saved == 0
     # the configured issuer's user is served as before
     ok = FakeUser(_state(expires_in=3000))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jupyterhub
 import pytest
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
@@ -171,7 +172,11 @@ def test_removed_ehr_gets_no_token_after_the_restart(site: Site) -> None:
         assert response.status_code == 401, response.text
         body = response.json()
         assert body["error"] == "reauthentication_required"
-        assert "no longer configured" in body["message"] and "access_token" not in body
+        assert "access_token" not in body
+        if jupyterhub.version_info >= (6,):
+            assert "no longer configured" in body["message"]
+        else:  # JupyterHub 5 runs refresh_user first on API requests and ends the session itself
+            assert "sign in again" in body["message"]
         records = [json.loads(line) for line in hub.audit_path.read_text().splitlines()]
         refused = [r for r in records if r["subtype"][0]["code"] == "reauthentication-required"]
         assert len(refused) == 1 and refused[0]["agent"][0]["altId"] == name
