@@ -5,8 +5,6 @@ Shared by the authenticator and the handlers (kept apart so neither imports the 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 import time
 from collections import OrderedDict
@@ -15,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..smart.errors import SMARTError
+from ..smart.fingerprint import access_token_fingerprint, fingerprint_matches
 
 __all__ = [
     "SECRET_KEYS",
@@ -93,28 +92,12 @@ class RefreshRateLimited(SMARTError):
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
-def access_token_fingerprint(access_token: str) -> str:
-    """Hex SHA-256 of an access token (UTF-8): how a notebook names a token it saw refused.
-
-    Unsalted on purpose: the notebook and the hub compute it independently, and
-    it travels in a URL (so it lands in access logs) where the token itself
-    never may. SHA-256 does not give the token back; it only lets someone who
-    already holds the token recognise it.
-    """
-    return hashlib.sha256(access_token.encode("utf-8")).hexdigest()
-
-
 def parse_fingerprint(value: str) -> str:
     """The token API's ``rejected`` value, lower-cased; ValueError when it is not a SHA-256."""
     normalized = value.strip().lower()
     if not _FINGERPRINT.fullmatch(normalized):
         raise ValueError("not 64 hex digits")
     return normalized
-
-
-def fingerprint_matches(access_token: str, fingerprint: str) -> bool:
-    """Constant-time: is ``fingerprint`` the SHA-256 of ``access_token``?"""
-    return hmac.compare_digest(access_token_fingerprint(access_token), fingerprint)
 
 
 @dataclass

@@ -23,7 +23,6 @@ next request, not when the token would have expired.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import threading
@@ -37,6 +36,7 @@ import httpx
 import orjson
 
 from ..smart.errors import safe_text
+from ..smart.fingerprint import access_token_fingerprint
 from .errors import ReauthenticationRequired, TokenUnavailable
 
 __all__ = [
@@ -46,7 +46,6 @@ __all__ = [
     "StaticTokenProvider",
     "TokenInfo",
     "TokenProvider",
-    "token_fingerprint",
     "token_info_from_mapping",
 ]
 
@@ -318,11 +317,6 @@ class CallableTokenProvider(CachingTokenProvider):
         )
 
 
-def token_fingerprint(access_token: str) -> str:
-    """Hex SHA-256 of an access token: how the hub's token API is told which token was refused."""
-    return hashlib.sha256(access_token.encode("utf-8")).hexdigest()
-
-
 class HubTokenProvider(CachingTokenProvider):
     """Access tokens from the hub: ``GET {SMART_TOKEN_API_URL}`` with the server's API token.
 
@@ -374,7 +368,7 @@ class HubTokenProvider(CachingTokenProvider):
         with self._state_lock:
             if self._info is not None and self._info.access_token == access_token:
                 self._fresh_until = 0.0
-                self._rejected = token_fingerprint(access_token)
+                self._rejected = access_token_fingerprint(access_token)
 
     def _fetch(self) -> TokenInfo:
         with self._state_lock:
@@ -383,7 +377,10 @@ class HubTokenProvider(CachingTokenProvider):
         info = self._request(params)
         if rejected is not None:
             with self._state_lock:
-                if self._rejected == rejected and token_fingerprint(info.access_token) != rejected:
+                if (
+                    self._rejected == rejected
+                    and access_token_fingerprint(info.access_token) != rejected
+                ):
                     self._rejected = None  # the hub replaced the refused token
         return info
 

@@ -17,7 +17,7 @@ from jupyterhub_smart.notebook import (
     StaticTokenProvider,
     TokenUnavailable,
 )
-from jupyterhub_smart.notebook.tokens import token_fingerprint
+from jupyterhub_smart.smart.fingerprint import access_token_fingerprint as token_fingerprint
 
 from .fakes import FHIR_BASE, HUB_API, FakeTokenAPI, json_response, secret
 
