@@ -25,6 +25,42 @@ from typing import Any
 READY = re.compile(r"SMART sandbox ready: iss=(?P<iss>\S+)")
 
 
+def start_logged(
+    cmd: Sequence[str], log_path: Path, ready_line: re.Pattern[str], *, mode: str = "w"
+) -> tuple[subprocess.Popen[str], threading.Event, dict[str, str]]:
+    """Start ``cmd`` with its output copied to ``log_path`` line by line.
+
+    The returned event is set when a line matches ``ready_line``; the dict then
+    holds that match's named groups. Waiting (and giving up) is the caller's:
+    the sandbox and the demo fail with different messages.
+    """
+    log = log_path.open(mode, encoding="utf-8")
+    process = subprocess.Popen(
+        list(cmd),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    ready = threading.Event()
+    found: dict[str, str] = {}
+
+    def pump() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            log.flush()
+            match = ready_line.search(line)
+            if match and not ready.is_set():
+                found.update(match.groupdict())
+                ready.set()
+        log.close()
+
+    threading.Thread(target=pump, daemon=True).start()
+    return process, ready, found
+
+
 def free_port() -> int:
     """A TCP port that was free on 127.0.0.1 a moment ago."""
     with socket.socket() as sock:
@@ -117,29 +153,7 @@ def run_sandbox(
         *(["--auto-approve"] if auto_approve else []),
         *extra_args,
     ]
-    log = log_path.open("w", encoding="utf-8")
-    process = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    ready = threading.Event()
-    found: dict[str, str] = {}
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            log.write(line)
-            log.flush()
-            match = READY.search(line)
-            if match and not ready.is_set():
-                found["iss"] = match["iss"]
-                ready.set()
-        log.close()
-
-    threading.Thread(target=pump, daemon=True).start()
+    process, ready, found = start_logged(cmd, log_path, READY, mode="w")
     deadline = time.monotonic() + timeout
     while not ready.wait(0.1):
         if process.poll() is not None or time.monotonic() > deadline:

@@ -8,12 +8,10 @@ terminal does.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -21,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from sandbox_process import free_port
+from sandbox_process import free_port, start_logged
 
 OPEN_LINE = re.compile(r"^Open (?P<url>http://\S+/ehr) and press Launch", re.MULTILINE)
 
@@ -113,30 +111,7 @@ def run_demo(
         str(patients),
         *extra_args,
     ]
-    output = output_path.open("a", encoding="utf-8")
-    process = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    ready = threading.Event()
-    found: dict[str, str] = {}
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.write(line)
-            output.flush()
-            match = OPEN_LINE.search(line)
-            if match and not ready.is_set():
-                found["url"] = match["url"]
-                ready.set()
-        output.close()
-
-    threading.Thread(target=pump, daemon=True).start()
+    process, ready, found = start_logged(cmd, output_path, OPEN_LINE, mode="a")
     demo = DemoProcess(
         process=process,
         state_dir=state_dir,
