@@ -82,10 +82,10 @@ def run_rogue_fhir() -> Iterator[RogueFHIR]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             with state.lock:
                 state.paths.append(self.path)
             reply = state.answer(self.path)
