@@ -9,6 +9,12 @@ Paging safety: every ``next`` URL goes through the HTTP layer's base check
 (the token never leaves its FHIR server), and a ``next`` link seen before
 stops the search with an error instead of looping forever (fhir-py#47).
 
+Completeness: when the pages end (no ``next`` link) before the number of
+matches the server's ``Bundle.total`` announced, the result is short. That is
+an :class:`IncompleteSearchWarning` naming both numbers, or an
+:class:`IncompleteSearch` error with ``strict=True``: never a silently
+truncated frame.
+
 Only entries with ``search.mode`` ``match`` (or none) of the searched type
 become rows; ``_include``-d resources are available through :meth:`pages`.
 An OperationOutcome with mode ``outcome`` (a server's warning) is logged.
@@ -18,13 +24,16 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
+import sys
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .context import in_notebook
-from .errors import FHIRError
+from .errors import FHIRError, IncompleteSearch, IncompleteSearchWarning
 from .flatten import TableBuilder
 from .http import Fetched
 
@@ -115,6 +124,62 @@ def _checked_next(bundle: dict[str, Any], url: str, seen: set[str]) -> str | Non
     return link
 
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` of the first frame outside this package: the researcher's line.
+
+    A warning attributed to a line of ours would be shown once per session
+    (Python's default filter), so a second short search would go unnoticed;
+    attributed to the notebook cell, it shows each time.
+    """
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+class _Tally:
+    """The matches read so far against the ``Bundle.total`` the server announced."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.matches = 0
+
+    def add(self, bundle: dict[str, Any]) -> None:
+        total = bundle.get("total")
+        if self.total is None and isinstance(total, int) and not isinstance(total, bool):
+            self.total = total
+        entries = bundle.get("entry")
+        if not isinstance(entries, list):
+            return
+        for entry in entries:
+            search = entry.get("search") if isinstance(entry, dict) else None
+            mode = search.get("mode") if isinstance(search, dict) else None
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            kind = resource.get("resourceType") if isinstance(resource, dict) else None
+            if mode == "match" or (mode is None and kind != "OperationOutcome"):
+                self.matches += 1
+
+    def finish(self, url: str, strict: bool) -> None:
+        """Warn (or raise, ``strict``) when the last page came before ``total`` matches."""
+        if self.total is None or self.matches >= self.total:
+            return
+        message = (
+            f"incomplete search: the FHIR server announced {self.total} matches "
+            f"(Bundle.total) but its pages ended after {self.matches} (GET {url} has no "
+            "'next' link). The result holds only those; the server may cap searches or "
+            "have dropped its paging state. Ask for fewer matches (narrower parameters), "
+            "or a larger page_size, and compare with len(result)"
+        )
+        if strict:
+            raise IncompleteSearch(message, url=url)
+        warnings.warn(message, IncompleteSearchWarning, stacklevel=_caller_stacklevel())
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic GC while pages become rows.
@@ -190,18 +255,22 @@ class SearchResult(_Base):
         *,
         progress: bool | None = None,
         prefetch: bool = True,
+        strict: bool = False,
     ) -> None:
         super().__init__(resource_type, params, progress)
         self._get = get
         #: Fetch the next page while the current one is processed.
         self.prefetch = prefetch
+        #: Raise :class:`IncompleteSearch` instead of warning when the pages end
+        #: before ``Bundle.total``.
+        self.strict = strict
 
     def pages(self) -> Iterator[dict[str, Any]]:
         """Each Bundle page, following ``next`` links to the end."""
         for bundle, _url, _more in self._walk():
             yield bundle
 
-    def _walk(self) -> Iterator[tuple[dict[str, Any], str, bool]]:
+    def _walk(self, strict: bool | None = None) -> Iterator[tuple[dict[str, Any], str, bool]]:
         """Pages with their URLs; the next page is fetched while the caller works on this one.
 
         The FHIR server (another process, often another machine) builds page
@@ -210,10 +279,12 @@ class SearchResult(_Base):
         """
         fetched = self._get(self.resource_type, self.params, "search")
         seen = {fetched.url}
+        tally = _Tally()
         pool: ThreadPoolExecutor | None = None
         try:
             while True:
                 bundle = _check_bundle(fetched)
+                tally.add(bundle)
                 link = _checked_next(bundle, fetched.url, seen)
                 ahead: Future[Fetched] | None = None
                 if link is not None and self.prefetch:
@@ -222,6 +293,7 @@ class SearchResult(_Base):
                     ahead = pool.submit(self._get, link, None, "search")
                 yield bundle, fetched.url, link is not None
                 if link is None:
+                    tally.finish(fetched.url, self.strict if strict is None else strict)
                     return
                 fetched = ahead.result() if ahead is not None else self._get(link, None, "search")
         finally:
@@ -261,14 +333,16 @@ class SearchResult(_Base):
         except FHIRError:
             return None
 
-    def builder(self, *, raw: bool = False, progress: bool | None = None) -> TableBuilder:
+    def builder(
+        self, *, raw: bool = False, progress: bool | None = None, strict: bool | None = None
+    ) -> TableBuilder:
         """Fetch every page into a :class:`TableBuilder` (the shared path of both frame types)."""
         builder = TableBuilder(self.resource_type, raw=raw)
         enabled = self.progress if progress is None else progress
         bar = None
         try:
             with _gc_paused():
-                for n, (bundle, url, more) in enumerate(self._walk()):
+                for n, (bundle, url, more) in enumerate(self._walk(strict)):
                     if n == 0:
                         bar = _progress_bar(enabled, more, self._safe_count)
                     added = builder.add(iter_matches(bundle, self.resource_type, url))
@@ -279,13 +353,21 @@ class SearchResult(_Base):
                 bar.close()
         return builder
 
-    def to_pandas(self, *, raw: bool = False, progress: bool | None = None) -> pd.DataFrame:
-        """All matches as a typed DataFrame (see :mod:`.flatten` for the columns)."""
-        return self.builder(raw=raw, progress=progress).to_pandas()
+    def to_pandas(
+        self, *, raw: bool = False, progress: bool | None = None, strict: bool | None = None
+    ) -> pd.DataFrame:
+        """All matches as a typed DataFrame (see :mod:`.flatten` for the columns).
 
-    def to_arrow(self, *, raw: bool = False, progress: bool | None = None) -> pa.Table:
+        ``strict=True`` raises :class:`IncompleteSearch` when the server's pages
+        end before its ``Bundle.total`` (by default that is a warning).
+        """
+        return self.builder(raw=raw, progress=progress, strict=strict).to_pandas()
+
+    def to_arrow(
+        self, *, raw: bool = False, progress: bool | None = None, strict: bool | None = None
+    ) -> pa.Table:
         """All matches as an Arrow table (same columns and types as :meth:`to_pandas`)."""
-        return self.builder(raw=raw, progress=progress).to_arrow()
+        return self.builder(raw=raw, progress=progress, strict=strict).to_arrow()
 
 
 class AsyncSearchResult(_Base):
@@ -298,23 +380,28 @@ class AsyncSearchResult(_Base):
         params: list[tuple[str, str]],
         *,
         progress: bool | None = None,
+        strict: bool = False,
     ) -> None:
         super().__init__(resource_type, params, progress)
         self._get = get
+        self.strict = strict
 
     async def pages(self) -> AsyncIterator[dict[str, Any]]:
         """Each Bundle page, following ``next`` links to the end."""
         async for bundle, _url in self._walk():
             yield bundle
 
-    async def _walk(self) -> AsyncIterator[tuple[dict[str, Any], str]]:
+    async def _walk(self, strict: bool | None = None) -> AsyncIterator[tuple[dict[str, Any], str]]:
         fetched = await self._get(self.resource_type, self.params, "search")
         seen = {fetched.url}
+        tally = _Tally()
         while True:
             bundle = _check_bundle(fetched)
+            tally.add(bundle)
             yield bundle, fetched.url
             link = _checked_next(bundle, fetched.url, seen)
             if link is None:
+                tally.finish(fetched.url, self.strict if strict is None else strict)
                 return
             fetched = await self._get(link, None, "search")
 
@@ -328,15 +415,15 @@ class AsyncSearchResult(_Base):
             self._count = _total(await self._get(self.resource_type, self._count_params(), "count"))
         return self._count
 
-    async def builder(self, *, raw: bool = False) -> TableBuilder:
+    async def builder(self, *, raw: bool = False, strict: bool | None = None) -> TableBuilder:
         builder = TableBuilder(self.resource_type, raw=raw)
         with _gc_paused():
-            async for bundle, url in self._walk():
+            async for bundle, url in self._walk(strict):
                 builder.add(iter_matches(bundle, self.resource_type, url))
         return builder
 
-    async def to_pandas(self, *, raw: bool = False) -> pd.DataFrame:
-        return (await self.builder(raw=raw)).to_pandas()
+    async def to_pandas(self, *, raw: bool = False, strict: bool | None = None) -> pd.DataFrame:
+        return (await self.builder(raw=raw, strict=strict)).to_pandas()
 
-    async def to_arrow(self, *, raw: bool = False) -> pa.Table:
-        return (await self.builder(raw=raw)).to_arrow()
+    async def to_arrow(self, *, raw: bool = False, strict: bool | None = None) -> pa.Table:
+        return (await self.builder(raw=raw, strict=strict)).to_arrow()
