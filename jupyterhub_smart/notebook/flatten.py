@@ -141,14 +141,6 @@ def _value(element: dict[str, Any]) -> tuple[float | None, Any, str | None]:
     return None, None, None
 
 
-def _effective(resource: dict[str, Any]) -> Any:
-    return (
-        resource.get("effectiveDateTime")
-        or resource.get("effectiveInstant")
-        or _d(resource.get("effectivePeriod")).get("start")
-    )
-
-
 def observation_rows(resource: dict[str, Any], i: Interner) -> Iterable[Row]:
     """One row per value (components of a panel become rows; see the module docstring).
 
