@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "jupyterhub_smart.demo",
     "jupyterhub_smart.smart.keys_cli",
     "jupyterhub_smart.audit.cli",
+    "jupyterhub_smart.views.cli",
 )
 
 

@@ -160,12 +160,46 @@ def _matches_type(value: Any, wanted: str) -> bool:
 # --- navigation ----------------------------------------------------------------------
 
 
-def _member(name: str) -> Callable[[Collection], Collection]:
-    choice = name in CHOICE_ELEMENTS
+def _member(name: str, *, choice: bool | None = None) -> Callable[[Collection], Collection]:
+    """The navigation step ``.name`` over a collection (choice names also reach ``name[x]``)."""
+    if choice is None:
+        choice = name in CHOICE_ELEMENTS
     size = len(name)
 
+    def choices(item: dict[str, Any], out: Collection) -> None:
+        for key, found in item.items():
+            if (
+                len(key) > size
+                and key.startswith(name)
+                and key[size].isupper()
+                and found is not None
+            ):
+                suffix = key[size:]
+                lowered = suffix[0].lower() + suffix[1:]
+                type_name = lowered if lowered in PRIMITIVE_TYPES else suffix
+                if found.__class__ is list:
+                    out.extend(Typed(v, type_name) for v in found if v is not None)
+                else:
+                    out.append(Typed(found, type_name))
+
     def step(items: Collection) -> Collection:
-        out: Collection = []
+        if len(items) == 1:  # the common case: one element, read one key
+            item = items[0]
+            if item.__class__ is Typed:
+                item = item.value
+            if item.__class__ is not dict:
+                return []
+            value = item.get(name)
+            if value is None:
+                if choice:
+                    out: Collection = []
+                    choices(item, out)
+                    return out
+                return []
+            if value.__class__ is list:
+                return [v for v in value if v is not None]
+            return [value]
+        out = []
         for item in items:
             if item.__class__ is Typed:
                 item = item.value
@@ -174,20 +208,7 @@ def _member(name: str) -> Callable[[Collection], Collection]:
             value = item.get(name)
             if value is None:
                 if choice:
-                    for key, found in item.items():
-                        if (
-                            len(key) > size
-                            and key.startswith(name)
-                            and key[size].isupper()
-                            and found is not None
-                        ):
-                            suffix = key[size:]
-                            lowered = suffix[0].lower() + suffix[1:]
-                            type_name = lowered if lowered in PRIMITIVE_TYPES else suffix
-                            if found.__class__ is list:
-                                out.extend(Typed(v, type_name) for v in found if v is not None)
-                            else:
-                                out.append(Typed(found, type_name))
+                    choices(item, out)
                 continue
             if value.__class__ is list:
                 out.extend(v for v in value if v is not None)
@@ -263,9 +284,26 @@ class _Compiler:
         return type_or_member
 
     def c_member(self, node: Node) -> Evaluator:
-        base = self.compile(node[1])
-        step = _member(node[2])
-        return lambda focus, env: step(base(focus, env))
+        names = [node[2]]
+        inner = node[1]
+        while inner[0] == "member":  # a.b.c: one closure looping over the steps
+            names.append(inner[2])
+            inner = inner[1]
+        base = self.compile(inner)
+        steps = [_member(name) for name in reversed(names)]
+        if len(steps) == 1:
+            step = steps[0]
+            return lambda focus, env: step(base(focus, env))
+
+        def chain(focus: Collection, env: Env) -> Collection:
+            items = base(focus, env)
+            for step in steps:
+                if not items:
+                    return items
+                items = step(items)
+            return items
+
+        return chain
 
     def c_indexer(self, node: Node) -> Evaluator:
         base = self.compile(node[1])
@@ -338,6 +376,8 @@ class _Compiler:
             fast = self._choice_fast_path(base_node, name, args)
             if fast is not None:
                 return fast
+        if name == "first" and not args and base_node is not None and base_node[:2] == ("bin", "|"):
+            return self._first_of_union(base_node)
         builder = _FUNCTIONS.get(name)
         if builder is None:
             raise CompileError(f"unknown function {name}()")
@@ -345,6 +385,31 @@ class _Compiler:
         if not minimum <= len(args) <= maximum:
             raise CompileError(f"{name}() takes {minimum}..{maximum} arguments, got {len(args)}")
         return make(self, base, args)
+
+    def _first_of_union(self, node: Node) -> Evaluator:
+        """``(a | b | c).first()``: the first item of the first non-empty operand, in order.
+
+        The union's de-duplication never removes its first item, so evaluating
+        the operands lazily gives the same result without building the union.
+        """
+        operands: list[Node] = []
+        pending = [node]
+        while pending:
+            current = pending.pop()
+            if current[:2] == ("bin", "|"):
+                pending.extend([current[3], current[2]])
+            else:
+                operands.append(current)
+        compiled = [self.compile(operand) for operand in operands]
+
+        def first(focus: Collection, env: Env) -> Collection:
+            for operand in compiled:
+                items = operand(focus, env)
+                if items:
+                    return items[:1]
+            return []
+
+        return first
 
     def _choice_fast_path(self, base_node: Node, name: str, args: list[Node]) -> Evaluator | None:
         """``value.ofType(Quantity)`` reads ``valueQuantity`` directly: no scan of the keys."""
@@ -357,8 +422,8 @@ class _Compiler:
         if "." in wanted:
             return None
         parent = self.compile(base_node[1]) if base_node[0] == "member" else None
-        step = _member(_choice_key(element, wanted))
-        plain = _member(element)
+        step = _member(_choice_key(element, wanted), choice=False)
+        plain = _member(element, choice=False)
 
         def read(focus: Collection, env: Env) -> Collection:
             items = parent(focus, env) if parent is not None else focus
