@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from peak_memory import PEAK_KB
 
 from jupyterhub_smart.audit import AuditLog
 from jupyterhub_smart.cli import main
@@ -285,10 +286,10 @@ def test_oversized_first_line_is_refused_in_bounded_memory(tmp_path: Path) -> No
     path.write_bytes(b"")
     _plant_huge_line(path, 300 * 1024 * 1024)
     script = (
-        "import resource, sys\n"
+        f"import sys\n{PEAK_KB}"
         "from jupyterhub_smart.cli import main\n"
         "code = main(['audit', 'verify', sys.argv[1]])\n"
-        "print('exit', code, 'maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "print('exit', code, 'peak_kb', peak_kb())\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120
