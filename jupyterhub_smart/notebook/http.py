@@ -47,6 +47,7 @@ import httpx
 import orjson
 
 from ..smart.errors import safe_text
+from ..smart.fhir_rules import is_loopback_host
 from .errors import FHIRConnectionError, FHIRError, UnsafeURL
 from .tokens import TokenInfo, TokenProvider
 
@@ -194,18 +195,15 @@ def check_on_base(url: str, base: str) -> str:
     return url
 
 
-_LOOPBACK = ("localhost", "127.0.0.1", "::1")
-
-
 def require_tls(base: str, allow_http: bool = False) -> str:
     """Return ``base`` unless it is plain HTTP to another machine (the token would travel in clear).
 
     SMART App Launch: tokens go only to authenticated servers over TLS. Plain
-    HTTP stays possible on this machine (the sandbox) and, with
+    HTTP stays possible on this machine (the sandbox; ``localhost``, 127.0.0.0/8,
+    ``::1``: :func:`~jupyterhub_smart.smart.fhir_rules.is_loopback_host`) and, with
     ``allow_http=True``, for a test server on a private network.
     """
-    parts = urlsplit(base)
-    if parts.scheme == "http" and not allow_http and (parts.hostname or "") not in _LOOPBACK:
+    if urlsplit(base).scheme == "http" and not allow_http and not is_loopback_host(base):
         raise UnsafeURL(
             f"refused to send an access token over plain HTTP to {safe_text(base, 200)}: use "
             "https, or pass allow_http=True for a test server on a private network",

@@ -3,7 +3,15 @@
 Nothing is fetched until the result is used. Iterating yields resources page
 by page (a 100,000-resource search never sits in memory as JSON); ``len()``
 asks the server for ``_summary=count`` (one cheap request, cached);
-``to_pandas()``/``to_arrow()`` stream the pages into a :class:`TableBuilder`.
+``to_pandas()``/``to_arrow()`` stream the pages into a :class:`TableBuilder`,
+which flattens them with the type's built-in SQL on FHIR view or the
+``view=`` given (a ViewDefinition dict, a path to one, or a built-in name).
+
+Latency: the ``next`` link is read first and the next page's request is in
+flight while the current page is parsed and flattened (a thread for the sync
+client; a task, with the flattening in a worker thread, for the async one),
+so a search costs about pages x server latency. Results and order are the
+same as fetching one page after the other.
 
 Paging safety: every ``next`` URL goes through the HTTP layer's base check
 (the token never leaves its FHIR server), and a ``next`` link seen before
@@ -24,6 +32,7 @@ An OperationOutcome with mode ``outcome`` (a server's warning) is logged.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -36,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from .context import in_notebook
 from .errors import FHIRError, IncompleteSearch, IncompleteSearchWarning
-from .flatten import TableBuilder
+from .flatten import TableBuilder, ViewSpec
 from .http import Fetched
 
 if TYPE_CHECKING:
@@ -362,10 +371,15 @@ class SearchResult(_Base):
             return None
 
     def builder(
-        self, *, raw: bool = False, progress: bool | None = None, strict: bool | None = None
+        self,
+        *,
+        raw: bool = False,
+        progress: bool | None = None,
+        strict: bool | None = None,
+        view: ViewSpec | None = None,
     ) -> TableBuilder:
         """Fetch every page into a :class:`TableBuilder` (the shared path of both frame types)."""
-        builder = TableBuilder(self.resource_type, raw=raw)
+        builder = TableBuilder(self.resource_type, raw=raw, view=view)
         enabled = self.progress if progress is None else progress
         bar = None
         try:
@@ -382,20 +396,33 @@ class SearchResult(_Base):
         return builder
 
     def to_pandas(
-        self, *, raw: bool = False, progress: bool | None = None, strict: bool | None = None
+        self,
+        *,
+        raw: bool = False,
+        progress: bool | None = None,
+        strict: bool | None = None,
+        view: ViewSpec | None = None,
     ) -> pd.DataFrame:
         """All matches as a typed DataFrame (see :mod:`.flatten` for the columns).
 
+        ``view`` flattens with that SQL on FHIR ViewDefinition (a dict, a path
+        to its JSON file, or a built-in name) instead of the type's built-in
+        view; an invalid one raises ``ViewDefinitionError`` before any request.
         ``strict=True`` raises :class:`IncompleteSearch` when the server's pages
         end before its ``Bundle.total`` (by default that is a warning).
         """
-        return self.builder(raw=raw, progress=progress, strict=strict).to_pandas()
+        return self.builder(raw=raw, progress=progress, strict=strict, view=view).to_pandas()
 
     def to_arrow(
-        self, *, raw: bool = False, progress: bool | None = None, strict: bool | None = None
+        self,
+        *,
+        raw: bool = False,
+        progress: bool | None = None,
+        strict: bool | None = None,
+        view: ViewSpec | None = None,
     ) -> pa.Table:
         """All matches as an Arrow table (same columns and types as :meth:`to_pandas`)."""
-        return self.builder(raw=raw, progress=progress, strict=strict).to_arrow()
+        return self.builder(raw=raw, progress=progress, strict=strict, view=view).to_arrow()
 
 
 class AsyncSearchResult(_Base):
@@ -408,11 +435,14 @@ class AsyncSearchResult(_Base):
         params: list[tuple[str, str]],
         *,
         progress: bool | None = None,
+        prefetch: bool = True,
         strict: bool = False,
         max_pages: int = DEFAULT_MAX_PAGES,
     ) -> None:
         super().__init__(resource_type, params, progress, max_pages)
         self._get = get
+        #: Request the next page while the current one is processed.
+        self.prefetch = prefetch
         self.strict = strict
 
     async def pages(self) -> AsyncIterator[dict[str, Any]]:
@@ -421,18 +451,30 @@ class AsyncSearchResult(_Base):
             yield bundle
 
     async def _walk(self, strict: bool | None = None) -> AsyncIterator[tuple[dict[str, Any], str]]:
+        """Pages with their URLs; the next page's request is a task while this one is used."""
         fetched = await self._get(self.resource_type, self.params, "search")
         seen = {fetched.url}
         tally = _Tally()
-        while True:
-            bundle = _check_bundle(fetched)
-            tally.add(bundle)
-            yield bundle, fetched.url
-            link = _checked_next(bundle, fetched.url, seen, self.max_pages)
-            if link is None:
-                tally.finish(fetched.url, self.strict if strict is None else strict)
-                return
-            fetched = await self._get(link, None, "search")
+        ahead: asyncio.Task[Fetched] | None = None
+        try:
+            while True:
+                bundle = _check_bundle(fetched)
+                tally.add(bundle)
+                link = _checked_next(bundle, fetched.url, seen, self.max_pages)
+                if link is not None and self.prefetch:
+                    ahead = asyncio.ensure_future(self._get(link, None, "search"))
+                    await asyncio.sleep(0)  # let the request start before the caller works
+                yield bundle, fetched.url
+                if link is None:
+                    tally.finish(fetched.url, self.strict if strict is None else strict)
+                    return
+                if ahead is not None:
+                    fetched, ahead = await ahead, None
+                else:
+                    fetched = await self._get(link, None, "search")
+        finally:
+            if ahead is not None:  # an abandoned search: drop the page in flight
+                ahead.cancel()
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         async for bundle, url in self._walk():
@@ -444,15 +486,32 @@ class AsyncSearchResult(_Base):
             self._count = _total(await self._get(self.resource_type, self._count_params(), "count"))
         return self._count
 
-    async def builder(self, *, raw: bool = False, strict: bool | None = None) -> TableBuilder:
-        builder = TableBuilder(self.resource_type, raw=raw)
-        with _gc_paused():
-            async for bundle, url in self._walk(strict):
+    async def builder(
+        self, *, raw: bool = False, strict: bool | None = None, view: ViewSpec | None = None
+    ) -> TableBuilder:
+        """Fetch every page into a :class:`TableBuilder`.
+
+        Each page is flattened in a worker thread, so that the event loop
+        carries the next page's request meanwhile (and other tasks keep running).
+        """
+        builder = TableBuilder(self.resource_type, raw=raw, view=view)
+
+        def add(bundle: dict[str, Any], url: str) -> None:
+            with _gc_paused():
                 builder.add(iter_matches(bundle, self.resource_type, url))
+
+        async for bundle, url in self._walk(strict):
+            await asyncio.to_thread(add, bundle, url)
         return builder
 
-    async def to_pandas(self, *, raw: bool = False, strict: bool | None = None) -> pd.DataFrame:
-        return (await self.builder(raw=raw, strict=strict)).to_pandas()
+    async def to_pandas(
+        self, *, raw: bool = False, strict: bool | None = None, view: ViewSpec | None = None
+    ) -> pd.DataFrame:
+        """All matches as a typed DataFrame (``view=`` as for the sync client)."""
+        return (await self.builder(raw=raw, strict=strict, view=view)).to_pandas()
 
-    async def to_arrow(self, *, raw: bool = False, strict: bool | None = None) -> pa.Table:
-        return (await self.builder(raw=raw, strict=strict)).to_arrow()
+    async def to_arrow(
+        self, *, raw: bool = False, strict: bool | None = None, view: ViewSpec | None = None
+    ) -> pa.Table:
+        """All matches as an Arrow table (``view=`` as for the sync client)."""
+        return (await self.builder(raw=raw, strict=strict, view=view)).to_arrow()

@@ -17,11 +17,15 @@ common resource types are in :mod:`.builtin`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .definition import Column, CompiledView, compile_view
 from .errors import ViewDefinitionError, ViewEvaluationError
-from .table import TableConverter, warnings_of
+
+if TYPE_CHECKING:  # pyarrow is imported when a table is built, not when a view is compiled
+    import pyarrow as pa
+
+    from .table import TableConverter
 
 __all__ = [
     "Column",
@@ -36,8 +40,6 @@ __all__ = [
 
 #: Rows per Arrow record batch when streaming.
 BATCH_ROWS = 65_536
-
-import pyarrow as pa  # noqa: E402  (after the public names: pyarrow is the one heavy import)
 
 
 def _compiled(view: Mapping[str, Any] | CompiledView) -> CompiledView:
@@ -56,6 +58,8 @@ def iter_batches(
     Memory stays bounded by one batch whatever the number of resources. Pass a
     ``converter`` to read the warning counts after the last batch.
     """
+    from .table import TableConverter
+
     compiled = _compiled(view)
     converter = converter or TableConverter(compiled.columns)
     rows_of = compiled.rows
@@ -80,7 +84,16 @@ def run(view: Mapping[str, Any] | CompiledView, resources: Iterable[Mapping[str,
     A ``collection`` column is a list column; a missing value is null. Values
     that do not fit a declared type are null and counted (:func:`warnings_of`).
     """
+    from .table import TableConverter
+
     compiled = _compiled(view)
     converter = TableConverter(compiled.columns)
     batches = list(iter_batches(compiled, resources, converter=converter))
     return converter.table(batches)
+
+
+def warnings_of(table: pa.Table | pa.RecordBatch | pa.Schema) -> dict[str, int]:
+    """Per column, how many values did not fit their declared type and became null."""
+    from .table import warnings_of as read
+
+    return read(table)
