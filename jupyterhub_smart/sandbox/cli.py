@@ -10,33 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
-
-
-def _port(text: str) -> int:
-    value = _positive_int(text)
-    if value > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port")
-    return value
-
+from ..cli import non_negative_int, positive_int, tcp_port
 
 EPILOG = """\
 URLs under http://HOST:PORT: /fhir (FHIR R4; iss and aud), /auth (authorize,
@@ -69,7 +43,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
-    parser.add_argument("--port", type=_port, default=8700, help="TCP port (default 8700)")
+    parser.add_argument("--port", type=tcp_port, default=8700, help="TCP port (default 8700)")
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -78,7 +52,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--patients",
-        type=_positive_int,
+        type=positive_int,
         default=20,
         help="synthetic patients to generate (default 20)",
     )
@@ -99,28 +73,28 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--access-token-lifetime",
-        type=_positive_int,
+        type=positive_int,
         default=3600,
         metavar="SECONDS",
         help="lifetime of access tokens (default 3600)",
     )
     parser.add_argument(
         "--refresh-token-lifetime",
-        type=_positive_int,
+        type=positive_int,
         default=30 * 24 * 3600,
         metavar="SECONDS",
         help="lifetime of refresh tokens (default 30 days)",
     )
     parser.add_argument(
         "--code-lifetime",
-        type=_positive_int,
+        type=positive_int,
         default=60,
         metavar="SECONDS",
         help="how long an authorization code stays redeemable (default 60)",
     )
     parser.add_argument(
         "--launch-lifetime",
-        type=_positive_int,
+        type=positive_int,
         default=600,
         metavar="SECONDS",
         help="how long an EHR 'launch' value stays usable (default 600)",
@@ -139,7 +113,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--dense-patient-observations",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="add a patient with id 'dense' that has N Observations (paging benchmarks; default 0)",
