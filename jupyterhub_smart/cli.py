@@ -57,9 +57,7 @@ def missing_extra(extra: str, modules: Sequence[str]) -> str | None:
     missing = [name for name in modules if importlib.util.find_spec(name) is None]
     if not missing:
         return None
-    return (
-        f"missing {', '.join(missing)}; install with: pip install 'jupyterhub-smart[{extra}]'"
-    )
+    return f"missing {', '.join(missing)}; install with: pip install 'jupyterhub-smart[{extra}]'"
 
 
 #: Modules that add sub-commands. Each defines ``register(subparsers) -> None`` and
