@@ -431,20 +431,31 @@ class _Compiler:
         if "." in wanted:
             return None
         parent = self.compile(base_node[1]) if base_node[0] == "member" else None
-        steps = [
-            (_member(_choice_key(element, kind), choice=False), kind) for kind in subtypes(wanted)
-        ]
-        plain = _member(element, choice=False)
+        keys = [(_choice_key(element, kind), kind) for kind in subtypes(wanted)]
 
         def read(focus: Collection, env: Env) -> Collection:
             items = parent(focus, env) if parent is not None else focus
-            found = [Typed(v, kind) for step, kind in steps for v in step(items)]
-            if found:
-                return found
-            # an element named exactly ``value`` (no choice suffix) of the wanted type
-            return [
-                v for v in plain(items) if v.__class__ is not Typed and _matches_type(v, wanted)
-            ]
+            found: Collection = []
+            for item in items:
+                if item.__class__ is Typed:
+                    item = item.value
+                if item.__class__ is not dict:
+                    continue
+                for key, kind in keys:
+                    value = item.get(key)
+                    if value is None:
+                        continue
+                    if value.__class__ is list:
+                        found.extend(Typed(v, kind) for v in value if v is not None)
+                    else:
+                        found.append(Typed(value, kind))
+                # an element named exactly ``value`` (no choice suffix) of the wanted type
+                plain = item.get(element)
+                if plain is not None:
+                    for v in plain if plain.__class__ is list else [plain]:
+                        if v is not None and _matches_type(v, wanted):
+                            found.append(v)
+            return found
 
         return read
 
