@@ -3,7 +3,7 @@
 Each sub-command lives beside the code it drives, in a module that exposes
 ``register(subparsers)``; this file only assembles them. Registration modules
 import nothing heavy at import time, so ``jupyterhub-smart --help`` stays fast
-and a broken optional part cannot take the whole command down.
+and works without the optional extras (``[sandbox]``, ``[notebook]``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "jupyterhub_smart.demo",
     "jupyterhub_smart.smart.keys_cli",
     "jupyterhub_smart.audit.cli",
+    "jupyterhub_smart.views.cli",
 )
 
 
@@ -31,13 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue  # that part is not built yet
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

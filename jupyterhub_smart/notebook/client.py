@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
 import httpx
 
+from ..smart.fhir_rules import is_fhir_id, is_resource_type, is_search_param_name
 from .context import PatientBanner, SMARTContext
 from .errors import FHIRError, NoPatientInContext
 from .events import DataAccessEvent, EventSink, emit, event_patient
@@ -31,18 +31,13 @@ from .scopecheck import check_scopes
 from .search import AsyncSearchResult, SearchResult
 from .tokens import TokenInfo, TokenProvider
 
-__all__ = ["AsyncSMARTClient", "SMARTClient", "event_patient", "search_params"]
+__all__ = ["AsyncSMARTClient", "SMARTClient", "search_params"]
 
 log = logging.getLogger(__name__)
 
-_TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.:]{0,99}$")
-VITAL_SIGNS = "vital-signs"
-
 
 def _check_type(resource_type: str) -> str:
-    if not isinstance(resource_type, str) or not _TYPE.match(resource_type):
+    if not is_resource_type(resource_type):
         raise ValueError(
             f"{str(resource_type)[:80]!r} is not a FHIR resource type (e.g. 'Observation')"
         )
@@ -50,8 +45,10 @@ def _check_type(resource_type: str) -> str:
 
 
 def _check_id(resource_id: str) -> str:
-    if not isinstance(resource_id, str) or not _ID.match(resource_id):
-        raise ValueError(f"{str(resource_id)[:80]!r} is not a FHIR id (1-64 of A-Z a-z 0-9 - .)")
+    if not is_fhir_id(resource_id):
+        raise ValueError(
+            f"{str(resource_id)[:80]!r} is not a FHIR id (1-64 of A-Z a-z 0-9 - ., not only dots)"
+        )
     return resource_id
 
 
@@ -79,7 +76,7 @@ def search_params(
     items.extend(kwargs.items())
     out = []
     for name, value in items:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not is_search_param_name(name):
             raise ValueError(f"{str(name)[:80]!r} is not a search parameter name")
         if value is None:
             continue

@@ -43,6 +43,7 @@ import httpx
 import orjson
 
 from ..smart.errors import safe_text
+from ..smart.fhir_rules import is_loopback_host
 from .errors import FHIRConnectionError, FHIRError, UnsafeURL
 from .tokens import TokenInfo, TokenProvider
 
@@ -132,11 +133,39 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), port
 
 
+def _climbs_out(path: str) -> bool:
+    """True if a server could read ``path`` as leaving the directory it names.
+
+    Servers differ in how they normalise a path, and each difference is a way
+    out of the base: percent-encoded dots (``%2e%2e``, also double-encoded),
+    an encoded slash or backslash (``..%2f``, ``%5c``) that some servers decode
+    before splitting, a raw backslash that Windows servers treat as a slash,
+    Tomcat-style path parameters (``..;``, ``..;jsessionid=x``) that Java
+    servers strip after the dot-segment check, and control characters (``..%00``)
+    that a server may cut the segment at. FHIR REST paths need none of
+    them (ids are ``[A-Za-z0-9-.]``), so any such spelling is refused.
+    """
+    decoded = path
+    for _ in range(3):  # a double-encoded %252e%252e is %2e%2e to a server that decodes twice
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    if (
+        "\\" in decoded
+        or decoded.count("/") != path.count("/")
+        or any(c < " " or c == "\x7f" for c in decoded)
+    ):
+        return True
+    return any(s.split(";", 1)[0].strip() in (".", "..") for s in decoded.split("/"))
+
+
 def check_on_base(url: str, base: str) -> str:
     """Return ``url`` if it lies under the FHIR ``base``; raise :class:`UnsafeURL` otherwise.
 
     Same scheme, host and port, and a path equal to the base path or below it,
-    with no ``.``/``..`` segments (which could climb out of it).
+    with no dot segments in any spelling a server might read as one
+    (:func:`_climbs_out`).
     """
     if _origin(url) != _origin(base):
         raise UnsafeURL(
@@ -147,12 +176,7 @@ def check_on_base(url: str, base: str) -> str:
         )
     path = urlsplit(url).path
     base_path = urlsplit(base).path.rstrip("/")
-    # Dot segments climb out of the base, also percent-encoded (%2e%2e) or with
-    # backslashes, which some servers treat as slashes.
-    segments = unquote(path).replace("\\", "/").split("/")
-    if (path != base_path and not path.startswith(base_path + "/")) or any(
-        s in (".", "..") for s in segments
-    ):
+    if (path != base_path and not path.startswith(base_path + "/")) or _climbs_out(path):
         raise UnsafeURL(
             f"refused to send the access token to {safe_text(url, 200)}: its path is outside "
             f"the FHIR base {base}",
@@ -161,18 +185,15 @@ def check_on_base(url: str, base: str) -> str:
     return url
 
 
-_LOOPBACK = ("localhost", "127.0.0.1", "::1")
-
-
 def require_tls(base: str, allow_http: bool = False) -> str:
     """Return ``base`` unless it is plain HTTP to another machine (the token would travel in clear).
 
     SMART App Launch: tokens go only to authenticated servers over TLS. Plain
-    HTTP stays possible on this machine (the sandbox) and, with
+    HTTP stays possible on this machine (the sandbox; ``localhost``, 127.0.0.0/8,
+    ``::1``: :func:`~jupyterhub_smart.smart.fhir_rules.is_loopback_host`) and, with
     ``allow_http=True``, for a test server on a private network.
     """
-    parts = urlsplit(base)
-    if parts.scheme == "http" and not allow_http and (parts.hostname or "") not in _LOOPBACK:
+    if urlsplit(base).scheme == "http" and not allow_http and not is_loopback_host(base):
         raise UnsafeURL(
             f"refused to send an access token over plain HTTP to {safe_text(base, 200)}: use "
             "https, or pass allow_http=True for a test server on a private network",

@@ -17,8 +17,8 @@ import pytest
 from hub.harness import Browser, Hub, ehr_launch, patient_ids, run_hub
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
-from jupyterhub_smart.audit.reporter import HubAuditReporter
 from jupyterhub_smart.notebook import connect
+from jupyterhub_smart.notebook.reporting import HubAuditReporter
 
 pytestmark = pytest.mark.slow
 

@@ -29,8 +29,8 @@ from hub.harness import Browser, Hub, ehr_launch, run_hub
 from nbclient import NotebookClient
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
-from jupyterhub_smart.audit.reporter import HubAuditReporter
 from jupyterhub_smart.notebook import HubTokenProvider, connect, connect_async
+from jupyterhub_smart.notebook.reporting import HubAuditReporter
 
 from .sandbox_tokens import SEEN_SECRETS
 
