@@ -1,7 +1,8 @@
 """The ``jupyterhub-smart`` command.
 
 Each sub-command lives beside the code it drives, in a module that exposes
-``register(subparsers)``; this file only assembles them. Registration modules
+``register(subparsers)``; this file assembles them and holds the argument
+types they share (ports, counts). Registration modules
 import nothing heavy at import time, so ``jupyterhub-smart --help`` stays fast
 and works without the optional extras (``[sandbox]``, ``[notebook]``).
 """
@@ -12,6 +13,38 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count or a duration: a whole number, at least 1."""
+    value = _whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type of an optional count: a whole number, 0 or more."""
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def tcp_port(text: str) -> int:
+    """argparse type of a TCP port to listen on: 1 to 65535."""
+    value = _whole_number(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return value
+
 
 #: Modules that add sub-commands. Each defines ``register(subparsers) -> None`` and
 #: sets ``func`` (``Callable[[argparse.Namespace], int]``) on its parser's defaults.

@@ -33,6 +33,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .cli import positive_int, tcp_port
+
 #: The hub's client registration at the sandbox.
 DEMO_CLIENT_ID = "jupyterhub-demo"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -54,26 +56,6 @@ LAB_USER_SETTINGS: dict[str, dict[str, Any]] = {
 OPEN_LINE = "Open {url} and press Launch next to a patient. Ctrl-C stops the demo."
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``demo`` sub-command."""
     parser = subparsers.add_parser(
@@ -91,15 +73,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="generated files: keys, crypt key, databases, logs (default .demo; reused)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address both servers listen on")
-    parser.add_argument("--sandbox-port", type=_port, default=8700, help="sandbox EHR port")
-    parser.add_argument("--hub-port", type=_port, default=8000, help="JupyterHub's public port")
+    parser.add_argument("--sandbox-port", type=tcp_port, default=8700, help="sandbox EHR port")
+    parser.add_argument("--hub-port", type=tcp_port, default=8000, help="JupyterHub's public port")
     parser.add_argument(
-        "--patients", type=_positive_int, default=20, help="synthetic patients (first run)"
+        "--patients", type=positive_int, default=20, help="synthetic patients (first run)"
     )
     parser.add_argument("--seed", type=int, default=42, help="seed for the synthetic data")
     parser.add_argument(
         "--access-token-lifetime",
-        type=_positive_int,
+        type=positive_int,
         default=3600,
         help="sandbox access-token lifetime in seconds (small values show refresh at work)",
     )

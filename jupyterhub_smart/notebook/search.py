@@ -15,7 +15,9 @@ same as fetching one page after the other.
 
 Paging safety: every ``next`` URL goes through the HTTP layer's base check
 (the token never leaves its FHIR server), and a ``next`` link seen before
-stops the search with an error instead of looping forever (fhir-py#47).
+stops the search with an error instead of looping forever (fhir-py#47), and
+so does a server that keeps minting new ``next`` links: a search reads at
+most ``max_pages`` pages.
 
 Completeness: when the pages end (no ``next`` link) before the number of
 matches the server's ``Bundle.total`` announced, the result is short. That is
@@ -31,15 +33,15 @@ An OperationOutcome with mode ``outcome`` (a server's warning) is logged.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+
+from jupyterhub_smart.views.gcpause import gc_paused
 
 from .context import in_notebook
 from .errors import FHIRError, IncompleteSearch, IncompleteSearchWarning
@@ -50,7 +52,13 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-__all__ = ["AsyncSearchResult", "SearchResult", "bundle_entries", "next_link"]
+__all__ = [
+    "DEFAULT_MAX_PAGES",
+    "AsyncSearchResult",
+    "SearchResult",
+    "bundle_entries",
+    "next_link",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,9 @@ SyncGet = Callable[[str, "list[tuple[str, str]] | None", str], Fetched]
 AsyncGet = Callable[[str, "list[tuple[str, str]] | None", str], Awaitable[Fetched]]
 #: Parameters that shape pages, not matches: dropped for ``_summary=count``.
 _PAGING = frozenset({"_count", "_sort", "_elements", "_include", "_revinclude", "_summary"})
+#: Pages one search reads at most: 10 million resources at the default page
+#: size, and an end to a server that sends a new ``next`` link forever.
+DEFAULT_MAX_PAGES = 10_000
 
 
 def _check_bundle(fetched: Fetched) -> dict[str, Any]:
@@ -121,13 +132,21 @@ def next_link(bundle: dict[str, Any], url: str) -> str | None:
     return None
 
 
-def _checked_next(bundle: dict[str, Any], url: str, seen: set[str]) -> str | None:
-    """The next link, refusing one already fetched (a paging loop would never end)."""
+def _checked_next(bundle: dict[str, Any], url: str, seen: set[str], max_pages: int) -> str | None:
+    """The next link, refusing one already fetched or one past ``max_pages`` (no endless paging)."""
     link = next_link(bundle, url)
     if link is not None:
         if link in seen:
             raise FHIRError(
                 f"the server's paging loops: the next link {link} was already fetched", url=link
+            )
+        if len(seen) >= max_pages:
+            raise FHIRError(
+                f"the search stopped after max_pages={max_pages:,} pages and the server still "
+                "sends a next link: either it pages without end, or the search is larger than "
+                "that. Narrow the search, ask for bigger pages (connect(page_size=...)), or "
+                "raise the limit (connect(max_pages=...))",
+                url=url,
             )
         seen.add(link)
     return link
@@ -189,25 +208,6 @@ class _Tally:
         warnings.warn(message, IncompleteSearchWarning, stacklevel=_caller_stacklevel())
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while pages become rows.
-
-    Building 100,000 rows allocates millions of container objects and none of
-    them form cycles; CPython would run its full collections over the growing
-    heap again and again (about a quarter of the CPU time). Reference
-    counting still frees everything as usual; the collector is back on
-    afterwards (if it was on).
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _total(fetched: Fetched) -> int:
     total = _check_bundle(fetched).get("total")
     if isinstance(total, bool) or not isinstance(total, int) or total < 0:
@@ -238,11 +238,19 @@ def _progress_bar(enabled: bool | None, more_pages: bool, total: Callable[[], in
 
 class _Base:
     def __init__(
-        self, resource_type: str, params: list[tuple[str, str]], progress: bool | None
+        self,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        progress: bool | None,
+        max_pages: int,
     ) -> None:
+        if isinstance(max_pages, bool) or not isinstance(max_pages, int) or max_pages < 1:
+            raise ValueError("max_pages must be a whole number of at least 1")
         self.resource_type = resource_type
         self.params = params
         self.progress = progress
+        #: Pages read at most before the search stops with an error.
+        self.max_pages = max_pages
         self._count: int | None = None
 
     def _count_params(self) -> list[tuple[str, str]]:
@@ -265,8 +273,9 @@ class SearchResult(_Base):
         progress: bool | None = None,
         prefetch: bool = True,
         strict: bool = False,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> None:
-        super().__init__(resource_type, params, progress)
+        super().__init__(resource_type, params, progress, max_pages)
         self._get = get
         #: Fetch the next page while the current one is processed.
         self.prefetch = prefetch
@@ -294,7 +303,7 @@ class SearchResult(_Base):
             while True:
                 bundle = _check_bundle(fetched)
                 tally.add(bundle)
-                link = _checked_next(bundle, fetched.url, seen)
+                link = _checked_next(bundle, fetched.url, seen, self.max_pages)
                 ahead: Future[Fetched] | None = None
                 if link is not None and self.prefetch:
                     if pool is None:
@@ -355,7 +364,7 @@ class SearchResult(_Base):
         enabled = self.progress if progress is None else progress
         bar = None
         try:
-            with _gc_paused():
+            with gc_paused():
                 for n, (bundle, url, more) in enumerate(self._walk(strict)):
                     if n == 0:
                         bar = _progress_bar(enabled, more, self._safe_count)
@@ -409,8 +418,9 @@ class AsyncSearchResult(_Base):
         progress: bool | None = None,
         prefetch: bool = True,
         strict: bool = False,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> None:
-        super().__init__(resource_type, params, progress)
+        super().__init__(resource_type, params, progress, max_pages)
         self._get = get
         #: Request the next page while the current one is processed.
         self.prefetch = prefetch
@@ -431,7 +441,7 @@ class AsyncSearchResult(_Base):
             while True:
                 bundle = _check_bundle(fetched)
                 tally.add(bundle)
-                link = _checked_next(bundle, fetched.url, seen)
+                link = _checked_next(bundle, fetched.url, seen, self.max_pages)
                 if link is not None and self.prefetch:
                     ahead = asyncio.ensure_future(self._get(link, None, "search"))
                     await asyncio.sleep(0)  # let the request start before the caller works
@@ -468,7 +478,7 @@ class AsyncSearchResult(_Base):
         builder = TableBuilder(self.resource_type, raw=raw, view=view)
 
         def add(bundle: dict[str, Any], url: str) -> None:
-            with _gc_paused():
+            with gc_paused():
                 builder.add(iter_matches(bundle, self.resource_type, url))
 
         async for bundle, url in self._walk(strict):

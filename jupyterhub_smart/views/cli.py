@@ -43,9 +43,11 @@ def register(subparsers: Any) -> None:
     run.add_argument(
         "--out", required=True, metavar="OUT", help="output file: .parquet, .csv or .ndjson"
     )
+    from jupyterhub_smart.cli import positive_int
+
     run.add_argument(
         "--batch-rows",
-        type=int,
+        type=positive_int,
         default=65_536,
         metavar="N",
         help="rows per batch written (memory use is about one batch; default 65536)",
@@ -110,8 +112,6 @@ def _run(args: argparse.Namespace) -> int:
         compiled = compile_view(_load_view(args.view))
     except ViewDefinitionError as exc:
         return _fail(2, f"invalid view: {exc}")
-    if args.batch_rows < 1:
-        return _fail(2, "--batch-rows must be at least 1")
     try:
         files = expand_inputs(args.inputs)
     except (OSError, ValueError) as exc:

@@ -21,7 +21,14 @@ from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from .fhirtypes import CHOICE_ELEMENTS, PRIMITIVE_TYPES, is_subtype, normalize_type
+from .fhirtypes import (
+    CHOICE_ELEMENTS,
+    PRIMITIVE_TYPES,
+    is_known_type,
+    is_subtype,
+    normalize_type,
+    subtypes,
+)
 from .parser import FhirPathSyntaxError, Node, parse
 
 __all__ = ["CompileError", "Env", "EvaluationError", "Evaluator", "Typed", "compile_path"]
@@ -334,6 +341,8 @@ class _Compiler:
     def c_type(self, node: Node) -> Evaluator:
         _, op, expr, type_name = node
         operand = self.compile(expr)
+        if not is_known_type(type_name):
+            raise CompileError(f"unknown type {type_name}")
         wanted = normalize_type(type_name)
         if op == "is":
 
@@ -422,18 +431,31 @@ class _Compiler:
         if "." in wanted:
             return None
         parent = self.compile(base_node[1]) if base_node[0] == "member" else None
-        step = _member(_choice_key(element, wanted), choice=False)
-        plain = _member(element, choice=False)
+        keys = [(_choice_key(element, kind), kind) for kind in subtypes(wanted)]
 
         def read(focus: Collection, env: Env) -> Collection:
             items = parent(focus, env) if parent is not None else focus
-            found = [Typed(v, wanted) for v in step(items)]
-            if found:
-                return found
-            # an element named exactly ``value`` (no choice suffix) of the wanted type
-            return [
-                v for v in plain(items) if v.__class__ is not Typed and _matches_type(v, wanted)
-            ]
+            found: Collection = []
+            for item in items:
+                if item.__class__ is Typed:
+                    item = item.value
+                if item.__class__ is not dict:
+                    continue
+                for key, kind in keys:
+                    value = item.get(key)
+                    if value is None:
+                        continue
+                    if value.__class__ is list:
+                        found.extend(Typed(v, kind) for v in value if v is not None)
+                    else:
+                        found.append(Typed(value, kind))
+                # an element named exactly ``value`` (no choice suffix) of the wanted type
+                plain = item.get(element)
+                if plain is not None:
+                    for v in plain if plain.__class__ is list else [plain]:
+                        if v is not None and _matches_type(v, wanted):
+                            found.append(v)
+            return found
 
         return read
 
@@ -445,14 +467,16 @@ def _only(items: Collection, what: str) -> Any:
 
 
 def type_name_of(node: Node) -> str:
-    """The type specifier an ``ofType``/``is``/``as`` argument names (``FHIR.Quantity`` -> that)."""
+    """The type an ``ofType``/``is``/``as`` argument names (``FHIR.Quantity``), checked to exist."""
     if node[0] == "id":
-        return str(node[1])
-    if node[0] == "member" and node[1][0] == "id":
-        return f"{node[1][1]}.{node[2]}"
-    if node[0] == "lit" and len(node[1]) == 1 and isinstance(node[1][0], str):
-        return str(node[1][0])
-    raise CompileError("expected a type name")
+        name = str(node[1])
+    elif node[0] == "member" and node[1][0] == "id":
+        name = f"{node[1][1]}.{node[2]}"
+    else:
+        raise CompileError("expected a type name (such as Quantity or string)")
+    if not is_known_type(name):
+        raise CompileError(f"unknown type {name}")
+    return name
 
 
 # --- operators -------------------------------------------------------------------------
@@ -842,8 +866,6 @@ def _join(compiler: _Compiler, base: Evaluator, args: list[Node]) -> Evaluator:
     def join(focus: Collection, env: Env) -> Collection:
         items = base(focus, env)
         sep = _single(separator(focus, env), "join()") or ""
-        if not items:
-            return []
         return [str(sep).join(_text(unwrap(item)) for item in items)]
 
     return join
@@ -1114,37 +1136,47 @@ _DATETIME = re.compile(
 _TIME = re.compile(r"^(\d{2})(?::(\d{2}))?(?::(\d{2}))?(?:\.(\d+))?$")
 
 
+def _fill_date(year: str, month: str | None, day: str | None, high: bool) -> str:
+    month = month or ("12" if high else "01")
+    if day is None:
+        day = f"{calendar.monthrange(int(year), int(month))[1]:02d}" if high else "01"
+    return f"{year}-{month}-{day}"
+
+
+def _fraction(digits: str | None, high: bool) -> str:
+    """Fractional seconds to nanoseconds: the unknown digits are 0s (low) or 9s (high)."""
+    return (digits or "")[:9].ljust(9, "9" if high else "0")
+
+
 def _date_boundary(value: str, high: bool, precision: int | None) -> str | None:
     match = _DATE.match(value)
-    if match is not None:
-        year, month, day = match.groups()
-        if precision is not None and precision not in (4, 6, 8):
-            return None
-        month = month or ("12" if high else "01")
-        if day is None:
-            day = f"{calendar.monthrange(int(year), int(month))[1]:02d}" if high else "01"
-        full = f"{year}-{month}-{day}"
-        size = {4: 4, 6: 7, 8: 10}.get(precision or 8, 10)
-        return full[:size]
-    match = _DATETIME.match(value)
-    if match is not None:
-        year, month, day, hour, minute, second, fraction, zone = match.groups()
-        month = month or ("12" if high else "01")
-        if day is None:
-            day = f"{calendar.monthrange(int(year), int(month))[1]:02d}" if high else "01"
-        hour = hour or ("23" if high else "00")
-        minute = minute or ("59" if high else "00")
-        second = second or ("59" if high else "00")
-        fraction = (fraction or "")[:3].ljust(3, "9" if high else "0")
-        zone = zone or ("-12:00" if high else "+14:00")
-        full = f"{year}-{month}-{day}T{hour}:{minute}:{second}.{fraction}{zone}"
-        if precision is None or precision == 17:
-            return full
-        sizes = {4: 4, 6: 7, 8: 10, 10: 13, 12: 16, 14: 19}
-        if precision not in sizes:
-            return None
-        return full[: sizes[precision]]
-    return None
+    if match is None:
+        return None
+    if precision is not None and precision not in (4, 6, 8):
+        return None
+    year, month, day = match.groups()
+    full = _fill_date(year, month, day, high)
+    return full[: {4: 4, 6: 7, 8: 10}[precision or 8]]
+
+
+def _datetime_boundary(value: str, high: bool, precision: int | None) -> str | None:
+    match = _DATETIME.match(value) or _DATE.match(value)
+    if match is None:
+        return None
+    groups = list(match.groups()) + [None] * (8 - len(match.groups()))
+    year, month, day, hour, minute, second, fraction, zone = groups
+    date = _fill_date(year, month, day, high)
+    hour = hour or ("23" if high else "00")
+    minute = minute or ("59" if high else "00")
+    second = second or ("59" if high else "00")
+    zone = zone or ("-12:00" if high else "+14:00")
+    full = f"{date}T{hour}:{minute}:{second}.{_fraction(fraction, high)}{zone}"
+    if precision is None:
+        return full
+    sizes = {4: 4, 6: 7, 8: 10, 10: 13, 12: 16, 14: 19, 17: 23}
+    if precision not in sizes:
+        return None
+    return full[: sizes[precision]]
 
 
 def _time_boundary(value: str, high: bool, precision: int | None) -> str | None:
@@ -1154,25 +1186,45 @@ def _time_boundary(value: str, high: bool, precision: int | None) -> str | None:
     hour, minute, second, fraction = match.groups()
     minute = minute or ("59" if high else "00")
     second = second or ("59" if high else "00")
-    fraction = (fraction or "")[:3].ljust(3, "9" if high else "0")
-    full = f"{hour}:{minute}:{second}.{fraction}"
-    sizes = {2: 2, 4: 5, 6: 8, 9: 12}
+    full = f"{hour}:{minute}:{second}.{_fraction(fraction, high)}"
     if precision is None:
         return full
+    sizes = {2: 2, 4: 5, 6: 8, 9: 12}
     return full[: sizes[precision]] if precision in sizes else None
 
 
+#: Decimal boundaries with more significant digits than a double holds are unknown (empty).
+_MAX_DIGITS = 17
+
+
 def _decimal_boundary(value: Any, high: bool, precision: int | None) -> Any:
-    if precision is not None and not 0 <= precision <= 28:
+    """The least/greatest decimal that the input stands for, to ``precision`` places (8).
+
+    The input's own precision is its number of decimal places: ``1.587`` covers
+    1.587 up to (not including) 1.588, so its boundaries are 1.58700000 and
+    1.58799999 (the sign applies to both, as for the magnitude).
+    """
+    target = 8 if precision is None else precision
+    if not 0 <= target <= 28:
         return None
     number = _dec(value)
     exponent = number.as_tuple().exponent
     places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
-    half = Decimal(5).scaleb(-(places + 1))
-    bound = number + half if high else number - half
-    target = 8 if precision is None else precision
-    rounding = "ROUND_FLOOR" if not high else "ROUND_CEILING"
-    return bound.quantize(Decimal(1).scaleb(-target), rounding=rounding)
+    integer_digits = len(str(abs(int(number)))) if abs(number) >= 1 else 1
+    if integer_digits + target > _MAX_DIGITS:
+        return None
+    step = Decimal(1).scaleb(-target)
+    magnitude = abs(number)
+    if target < places:
+        bound = magnitude.quantize(step, rounding="ROUND_DOWN")
+        if high:
+            bound += step
+    elif high:
+        bound = magnitude + Decimal(1).scaleb(-places) - step
+    else:
+        bound = magnitude
+    bound = bound.quantize(step)
+    return -bound if number < 0 else bound
 
 
 def _boundary(high: bool) -> FunctionMaker:
@@ -1192,7 +1244,7 @@ def _boundary(high: bool) -> FunctionMaker:
                     edge = value.get("end" if high else "start")
                     if not isinstance(edge, str):
                         return []
-                    result = _date_boundary(edge, high, precision)
+                    result = _datetime_boundary(edge, high, precision)
                     return [] if result is None else [result]
                 return []
             if _is_number(value) and value.__class__ is not bool:
@@ -1201,6 +1253,8 @@ def _boundary(high: bool) -> FunctionMaker:
             if value.__class__ is str:
                 if type_name == "time":
                     result = _time_boundary(value, high, precision)
+                elif type_name in ("dateTime", "instant") or "T" in value:
+                    result = _datetime_boundary(value, high, precision)
                 else:
                     result = _date_boundary(value, high, precision)
                     if result is None:

@@ -63,17 +63,13 @@ _CONSTANT_TYPES = {
     "Uuid": "uuid",
 }
 
-_VIEW_KEYS = {
-    "resourceType", "id", "meta", "url", "identifier", "name", "title", "version", "status",
-    "experimental", "publisher", "contact", "description", "useContext", "copyright",
-    "resource", "profile", "fhirVersion", "constant", "select", "where", "text", "extension",
-    "modifierExtension", "language", "implicitRules", "date", "versionAlgorithmString",
-    "versionAlgorithmCoding", "copyrightLabel", "jurisdiction", "purpose", "contained",
-}  # fmt: skip
+#: Elements a select and a column may have; anything else is refused as a likely typo
+#: (the ViewDefinition itself, a canonical resource, may carry any metadata).
+#: ``type`` on a select and ``tags`` on a column appear in older published examples.
 _SELECT_KEYS = {"column", "select", "forEach", "forEachOrNull", "unionAll", "repeat", "id",
-                "extension", "modifierExtension", "description"}  # fmt: skip
-_COLUMN_KEYS = {"name", "path", "type", "collection", "description", "tag", "id", "extension",
-                "modifierExtension"}  # fmt: skip
+                "extension", "modifierExtension", "description", "type"}  # fmt: skip
+_COLUMN_KEYS = {"name", "path", "type", "collection", "description", "tag", "tags", "id",
+                "extension", "modifierExtension"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -133,9 +129,6 @@ def compile_view(view: Any) -> CompiledView:
     """Validate ``view`` (a ViewDefinition as JSON) and compile it; raises ViewDefinitionError."""
     if not isinstance(view, Mapping):
         raise ViewDefinitionError("", "a ViewDefinition must be a JSON object")
-    unknown = sorted(set(view) - _VIEW_KEYS)
-    if unknown:
-        raise ViewDefinitionError(unknown[0], "unknown element of a ViewDefinition")
     kind = view.get("resourceType", "ViewDefinition")
     if kind != "ViewDefinition":
         raise ViewDefinitionError("resourceType", f"expected 'ViewDefinition', found {kind!r}")
@@ -412,15 +405,15 @@ def _columns_producer(columns: list[tuple[Column, Evaluator]]) -> Producer:
 
     def values(node: Any, env: Env) -> list[Row]:
         focus = [node]
-        row = []
+        row: list[Any] = []
         for element, collection, evaluate in compiled:
             try:
                 result = evaluate(focus, env)
             except EvaluationError as exc:
                 raise ViewEvaluationError(element, str(exc)) from None
             if collection:
-                # the processing model: an empty result is null, whatever ``collection`` says
-                row.append([unwrap(v) for v in result] if result else None)
+                # a collection column is always a list: [] when the path finds nothing
+                row.append([unwrap(v) for v in result])
             elif not result:
                 row.append(None)
             elif len(result) == 1:

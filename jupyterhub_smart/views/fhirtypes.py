@@ -69,8 +69,34 @@ def normalize_type(name: str) -> str:
     if name.startswith("System."):
         return _SYSTEM.get(name[7:], name[7:])
     if name.startswith("FHIR."):
-        return name[5:]
+        name = name[5:]
+    lowered = name[:1].lower() + name[1:]
+    if name[:1].isupper() and lowered in PRIMITIVE_TYPES:  # ofType(Instant), ofType(Time)
+        return lowered
     return name
+
+
+def is_known_type(name: str) -> bool:
+    """Whether ``name`` is a FHIR or FHIRPath System type (``Observation.component`` too)."""
+    if name.startswith("System."):
+        return name[7:] in _SYSTEM or name[7:] in ("Time", "DateTime")
+    type_name = normalize_type(name)
+    base = type_name.split(".", 1)[0]
+    return (
+        type_name in PRIMITIVE_TYPES
+        or base in COMPLEX_TYPES
+        or base in RESOURCE_TYPES
+        or type_name in _PARENT
+    )
+
+
+def subtypes(type_name: str) -> list[str]:
+    """``type_name`` and the types that specialise it (``uri``: uri, url, canonical, oid, uuid)."""
+    found = [type_name]
+    for child in _PARENT:
+        if is_subtype(child, type_name):
+            found.append(child)
+    return found
 
 
 def is_subtype(actual: str, wanted: str) -> bool:

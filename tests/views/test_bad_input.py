@@ -50,7 +50,7 @@ def test_wrong_json_types_become_counted_nulls():
             "family": [None, "B"],
             "weight": None,
         },
-        {"id": "n", "active": None, "births": None, "born": None, "family": None, "weight": None},
+        {"id": "n", "active": None, "births": None, "born": None, "family": [], "weight": None},
     ]
     assert warnings_of(table) == {
         "id": 1,

@@ -147,6 +147,11 @@ def test_fifty_megabyte_resource(files, tmp_path):
         (["run", "NoSuchView", "{plain}", "--out", "{tmp}/o.parquet"], 2, b"not a built-in view"),
         (["check", "{bad}"], 2, b"unknown function frob()"),
         (["check", "{notjson}"], 2, b"not valid JSON"),
+        (
+            ["run", "{view}", "{plain}", "--out", "{tmp}/o.csv", "--batch-rows", "0"],
+            2,
+            b"'0' must be at least 1",
+        ),
     ],
 )
 def test_errors_exit_non_zero_with_a_message(files, tmp_path, args, status, message):

@@ -145,7 +145,7 @@ def test_collection_true_gives_a_list_column(rows):
     assert got == [
         {"id": "a", "family": ["Ames", "Old"]},
         {"id": "b", "family": ["Bo"]},
-        {"id": "c", "family": None},
+        {"id": "c", "family": []},
     ]
 
 
