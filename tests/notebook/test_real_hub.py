@@ -29,13 +29,14 @@ from hub.harness import Browser, Hub, ehr_launch, run_hub
 from nbclient import NotebookClient
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
+from jupyterhub_smart.demo import DEMO_NOTEBOOKS
 from jupyterhub_smart.notebook import HubTokenProvider, connect, connect_async
 from jupyterhub_smart.notebook.reporting import HubAuditReporter
 
 from .sandbox_tokens import SEEN_SECRETS
 
 PATIENT = "patient-00003"
-NOTEBOOK = Path(__file__).resolve().parents[2] / "demo" / "notebooks" / "patient-vitals.ipynb"
+NOTEBOOK = DEMO_NOTEBOOKS / "patient-vitals.ipynb"
 LIFETIME = int(os.environ.get("SMART_SOAK_TOKEN_LIFETIME", "4"))
 SOAK_SECONDS = float(os.environ.get("SMART_SOAK_SECONDS", str(2.5 * LIFETIME)))
 
