@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SANDBOX_EXTRA = ("flask", "waitress", "authlib")
 DEMO_EXTRA = (*SANDBOX_EXTRA, "jupyterlab", "ipykernel", "matplotlib")
 
@@ -58,30 +60,31 @@ def test_the_sandbox_needs_its_servers(tmp_path: Path) -> None:
     assert "ModuleNotFoundError" in result.stderr
 
 
-def test_sandbox_without_its_extra_says_what_to_install(tmp_path: Path) -> None:
-    code = (
-        "from jupyterhub_smart.cli import main\nsys.exit(main(['sandbox', '--data-dir', 'data']))\n"
-    )
-    result = run_without(SANDBOX_EXTRA, code, tmp_path)
+@pytest.mark.parametrize(
+    ("args", "hidden", "line"),
+    [
+        (
+            ["sandbox", "--data-dir", "data"],
+            SANDBOX_EXTRA,
+            "jupyterhub-smart sandbox: missing flask, waitress, authlib; "
+            "install with: pip install 'jupyterhub-smart[sandbox]'",
+        ),
+        (
+            ["demo", "--state-dir", "state"],
+            ("jupyterlab",),
+            "jupyterhub-smart demo: missing jupyterlab; "
+            "install with: pip install 'jupyterhub-smart[demo]'",
+        ),
+    ],
+)
+def test_command_without_its_extra_says_what_to_install(
+    tmp_path: Path, args: list[str], hidden: tuple[str, ...], line: str
+) -> None:
+    code = f"from jupyterhub_smart.cli import main\nsys.exit(main({args!r}))\n"
+    result = run_without(hidden, code, tmp_path)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [
-        "jupyterhub-smart sandbox: missing flask, waitress, authlib; "
-        "install with: pip install 'jupyterhub-smart[sandbox]'"
-    ]
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_demo_without_its_extra_says_what_to_install(tmp_path: Path) -> None:
-    code = (
-        "from jupyterhub_smart.cli import main\nsys.exit(main(['demo', '--state-dir', 'state']))\n"
-    )
-    result = run_without(("jupyterlab",), code, tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.splitlines() == [
-        "jupyterhub-smart demo: missing jupyterlab; "
-        "install with: pip install 'jupyterhub-smart[demo]'"
-    ]
-    assert list(tmp_path.iterdir()) == []
+    assert result.stderr.splitlines() == [line]
+    assert list(tmp_path.iterdir()) == []  # nothing generated or started
 
 
 def test_help_works_without_any_extra(tmp_path: Path) -> None:

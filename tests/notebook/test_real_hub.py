@@ -196,7 +196,7 @@ def _details(record: dict[str, object]) -> dict[str, str]:
 def test_plain_connect_reports_data_access_to_the_hub(
     world: HubWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No event_sink argument: the hub's audit log still gets the search (issue 5)."""
+    """No event_sink argument: the hub's audit log still gets the search."""
     name = _login(world, PATIENT)
     # the scopes JupyterHub gives a spawned server's JUPYTERHUB_API_TOKEN ("server" role)
     api_token = world.hub.user_token(
