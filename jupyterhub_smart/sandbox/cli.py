@@ -1,7 +1,8 @@
 """``jupyterhub-smart sandbox``: serve the sandbox EHR.
 
-Only argparse is imported here; the server and its dependencies load when the
-command runs, so ``jupyterhub-smart --help`` stays fast.
+Only argparse is imported here; the server and its dependencies (the
+``[sandbox]`` extra: Flask, Waitress, Authlib) load when the command runs, so
+``jupyterhub-smart --help`` stays fast and works without them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import non_negative_int, positive_int, tcp_port
+from ..cli import missing_extra, non_negative_int, positive_int, tcp_port
+
+#: What the sandbox's servers import, all from the ``[sandbox]`` extra.
+SERVER_MODULES = ("flask", "waitress", "authlib")
 
 EPILOG = """\
 URLs under http://HOST:PORT: /fhir (FHIR R4; iss and aud), /auth (authorize,
@@ -189,6 +193,10 @@ def _non_negative_float(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     """Start the sandbox with the parsed options; returns the exit status."""
+    missing = missing_extra("sandbox", SERVER_MODULES)
+    if missing:
+        print(f"jupyterhub-smart sandbox: {missing}", file=sys.stderr)
+        return 2
     from .auth.options import AuthOptions
     from .fhir.bulk_options import BulkOptions, Faults
     from .server import serve
