@@ -11,7 +11,7 @@ the argument types they share):
 - :mod:`jupyterhub_smart.audit`: the hash-chained audit trail.
 - :mod:`jupyterhub_smart.hub`: JupyterHub integration, ``SMARTAuthenticator``.
 - :mod:`jupyterhub_smart.notebook`: what runs in a user's kernel, ``connect()``;
-  it never imports ``hub`` or ``audit`` (kernels load no hub code).
+  it never imports ``hub`` (kernels load no JupyterHub code).
 - :mod:`jupyterhub_smart.sandbox`: the embedded SMART sandbox EHR; it imports
   none of the others, so that it stays an independent reference for the tests.
 

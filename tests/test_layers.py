@@ -15,8 +15,8 @@ ALLOWED: dict[str, set[str]] = {
     "smart": set(),
     "views": set(),
     "audit": {"smart"},
-    "hub": {"smart", "audit"},
-    "notebook": {"smart", "views"},
+    "hub": {"smart", "audit", "views"},
+    "notebook": {"smart", "audit", "views"},
     "sandbox": set(),
 }
 #: Top-level modules: the command line and the demo, which may use any part.
