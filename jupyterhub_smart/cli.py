@@ -68,6 +68,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "jupyterhub_smart.smart.keys_cli",
     "jupyterhub_smart.audit.cli",
     "jupyterhub_smart.views.cli",
+    "jupyterhub_smart.bulk.cli",
 )
 
 

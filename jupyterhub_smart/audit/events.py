@@ -82,6 +82,9 @@ HUB_ACTIONS: dict[str, tuple[dict[str, str], dict[str, str] | None, str]] = {
     "logout": (_USER_AUTHENTICATION, _LOGOUT, "E"),
     "token-revoked": (_USER_AUTHENTICATION, None, "D"),
     "data-access": (_REST, None, "R"),
+    # A Bulk Data export (jupyterhub_smart.bulk) started, completed, was cancelled or
+    # failed: the description says which, with the level, types, group and file count.
+    "bulk-export": (_REST, None, "E"),
     # Written by the log itself, about itself.
     "audit-recovered": (_SECURITY_ALERT, None, "E"),
 }

@@ -296,7 +296,7 @@ class _Compiler:
         while inner[0] == "member":  # a.b.c: one closure looping over the steps
             names.append(inner[2])
             inner = inner[1]
-        base = self.compile(inner)
+        base = self._navigated(inner)
         steps = [_member(name) for name in reversed(names)]
         if len(steps) == 1:
             step = steps[0]
@@ -311,6 +311,20 @@ class _Compiler:
             return items
 
         return chain
+
+    def _navigated(self, node: Node) -> Evaluator:
+        """``node`` compiled as the start of a navigation: ``value.ofType(Quantity).unit``
+        needs no type wrapper on the Quantity, since ``.unit`` reads inside it."""
+        if (
+            node[0] == "call"
+            and node[2] in ("ofType", "as")
+            and node[1] is not None
+            and node[1][0] in ("member", "id")
+        ):
+            fast = self._choice_fast_path(node[1], node[2], node[3], wrap=False)
+            if fast is not None:
+                return fast
+        return self.compile(node)
 
     def c_indexer(self, node: Node) -> Evaluator:
         base = self.compile(node[1])
@@ -420,7 +434,9 @@ class _Compiler:
 
         return first
 
-    def _choice_fast_path(self, base_node: Node, name: str, args: list[Node]) -> Evaluator | None:
+    def _choice_fast_path(
+        self, base_node: Node, name: str, args: list[Node], *, wrap: bool = True
+    ) -> Evaluator | None:
         """``value.ofType(Quantity)`` reads ``valueQuantity`` directly: no scan of the keys."""
         if len(args) != 1:
             return None
@@ -445,7 +461,12 @@ class _Compiler:
                     value = item.get(key)
                     if value is None:
                         continue
-                    if value.__class__ is list:
+                    if not wrap:
+                        if value.__class__ is list:
+                            found.extend(v for v in value if v is not None)
+                        else:
+                            found.append(value)
+                    elif value.__class__ is list:
                         found.extend(Typed(v, kind) for v in value if v is not None)
                     else:
                         found.append(Typed(value, kind))
