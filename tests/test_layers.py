@@ -17,6 +17,7 @@ ALLOWED: dict[str, set[str]] = {
     "audit": {"smart"},
     "hub": {"smart", "audit", "views"},
     "notebook": {"smart", "audit", "views"},
+    "bulk": {"smart", "audit", "views"},
     "sandbox": set(),
 }
 #: Top-level modules: the command line and the demo, which may use any part.
