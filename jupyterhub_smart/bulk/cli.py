@@ -151,6 +151,13 @@ def register(subparsers: Any) -> None:
         metavar="DIR",
         help="where the per-server lock files live (default ~/.cache/jupyterhub-smart/bulk-locks)",
     )
+    p.add_argument(
+        "--chunk-lines",
+        type=_positive_int,
+        default=20_000,
+        metavar="N",
+        help="lines per Parquet part and per committed step of a download (default 20000)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
@@ -213,6 +220,7 @@ def run_from_options(
     http: Any,
     show_progress: bool,
     key_id: str | None = None,
+    chunk_lines: int = 20_000,
 ) -> Any:
     """Build the HTTP client, auth, views and audit for an export and run it."""
     import contextlib
@@ -262,6 +270,7 @@ def run_from_options(
             trusted_origins=trusted_origins,
             view_definitions=definitions,
             lock_dir=lock_dir,
+            chunk_lines=chunk_lines,
             on_progress=bar.status,
             on_bytes=bar.update,
             audit=audit,
@@ -370,6 +379,7 @@ def _run(args: argparse.Namespace) -> int:
             client_id=args.client_id,
             key=args.key,
             key_id=args.key_id,
+            chunk_lines=args.chunk_lines,
             auth=None,
             scope=args.scope,
             since_auto=args.since == "auto",
