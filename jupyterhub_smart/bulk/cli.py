@@ -152,6 +152,18 @@ def register(subparsers: Any) -> None:
         help="where the per-server lock files live (default ~/.cache/jupyterhub-smart/bulk-locks)",
     )
     p.add_argument(
+        "--include-associated-data",
+        action="append",
+        default=[],
+        metavar="VALUE",
+        help="includeAssociatedData value, e.g. LatestProvenanceResources (repeatable)",
+    )
+    p.add_argument(
+        "--organize-output-by",
+        metavar="TYPE",
+        help="organizeOutputBy (Bulk Data 3.0), e.g. Patient; sent as given",
+    )
+    p.add_argument(
         "--chunk-lines",
         type=_positive_int,
         default=20_000,
@@ -367,6 +379,8 @@ def _run(args: argparse.Namespace) -> int:
         elements=_types(args.elements),
         patients=args.patient_id,
         allow_partial_manifests=args.allow_partial_manifests,
+        include_associated_data=args.include_associated_data,
+        organize_output_by=args.organize_output_by,
         param_style=args.param_style,
         method="POST" if args.post else "GET",
         lenient=args.lenient,
