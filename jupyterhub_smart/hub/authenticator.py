@@ -53,6 +53,7 @@ from .logout import SMARTLogoutHandler
 from .pending import PendingLogin, PendingLogins
 from .published_keys import SMARTJWKSHandler, jwk_set, load_published_keys
 from .refresh import TokenRefresher
+from .scopes import define_smart_scopes, register_smart_scopes
 from .token_api import SMARTTokenAPIHandler
 from .tokenstate import new_auth_state
 from .trail import HubTrail, client_fields, reference
@@ -228,6 +229,9 @@ class SMARTAuthenticator(OAuthenticator):
         self._refused_settings: list[str] = []
         self.observe(self._note_refused_setting, names=list(REFUSED))
         super().__init__(**kwargs)
+        # Defined now (JupyterHub builds this authenticator while loading roles), so that
+        # an admin's load_roles may grant them, e.g. to a trusted service.
+        define_smart_scopes()
         refused = refusal_lines(self._refused_settings, lambda name: getattr(self, name))
         if refused:
             raise ValueError("\n".join(refused))
@@ -318,8 +322,13 @@ class SMARTAuthenticator(OAuthenticator):
     # ------------------------------------------------------------------ JupyterHub hooks
 
     def get_handlers(self, app: Any) -> list[tuple[str, type]]:
-        """OAuthenticator's login/callback/logout, the token API, the JWK Set, audit reports."""
+        """OAuthenticator's login/callback/logout, the token API, the JWK Set, audit reports.
+
+        Also where the SMART scopes join the ``user`` and ``server`` roles: JupyterHub
+        calls this after loading roles and before spawning any server.
+        """
         allow_framing(app.tornado_settings, self.frame_ancestors)
+        register_smart_scopes(app)
         return [
             *super().get_handlers(app),
             (r"/api/smart/token", SMARTTokenAPIHandler),

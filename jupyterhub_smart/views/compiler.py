@@ -291,13 +291,23 @@ class _Compiler:
         return type_or_member
 
     def c_member(self, node: Node) -> Evaluator:
-        names = [node[2]]
-        inner = node[1]
-        while inner[0] == "member":  # a.b.c: one closure looping over the steps
-            names.append(inner[2])
-            inner = inner[1]
+        return self._chain(node)
+
+    def _chain(self, node: Node) -> Evaluator:
+        """``a.b.first().c``: member steps and ``first()`` run in one loop, not nested closures."""
+        steps: list[Callable[[Collection], Collection]] = []
+        inner = node
+        while True:
+            if inner[0] == "member":
+                steps.append(_member(inner[2]))
+                inner = inner[1]
+            elif _is_first(inner) and inner[1][0] in ("member", "call"):
+                steps.append(_take_first)
+                inner = inner[1]
+            else:
+                break
         base = self._navigated(inner)
-        steps = [_member(name) for name in reversed(names)]
+        steps.reverse()
         if len(steps) == 1:
             step = steps[0]
             return lambda focus, env: step(base(focus, env))
@@ -401,6 +411,8 @@ class _Compiler:
                 return fast
         if name == "first" and not args and base_node is not None and base_node[:2] == ("bin", "|"):
             return self._first_of_union(base_node)
+        if _is_first(node) and base_node is not None and base_node[0] == "member":
+            return self._chain(node)
         builder = _FUNCTIONS.get(name)
         if builder is None:
             raise CompileError(f"unknown function {name}()")
@@ -479,6 +491,15 @@ class _Compiler:
             return found
 
         return read
+
+
+def _is_first(node: Node) -> bool:
+    """Whether ``node`` is ``X.first()`` with an ``X``."""
+    return node[0] == "call" and node[2] == "first" and not node[3] and node[1] is not None
+
+
+def _take_first(items: Collection) -> Collection:
+    return items[:1]
 
 
 def _only(items: Collection, what: str) -> Any:
