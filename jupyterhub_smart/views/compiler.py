@@ -1186,8 +1186,8 @@ def _fill_date(year: str, month: str | None, day: str | None, high: bool) -> str
 
 
 def _fraction(digits: str | None, high: bool) -> str:
-    """Fractional seconds to nanoseconds: the unknown digits are 0s (low) or 9s (high)."""
-    return (digits or "")[:9].ljust(9, "9" if high else "0")
+    """Fractional seconds to milliseconds: the unknown digits are 0s (low) or 9s (high)."""
+    return (digits or "")[:3].ljust(3, "9" if high else "0")
 
 
 def _date_boundary(value: str, high: bool, precision: int | None) -> str | None:
@@ -1235,16 +1235,12 @@ def _time_boundary(value: str, high: bool, precision: int | None) -> str | None:
     return full[: sizes[precision]] if precision in sizes else None
 
 
-#: Decimal boundaries with more significant digits than a double holds are unknown (empty).
-_MAX_DIGITS = 17
-
-
 def _decimal_boundary(value: Any, high: bool, precision: int | None) -> Any:
-    """The least/greatest decimal that the input stands for, to ``precision`` places (8).
+    """The least/greatest value that would round to the input, to ``precision`` places (8).
 
-    The input's own precision is its number of decimal places: ``1.587`` covers
-    1.587 up to (not including) 1.588, so its boundaries are 1.58700000 and
-    1.58799999 (the sign applies to both, as for the magnitude).
+    The input's precision is its number of decimal places: ``1.0`` stands for
+    0.95 up to 1.05 (FHIR's FHIRPath page: "the lowBoundary of 1.0 is
+    0.95000000000"), ``1.587`` for 1.5865 up to 1.5875.
     """
     target = 8 if precision is None else precision
     if not 0 <= target <= 28:
@@ -1252,21 +1248,10 @@ def _decimal_boundary(value: Any, high: bool, precision: int | None) -> Any:
     number = _dec(value)
     exponent = number.as_tuple().exponent
     places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
-    integer_digits = len(str(abs(int(number)))) if abs(number) >= 1 else 1
-    if integer_digits + target > _MAX_DIGITS:
-        return None
-    step = Decimal(1).scaleb(-target)
-    magnitude = abs(number)
-    if target < places:
-        bound = magnitude.quantize(step, rounding="ROUND_DOWN")
-        if high:
-            bound += step
-    elif high:
-        bound = magnitude + Decimal(1).scaleb(-places) - step
-    else:
-        bound = magnitude
-    bound = bound.quantize(step)
-    return -bound if number < 0 else bound
+    half = Decimal(5).scaleb(-(places + 1))
+    bound = number + half if high else number - half
+    rounding = "ROUND_CEILING" if high else "ROUND_FLOOR"
+    return bound.quantize(Decimal(1).scaleb(-target), rounding=rounding)
 
 
 def _boundary(high: bool) -> FunctionMaker:
