@@ -153,6 +153,25 @@ def register(subparsers: Any) -> None:
         metavar="DIR",
         help="where the per-server lock files live (default ~/.cache/jupyterhub-smart/bulk-locks)",
     )
+    p.add_argument(
+        "--include-associated-data",
+        action="append",
+        default=[],
+        metavar="VALUE",
+        help="includeAssociatedData value, e.g. LatestProvenanceResources (repeatable)",
+    )
+    p.add_argument(
+        "--organize-output-by",
+        metavar="TYPE",
+        help="organizeOutputBy (Bulk Data 3.0), e.g. Patient; sent as given",
+    )
+    p.add_argument(
+        "--chunk-lines",
+        type=_positive_int,
+        default=20_000,
+        metavar="N",
+        help="lines per Parquet part and per committed step of a download (default 20000)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
@@ -205,6 +224,7 @@ def run_from_options(
     http: Any,
     show_progress: bool,
     key_id: str | None = None,
+    chunk_lines: int = 20_000,
 ) -> Any:
     """Build the HTTP client, auth, views and audit for an export and run it."""
     import contextlib
@@ -254,6 +274,7 @@ def run_from_options(
             trusted_origins=trusted_origins,
             view_definitions=definitions,
             lock_dir=lock_dir,
+            chunk_lines=chunk_lines,
             on_progress=bar.status,
             on_bytes=bar.update,
             audit=audit,
@@ -350,6 +371,8 @@ def _run(args: argparse.Namespace) -> int:
         elements=_types(args.elements),
         patients=args.patient_id,
         allow_partial_manifests=args.allow_partial_manifests,
+        include_associated_data=args.include_associated_data,
+        organize_output_by=args.organize_output_by,
         param_style=args.param_style,
         method="POST" if args.post else "GET",
         lenient=args.lenient,
@@ -362,6 +385,7 @@ def _run(args: argparse.Namespace) -> int:
             client_id=args.client_id,
             key=args.key,
             key_id=args.key_id,
+            chunk_lines=args.chunk_lines,
             auth=None,
             scope=args.scope,
             since_auto=args.since == "auto",

@@ -166,7 +166,7 @@ def register(subparsers: Any) -> None:
         type=non_negative_int,
         default=0,
         metavar="N",
-        help="treat the last N Observations as deleted on 2025-07-02: exports leave them out and "
+        help="treat the last N Observations as deleted on 2025-07-02: exports leave them out (unless _until is earlier) and "
         "list them in deleted[] when _since is earlier (default 0)",
     )
     bulk.add_argument(
