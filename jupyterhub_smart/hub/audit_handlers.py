@@ -44,6 +44,7 @@ from tornado.escape import url_unescape
 
 from ..audit import AuditLog, AuditUnavailable, data_access_event
 from ..smart.fhir_rules import patient_id
+from .inactivity import record_activity
 from .scopes import AUDIT_SCOPE, missing_scope_message
 
 #: Fields a notebook may send for each event; anything else is refused.
@@ -203,6 +204,7 @@ class SMARTAuditHandler(APIHandler):
             raise web.HTTPError(
                 503, "the audit trail cannot be written right now; retry later"
             ) from None
+        record_activity(self, user)  # automatic logoff: a kernel at work keeps its user in
         self.set_status(201)
         self.finish({"recorded": len(events)})
 

@@ -18,6 +18,7 @@ from jupyterhub.utils import url_path_join
 from ..audit import AuditUnavailable
 from ..smart.errors import SMARTError
 from .errors import ReauthenticationRequired, RefreshRateLimited
+from .inactivity import record_activity
 from .refresh import TokenRefresher
 from .scopes import TOKEN_SCOPE, missing_scope_message
 from .tokenstate import parse_fingerprint, token_api_payload
@@ -142,6 +143,7 @@ class SMARTTokenAPIHandler(APIHandler):
                 {"error": "forbidden", "message": "A user can only get their own SMART token."},
             )
             return
+        record_activity(self, user)  # automatic logoff: a kernel at work keeps its user in
         rejected, problem = self._rejected_argument()
         if problem is not None:
             # The value is not logged: a buggy client might have sent the token itself.
