@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..cli import positive_int
+
 EPILOG = """\
 Output under --out DIR: ndjson/<Type>/ (files as downloaded), parquet/<Type>/part-*.parquet
 (built-in view columns + resource_id + raw JSON 'resource'), views/<name>/ (--view),
@@ -108,7 +110,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--parallel",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="N",
         help="parallel downloads (default 4)",
@@ -165,7 +167,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--chunk-lines",
-        type=_positive_int,
+        type=positive_int,
         default=5_000,
         metavar="N",
         help="lines per Parquet part and per committed step of a download (default 5000)",
@@ -173,16 +175,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
 def _load_view(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
