@@ -56,6 +56,7 @@ from .pending import PendingLogin, PendingLogins
 from .published_keys import SMARTJWKSHandler, jwk_set, load_published_keys
 from .refresh import TokenRefresher
 from .scopes import define_smart_scopes, register_smart_scopes
+from .sealed import RefreshTokenSeal
 from .token_api import SMARTTokenAPIHandler
 from .tokenstate import new_auth_state
 from .trail import HubTrail, client_fields, reference
@@ -338,6 +339,7 @@ class SMARTAuthenticator(OAuthenticator):
             leeway=self.refresh_leeway,
             forced_interval=self.forced_refresh_interval,
             log=self.log,
+            seal=RefreshTokenSeal(CryptKeeper.instance().keys) if self.enable_auth_state else None,
         )
 
     def _note_refused_setting(self, change: Mapping[str, Any]) -> None:
@@ -473,6 +475,8 @@ class SMARTAuthenticator(OAuthenticator):
         auth_state = new_auth_state(reg.issuer, config, token, context, fhir_user, sub)
         if self.modify_auth_state_hook is not None:
             auth_state = await self._call_modify_auth_state_hook(auth_state)
+        if self.refresher.seal is not None and isinstance(auth_state, Mapping):
+            auth_state = self.refresher.seal.seal(auth_state)  # the refresh token never leaves
         auth_model: dict[str, Any] = {
             "name": username,
             "admin": True if username in self.admin_users else None,
