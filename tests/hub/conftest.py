@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hub_process import Hub, run_hub
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.smart.keys import write_key_pair
 
 from .evil_ehr import EvilEHR, run_evil_ehr
-from .harness import Hub, run_hub
 
 
 @dataclass
