@@ -1,12 +1,19 @@
 """jupyterhub-smart: SMART on FHIR for JupyterHub.
 
-Sub-packages (dependencies point one way, see docs/ and DESIGN.md):
+Sub-packages, each importing only from those listed before it:
 
-- :mod:`jupyterhub_smart.smart`: the SMART protocol core, framework-free.
-- :mod:`jupyterhub_smart.hub`: JupyterHub integration (``SMARTAuthenticator``).
-- :mod:`jupyterhub_smart.notebook`: what runs in a user's kernel (``connect()``).
+- :mod:`jupyterhub_smart.smart`: the SMART protocol core and the FHIR syntax
+  rules, framework-free.
+- :mod:`jupyterhub_smart.views`: tables from FHIR resources (SQL on FHIR
+  ViewDefinitions).
 - :mod:`jupyterhub_smart.audit`: the hash-chained audit trail.
-- :mod:`jupyterhub_smart.sandbox`: the embedded SMART sandbox EHR.
+- :mod:`jupyterhub_smart.hub`: JupyterHub integration, ``SMARTAuthenticator``.
+- :mod:`jupyterhub_smart.notebook`: what runs in a user's kernel, ``connect()``;
+  it never imports ``hub`` (kernels load no JupyterHub code).
+- :mod:`jupyterhub_smart.sandbox`: the embedded SMART sandbox EHR; it imports
+  none of the others, so that it stays an independent reference for the tests.
+
+``docs/`` has the guides for administrators, researchers and the sandbox.
 """
 
 __version__ = "0.1.0.dev0"

@@ -33,12 +33,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .cli import missing_extra, positive_int, tcp_port
+
 #: The hub's client registration at the sandbox.
 DEMO_CLIENT_ID = "jupyterhub-demo"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_NOTEBOOKS = REPO_ROOT / "demo" / "notebooks"
-#: Where ``make`` installs configurable-http-proxy (``npm install`` in the checkout).
-LOCAL_NODE_BIN = REPO_ROOT / "node_modules" / ".bin"
+#: The notebooks each demo user finds in their home (package data).
+DEMO_NOTEBOOKS = Path(__file__).resolve().with_name("demo_notebooks")
+#: Where ``make`` installs configurable-http-proxy when the package runs from a
+#: checkout (``npm install`` there); elsewhere it must be on PATH.
+LOCAL_NODE_BIN = Path(__file__).resolve().parent.parent / "node_modules" / ".bin"
+#: What the demo runs besides the hub: the sandbox's servers, JupyterLab, and
+#: what the demo notebook imports (the ``[demo]`` extra).
+DEMO_MODULES = ("flask", "waitress", "authlib", "jupyterlab", "ipykernel", "pandas", "matplotlib")
 #: How long a child gets to stop by itself (JupyterHub stops the single-user
 #: servers and the proxy it started) before it and its descendants are killed.
 STOP_GRACE_SECONDS = 20.0
@@ -52,26 +58,6 @@ LAB_USER_SETTINGS: dict[str, dict[str, Any]] = {
 }
 #: The line a person (and the end-to-end test) waits for.
 OPEN_LINE = "Open {url} and press Launch next to a patient. Ctrl-C stops the demo."
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -91,15 +77,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="generated files: keys, crypt key, databases, logs (default .demo; reused)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address both servers listen on")
-    parser.add_argument("--sandbox-port", type=_port, default=8700, help="sandbox EHR port")
-    parser.add_argument("--hub-port", type=_port, default=8000, help="JupyterHub's public port")
+    parser.add_argument("--sandbox-port", type=tcp_port, default=8700, help="sandbox EHR port")
+    parser.add_argument("--hub-port", type=tcp_port, default=8000, help="JupyterHub's public port")
     parser.add_argument(
-        "--patients", type=_positive_int, default=20, help="synthetic patients (first run)"
+        "--patients", type=positive_int, default=20, help="synthetic patients (first run)"
     )
     parser.add_argument("--seed", type=int, default=42, help="seed for the synthetic data")
     parser.add_argument(
         "--access-token-lifetime",
-        type=_positive_int,
+        type=positive_int,
         default=3600,
         help="sandbox access-token lifetime in seconds (small values show refresh at work)",
     )
@@ -440,6 +426,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    missing = missing_extra("demo", DEMO_MODULES)
+    if missing:
+        raise DemoError(missing)
     env_path = _child_env()["PATH"]
     if shutil.which("configurable-http-proxy", path=env_path) is None:
         raise DemoError(

@@ -43,6 +43,8 @@ from typing import Any
 
 import orjson
 
+from ..smart.fhir_rules import is_fhir_id, is_resource_type, is_search_param_name
+
 log = logging.getLogger(__name__)
 
 #: Our code system for the ``subtype`` that names what the hub did.
@@ -550,9 +552,6 @@ INTERACTIONS: dict[str, str] = {
     "operation": "E",
     "capabilities": "R",
 }
-_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_PARAM_NAME = re.compile(r"_?[A-Za-z][A-Za-z0-9\-_.:]{0,63}")
 
 
 def data_access_event(
@@ -581,15 +580,15 @@ def data_access_event(
     """
     if interaction not in INTERACTIONS:
         raise ValueError(f"interaction must be one of {sorted(INTERACTIONS)}")
-    if resource_type is not None and not _RESOURCE_TYPE.fullmatch(resource_type):
+    if resource_type is not None and not is_resource_type(resource_type):
         raise ValueError("resource_type must be a FHIR resource type name such as 'Observation'")
-    if resource_id is not None and not _FHIR_ID.fullmatch(resource_id):
+    if resource_id is not None and not is_fhir_id(resource_id):
         raise ValueError("resource_id must be a FHIR id (letters, digits, '-', '.'; up to 64)")
     names = list(search_params)
     if len(names) > 50:
         raise ValueError("at most 50 search parameter names")
     for name in names:
-        if not isinstance(name, str) or not _PARAM_NAME.fullmatch(name):
+        if not is_search_param_name(name):
             raise ValueError("search parameters must be parameter NAMES (e.g. 'code'), no values")
     if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
         raise ValueError("count must be a non-negative integer")

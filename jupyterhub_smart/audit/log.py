@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from .chain import GENESIS, RecordError, canonical, parse_line, seal, sha256_hex
+from .chain import GENESIS, RecordError, parse_line, seal, sha256_hex
 from .events import hub_event, sanitize
 
 log = logging.getLogger(__name__)
@@ -609,8 +609,3 @@ def _first_record(fd: int) -> dict[str, Any] | None:
         return parse_line(line)
     except RecordError:
         return None
-
-
-def canonical_line(record: Mapping[str, Any]) -> bytes:
-    """Serialise a record exactly as it appears in the log (for tools and tests)."""
-    return canonical(record)

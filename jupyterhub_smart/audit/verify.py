@@ -2,8 +2,9 @@
 
 The verifier re-derives everything from the bytes on disk with the same rules
 the writer used (:mod:`.chain`) and stops at the first problem, naming the
-``seq`` where the chain breaks and why. It reads files as streams, so a log of
-any size is checked in constant memory.
+``seq`` where the chain breaks and why. It reads files as streams, and never
+more than :data:`MAX_LINE_BYTES` of one line, so a log of any size (or a file
+with one enormous line, planted or corrupt) is checked in constant memory.
 
 What a pass proves: the files given form one unbroken chain from ``seq`` 1 to
 the reported head, and no line in it was edited, removed, reordered or taken
@@ -22,6 +23,11 @@ from typing import Any
 
 from .chain import GENESIS, RecordError, parse_line, sha256_hex
 from .log import _ROTATED, rotated_files
+
+#: Longest line a verifier reads. The writer's records are a few kilobytes at
+#: most (free text is cut at 1,024 characters); a longer line is not an audit
+#: record, and reading it whole would let one planted line exhaust memory.
+MAX_LINE_BYTES = 1024 * 1024
 
 
 class ChainBroken(Exception):
@@ -89,7 +95,7 @@ def _order_key(path: Path) -> tuple[int, str]:
     """Order files by the seq of their first valid line (file names are only a hint)."""
     try:
         with path.open("rb") as handle:
-            first = handle.readline().rstrip(b"\n")
+            first = handle.readline(MAX_LINE_BYTES + 1).rstrip(b"\n")
         if first:
             return parse_line(first)["seq"], path.name
     except (RecordError, OSError):
@@ -114,7 +120,18 @@ def iter_verified(files: list[Path], report: Report | None = None) -> Iterator[E
     expected, prev_hash, log_id = 1, GENESIS, ""
     for path in ordered:
         with path.open("rb") as handle:
-            for lineno, raw in enumerate(handle, start=1):
+            # readline with a size: a line past the limit is cut there, never read whole
+            lines = iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b"")
+            for lineno, raw in enumerate(lines, start=1):
+                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                    raise ChainBroken(
+                        expected,
+                        f"line {lineno} is longer than {MAX_LINE_BYTES:,} bytes, far beyond any "
+                        "audit record: the file was altered or is not an audit log (not read "
+                        "further)",
+                        path,
+                        lineno,
+                    )
                 if not raw.endswith(b"\n"):
                     raise ChainBroken(
                         expected,

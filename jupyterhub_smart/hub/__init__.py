@@ -7,8 +7,8 @@
 from __future__ import annotations
 
 from .access_log import scrub_secret_params
-from .authenticator import SMARTAuthenticator, SMARTonFHIRAuthenticator
+from .authenticator import SMARTAuthenticator
 
 scrub_secret_params()
 
-__all__ = ["SMARTAuthenticator", "SMARTonFHIRAuthenticator"]
+__all__ = ["SMARTAuthenticator"]

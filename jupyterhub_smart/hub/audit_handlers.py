@@ -42,6 +42,7 @@ from tornado import web
 from tornado.escape import url_unescape
 
 from ..audit import AuditLog, AuditUnavailable, data_access_event
+from ..smart.fhir_rules import patient_id
 
 #: Fields a notebook may send for each event; anything else is refused.
 EVENT_FIELDS = frozenset(
@@ -51,7 +52,6 @@ EVENT_FIELDS = frozenset(
 IDENTITY_FIELDS = frozenset(
     {"username", "user", "fhir_user", "fhirUser", "agent", "server_name", "client_address"}
 )
-_PATIENT_REF = re.compile(r"(Patient/)?[A-Za-z0-9\-.]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -239,7 +239,7 @@ class SMARTAuditHandler(APIHandler):
             if not isinstance(item.get("search_params", []), list):
                 raise web.HTTPError(400, f"events[{index}].search_params must be a list of names")
             patient = item.get("patient")
-            if patient is not None and not _PATIENT_REF.fullmatch(patient):
+            if patient is not None and patient_id(patient) is None:
                 raise web.HTTPError(400, f"events[{index}].patient must be a Patient reference")
         return items
 

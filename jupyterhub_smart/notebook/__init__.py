@@ -25,6 +25,8 @@ from .context import PatientBanner, SMARTContext
 from .errors import (
     FHIRConnectionError,
     FHIRError,
+    IncompleteSearch,
+    IncompleteSearchWarning,
     NoPatientInContext,
     NotInSMARTHub,
     ReauthenticationRequired,
@@ -50,6 +52,8 @@ __all__ = [
     "FHIRConnectionError",
     "FHIRError",
     "HubTokenProvider",
+    "IncompleteSearch",
+    "IncompleteSearchWarning",
     "NoPatientInContext",
     "NotInSMARTHub",
     "PatientBanner",

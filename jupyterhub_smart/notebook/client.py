@@ -16,33 +16,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import date, datetime
 from typing import Any
 
 import httpx
 
+from ..smart.fhir_rules import is_fhir_id, is_resource_type, is_search_param_name
 from .context import PatientBanner, SMARTContext
 from .errors import FHIRError, NoPatientInContext
 from .events import DataAccessEvent, EventSink, emit, event_patient
-from .http import DEFAULT_TIMEOUT, FHIRHTTP, AsyncFHIRHTTP, Fetched, RetryPolicy
+from .http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_TIMEOUT,
+    FHIRHTTP,
+    AsyncFHIRHTTP,
+    Fetched,
+    RetryPolicy,
+)
 from .scopecheck import check_scopes
-from .search import AsyncSearchResult, SearchResult
+from .search import DEFAULT_MAX_PAGES, AsyncSearchResult, SearchResult
 from .tokens import TokenInfo, TokenProvider
 
-__all__ = ["AsyncSMARTClient", "SMARTClient", "event_patient", "search_params"]
+__all__ = ["AsyncSMARTClient", "SMARTClient", "search_params"]
 
 log = logging.getLogger(__name__)
 
-_TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-.:]{0,99}$")
-VITAL_SIGNS = "vital-signs"
-
 
 def _check_type(resource_type: str) -> str:
-    if not isinstance(resource_type, str) or not _TYPE.match(resource_type):
+    if not is_resource_type(resource_type):
         raise ValueError(
             f"{str(resource_type)[:80]!r} is not a FHIR resource type (e.g. 'Observation')"
         )
@@ -50,8 +52,10 @@ def _check_type(resource_type: str) -> str:
 
 
 def _check_id(resource_id: str) -> str:
-    if not isinstance(resource_id, str) or not _ID.match(resource_id):
-        raise ValueError(f"{str(resource_id)[:80]!r} is not a FHIR id (1-64 of A-Z a-z 0-9 - .)")
+    if not is_fhir_id(resource_id):
+        raise ValueError(
+            f"{str(resource_id)[:80]!r} is not a FHIR id (1-64 of A-Z a-z 0-9 - ., not only dots)"
+        )
     return resource_id
 
 
@@ -79,7 +83,7 @@ def search_params(
     items.extend(kwargs.items())
     out = []
     for name, value in items:
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not is_search_param_name(name):
             raise ValueError(f"{str(name)[:80]!r} is not a search parameter name")
         if value is None:
             continue
@@ -106,15 +110,20 @@ class _Core:
         check_scopes: bool,
         event_sink: EventSink | None,
         progress: bool | None,
+        max_pages: int,
     ) -> None:
         if page_size is not None and page_size < 1:
             raise ValueError("page_size must be at least 1 (or None for the server's default)")
+        if isinstance(max_pages, bool) or not isinstance(max_pages, int) or max_pages < 1:
+            raise ValueError("max_pages must be a whole number of at least 1")
         self.provider = provider
         self.default_base = fhir_base_url.rstrip("/") if fhir_base_url else None
         self.page_size = page_size
         self.check_scopes = check_scopes
         self.event_sink = event_sink
         self.progress = progress
+        #: Pages one search reads at most (a server minting ``next`` links forever).
+        self.max_pages = max_pages
         #: The token of the last request (its launch context names the patient of
         #: a refused request's event, which has no response to carry it).
         self._last_token: TokenInfo | None = None
@@ -273,6 +282,8 @@ class SMARTClient(_Core):
         event_sink: EventSink | None = None,
         progress: bool | None = None,
         allow_http: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> None:
         super().__init__(
             provider,
@@ -281,6 +292,7 @@ class SMARTClient(_Core):
             check_scopes=check_scopes,
             event_sink=event_sink,
             progress=progress,
+            max_pages=max_pages,
         )
         self.allow_http = allow_http
         self.http = FHIRHTTP(
@@ -290,6 +302,7 @@ class SMARTClient(_Core):
             timeout=timeout,
             transport=transport,
             allow_http=allow_http,
+            max_response_bytes=max_response_bytes,
         )
 
     # -- context ---------------------------------------------------------------------
@@ -341,6 +354,7 @@ class SMARTClient(_Core):
             resource_type,
             pairs,
             progress=self.progress if progress is None else progress,
+            max_pages=self.max_pages,
         )
 
     def _search_get(self, resource_type: str, pairs: list[tuple[str, str]]) -> Any:
@@ -383,6 +397,7 @@ class SMARTClient(_Core):
             "Observation",
             params,
             progress=self.progress if progress is None else progress,
+            max_pages=self.max_pages,
         )
 
     # -- interop and lifetime --------------------------------------------------------
@@ -447,6 +462,8 @@ class AsyncSMARTClient(_Core):
         event_sink: EventSink | None = None,
         max_connections: int = 20,
         allow_http: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> None:
         super().__init__(
             provider,
@@ -455,6 +472,7 @@ class AsyncSMARTClient(_Core):
             check_scopes=check_scopes,
             event_sink=event_sink,
             progress=False,
+            max_pages=max_pages,
         )
         self.http = AsyncFHIRHTTP(
             provider,
@@ -464,6 +482,7 @@ class AsyncSMARTClient(_Core):
             transport=transport,
             max_connections=max_connections,
             allow_http=allow_http,
+            max_response_bytes=max_response_bytes,
         )
 
     async def get_context(self) -> SMARTContext:
@@ -515,7 +534,9 @@ class AsyncSMARTClient(_Core):
         _check_type(resource_type)
         pairs = self._search_params(params, kwargs)
         self._check(await self.provider.aget(), resource_type, "s", pairs)
-        return AsyncSearchResult(self._search_get(resource_type, pairs), resource_type, pairs)
+        return AsyncSearchResult(
+            self._search_get(resource_type, pairs), resource_type, pairs, max_pages=self.max_pages
+        )
 
     async def observations(
         self,
@@ -529,7 +550,12 @@ class AsyncSMARTClient(_Core):
         info = await self.provider.aget()
         params = self._observation_params(info, code, since, until, category, patient)
         self._check(info, "Observation", "s", params)
-        return AsyncSearchResult(self._search_get("Observation", params), "Observation", params)
+        return AsyncSearchResult(
+            self._search_get("Observation", params),
+            "Observation",
+            params,
+            max_pages=self.max_pages,
+        )
 
     async def aclose(self) -> None:
         """Close connections, and flush the event sink in a worker thread (it blocks)."""

@@ -106,7 +106,8 @@ def connect(
     ``show_banner``: ``None`` shows the patient banner when the EHR asks for
     it and this is a notebook; ``True``/``False`` force it. Other keyword
     arguments go to :class:`SMARTClient` (``page_size``, ``retry``,
-    ``timeout``, ``check_scopes``, ``event_sink``, ``progress``). In a hub's
+    ``timeout``, ``check_scopes``, ``event_sink``, ``progress``,
+    ``max_response_bytes``, ``max_pages``). In a hub's
     server ``event_sink`` defaults to the hub's audit reporter.
     """
     provider = make_provider(fhir_base_url, token, token_provider, patient)

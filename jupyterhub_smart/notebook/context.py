@@ -19,7 +19,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .flatten import mrn_of, official_name
 from .tokens import TokenInfo
 
 __all__ = ["PatientBanner", "SMARTContext", "display_banner", "in_notebook"]
@@ -64,16 +63,21 @@ class PatientBanner:
 
     @classmethod
     def from_resource(cls, patient: dict[str, Any]) -> PatientBanner:
-        family, given = official_name(patient)
-        name = " ".join(p for p in (given, family) if p) or None
-        birth = patient.get("birthDate")
-        gender = patient.get("gender")
+        from jupyterhub_smart.views import compile_view
+        from jupyterhub_smart.views.builtin import load
+
+        # the banner shows what the Patient table shows: the same built-in view
+        view = compile_view(load("Patient"))
+        rows = view.rows({**patient, "resourceType": "Patient"})
+        row = dict(zip((c.name for c in view.columns), rows[0], strict=True)) if rows else {}
+        text = {k: v if isinstance(v, str) and v else None for k, v in row.items()}
+        name = " ".join(p for p in (text.get("given"), text.get("family")) if p) or None
         return cls(
-            patient_id=patient.get("id") if isinstance(patient.get("id"), str) else None,
+            patient_id=text.get("id"),
             name=name,
-            birth_date=birth if isinstance(birth, str) else None,
-            gender=gender if isinstance(gender, str) else None,
-            mrn=mrn_of(patient),
+            birth_date=text.get("birth_date"),
+            gender=text.get("gender"),
+            mrn=text.get("mrn"),
         )
 
     def _fields(self) -> list[tuple[str, str]]:

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 __all__ = [
     "FHIRConnectionError",
     "FHIRError",
+    "IncompleteSearch",
+    "IncompleteSearchWarning",
     "NoPatientInContext",
     "NotInSMARTHub",
     "ReauthenticationRequired",
@@ -114,6 +116,18 @@ class FHIRConnectionError(FHIRError):
 
 class UnsafeURL(FHIRError):
     """A URL (a paging ``next`` link) points outside the FHIR base the token belongs to."""
+
+
+class IncompleteSearch(FHIRError):
+    """A search's pages ended before the number of matches its ``Bundle.total`` announced.
+
+    Raised with ``strict=True``; otherwise the same message is an
+    :class:`IncompleteSearchWarning`.
+    """
+
+
+class IncompleteSearchWarning(UserWarning):
+    """A search's pages ended before its ``Bundle.total``: the rows are not all the matches."""
 
 
 class TokenUnavailable(SMARTNotebookError):

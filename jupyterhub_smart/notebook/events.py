@@ -3,8 +3,7 @@
 The client calls an optional *event sink* after each FHIR request it makes on
 the researcher's behalf. In a jupyterhub-smart single-user server,
 ``connect()`` uses the hub's reporter by default
-(:class:`jupyterhub_smart.audit.reporter.HubAuditReporter`, see
-:mod:`.reporting`), which POSTs batches to ``{hub}/hub/api/smart/audit``.
+(:class:`.reporting.HubAuditReporter`), which POSTs batches to ``{hub}/hub/api/smart/audit``.
 
 A sink must return at once (queue and send off the hot path) and be
 thread-safe: search pages are fetched one ahead in a worker thread, which
@@ -17,19 +16,18 @@ flushed when the client is closed.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
+from ..smart.fhir_rules import is_fhir_id, is_resource_type, patient_id
+
 __all__ = ["DataAccessEvent", "EventSink", "emit", "event_patient", "request_event"]
 
 log = logging.getLogger(__name__)
 
-_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 #: Search parameters that name the patient a search is about.
 _PATIENT_PARAMS = frozenset({"patient", "subject", "subject:Patient", "patient:Patient"})
 
@@ -85,8 +83,7 @@ def event_patient(
         return launched
     if len(named) > 1 or "," in named[0]:
         return None
-    ident = named[0].removeprefix("Patient/")
-    return ident if _ID.match(ident) else None
+    return patient_id(named[0])
 
 
 def _count(body: bytes | None, action: str) -> int:
@@ -127,26 +124,26 @@ def request_event(
     base_path = urlsplit(base).path.rstrip("/")
     rest = parts.path[len(base_path) :].strip("/") if parts.path.startswith(base_path) else ""
     segments = [unquote(s) for s in rest.split("/")] if rest else []
-    if not segments or not _TYPE.match(segments[0]):
+    if not segments or not is_resource_type(segments[0]):
         return None
     params = tuple(parse_qsl(parts.query, keep_blank_values=True))
     resource_type, resource_id = segments[0], None
     n = len(segments)
     if any(s.startswith("$") for s in segments):
         action = "operation"
-        if n > 1 and _ID.match(segments[1]):
+        if n > 1 and is_fhir_id(segments[1]):
             resource_id = segments[1]
     elif n == 1 or (n == 2 and segments[1] == "_search"):
         action = "search"
-    elif n == 2 and _ID.match(segments[1]):
+    elif n == 2 and is_fhir_id(segments[1]):
         action, resource_id = "read", segments[1]
-    elif n == 4 and segments[2] == "_history" and _ID.match(segments[1]):
+    elif n == 4 and segments[2] == "_history" and is_fhir_id(segments[1]):
         action, resource_id = "vread", segments[1]
     elif (
         n == 3
         and resource_type == "Patient"
-        and _ID.match(segments[1])
-        and _TYPE.match(segments[2])
+        and is_fhir_id(segments[1])
+        and is_resource_type(segments[2])
     ):
         action, resource_type = "search", segments[2]
         params = (("patient", segments[1]), *params)

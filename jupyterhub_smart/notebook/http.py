@@ -23,6 +23,10 @@ Rules this module enforces:
   per request, and never a retry with a token that did not change. So a
   withdrawn consent ends in the hub's ``ReauthenticationRequired`` in the
   same cell, not in a bare 401 first;
+* one response is read as a stream and dropped past ``max_response_bytes``
+  (after decompression, so a gzip bomb is stopped too): a huge or endless
+  page costs at most that much memory, and the error names the cap and how
+  to raise it;
 * connection errors name the URL that failed; no message ever holds a token.
 """
 
@@ -43,10 +47,12 @@ import httpx
 import orjson
 
 from ..smart.errors import safe_text
+from ..smart.fhir_rules import is_loopback_host
 from .errors import FHIRConnectionError, FHIRError, UnsafeURL
 from .tokens import TokenInfo, TokenProvider
 
 __all__ = [
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "FHIRHTTP",
     "MAX_TOKEN_CHANGES",
     "AsyncFHIRHTTP",
@@ -68,6 +74,11 @@ FHIR_JSON = "application/fhir+json"
 #: Bounded, so a server that refuses every token cannot make a request loop.
 MAX_TOKEN_CHANGES = 2
 Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
+
+#: Largest response body read, in bytes (decoded). A FHIR page of 1,000
+#: resources is a few megabytes; parsed, a body takes several times its size
+#: in memory, so this keeps one page well inside a notebook's memory.
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -184,18 +195,15 @@ def check_on_base(url: str, base: str) -> str:
     return url
 
 
-_LOOPBACK = ("localhost", "127.0.0.1", "::1")
-
-
 def require_tls(base: str, allow_http: bool = False) -> str:
     """Return ``base`` unless it is plain HTTP to another machine (the token would travel in clear).
 
     SMART App Launch: tokens go only to authenticated servers over TLS. Plain
-    HTTP stays possible on this machine (the sandbox) and, with
+    HTTP stays possible on this machine (the sandbox; ``localhost``, 127.0.0.0/8,
+    ``::1``: :func:`~jupyterhub_smart.smart.fhir_rules.is_loopback_host`) and, with
     ``allow_http=True``, for a test server on a private network.
     """
-    parts = urlsplit(base)
-    if parts.scheme == "http" and not allow_http and (parts.hostname or "") not in _LOOPBACK:
+    if urlsplit(base).scheme == "http" and not allow_http and not is_loopback_host(base):
         raise UnsafeURL(
             f"refused to send an access token over plain HTTP to {safe_text(base, 200)}: use "
             "https, or pass allow_http=True for a test server on a private network",
@@ -226,6 +234,64 @@ _HINTS = {
     "server's policy do not allow this",
     404: "not found (or not visible to this session)",
 }
+
+
+def _too_large(url: str, status: int, limit: int, seen: str) -> FHIRError:
+    return FHIRError(
+        f"GET {url}: the response is larger than max_response_bytes={limit:,} ({seen}); "
+        "stopped reading it. If this server's pages are this large, ask for smaller pages "
+        "(connect(page_size=...)) or raise the cap (connect(max_response_bytes=...))",
+        status=status,
+        url=url,
+    )
+
+
+def _declared_length(response: httpx.Response) -> int | None:
+    """Content-Length when it is a plain number and the body is not compressed."""
+    value = response.headers.get("Content-Length", "")
+    if not value.isdigit() or response.headers.get("Content-Encoding", "identity") != "identity":
+        return None
+    return int(value)
+
+
+def _buffered(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A read response holding ``body`` (already decoded) in place of the stream."""
+    headers = [
+        (k, v)
+        for k, v in response.headers.multi_items()
+        if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    reason = response.extensions.get("reason_phrase")
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=body,
+        request=response.request,
+        extensions={"reason_phrase": reason} if reason else {},
+    )
+
+
+class _Capped:
+    """Collects one response's decoded chunks, refusing past ``limit`` bytes."""
+
+    def __init__(self, response: httpx.Response, url: str, limit: int) -> None:
+        self.response = response
+        self.url = url
+        self.limit = limit
+        self.body = bytearray()
+        declared = _declared_length(response)
+        if declared is not None and declared > limit:
+            raise _too_large(url, response.status_code, limit, f"Content-Length {declared:,}")
+
+    def add(self, chunk: bytes) -> None:
+        self.body += chunk
+        if len(self.body) > self.limit:
+            raise _too_large(
+                self.url, self.response.status_code, self.limit, "more than that arrived"
+            )
+
+    def done(self) -> httpx.Response:
+        return _buffered(self.response, bytes(self.body))
 
 
 def fhir_error(response: httpx.Response, url: str) -> FHIRError:
@@ -411,6 +477,12 @@ def _headers(user_agent: str) -> dict[str, str]:
     return {"Accept": FHIR_JSON, "User-Agent": user_agent}
 
 
+def _positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1")
+    return value
+
+
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=30.0, pool=60.0)
 USER_AGENT = "jupyterhub-smart-notebook"
 
@@ -428,9 +500,11 @@ class FHIRHTTP:
         transport: httpx.BaseTransport | None = None,
         user_agent: str = USER_AGENT,
         allow_http: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.policy = _Policy(provider, default_base, retry or RetryPolicy(), allow_http)
         self.provider = provider
+        self.max_response_bytes = _positive("max_response_bytes", max_response_bytes)
         self._client = httpx.Client(
             timeout=timeout,
             transport=transport,
@@ -453,7 +527,7 @@ class FHIRHTTP:
             value, error = None, None
             if isinstance(step, _Send):
                 try:
-                    value = self._client.get(step.url, headers=step.headers)
+                    value = self._fetch(step)
                 except httpx.TransportError as exc:
                     error = exc
             elif isinstance(step, _NeedToken):
@@ -462,6 +536,17 @@ class FHIRHTTP:
                 self.provider.invalidate(step.access_token)
             else:
                 time.sleep(step.seconds)
+
+    def _fetch(self, step: _Send) -> httpx.Response:
+        request = self._client.build_request("GET", step.url, headers=step.headers)
+        response = self._client.send(request, stream=True)
+        try:
+            body = _Capped(response, step.url, self.max_response_bytes)
+            for chunk in response.iter_bytes():
+                body.add(chunk)
+            return body.done()
+        finally:
+            response.close()
 
     def close(self) -> None:
         self._client.close()
@@ -481,9 +566,11 @@ class AsyncFHIRHTTP:
         user_agent: str = USER_AGENT,
         max_connections: int = 20,
         allow_http: bool = False,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.policy = _Policy(provider, default_base, retry or RetryPolicy(), allow_http)
         self.provider = provider
+        self.max_response_bytes = _positive("max_response_bytes", max_response_bytes)
         self._client = httpx.AsyncClient(
             timeout=timeout,
             transport=transport,
@@ -508,7 +595,7 @@ class AsyncFHIRHTTP:
             value, error = None, None
             if isinstance(step, _Send):
                 try:
-                    value = await self._client.get(step.url, headers=step.headers)
+                    value = await self._fetch(step)
                 except httpx.TransportError as exc:
                     error = exc
             elif isinstance(step, _NeedToken):
@@ -517,6 +604,17 @@ class AsyncFHIRHTTP:
                 self.provider.invalidate(step.access_token)
             else:
                 await asyncio.sleep(step.seconds)
+
+    async def _fetch(self, step: _Send) -> httpx.Response:
+        request = self._client.build_request("GET", step.url, headers=step.headers)
+        response = await self._client.send(request, stream=True)
+        try:
+            body = _Capped(response, step.url, self.max_response_bytes)
+            async for chunk in response.aiter_bytes():
+                body.add(chunk)
+            return body.done()
+        finally:
+            await response.aclose()
 
     async def aclose(self) -> None:
         await self._client.aclose()

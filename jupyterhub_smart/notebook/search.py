@@ -3,11 +3,27 @@
 Nothing is fetched until the result is used. Iterating yields resources page
 by page (a 100,000-resource search never sits in memory as JSON); ``len()``
 asks the server for ``_summary=count`` (one cheap request, cached);
-``to_pandas()``/``to_arrow()`` stream the pages into a :class:`TableBuilder`.
+``to_pandas()``/``to_arrow()`` stream the pages into a :class:`TableBuilder`,
+which flattens them with the type's built-in SQL on FHIR view or the
+``view=`` given (a ViewDefinition dict, a path to one, or a built-in name).
+
+Latency: the ``next`` link is read first and the next page's request is in
+flight while the current page is parsed and flattened (a thread for the sync
+client; a task, with the flattening in a worker thread, for the async one),
+so a search costs about pages x server latency. Results and order are the
+same as fetching one page after the other.
 
 Paging safety: every ``next`` URL goes through the HTTP layer's base check
 (the token never leaves its FHIR server), and a ``next`` link seen before
-stops the search with an error instead of looping forever (fhir-py#47).
+stops the search with an error instead of looping forever (fhir-py#47), and
+so does a server that keeps minting new ``next`` links: a search reads at
+most ``max_pages`` pages.
+
+Completeness: when the pages end (no ``next`` link) before the number of
+matches the server's ``Bundle.total`` announced, the result is short. That is
+an :class:`IncompleteSearchWarning` naming both numbers, or an
+:class:`IncompleteSearch` error with ``strict=True``: never a silently
+truncated frame.
 
 Only entries with ``search.mode`` ``match`` (or none) of the searched type
 become rows; ``_include``-d resources are available through :meth:`pages`.
@@ -16,23 +32,33 @@ An OperationOutcome with mode ``outcome`` (a server's warning) is logged.
 
 from __future__ import annotations
 
-import gc
+import asyncio
 import logging
+import os
+import sys
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from jupyterhub_smart.views.gcpause import gc_paused
+
 from .context import in_notebook
-from .errors import FHIRError
-from .flatten import TableBuilder
+from .errors import FHIRError, IncompleteSearch, IncompleteSearchWarning
+from .flatten import TableBuilder, ViewSpec
 from .http import Fetched
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-__all__ = ["AsyncSearchResult", "SearchResult", "bundle_entries", "next_link"]
+__all__ = [
+    "DEFAULT_MAX_PAGES",
+    "AsyncSearchResult",
+    "SearchResult",
+    "bundle_entries",
+    "next_link",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +67,9 @@ SyncGet = Callable[[str, "list[tuple[str, str]] | None", str], Fetched]
 AsyncGet = Callable[[str, "list[tuple[str, str]] | None", str], Awaitable[Fetched]]
 #: Parameters that shape pages, not matches: dropped for ``_summary=count``.
 _PAGING = frozenset({"_count", "_sort", "_elements", "_include", "_revinclude", "_summary"})
+#: Pages one search reads at most: 10 million resources at the default page
+#: size, and an end to a server that sends a new ``next`` link forever.
+DEFAULT_MAX_PAGES = 10_000
 
 
 def _check_bundle(fetched: Fetched) -> dict[str, Any]:
@@ -103,35 +132,80 @@ def next_link(bundle: dict[str, Any], url: str) -> str | None:
     return None
 
 
-def _checked_next(bundle: dict[str, Any], url: str, seen: set[str]) -> str | None:
-    """The next link, refusing one already fetched (a paging loop would never end)."""
+def _checked_next(bundle: dict[str, Any], url: str, seen: set[str], max_pages: int) -> str | None:
+    """The next link, refusing one already fetched or one past ``max_pages`` (no endless paging)."""
     link = next_link(bundle, url)
     if link is not None:
         if link in seen:
             raise FHIRError(
                 f"the server's paging loops: the next link {link} was already fetched", url=link
             )
+        if len(seen) >= max_pages:
+            raise FHIRError(
+                f"the search stopped after max_pages={max_pages:,} pages and the server still "
+                "sends a next link: either it pages without end, or the search is larger than "
+                "that. Narrow the search, ask for bigger pages (connect(page_size=...)), or "
+                "raise the limit (connect(max_pages=...))",
+                url=url,
+            )
         seen.add(link)
     return link
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while pages become rows.
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
-    Building 100,000 rows allocates millions of container objects and none of
-    them form cycles; CPython would run its full collections over the growing
-    heap again and again (about a quarter of the CPU time). Reference
-    counting still frees everything as usual; the collector is back on
-    afterwards (if it was on).
+
+def _caller_stacklevel() -> int:
+    """``stacklevel`` of the first frame outside this package: the researcher's line.
+
+    A warning attributed to a line of ours would be shown once per session
+    (Python's default filter), so a second short search would go unnoticed;
+    attributed to the notebook cell, it shows each time.
     """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+    frame = sys._getframe(1)
+    level = 1
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+class _Tally:
+    """The matches read so far against the ``Bundle.total`` the server announced."""
+
+    def __init__(self) -> None:
+        self.total: int | None = None
+        self.matches = 0
+
+    def add(self, bundle: dict[str, Any]) -> None:
+        total = bundle.get("total")
+        if self.total is None and isinstance(total, int) and not isinstance(total, bool):
+            self.total = total
+        entries = bundle.get("entry")
+        if not isinstance(entries, list):
+            return
+        for entry in entries:
+            search = entry.get("search") if isinstance(entry, dict) else None
+            mode = search.get("mode") if isinstance(search, dict) else None
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            kind = resource.get("resourceType") if isinstance(resource, dict) else None
+            if mode == "match" or (mode is None and kind != "OperationOutcome"):
+                self.matches += 1
+
+    def finish(self, url: str, strict: bool) -> None:
+        """Warn (or raise, ``strict``) when the last page came before ``total`` matches."""
+        if self.total is None or self.matches >= self.total:
+            return
+        message = (
+            f"incomplete search: the FHIR server announced {self.total} matches "
+            f"(Bundle.total) but its pages ended after {self.matches} (GET {url} has no "
+            "'next' link). The result holds only those; the server may cap searches or "
+            "have dropped its paging state. Ask for fewer matches (narrower parameters), "
+            "or a larger page_size, and compare with len(result)"
+        )
+        if strict:
+            raise IncompleteSearch(message, url=url)
+        warnings.warn(message, IncompleteSearchWarning, stacklevel=_caller_stacklevel())
 
 
 def _total(fetched: Fetched) -> int:
@@ -164,11 +238,19 @@ def _progress_bar(enabled: bool | None, more_pages: bool, total: Callable[[], in
 
 class _Base:
     def __init__(
-        self, resource_type: str, params: list[tuple[str, str]], progress: bool | None
+        self,
+        resource_type: str,
+        params: list[tuple[str, str]],
+        progress: bool | None,
+        max_pages: int,
     ) -> None:
+        if isinstance(max_pages, bool) or not isinstance(max_pages, int) or max_pages < 1:
+            raise ValueError("max_pages must be a whole number of at least 1")
         self.resource_type = resource_type
         self.params = params
         self.progress = progress
+        #: Pages read at most before the search stops with an error.
+        self.max_pages = max_pages
         self._count: int | None = None
 
     def _count_params(self) -> list[tuple[str, str]]:
@@ -190,18 +272,23 @@ class SearchResult(_Base):
         *,
         progress: bool | None = None,
         prefetch: bool = True,
+        strict: bool = False,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> None:
-        super().__init__(resource_type, params, progress)
+        super().__init__(resource_type, params, progress, max_pages)
         self._get = get
         #: Fetch the next page while the current one is processed.
         self.prefetch = prefetch
+        #: Raise :class:`IncompleteSearch` instead of warning when the pages end
+        #: before ``Bundle.total``.
+        self.strict = strict
 
     def pages(self) -> Iterator[dict[str, Any]]:
         """Each Bundle page, following ``next`` links to the end."""
         for bundle, _url, _more in self._walk():
             yield bundle
 
-    def _walk(self) -> Iterator[tuple[dict[str, Any], str, bool]]:
+    def _walk(self, strict: bool | None = None) -> Iterator[tuple[dict[str, Any], str, bool]]:
         """Pages with their URLs; the next page is fetched while the caller works on this one.
 
         The FHIR server (another process, often another machine) builds page
@@ -210,11 +297,13 @@ class SearchResult(_Base):
         """
         fetched = self._get(self.resource_type, self.params, "search")
         seen = {fetched.url}
+        tally = _Tally()
         pool: ThreadPoolExecutor | None = None
         try:
             while True:
                 bundle = _check_bundle(fetched)
-                link = _checked_next(bundle, fetched.url, seen)
+                tally.add(bundle)
+                link = _checked_next(bundle, fetched.url, seen, self.max_pages)
                 ahead: Future[Fetched] | None = None
                 if link is not None and self.prefetch:
                     if pool is None:
@@ -222,6 +311,7 @@ class SearchResult(_Base):
                     ahead = pool.submit(self._get, link, None, "search")
                 yield bundle, fetched.url, link is not None
                 if link is None:
+                    tally.finish(fetched.url, self.strict if strict is None else strict)
                     return
                 fetched = ahead.result() if ahead is not None else self._get(link, None, "search")
         finally:
@@ -261,14 +351,21 @@ class SearchResult(_Base):
         except FHIRError:
             return None
 
-    def builder(self, *, raw: bool = False, progress: bool | None = None) -> TableBuilder:
+    def builder(
+        self,
+        *,
+        raw: bool = False,
+        progress: bool | None = None,
+        strict: bool | None = None,
+        view: ViewSpec | None = None,
+    ) -> TableBuilder:
         """Fetch every page into a :class:`TableBuilder` (the shared path of both frame types)."""
-        builder = TableBuilder(self.resource_type, raw=raw)
+        builder = TableBuilder(self.resource_type, raw=raw, view=view)
         enabled = self.progress if progress is None else progress
         bar = None
         try:
-            with _gc_paused():
-                for n, (bundle, url, more) in enumerate(self._walk()):
+            with gc_paused():
+                for n, (bundle, url, more) in enumerate(self._walk(strict)):
                     if n == 0:
                         bar = _progress_bar(enabled, more, self._safe_count)
                     added = builder.add(iter_matches(bundle, self.resource_type, url))
@@ -279,13 +376,34 @@ class SearchResult(_Base):
                 bar.close()
         return builder
 
-    def to_pandas(self, *, raw: bool = False, progress: bool | None = None) -> pd.DataFrame:
-        """All matches as a typed DataFrame (see :mod:`.flatten` for the columns)."""
-        return self.builder(raw=raw, progress=progress).to_pandas()
+    def to_pandas(
+        self,
+        *,
+        raw: bool = False,
+        progress: bool | None = None,
+        strict: bool | None = None,
+        view: ViewSpec | None = None,
+    ) -> pd.DataFrame:
+        """All matches as a typed DataFrame (see :mod:`.flatten` for the columns).
 
-    def to_arrow(self, *, raw: bool = False, progress: bool | None = None) -> pa.Table:
+        ``view`` flattens with that SQL on FHIR ViewDefinition (a dict, a path
+        to its JSON file, or a built-in name) instead of the type's built-in
+        view; an invalid one raises ``ViewDefinitionError`` before any request.
+        ``strict=True`` raises :class:`IncompleteSearch` when the server's pages
+        end before its ``Bundle.total`` (by default that is a warning).
+        """
+        return self.builder(raw=raw, progress=progress, strict=strict, view=view).to_pandas()
+
+    def to_arrow(
+        self,
+        *,
+        raw: bool = False,
+        progress: bool | None = None,
+        strict: bool | None = None,
+        view: ViewSpec | None = None,
+    ) -> pa.Table:
         """All matches as an Arrow table (same columns and types as :meth:`to_pandas`)."""
-        return self.builder(raw=raw, progress=progress).to_arrow()
+        return self.builder(raw=raw, progress=progress, strict=strict, view=view).to_arrow()
 
 
 class AsyncSearchResult(_Base):
@@ -298,25 +416,46 @@ class AsyncSearchResult(_Base):
         params: list[tuple[str, str]],
         *,
         progress: bool | None = None,
+        prefetch: bool = True,
+        strict: bool = False,
+        max_pages: int = DEFAULT_MAX_PAGES,
     ) -> None:
-        super().__init__(resource_type, params, progress)
+        super().__init__(resource_type, params, progress, max_pages)
         self._get = get
+        #: Request the next page while the current one is processed.
+        self.prefetch = prefetch
+        self.strict = strict
 
     async def pages(self) -> AsyncIterator[dict[str, Any]]:
         """Each Bundle page, following ``next`` links to the end."""
         async for bundle, _url in self._walk():
             yield bundle
 
-    async def _walk(self) -> AsyncIterator[tuple[dict[str, Any], str]]:
+    async def _walk(self, strict: bool | None = None) -> AsyncIterator[tuple[dict[str, Any], str]]:
+        """Pages with their URLs; the next page's request is a task while this one is used."""
         fetched = await self._get(self.resource_type, self.params, "search")
         seen = {fetched.url}
-        while True:
-            bundle = _check_bundle(fetched)
-            yield bundle, fetched.url
-            link = _checked_next(bundle, fetched.url, seen)
-            if link is None:
-                return
-            fetched = await self._get(link, None, "search")
+        tally = _Tally()
+        ahead: asyncio.Task[Fetched] | None = None
+        try:
+            while True:
+                bundle = _check_bundle(fetched)
+                tally.add(bundle)
+                link = _checked_next(bundle, fetched.url, seen, self.max_pages)
+                if link is not None and self.prefetch:
+                    ahead = asyncio.ensure_future(self._get(link, None, "search"))
+                    await asyncio.sleep(0)  # let the request start before the caller works
+                yield bundle, fetched.url
+                if link is None:
+                    tally.finish(fetched.url, self.strict if strict is None else strict)
+                    return
+                if ahead is not None:
+                    fetched, ahead = await ahead, None
+                else:
+                    fetched = await self._get(link, None, "search")
+        finally:
+            if ahead is not None:  # an abandoned search: drop the page in flight
+                ahead.cancel()
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         async for bundle, url in self._walk():
@@ -328,15 +467,32 @@ class AsyncSearchResult(_Base):
             self._count = _total(await self._get(self.resource_type, self._count_params(), "count"))
         return self._count
 
-    async def builder(self, *, raw: bool = False) -> TableBuilder:
-        builder = TableBuilder(self.resource_type, raw=raw)
-        with _gc_paused():
-            async for bundle, url in self._walk():
+    async def builder(
+        self, *, raw: bool = False, strict: bool | None = None, view: ViewSpec | None = None
+    ) -> TableBuilder:
+        """Fetch every page into a :class:`TableBuilder`.
+
+        Each page is flattened in a worker thread, so that the event loop
+        carries the next page's request meanwhile (and other tasks keep running).
+        """
+        builder = TableBuilder(self.resource_type, raw=raw, view=view)
+
+        def add(bundle: dict[str, Any], url: str) -> None:
+            with gc_paused():
                 builder.add(iter_matches(bundle, self.resource_type, url))
+
+        async for bundle, url in self._walk(strict):
+            await asyncio.to_thread(add, bundle, url)
         return builder
 
-    async def to_pandas(self, *, raw: bool = False) -> pd.DataFrame:
-        return (await self.builder(raw=raw)).to_pandas()
+    async def to_pandas(
+        self, *, raw: bool = False, strict: bool | None = None, view: ViewSpec | None = None
+    ) -> pd.DataFrame:
+        """All matches as a typed DataFrame (``view=`` as for the sync client)."""
+        return (await self.builder(raw=raw, strict=strict, view=view)).to_pandas()
 
-    async def to_arrow(self, *, raw: bool = False) -> pa.Table:
-        return (await self.builder(raw=raw)).to_arrow()
+    async def to_arrow(
+        self, *, raw: bool = False, strict: bool | None = None, view: ViewSpec | None = None
+    ) -> pa.Table:
+        """All matches as an Arrow table (``view=`` as for the sync client)."""
+        return (await self.builder(raw=raw, strict=strict, view=view)).to_arrow()

@@ -256,8 +256,6 @@ class CachingTokenProvider:
 class StaticTokenProvider(CachingTokenProvider):
     """A fixed access token (scripts, tests, other hubs). It cannot be refreshed."""
 
-    refreshable = False
-
     def __init__(
         self,
         token: str,
@@ -291,8 +289,6 @@ class CallableTokenProvider(CachingTokenProvider):
     :class:`TokenInfo`. It is called once at first use, again shortly before
     the token's expiry, and again after the FHIR server refused a token.
     """
-
-    refreshable = True
 
     def __init__(self, fn: Callable[[], TokenLike], fhir_base_url: str | None = None) -> None:
         super().__init__()
@@ -329,8 +325,6 @@ class HubTokenProvider(CachingTokenProvider):
     another token, so the hub refreshes now (or says to sign in again) rather
     than returning the same token until it expires.
     """
-
-    refreshable = True
 
     def __init__(
         self,

@@ -20,7 +20,6 @@ from urllib.parse import parse_qsl
 
 CONTEXTS = ("patient", "user", "system")
 V1_PERMISSIONS = {"read": "rs", "write": "cud", "*": "cruds"}
-_V2_ORDER = "cruds"
 _RESOURCE_SCOPE = re.compile(
     r"^(?P<context>patient|user|system)/(?P<type>\*|[A-Z][A-Za-z]{0,63})\."
     r"(?P<perms>read|write|\*|c?r?u?d?s?)(?:\?(?P<query>.*))?$"

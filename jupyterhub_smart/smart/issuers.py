@@ -13,13 +13,13 @@ authorization server), so credentials for one EHR are never sent to another.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import UnknownIssuer, safe_text
+from .fhir_rules import is_loopback_host
 
 __all__ = [
     "CLIENT_AUTH_METHODS",
@@ -27,7 +27,6 @@ __all__ = [
     "ClientAuthMethod",
     "IssuerPolicy",
     "IssuerRegistration",
-    "is_loopback_host",
     "normalize_issuer",
 ]
 
@@ -83,17 +82,6 @@ def normalize_issuer(url: str) -> str:
     netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
     path = parts.path.rstrip("/")
     return urlunsplit((scheme, netloc, path, "", ""))
-
-
-def is_loopback_host(url: str) -> bool:
-    """True when the URL's host is ``localhost`` or a loopback IP address."""
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

@@ -7,36 +7,23 @@ value is the EHR's fault and refuses the login (502) rather than being
 silently dropped: a notebook working on "no patient" when the clinician
 launched on one would be worse than a clear error.
 
-IDs follow the FHIR ``id`` datatype: ``[A-Za-z0-9\\-.]{1,64}``.
+Ids, types and references follow :mod:`.fhir_rules`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import LaunchContextError, safe_text
+from .fhir_rules import is_fhir_id, is_resource_type, parse_reference
 
-__all__ = ["LaunchContext", "fhir_user_reference", "is_fhir_id"]
+__all__ = ["LaunchContext", "fhir_user_reference"]
 
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-_RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _MAX_FHIR_CONTEXT_ITEMS = 100
 _MAX_TEXT = 2048
-
-
-def is_fhir_id(value: object) -> bool:
-    """True when ``value`` is a string in FHIR ``id`` syntax (and not ``.``/``..``).
-
-    The FHIR grammar allows ids made only of dots; they are refused here because
-    ``Patient/..`` in a request URL is a path traversal, not a patient.
-    """
-    return (
-        isinstance(value, str) and _FHIR_ID.fullmatch(value) is not None and value.strip(".") != ""
-    )
 
 
 def _id(raw: Mapping[str, Any], name: str) -> str | None:
@@ -84,7 +71,7 @@ def _fhir_context(raw: Mapping[str, Any]) -> tuple[dict[str, Any], ...]:
                 raise LaunchContextError(f"The EHR sent a {where}.{key} that is not a string.")
         if "identifier" in item and not isinstance(item["identifier"], dict):
             raise LaunchContextError(f"The EHR sent a {where}.identifier that is not an object.")
-        if "type" in item and not _RESOURCE_TYPE.fullmatch(item["type"]):
+        if "type" in item and not is_resource_type(item["type"]):
             raise LaunchContextError(f"The EHR sent a {where}.type that is not a resource type.")
         items.append(dict(item))
     return tuple(items)
@@ -153,7 +140,8 @@ def fhir_user_reference(claims: Mapping[str, Any]) -> str | None:
     """``"Practitioner/123"`` from an id_token's ``fhirUser`` (relative or absolute URL).
 
     Falls back to the SMART v1 ``profile`` claim. Returns None when absent or
-    not a ``Type/id`` reference (``_history`` versions are dropped): callers
+    not a ``Type/id`` reference (``_history`` versions, queries and fragments are
+    dropped): callers
     then fall back to ``sub``. The FHIR base of an absolute URL is not returned;
     usernames are made unique per issuer by the hub.
     """
@@ -162,13 +150,5 @@ def fhir_user_reference(claims: Mapping[str, Any]) -> str | None:
         value = claims.get("profile")
     if not isinstance(value, str) or not value or len(value) > _MAX_TEXT:
         return None
-    path = urlsplit(value).path if "://" in value else value.split("?", 1)[0].split("#", 1)[0]
-    segments = [s for s in path.split("/") if s]
-    if len(segments) >= 4 and segments[-2] == "_history":
-        segments = segments[:-2]
-    if len(segments) < 2:
-        return None
-    rtype, rid = segments[-2], segments[-1]
-    if not _RESOURCE_TYPE.fullmatch(rtype) or not is_fhir_id(rid):
-        return None
-    return f"{rtype}/{rid}"
+    reference = parse_reference(value.split("#", 1)[0].split("?", 1)[0])
+    return reference.relative if reference is not None else None

@@ -39,10 +39,8 @@ from ._http import BodyTooLarge, Fetched, FetchTimeout, fetch
 from .client_auth import ClientAuthentication
 from .discovery import SMARTConfiguration
 from .errors import TokenEndpointError, redact, safe_text
-from .singleflight import SingleFlight
 
 __all__ = [
-    "SingleFlight",
     "TokenResponse",
     "exchange_code",
     "parse_token_response",

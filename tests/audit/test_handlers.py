@@ -189,8 +189,8 @@ def test_full_audit_disk_answers_503_and_the_hub_keeps_running(tmp_path: Path) -
 
 def test_notebook_reporter_batches_to_the_hub(hub: Hub) -> None:
     """The kernel-side reporter, fed the notebook client's own events, against the real hub."""
-    from jupyterhub_smart.audit.reporter import HubAuditReporter
     from jupyterhub_smart.notebook.events import DataAccessEvent
+    from jupyterhub_smart.notebook.reporting import HubAuditReporter
 
     token = hub.user_token("erin", create=True)
     reporter = HubAuditReporter(f"{hub.url}/hub/api/smart/audit", token, flush_interval=0.05)

@@ -1,4 +1,4 @@
-"""Issue 5 "done when": EHR launch, token refresh, token API call and a notebook search
+"""The whole trail: EHR launch, token refresh, token API call and a notebook search
 against the real sandbox and a real SMART hub each leave one event; the log verifies; a
 single-byte edit anywhere makes verify fail at that line's seq."""
 
@@ -17,8 +17,8 @@ import pytest
 from hub_process import Browser, Hub, ehr_launch, patient_ids, run_hub
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
-from jupyterhub_smart.audit.reporter import HubAuditReporter
 from jupyterhub_smart.notebook import connect
+from jupyterhub_smart.notebook.reporting import HubAuditReporter
 
 pytestmark = pytest.mark.slow
 

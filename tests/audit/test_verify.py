@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from peak_memory import PEAK_KB
 
 from jupyterhub_smart.audit import AuditLog
 from jupyterhub_smart.cli import main
@@ -258,3 +259,42 @@ def test_directory_and_torn_note(tmp_path: Path, capsys: pytest.CaptureFixture[s
 def test_audit_without_an_action_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["audit"]) == 2
     assert "verify" in capsys.readouterr().out
+
+
+def _plant_huge_line(path: Path, size: int) -> None:
+    """Append one ``size``-byte line (a sparse run of zero bytes: written in no time)."""
+    with path.open("r+b") as handle:
+        handle.seek(0, 2)
+        handle.seek(size - 1, 1)
+        handle.write(b"\n")
+
+
+def test_oversized_line_is_refused_naming_seq_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = make_log(tmp_path, 4)
+    _plant_huge_line(path, 300 * 1024 * 1024)
+    code, out = run_verify(capsys, path)
+    assert code == 1
+    assert "FAILED at seq 5: line 5 is longer than 1,048,576 bytes" in out
+    assert "(audit.jsonl, line 5)" in out
+
+
+def test_oversized_first_line_is_refused_in_bounded_memory(tmp_path: Path) -> None:
+    """300 MB in one line: ``audit verify`` in a fresh interpreter stays far below that."""
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"")
+    _plant_huge_line(path, 300 * 1024 * 1024)
+    script = (
+        f"import sys\n{PEAK_KB}"
+        "from jupyterhub_smart.cli import main\n"
+        "code = main(['audit', 'verify', sys.argv[1]])\n"
+        "print('exit', code, 'peak_kb', peak_kb())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert "FAILED at seq 1: line 1 is longer than 1,048,576 bytes" in done.stderr
+    exit_code, peak_kb = done.stdout.split()[1], int(done.stdout.split()[3])
+    assert exit_code == "1"
+    assert peak_kb / 1024 < 100, f"peak memory {peak_kb / 1024:.0f} MB for one 300 MB line"

@@ -36,10 +36,10 @@ from typing import Any
 import httpx
 import pytest
 from demo.runner import DemoProcess, run_demo
+from playwright import sync_api
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
-sync_api = pytest.importorskip("playwright.sync_api")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "e2e"

@@ -30,6 +30,7 @@ class Reply:
     body: Any = None
     chunks: Iterable[bytes] | None = None
     length: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 Answer = Callable[[str], Reply]
@@ -91,6 +92,8 @@ def run_rogue_fhir() -> Iterator[RogueFHIR]:
             reply = state.answer(self.path)
             self.send_response(reply.status)
             self.send_header("Content-Type", "application/fhir+json")
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
             if reply.chunks is None:
                 data = orjson.dumps(reply.body)
                 self.send_header("Content-Length", str(len(data)))

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from sandbox_process import SandboxProcess
 
-from jupyterhub_smart.audit.reporter import HubAuditReporter
 from jupyterhub_smart.notebook import (
     HubTokenProvider,
     NotInSMARTHub,
@@ -23,6 +22,7 @@ from jupyterhub_smart.notebook import (
     connect,
     connect_async,
 )
+from jupyterhub_smart.notebook.reporting import HubAuditReporter
 
 from .fakes import FHIR_BASE, HUB_API, FakeTokenAPI, json_response, secret
 from .sandbox_tokens import patient_login

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jupyterhub_smart.notebook.client import event_patient
-from jupyterhub_smart.notebook.events import request_event
+from jupyterhub_smart.notebook.events import event_patient, request_event
 
 
 @pytest.mark.parametrize(

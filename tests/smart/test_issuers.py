@@ -10,7 +10,6 @@ from jupyterhub_smart.smart.errors import UnknownIssuer
 from jupyterhub_smart.smart.issuers import (
     IssuerPolicy,
     IssuerRegistration,
-    is_loopback_host,
     normalize_issuer,
 )
 
@@ -67,14 +66,6 @@ def test_normalize_issuer_refuses(given: str, words: str) -> None:
 def test_non_string_issuer_refused() -> None:
     with pytest.raises(UnknownIssuer):
         normalize_issuer(None)  # type: ignore[arg-type]
-
-
-def test_is_loopback_host() -> None:
-    assert is_loopback_host("http://127.0.0.1:1/fhir")
-    assert is_loopback_host("http://localhost/fhir")
-    assert is_loopback_host("http://[::1]/fhir")
-    assert not is_loopback_host("http://10.0.0.1/fhir")
-    assert not is_loopback_host("http://ehr.example.org/fhir")
 
 
 ISSUERS: dict[str, dict[str, Any]] = {

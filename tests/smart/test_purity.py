@@ -10,6 +10,7 @@ MODULES = [
     "client_auth",
     "discovery",
     "errors",
+    "fhir_rules",
     "id_token",
     "issuers",
     "keys",
@@ -43,6 +44,21 @@ def test_keys_cli_imports_nothing_heavy() -> None:
         "import sys\n"
         "import jupyterhub_smart.smart.keys_cli\n"
         "print(','.join(n for n in ('joserfc', 'httpx', 'cryptography') if n in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == ""
+
+
+def test_fhir_rules_use_the_standard_library_only() -> None:
+    """Kernels, the hub and the audit trail all import the rules: they must cost nothing."""
+    code = (
+        "import sys\n"
+        "before = set(sys.modules)\n"
+        "import jupyterhub_smart.smart.fhir_rules\n"
+        "new = {n.split('.')[0] for n in set(sys.modules) - before}\n"
+        "print(','.join(sorted(new - set(sys.stdlib_module_names) - {'jupyterhub_smart'})))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -21,8 +21,8 @@ from jupyterhub_smart.smart.client_auth import ClientSecretBasic, PrivateKeyJWT,
 from jupyterhub_smart.smart.discovery import SMARTConfiguration
 from jupyterhub_smart.smart.errors import TokenEndpointError
 from jupyterhub_smart.smart.keys import generate_private_key
+from jupyterhub_smart.smart.singleflight import SingleFlight
 from jupyterhub_smart.smart.tokens import (
-    SingleFlight,
     TokenResponse,
     exchange_code,
     parse_token_response,

@@ -12,7 +12,7 @@ from typing import Any
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 
 from ..settings import SandboxSettings
-from .grants import ALL_METHODS
+from .grant_types import ALL_METHODS
 from .storage import AuthStorage, TokenRecord
 from .tokens import note_client_id
 

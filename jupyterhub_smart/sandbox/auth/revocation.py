@@ -11,7 +11,7 @@ from typing import Any
 
 from authlib.oauth2.rfc7009 import RevocationEndpoint
 
-from .grants import ALL_METHODS
+from .grant_types import ALL_METHODS
 from .storage import AuthStorage, TokenRecord
 from .tokens import note_client_id
 

@@ -24,7 +24,7 @@ from flask import request as flask_request
 from ..settings import SandboxSettings
 from .client_auth import PRIVATE_KEY_JWT, PrivateKeyJWTAuthentication
 from .clients import ClientRegistry, SandboxClient
-from .grants import (
+from .grant_types import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
     OpenIDCodeExtension,

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import has_request_context, request
 
-from ..grants import AccessGrant
+from ..access_grant import AccessGrant
 from ..settings import SandboxSettings
 from .context import GrantContext
 from .options import AuthOptions
@@ -104,7 +104,7 @@ class TokenIssuer:
 
 
 class TokenLookup:
-    """The :data:`~jupyterhub_smart.sandbox.grants.GrantLookup` the FHIR server calls."""
+    """The :data:`~jupyterhub_smart.sandbox.access_grant.GrantLookup` the FHIR server calls."""
 
     def __init__(self, storage: AuthStorage) -> None:
         self._storage = storage

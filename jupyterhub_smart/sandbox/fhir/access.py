@@ -36,7 +36,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from ..grants import AccessGrant, GrantLookup
+from ..access_grant import AccessGrant, GrantLookup
 from ..scopes import ResourceScope, needed_scope_hint, resource_scopes, scopes_allowing
 from .outcome import FHIRError
 from .search import FALSE, SEARCH_PARAMS, Clause, filter_clause

@@ -24,8 +24,8 @@ from urllib.parse import unquote_to_bytes
 import orjson
 from flask import Blueprint, Response, request
 
+from ..access_grant import GrantLookup
 from ..auth.tokens import CLIENT_ID_ENVIRON_KEY
-from ..grants import GrantLookup
 from ..settings import SandboxSettings
 from .access import Access, authorize
 from .capability import capability_statement

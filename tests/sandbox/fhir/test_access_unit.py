@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from jupyterhub_smart.sandbox.access_grant import AccessGrant
 from jupyterhub_smart.sandbox.fhir import FHIRStore
 from jupyterhub_smart.sandbox.fhir.access import authorize
 from jupyterhub_smart.sandbox.fhir.outcome import FHIRError
 from jupyterhub_smart.sandbox.fhir.search import parse_search
-from jupyterhub_smart.sandbox.grants import AccessGrant
 
 BASE = "http://127.0.0.1:8700/fhir"
 

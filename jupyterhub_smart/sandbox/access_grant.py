@@ -1,4 +1,4 @@
-"""What the FHIR server learns from a bearer token.
+"""What the FHIR server learns from a bearer token: the grant behind an access token.
 
 The authorization server issues tokens; the FHIR server only needs to know,
 for one bearer token, who it was issued to and what it may see. This small

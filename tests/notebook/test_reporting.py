@@ -9,7 +9,8 @@ import httpx
 import orjson
 import pytest
 
-from jupyterhub_smart.audit.reporter import HubAuditReporter, to_report
+from jupyterhub_smart.audit import data_access_event
+from jupyterhub_smart.notebook.reporting import HubAuditReporter, to_report
 
 
 @dataclass
@@ -41,7 +42,7 @@ def test_only_names_leave_the_kernel() -> None:
 def test_what_the_hub_would_refuse_is_left_out_not_the_whole_batch() -> None:
     """The hub refuses a batch as a whole: one odd event must not cost the others."""
     odd = Event(
-        params=(("__odd", "1"), ("x" * 80, "2"), ("code", "3")),
+        params=(("__odd", "1"), ("x" * 101, "2"), ("code", "3")),
         patient="Patient/../x",
         count=-1,
         status=42,
@@ -54,6 +55,24 @@ def test_what_the_hub_would_refuse_is_left_out_not_the_whole_batch() -> None:
     assert to_report(Event(resource_type="X")) is None  # not a type the hub accepts
     assert to_report(Event(action="operation"))["interaction"] == "operation"  # type: ignore[index]
     assert to_report(Event(patient="Patient/p9"))["patient"] == "Patient/p9"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        Event(),
+        Event(params=(("x" * 100, "1"), ("_has:Observation:patient:code", "2"))),
+        Event(action="read", resource_id="c.1-2", params=()),
+        Event(patient="Patient/p9"),
+        Event(status=599, count=0),
+    ],
+)
+def test_what_the_kernel_reports_the_hub_accepts(event: Event) -> None:
+    """Both sides check with the same rules: a report the kernel sends is never refused."""
+    report = to_report(event)
+    assert report is not None
+    record = data_access_event(**report)
+    assert record["entity"][-1]["name"] == event.resource_type
 
 
 def test_waits_on_429_and_retries_503_then_delivers(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,4 +1,4 @@
-"""Authlib grants and extensions with the sandbox's SMART rules.
+"""OAuth grant types (authorization_code, refresh_token, client_credentials) with SMART rules.
 
 Each class overrides only what Authlib leaves to the application (storage) or
 what SMART is stricter about than plain OAuth: PKCE S256 on every request,

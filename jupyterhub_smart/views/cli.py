@@ -1,0 +1,153 @@
+"""``jupyterhub-smart view run`` and ``jupyterhub-smart view check``.
+
+``view run VIEW INPUT... --out OUT`` streams NDJSON resources through a view
+into Parquet, CSV or NDJSON (chosen by OUT's suffix), one record batch at a
+time, so memory stays flat whatever the input size. ``VIEW`` is a
+ViewDefinition JSON file or the name of a built-in view (``Observation``).
+``view check VIEW`` validates a view and prints its columns.
+
+Exit status: 0 done, 1 the run failed (an input is missing, the view does not
+fit the data in a way the spec calls an error), 2 the view is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``view`` command with its ``run`` and ``check`` sub-commands."""
+    parser = subparsers.add_parser(
+        "view",
+        help="run SQL on FHIR ViewDefinitions over NDJSON files",
+        description="Flatten FHIR resources into tables with SQL on FHIR v2 ViewDefinitions.",
+    )
+    commands = parser.add_subparsers(dest="view_command", metavar="SUBCOMMAND")
+    parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+    run = commands.add_parser(
+        "run",
+        help="run a view over NDJSON files into Parquet, CSV or NDJSON",
+        description="Run VIEW over the resources of INPUT (.ndjson, .ndjson.gz, a folder "
+        "of them, or - for standard input) and write the rows to OUT.",
+    )
+    run.add_argument(
+        "view", metavar="VIEW", help="ViewDefinition JSON file, or a built-in view name"
+    )
+    run.add_argument("inputs", metavar="INPUT", nargs="+", help=".ndjson, .ndjson.gz, folder or -")
+    run.add_argument(
+        "--out", required=True, metavar="OUT", help="output file: .parquet, .csv or .ndjson"
+    )
+    from jupyterhub_smart.cli import positive_int
+
+    run.add_argument(
+        "--batch-rows",
+        type=positive_int,
+        default=65_536,
+        metavar="N",
+        help="rows per batch written (memory use is about one batch; default 65536)",
+    )
+    run.set_defaults(func=_run)
+
+    check = commands.add_parser(
+        "check",
+        help="validate a view and list its columns",
+        description="Validate VIEW and print its columns with their types.",
+    )
+    check.add_argument(
+        "view", metavar="VIEW", help="ViewDefinition JSON file, or a built-in view name"
+    )
+    check.set_defaults(func=_check)
+
+
+def _load_view(spec: str) -> Any:
+    import orjson
+
+    from .builtin import load, names
+
+    path = Path(spec)
+    if path.is_file():
+        try:
+            return orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise SystemExit(_fail(2, f"{spec}: not valid JSON ({exc.msg})")) from None
+    if spec in names():
+        return load(spec)
+    raise SystemExit(
+        _fail(2, f"{spec}: no such file, and not a built-in view ({', '.join(names())})")
+    )
+
+
+def _fail(status: int, message: str) -> int:
+    print(f"jupyterhub-smart view: {message}", file=sys.stderr)
+    return status
+
+
+def _check(args: argparse.Namespace) -> int:
+    from . import ViewDefinitionError, compile_view
+
+    try:
+        compiled = compile_view(_load_view(args.view))
+    except ViewDefinitionError as exc:
+        return _fail(2, f"invalid view: {exc}")
+    print(f"{args.view}: valid view of {compiled.resource}, {len(compiled.columns)} columns")
+    for column in compiled.columns:
+        kind = column.type or "(not declared)"
+        suffix = " (collection)" if column.collection else ""
+        print(f"  {column.name}\t{kind}{suffix}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import ViewDefinitionError, ViewEvaluationError, compile_view
+    from .ndjson import NdjsonReader, expand_inputs
+    from .writers import open_writer
+
+    try:
+        compiled = compile_view(_load_view(args.view))
+    except ViewDefinitionError as exc:
+        return _fail(2, f"invalid view: {exc}")
+    try:
+        files = expand_inputs(args.inputs)
+    except (OSError, ValueError) as exc:
+        return _fail(1, str(exc))
+    try:
+        writer = open_writer(args.out)
+    except ValueError as exc:
+        return _fail(2, str(exc))
+    reader = NdjsonReader(files)
+    from . import iter_batches
+    from .table import TableConverter
+
+    converter = TableConverter(compiled.columns)
+    rows = 0
+    try:
+        for batch in iter_batches(
+            compiled, reader, batch_rows=args.batch_rows, converter=converter
+        ):
+            writer.write(batch)
+            rows += batch.num_rows
+    except ViewEvaluationError as exc:
+        writer.close(converter.schema())
+        return _fail(1, f"view error after {reader.lines} lines: {exc}")
+    writer.close(converter.schema())
+    print(
+        f"{rows:,} rows from {reader.lines:,} lines of {len(files)} input(s) -> {args.out}",
+        file=sys.stderr,
+    )
+    if converter.warnings:
+        counts = ", ".join(f"{name}: {n}" for name, n in sorted(converter.warnings.items()))
+        print(
+            f"values that did not fit their column type (written as null): {counts}",
+            file=sys.stderr,
+        )
+    if reader.bad_lines:
+        print(f"{reader.bad_lines} line(s) skipped, not a JSON object:", file=sys.stderr)
+        for example in reader.bad_examples:
+            print(f"  {example}", file=sys.stderr)
+    return 0

@@ -1,0 +1,95 @@
+"""Reading FHIR NDJSON (Bulk Data export files) as a stream of resources.
+
+Inputs are ``.ndjson`` files, ``.ndjson.gz`` files, folders of them (read in
+name order, not recursively) or ``-`` for standard input. Lines are read one at
+a time, so memory does not grow with the file. A line that is not a JSON object
+(truncated, too deeply nested for the parser, not JSON) is skipped and counted
+in :attr:`NdjsonReader.bad_lines`, with the first few locations kept for the
+report: one bad line never stops a ten-million-line run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+__all__ = ["NdjsonReader", "expand_inputs"]
+
+_SUFFIXES = (".ndjson", ".ndjson.gz", ".jsonl", ".jsonl.gz")
+
+
+def expand_inputs(inputs: Iterable[str]) -> list[str]:
+    """Files to read for ``inputs``: folders become their NDJSON files in name order.
+
+    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for a
+    folder without NDJSON files, so that a typo is an error, not an empty table.
+    """
+    files: list[str] = []
+    for item in inputs:
+        if item == "-":
+            files.append(item)
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(_SUFFIXES))
+            if not found:
+                raise ValueError(f"{item}: no .ndjson or .ndjson.gz files in this folder")
+            files.extend(str(p) for p in found)
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    return files
+
+
+class NdjsonReader:
+    """Iterates the resources of NDJSON files, counting the lines it had to skip."""
+
+    #: How many bad-line locations to keep for the report.
+    KEEP = 5
+
+    def __init__(self, files: Iterable[str]) -> None:
+        self.files = list(files)
+        self.lines = 0
+        self.bad_lines = 0
+        self.bad_examples: list[str] = []
+
+    def _open(self, name: str) -> IO[bytes] | gzip.GzipFile:
+        if name == "-":
+            return sys.stdin.buffer
+        if name.endswith(".gz"):
+            return gzip.open(name, "rb")
+        return open(name, "rb")
+
+    def _bad(self, name: str, number: int, reason: str) -> None:
+        self.bad_lines += 1
+        if len(self.bad_examples) < self.KEEP:
+            self.bad_examples.append(f"{name}:{number}: {reason}")
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for name in self.files:
+            stream = self._open(name)
+            try:
+                for number, line in enumerate(stream, start=1):
+                    if not line.strip():
+                        continue
+                    self.lines += 1
+                    try:
+                        resource = orjson.loads(line)
+                    except orjson.JSONDecodeError as exc:
+                        self._bad(name, number, f"not JSON ({exc.msg})")
+                        continue
+                    if resource.__class__ is not dict:
+                        self._bad(name, number, "not a JSON object")
+                        continue
+                    yield resource
+            except (OSError, EOFError) as exc:  # a truncated .gz, an unreadable file
+                self._bad(name, 0, f"read error: {exc}")
+            finally:
+                if stream is not sys.stdin.buffer:
+                    stream.close()
