@@ -167,7 +167,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--chunk-lines",
-        type=_positive_int,
+        type=positive_int,
         default=20_000,
         metavar="N",
         help="lines per Parquet part and per committed step of a download (default 20000)",
