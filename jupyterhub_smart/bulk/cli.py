@@ -168,9 +168,9 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--chunk-lines",
         type=positive_int,
-        default=20_000,
+        default=5_000,
         metavar="N",
-        help="lines per Parquet part and per committed step of a download (default 20000)",
+        help="lines per Parquet part and per committed step of a download (default 5000)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -224,7 +224,7 @@ def run_from_options(
     http: Any,
     show_progress: bool,
     key_id: str | None = None,
-    chunk_lines: int = 20_000,
+    chunk_lines: int = 5_000,
 ) -> Any:
     """Build the HTTP client, auth, views and audit for an export and run it."""
     import contextlib
