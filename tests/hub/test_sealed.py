@@ -17,10 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.fernet import Fernet, InvalidToken
+from hub_process import Browser, Hub, ehr_launch, open_sealed, patient_ids, run_hub
+from leak_scan import saw
 from sandbox_process import free_port, run_sandbox
 
 from .conftest import SmartEnv, sandbox_client
-from .harness import SEEN_TOKENS, Browser, Hub, ehr_launch, open_sealed, patient_ids, run_hub
 
 LIFETIME = 6  # seconds an access token lives at this test's sandbox
 
@@ -61,7 +62,7 @@ def _refreshed(hub: Hub, api_token: str, previous: str) -> dict[str, object]:
     assert answer.status_code == 200, answer.text
     body = dict(answer.json())
     assert body["access_token"] != previous
-    SEEN_TOKENS.append(str(body["access_token"]))
+    saw(str(body["access_token"]), kind="access token")
     return body
 
 
