@@ -14,11 +14,10 @@ from pathlib import Path
 import orjson
 import pyarrow.dataset as ds
 import pytest
+import s3fs
 from sandbox_process import free_port
 
 from .conftest import BulkEnv
-
-s3fs = pytest.importorskip("s3fs", reason="s3fs is in the test extra")
 
 
 @pytest.fixture
