@@ -60,7 +60,7 @@ from .sealed import RefreshTokenSeal
 from .token_api import SMARTTokenAPIHandler
 from .tokenstate import new_auth_state
 from .trail import HubTrail, client_fields, reference
-from .username import default_username
+from .username import colliding_issuers, default_username
 
 __all__ = ["SMARTAuthenticator"]
 
@@ -136,7 +136,9 @@ class SMARTAuthenticator(OAuthenticator):
         help="""Callable (issuer, fhir_user, claims) -> username, replacing the default
         mapping `practitioner-123@ehr.example.org-fhir`. `fhir_user` is "Type/id" or None;
         `claims` the verified id_token claims ({} without openid). It may be async. Must be
-        stable (same person, same name) and unique across issuers.""",
+        stable (same person, same name) and unique across issuers: keep the issuer in the
+        name, and do not fold ids that differ only in case. With it set, the start-up check
+        that configured issuers give distinct default usernames is skipped.""",
     )
 
     audit_log_path = Unicode(
@@ -298,6 +300,17 @@ class SMARTAuthenticator(OAuthenticator):
             raise ValueError(
                 f"SMARTAuthenticator.default_issuer {self.default_issuer!r} is not one of "
                 f"SMARTAuthenticator.issuers ({', '.join(policy.issuers) or 'none'})."
+            )
+        clashes: list[tuple[str, str]] = (
+            colliding_issuers(policy.issuers) if self.username_mapper is None else []
+        )
+        if clashes:
+            raise ValueError(
+                "SMARTAuthenticator.issuers: the default usernames of these EHRs' users would "
+                "be the same (the issuer part of a username is lower-cased, '/' becomes '-', "
+                "and it keeps 120 characters): "
+                + "; ".join(f"{a!r} and {b!r}" for a, b in clashes)
+                + ". Set SMARTAuthenticator.username_mapper to a mapping that keeps them apart."
             )
         if not self.enable_auth_state:
             self.log.warning(
