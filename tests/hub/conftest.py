@@ -33,6 +33,17 @@ def sandbox_client(client_id: str, hub_url: str, **extra: object) -> dict[str, o
     return {"client_id": client_id, "redirect_uris": [f"{hub_url}/hub/oauth_callback"], **extra}
 
 
+#: A Backend Services client at the ``private_key_jwt`` sandbox, for tests that
+#: read the EHR's data directly (the hub's own client is registered for people).
+READER_CLIENT: dict[str, object] = {
+    "client_id": "test-reader",
+    "type": "confidential-symmetric",
+    "client_secret": "test-reader-secret-5b2d8e1f0a",
+    "redirect_uris": ["http://127.0.0.1:9/callback"],
+    "scope": "system/Patient.rs",
+}
+
+
 @pytest.fixture(scope="package")
 def smart_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmartEnv]:
     work = tmp_path_factory.mktemp("hub-env")
@@ -49,7 +60,9 @@ def smart_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmartEnv]:
     with (
         run_sandbox(work / "sandbox-public", [public_client]) as public,
         run_sandbox(
-            work / "sandbox-jwt", [jwt_client], extra_args=["--access-token-lifetime", "3600"]
+            work / "sandbox-jwt",
+            [jwt_client, READER_CLIENT],
+            extra_args=["--access-token-lifetime", "3600"],
         ) as jwt,
     ):
         issuers = {

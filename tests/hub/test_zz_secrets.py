@@ -15,10 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from jupyterhub_smart.smart.client_auth import PrivateKeyJWT
-from jupyterhub_smart.smart.keys import load_private_key
-
-from .conftest import EvilEnv, SmartEnv
+from .conftest import READER_CLIENT, EvilEnv, SmartEnv
 from .harness import LAUNCHED, SEEN_TOKENS, VISITED, query
 from .test_attacks import CODES
 
@@ -66,16 +63,15 @@ def _clinical_values(env: SmartEnv) -> dict[str, list[str]]:
     """Names and birth dates of every launched patient, read from the EHR's FHIR API.
 
     The token is a Backend Services one (client_credentials, ``system/Patient.rs``)
-    of the hub's ``private_key_jwt`` client at sandbox B, signed with the hub's key.
+    of the test reader client at sandbox B.
     Every sandbox of these tests serves the same synthetic patients (run_sandbox's
     default seed and count), so sandbox B answers for the launches at the others too.
     """
     sandbox = env.jwt
     token_url = sandbox.origin + "/auth/token"
     form = {"grant_type": "client_credentials", "scope": "system/Patient.rs"}
-    headers: dict[str, str] = {}
-    PrivateKeyJWT("hub-jwt", load_private_key(env.key_path)).apply(token_url, form, headers)
-    answer = httpx.post(token_url, data=form, headers=headers, timeout=30)
+    reader = (str(READER_CLIENT["client_id"]), str(READER_CLIENT["client_secret"]))
+    answer = httpx.post(token_url, data=form, auth=reader, timeout=30)
     assert answer.status_code == 200, answer.text
     bearer = {"Authorization": f"Bearer {answer.json()['access_token']}"}
     values: dict[str, list[str]] = {}
