@@ -1,11 +1,13 @@
 """jupyterhub-smart: SMART on FHIR for JupyterHub.
 
-Sub-packages, each importing only from those listed before it:
+Sub-packages, each importing only from those listed before it (and the
+``jupyterhub-smart`` command's modules from :mod:`jupyterhub_smart.cli`, for
+the argument types they share):
 
 - :mod:`jupyterhub_smart.smart`: the SMART protocol core and the FHIR syntax
   rules, framework-free.
 - :mod:`jupyterhub_smart.views`: tables from FHIR resources (SQL on FHIR
-  ViewDefinitions).
+  ViewDefinitions); it imports none of the others.
 - :mod:`jupyterhub_smart.audit`: the hash-chained audit trail.
 - :mod:`jupyterhub_smart.hub`: JupyterHub integration, ``SMARTAuthenticator``.
 - :mod:`jupyterhub_smart.notebook`: what runs in a user's kernel, ``connect()``;
@@ -13,7 +15,8 @@ Sub-packages, each importing only from those listed before it:
 - :mod:`jupyterhub_smart.sandbox`: the embedded SMART sandbox EHR; it imports
   none of the others, so that it stays an independent reference for the tests.
 
-``docs/`` has the guides for administrators, researchers and the sandbox.
+``tests/test_layers.py`` holds the package to this. ``docs/`` has the guides
+for administrators, researchers and the sandbox.
 """
 
 __version__ = "0.1.0.dev0"

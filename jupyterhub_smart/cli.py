@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -44,6 +45,19 @@ def tcp_port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
     return value
+
+
+def missing_extra(extra: str, modules: Sequence[str]) -> str | None:
+    """What to install, in one line, when ``modules`` of ``extra`` are missing; else None.
+
+    Sub-commands whose servers come from an optional extra check before doing
+    anything, so that a hub-only install answers ``jupyterhub-smart sandbox``
+    with the ``pip install`` to run rather than a traceback.
+    """
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return f"missing {', '.join(missing)}; install with: pip install 'jupyterhub-smart[{extra}]'"
 
 
 #: Modules that add sub-commands. Each defines ``register(subparsers) -> None`` and

@@ -33,14 +33,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .cli import positive_int, tcp_port
+from .cli import missing_extra, positive_int, tcp_port
 
 #: The hub's client registration at the sandbox.
 DEMO_CLIENT_ID = "jupyterhub-demo"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEMO_NOTEBOOKS = REPO_ROOT / "demo" / "notebooks"
-#: Where ``make`` installs configurable-http-proxy (``npm install`` in the checkout).
-LOCAL_NODE_BIN = REPO_ROOT / "node_modules" / ".bin"
+#: The notebooks each demo user finds in their home (package data).
+DEMO_NOTEBOOKS = Path(__file__).resolve().with_name("demo_notebooks")
+#: Where ``make`` installs configurable-http-proxy when the package runs from a
+#: checkout (``npm install`` there); elsewhere it must be on PATH.
+LOCAL_NODE_BIN = Path(__file__).resolve().parent.parent / "node_modules" / ".bin"
+#: What the demo runs besides the hub: the sandbox's servers, JupyterLab, and
+#: what the demo notebook imports (the ``[demo]`` extra).
+DEMO_MODULES = ("flask", "waitress", "authlib", "jupyterlab", "ipykernel", "pandas", "matplotlib")
 #: How long a child gets to stop by itself (JupyterHub stops the single-user
 #: servers and the proxy it started) before it and its descendants are killed.
 STOP_GRACE_SECONDS = 20.0
@@ -422,6 +426,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    missing = missing_extra("demo", DEMO_MODULES)
+    if missing:
+        raise DemoError(missing)
     env_path = _child_env()["PATH"]
     if shutil.which("configurable-http-proxy", path=env_path) is None:
         raise DemoError(

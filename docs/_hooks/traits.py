@@ -5,6 +5,10 @@ replaces it with one section per configurable trait that the class (or a base
 class from this project) defines, with its type, default and help text. A
 trait of ours without ``help`` fails the build, so that every option stays
 documented where it is defined.
+
+A marker ``<!-- generated: package.module.function -->`` is replaced with what
+that function returns (Markdown built from the code, such as the table of
+inherited options the authenticator refuses).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from traitlets import HasTraits, TraitType
 
 MARKER = re.compile(r"<!--\s*traits:\s*([\w.]+)\s*-->")
+GENERATED = re.compile(r"<!--\s*generated:\s*([\w.]+)\s*-->")
 OWN_PACKAGE = "jupyterhub_smart"
 
 
@@ -61,6 +66,15 @@ def render(dotted: str) -> str:
     return "\n".join(sections)
 
 
+def generated(dotted: str) -> str:
+    """The Markdown a function of this project returns."""
+    module_name, _, function_name = dotted.rpartition(".")
+    if not module_name.startswith(OWN_PACKAGE):
+        raise ValueError(f"{dotted} is not part of {OWN_PACKAGE}")
+    return str(getattr(importlib.import_module(module_name), function_name)())
+
+
 def on_page_markdown(markdown: str, **_: Any) -> str:
-    """Replace each traits marker with the generated reference."""
-    return MARKER.sub(lambda m: render(m.group(1)), markdown)
+    """Replace each traits marker with the generated reference, each generated marker."""
+    markdown = MARKER.sub(lambda m: render(m.group(1)), markdown)
+    return GENERATED.sub(lambda m: generated(m.group(1)), markdown)

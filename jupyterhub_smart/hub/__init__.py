@@ -6,6 +6,6 @@
 
 from __future__ import annotations
 
-from .authenticator import SMARTAuthenticator, SMARTonFHIRAuthenticator
+from .authenticator import SMARTAuthenticator
 
-__all__ = ["SMARTAuthenticator", "SMARTonFHIRAuthenticator"]
+__all__ = ["SMARTAuthenticator"]

@@ -27,7 +27,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["PendingLogin", "PendingLoginError", "PendingLogins", "binding_hash"]
+from .errors import PendingLoginError
+
+__all__ = ["PendingLogin", "PendingLogins", "binding_hash"]
 
 
 def binding_hash(binding: str) -> str:
@@ -47,13 +49,6 @@ class PendingLogin:
     scope: tuple[str, ...]
     browser: str = field(repr=False)  # binding_hash(binding cookie value)
     created: float = 0.0
-
-
-class PendingLoginError(Exception):
-    """The callback's ``state`` does not match a pending login of this browser.
-
-    The message is safe to show and log (it never contains the state).
-    """
 
 
 class PendingLogins:

@@ -26,10 +26,11 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc.jwk import ECKey, RSAKey
+from jupyterhub.handlers import BaseHandler
 
 from ..smart.keys import MIN_RSA_BITS, SigningKey, check_alg, default_alg, public_jwk
 
-__all__ = ["PRIVATE_MEMBERS", "jwk_set", "load_published_keys"]
+__all__ = ["PRIVATE_MEMBERS", "SMARTJWKSHandler", "jwk_set", "load_published_keys"]
 
 #: JWK members that only private (or symmetric) keys have.
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
@@ -171,3 +172,16 @@ def _check_strength(key: SigningKey, where: str) -> None:
         raise ValueError(f"{where}: RSA keys need at least {MIN_RSA_BITS} bits")
     if isinstance(key, ECKey) and key.curve_name != "P-384":
         raise ValueError(f"{where}: EC keys must use the P-384 curve (ES384)")
+
+
+class SMARTJWKSHandler(BaseHandler):
+    """``GET /hub/smart/jwks.json``: public keys for ``private_key_jwt`` (register its URL).
+
+    The keys signing now, then those of ``published_jwks`` (a successor published
+    before the switch, a predecessor kept after it), checked once at start-up.
+    """
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "public, max-age=300")
+        self.finish(orjson.dumps(self.authenticator.public_jwks()))

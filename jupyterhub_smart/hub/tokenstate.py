@@ -1,6 +1,9 @@
-"""What the hub keeps and hands out: auth_state fields, token API body, refresh errors.
+"""What the hub keeps and hands out: auth_state fields, the token API's body, expiry.
 
-Shared by the authenticator and the handlers (kept apart so neither imports the other).
+auth_state is the only place EHR tokens live (JupyterHub encrypts it with
+JUPYTERHUB_CRYPT_KEY). These functions build it at login, read its expiry,
+strip its credentials at logout, and pick the token API's fields from it, so
+that the rules for what is secret and what leaves the hub are written once.
 """
 
 from __future__ import annotations
@@ -9,25 +12,22 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from ..smart.errors import SMARTError
-from ..smart.fingerprint import access_token_fingerprint, fingerprint_matches
+from ..smart.discovery import SMARTConfiguration
+from ..smart.launch_context import LaunchContext
+from ..smart.tokens import TokenResponse
 
 __all__ = [
     "SECRET_KEYS",
     "TOKEN_API_FIELDS",
     "AuthStateCache",
-    "ForcedRefresh",
-    "ForcedRefreshLimiter",
-    "MissingPatient",
-    "ReauthenticationRequired",
-    "RefreshRateLimited",
-    "access_token_fingerprint",
-    "fingerprint_matches",
+    "expires_within",
+    "new_auth_state",
     "parse_fingerprint",
     "token_api_payload",
+    "with_refreshed",
+    "without_tokens",
 ]
 
 #: auth_state keys that are credentials: never logged, never returned by the token API
@@ -48,48 +48,82 @@ TOKEN_API_FIELDS = (
     "smart_style_url",
 )
 
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
-class ReauthenticationRequired(SMARTError):
-    """The user's tokens cannot be refreshed: they must sign in again.
 
-    ``recorded``: the ``reauthentication-required`` audit event of this
-    occurrence is already written (by the refresh that found out, with the
-    EHR's reason). The token API then records nothing more: one occurrence,
-    one record, however many callers share the refresh that raised it.
+def new_auth_state(
+    issuer: str,
+    config: SMARTConfiguration,
+    token: TokenResponse,
+    context: LaunchContext,
+    fhir_user: str | None,
+    sub: str | None,
+) -> dict[str, Any]:
+    """The JSON-serialisable auth_state of a login, which JupyterHub encrypts and stores."""
+    state: dict[str, Any] = {
+        "iss": issuer,
+        "fhir_base_url": config.fhir_base_url,
+        "authorization_server": config.issuer,
+        "access_token": token.access_token,
+        "token_type": token.token_type,
+        "refresh_token": token.refresh_token,
+        "expires_at": token.expires_at,
+        "scope": list(token.scope),
+        "fhirUser": fhir_user,
+        "sub": sub,
+        "issued_at": time.time(),
+    }
+    state.update(context.to_dict())
+    return state
+
+
+def with_refreshed(state: Mapping[str, Any], token: TokenResponse) -> dict[str, Any]:
+    """``state`` with the token fields of a refresh response (the launch context kept).
+
+    Without a new refresh token the old one stays: the EHR did not rotate it.
     """
+    fresh = dict(state)
+    fresh.update(
+        access_token=token.access_token,
+        token_type=token.token_type,
+        issued_at=time.time(),
+        expires_at=token.expires_at,
+        scope=list(token.scope),
+    )
+    if token.refresh_token:
+        fresh["refresh_token"] = token.refresh_token
+    return fresh
 
-    status = 401
-    error = "reauthentication_required"
 
-    def __init__(self, message: str, *, recorded: bool = False) -> None:
-        super().__init__(message)
-        self.recorded = recorded
+def without_tokens(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with every credential removed and marked expired (logout, a dead grant).
+
+    The rest (issuer, fhirUser, patient) stays, so the hub can still say who
+    the user was and where they must sign in again.
+    """
+    kept = {key: value for key, value in state.items() if key not in SECRET_KEYS}
+    kept["expires_at"] = 0
+    return kept
 
 
-class MissingPatient(SMARTError):
-    """``launch/patient`` was asked for but the EHR chose no patient."""
+def expires_within(state: Mapping[str, Any], seconds: float) -> bool:
+    """True when the access token expires within ``seconds``.
 
-    status = 403
-    error = "no_patient_context"
+    The leeway is capped at half the token's lifetime: an EHR that issues
+    tokens shorter than the leeway would otherwise make every call refresh.
+    """
+    expires_at = state.get("expires_at")
+    if not isinstance(expires_at, (int, float)):
+        return False  # the EHR did not say: use it until the FHIR server refuses it
+    issued_at = state.get("issued_at")
+    if isinstance(issued_at, (int, float)) and expires_at > issued_at:
+        seconds = min(seconds, (float(expires_at) - float(issued_at)) / 2)
+    return float(expires_at) - time.time() <= seconds
 
 
 def token_api_payload(auth_state: Mapping[str, Any]) -> dict[str, Any]:
     """The token API's JSON body from an auth_state (only the listed fields)."""
     return {key: auth_state.get(key) for key in TOKEN_API_FIELDS}
-
-
-class RefreshRateLimited(SMARTError):
-    """A forced refresh was asked for too soon after the last one for this user."""
-
-    status = 429
-    error = "refresh_rate_limited"
-
-    def __init__(self, message: str, *, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, int(retry_after + 0.999))
-
-
-_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
 def parse_fingerprint(value: str) -> str:
@@ -98,50 +132,6 @@ def parse_fingerprint(value: str) -> str:
     if not _FINGERPRINT.fullmatch(normalized):
         raise ValueError("not 64 hex digits")
     return normalized
-
-
-@dataclass
-class ForcedRefresh:
-    """The last forced refresh of one user: when, for which refused token, and how it ended."""
-
-    at: float
-    fingerprint: str
-    failure: SMARTError | None = None
-
-
-class ForcedRefreshLimiter:
-    """At most one forced refresh per user per interval, remembered in memory.
-
-    A notebook that reports a refused token makes the hub call the EHR's token
-    endpoint at once. Concurrent reports share one refresh (the single flight);
-    this bounds what a buggy or hostile client can do *after* it: report the
-    new token refused too, again and again. Within the interval the hub does
-    not call the EHR for that user; it answers from what the last forced
-    refresh taught it (``reauthentication_required`` stays so) or 429.
-    """
-
-    def __init__(self, max_users: int = 10000) -> None:
-        self._last: OrderedDict[str, ForcedRefresh] = OrderedDict()
-        self._max_users = max_users
-
-    def recent(self, user: str, interval: float, now: float | None = None) -> ForcedRefresh | None:
-        """The user's last forced refresh if it began less than ``interval`` s ago."""
-        last = self._last.get(user)
-        now = time.monotonic() if now is None else now
-        if last is None or now - last.at >= interval:
-            return None
-        return last
-
-    def started(self, user: str, fingerprint: str, now: float | None = None) -> None:
-        self._last[user] = ForcedRefresh(time.monotonic() if now is None else now, fingerprint)
-        self._last.move_to_end(user)
-        while len(self._last) > self._max_users:
-            self._last.popitem(last=False)
-
-    def failed(self, user: str, fingerprint: str, failure: SMARTError) -> None:
-        last = self._last.get(user)
-        if last is not None and last.fingerprint == fingerprint:
-            last.failure = failure
 
 
 class AuthStateCache:

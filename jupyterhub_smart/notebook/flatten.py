@@ -179,6 +179,7 @@ class TableBuilder:
         import pyarrow as pa
 
         from jupyterhub_smart.views.definition import Column
+        from jupyterhub_smart.views.gcpause import gc_paused
         from jupyterhub_smart.views.table import WARNINGS_KEY, TableConverter
 
         columns = list(self.view.columns)
@@ -186,7 +187,8 @@ class TableBuilder:
             columns.append(Column("raw", "string", False, "raw"))
         converter = TableConverter(columns)
         rows, self._rows = self._rows, []  # the typed columns replace the tuples; free them early
-        table = converter.table([converter.batch(rows)])
+        with gc_paused():
+            table = converter.table([converter.batch(rows)])
         self.warnings = dict(converter.warnings)
         arrays = []
         fields = []

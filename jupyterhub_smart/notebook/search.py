@@ -33,15 +33,15 @@ An OperationOutcome with mode ``outcome`` (a server's warning) is logged.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
+
+from jupyterhub_smart.views.gcpause import gc_paused
 
 from .context import in_notebook
 from .errors import FHIRError, IncompleteSearch, IncompleteSearchWarning
@@ -208,25 +208,6 @@ class _Tally:
         warnings.warn(message, IncompleteSearchWarning, stacklevel=_caller_stacklevel())
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while pages become rows.
-
-    Building 100,000 rows allocates millions of container objects and none of
-    them form cycles; CPython would run its full collections over the growing
-    heap again and again (about a quarter of the CPU time). Reference
-    counting still frees everything as usual; the collector is back on
-    afterwards (if it was on).
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def _total(fetched: Fetched) -> int:
     total = _check_bundle(fetched).get("total")
     if isinstance(total, bool) or not isinstance(total, int) or total < 0:
@@ -383,7 +364,7 @@ class SearchResult(_Base):
         enabled = self.progress if progress is None else progress
         bar = None
         try:
-            with _gc_paused():
+            with gc_paused():
                 for n, (bundle, url, more) in enumerate(self._walk(strict)):
                     if n == 0:
                         bar = _progress_bar(enabled, more, self._safe_count)
@@ -497,7 +478,7 @@ class AsyncSearchResult(_Base):
         builder = TableBuilder(self.resource_type, raw=raw, view=view)
 
         def add(bundle: dict[str, Any], url: str) -> None:
-            with _gc_paused():
+            with gc_paused():
                 builder.add(iter_matches(bundle, self.resource_type, url))
 
         async for bundle, url in self._walk(strict):

@@ -22,6 +22,7 @@ from .auth.options import AuthOptions
 from .auth.pages import create_auth_blueprint
 from .auth.server import SandboxAuth, build_auth
 from .ehr import create_ehr_blueprint
+from .fhir.bulk_options import BulkOptions
 from .settings import SandboxSettings
 
 log = logging.getLogger(__name__)
@@ -39,9 +40,11 @@ def create_app(
     auth: SandboxAuth | None = None,
     registry: ClientRegistry | None = None,
     options: AuthOptions | None = None,
+    bulk: BulkOptions | None = None,
 ) -> Flask:
     """Build the WSGI app. ``store`` is the FHIR engineer's ``FHIRStore``."""
     from .fhir import create_fhir_blueprint
+    from .fhir.bulk import create_bulk_blueprint
 
     if auth is None:
         registry = registry or ClientRegistry.from_file(settings.clients_file)
@@ -94,6 +97,9 @@ def create_app(
 
     app.register_blueprint(create_auth_blueprint(auth, store))
     app.register_blueprint(create_ehr_blueprint(auth, store))
+    app.register_blueprint(
+        create_bulk_blueprint(store, auth.lookup, settings, bulk or BulkOptions())
+    )
     app.register_blueprint(create_fhir_blueprint(store, auth.lookup, settings))
 
     @app.errorhandler(HTTPException)

@@ -1,16 +1,21 @@
 """``jupyterhub-smart sandbox``: serve the sandbox EHR.
 
-Only argparse is imported here; the server and its dependencies load when the
-command runs, so ``jupyterhub-smart --help`` stays fast.
+Only argparse is imported here; the server and its dependencies (the
+``[sandbox]`` extra: Flask, Waitress, Authlib) load when the command runs, so
+``jupyterhub-smart --help`` stays fast and works without them.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import non_negative_int, positive_int, tcp_port
+from ..cli import missing_extra, non_negative_int, positive_int, tcp_port
+
+#: What the sandbox's servers import, all from the ``[sandbox]`` extra.
+SERVER_MODULES = ("flask", "waitress", "authlib")
 
 EPILOG = """\
 URLs under http://HOST:PORT: /fhir (FHIR R4; iss and aud), /auth (authorize,
@@ -118,13 +123,89 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="add a patient with id 'dense' that has N Observations (paging benchmarks; default 0)",
     )
+    bulk = parser.add_argument_group("Bulk Data $export")
+    bulk.add_argument(
+        "--bulk-link-lifetime",
+        type=positive_int,
+        default=3600,
+        metavar="SECONDS",
+        help="how long $export file links stay valid; a new status GET issues fresh ones "
+        "(default 3600)",
+    )
+    bulk.add_argument(
+        "--bulk-job-seconds",
+        type=_non_negative_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="an export reports 'in progress' for at least this long (default 1)",
+    )
+    bulk.add_argument(
+        "--bulk-retry-after",
+        type=positive_int,
+        default=1,
+        metavar="SECONDS",
+        help="Retry-After of in-progress status answers and 429s (default 1)",
+    )
+    bulk.add_argument(
+        "--bulk-file-resources",
+        type=positive_int,
+        default=10_000,
+        metavar="N",
+        help="resources per $export output file; more go to further files (default 10000)",
+    )
+    bulk.add_argument(
+        "--bulk-manifest-page",
+        type=positive_int,
+        default=5,
+        metavar="N",
+        help="output files per manifest page when the client sends allowPartialManifests=true "
+        "(default 5)",
+    )
+    bulk.add_argument(
+        "--bulk-deleted-observations",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="treat the last N Observations as deleted on 2025-07-02: exports leave them out and "
+        "list them in deleted[] when _since is earlier (default 0)",
+    )
+    bulk.add_argument(
+        "--bulk-faults",
+        default="",
+        metavar="LIST",
+        help="inject faults into the $export API: comma-separated NAME, NAME:N or NAME:* among "
+        "kickoff-429, status-500, status-transient, status-429, retry-after-date, forever, "
+        "file-503, truncate, expire, slow, no-range, reject-repeated, outcome-manifest "
+        "(see docs/sandbox.md)",
+    )
     parser.set_defaults(func=run)
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
     """Start the sandbox with the parsed options; returns the exit status."""
+    missing = missing_extra("sandbox", SERVER_MODULES)
+    if missing:
+        print(f"jupyterhub-smart sandbox: {missing}", file=sys.stderr)
+        return 2
     from .auth.options import AuthOptions
+    from .fhir.bulk_options import BulkOptions, Faults
     from .server import serve
+
+    try:
+        faults = Faults.parse(args.bulk_faults)
+    except ValueError as exc:
+        print(f"jupyterhub-smart sandbox: --bulk-faults: {exc}", file=sys.stderr)
+        return 2
     from .settings import SandboxSettings
 
     settings = SandboxSettings(
@@ -145,5 +226,14 @@ def run(args: argparse.Namespace) -> int:
         dense_patient_observations=args.dense_patient_observations,
         auth_options=AuthOptions(
             launch_lifetime=args.launch_lifetime, code_lifetime=args.code_lifetime
+        ),
+        bulk_options=BulkOptions(
+            link_lifetime=args.bulk_link_lifetime,
+            job_seconds=args.bulk_job_seconds,
+            retry_after=args.bulk_retry_after,
+            file_resources=args.bulk_file_resources,
+            manifest_page=args.bulk_manifest_page,
+            deleted_observations=args.bulk_deleted_observations,
+            faults=faults,
         ),
     )

@@ -71,7 +71,11 @@ def configure_logging() -> None:
 
 
 def serve(
-    settings: SandboxSettings, *, dense_patient_observations: int = 0, auth_options: Any = None
+    settings: SandboxSettings,
+    *,
+    dense_patient_observations: int = 0,
+    auth_options: Any = None,
+    bulk_options: Any = None,
 ) -> int:
     """Build everything and serve until SIGTERM or SIGINT; returns the exit status."""
     configure_logging()
@@ -98,7 +102,7 @@ def serve(
     )
     log.info("FHIR store ready in %.1fs (%s)", time.perf_counter() - started, settings.data_dir)
     auth = build_auth(settings, registry, auth_options)
-    app = create_app(settings, store, auth=auth)
+    app = create_app(settings, store, auth=auth, bulk=bulk_options)
     if settings.origin.startswith("http://") and settings.host not in (
         "127.0.0.1",
         "localhost",

@@ -58,24 +58,28 @@ def iter_batches(
     Memory stays bounded by one batch whatever the number of resources. Pass a
     ``converter`` to read the warning counts after the last batch.
     """
+    from .gcpause import gc_paused
     from .table import TableConverter
 
     compiled = _compiled(view)
     converter = converter or TableConverter(compiled.columns)
     rows_of = compiled.rows
-    pending: list[tuple[Any, ...]] = []
-    for resource in resources:
-        try:
-            pending.extend(rows_of(resource))
-        except RecursionError:
-            converter.warnings["<resource too deeply nested>"] = (
-                converter.warnings.get("<resource too deeply nested>", 0) + 1
-            )
-        if len(pending) >= batch_rows:
-            yield converter.batch(pending)
-            pending = []
-    if pending:
-        yield converter.batch(pending)
+    source = iter(resources)
+    deep = "<resource too deeply nested>"
+    while True:
+        pending: list[tuple[Any, ...]] = []
+        with gc_paused():  # released at each batch: the caller's code never runs paused
+            for resource in source:
+                try:
+                    pending.extend(rows_of(resource))
+                except RecursionError:
+                    converter.warnings[deep] = converter.warnings.get(deep, 0) + 1
+                if len(pending) >= batch_rows:
+                    break
+            batch = converter.batch(pending) if pending else None
+        if batch is None:
+            return
+        yield batch
 
 
 def run(view: Mapping[str, Any] | CompiledView, resources: Iterable[Mapping[str, Any]]) -> pa.Table:

@@ -137,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(1, f"view error after {reader.lines} lines: {exc}")
     writer.close(converter.schema())
     print(
-        f"{rows} rows from {reader.lines} lines of {len(files)} input(s) -> {args.out}",
+        f"{rows:,} rows from {reader.lines:,} lines of {len(files)} input(s) -> {args.out}",
         file=sys.stderr,
     )
     if converter.warnings:

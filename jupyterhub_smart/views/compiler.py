@@ -296,7 +296,7 @@ class _Compiler:
         while inner[0] == "member":  # a.b.c: one closure looping over the steps
             names.append(inner[2])
             inner = inner[1]
-        base = self.compile(inner)
+        base = self._navigated(inner)
         steps = [_member(name) for name in reversed(names)]
         if len(steps) == 1:
             step = steps[0]
@@ -311,6 +311,20 @@ class _Compiler:
             return items
 
         return chain
+
+    def _navigated(self, node: Node) -> Evaluator:
+        """``node`` compiled as the start of a navigation: ``value.ofType(Quantity).unit``
+        needs no type wrapper on the Quantity, since ``.unit`` reads inside it."""
+        if (
+            node[0] == "call"
+            and node[2] in ("ofType", "as")
+            and node[1] is not None
+            and node[1][0] in ("member", "id")
+        ):
+            fast = self._choice_fast_path(node[1], node[2], node[3], wrap=False)
+            if fast is not None:
+                return fast
+        return self.compile(node)
 
     def c_indexer(self, node: Node) -> Evaluator:
         base = self.compile(node[1])
@@ -420,7 +434,9 @@ class _Compiler:
 
         return first
 
-    def _choice_fast_path(self, base_node: Node, name: str, args: list[Node]) -> Evaluator | None:
+    def _choice_fast_path(
+        self, base_node: Node, name: str, args: list[Node], *, wrap: bool = True
+    ) -> Evaluator | None:
         """``value.ofType(Quantity)`` reads ``valueQuantity`` directly: no scan of the keys."""
         if len(args) != 1:
             return None
@@ -431,20 +447,36 @@ class _Compiler:
         if "." in wanted:
             return None
         parent = self.compile(base_node[1]) if base_node[0] == "member" else None
-        steps = [
-            (_member(_choice_key(element, kind), choice=False), kind) for kind in subtypes(wanted)
-        ]
-        plain = _member(element, choice=False)
+        keys = [(_choice_key(element, kind), kind) for kind in subtypes(wanted)]
 
         def read(focus: Collection, env: Env) -> Collection:
             items = parent(focus, env) if parent is not None else focus
-            found = [Typed(v, kind) for step, kind in steps for v in step(items)]
-            if found:
-                return found
-            # an element named exactly ``value`` (no choice suffix) of the wanted type
-            return [
-                v for v in plain(items) if v.__class__ is not Typed and _matches_type(v, wanted)
-            ]
+            found: Collection = []
+            for item in items:
+                if item.__class__ is Typed:
+                    item = item.value
+                if item.__class__ is not dict:
+                    continue
+                for key, kind in keys:
+                    value = item.get(key)
+                    if value is None:
+                        continue
+                    if not wrap:
+                        if value.__class__ is list:
+                            found.extend(v for v in value if v is not None)
+                        else:
+                            found.append(value)
+                    elif value.__class__ is list:
+                        found.extend(Typed(v, kind) for v in value if v is not None)
+                    else:
+                        found.append(Typed(value, kind))
+                # an element named exactly ``value`` (no choice suffix) of the wanted type
+                plain = item.get(element)
+                if plain is not None:
+                    for v in plain if plain.__class__ is list else [plain]:
+                        if v is not None and _matches_type(v, wanted):
+                            found.append(v)
+            return found
 
         return read
 

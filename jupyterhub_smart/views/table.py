@@ -196,6 +196,12 @@ class TableConverter:
         else:
             strict = True
         value_type = self._types[i] or pa.string()
+        if strict and convert is _to_str and not column.collection:
+            # the common case, all strings or nulls: Arrow checks the types itself, in C
+            try:
+                return pa.array(values, type=value_type)
+            except (pa.ArrowTypeError, pa.ArrowInvalid):
+                pass  # some value is not a string: convert one by one and count
         bad = 0
         out: list[Any] = []
         append = out.append

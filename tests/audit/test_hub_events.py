@@ -1,4 +1,4 @@
-"""Issue 5 "Hub events": every action the hub takes leaves its event, with its reason.
+"""Hub events: every action the hub takes leaves its event, with its reason.
 
 A real sandbox (access tokens living 6 s, so refreshes come due in a test) and a
 real JupyterHub running the SMARTAuthenticator. One scenario walks through the

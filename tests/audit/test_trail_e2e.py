@@ -1,4 +1,4 @@
-"""Issue 5 "done when": EHR launch, token refresh, token API call and a notebook search
+"""The whole trail: EHR launch, token refresh, token API call and a notebook search
 against the real sandbox and a real SMART hub each leave one event; the log verifies; a
 single-byte edit anywhere makes verify fail at that line's seq."""
 

@@ -8,11 +8,13 @@ the same practitioner at two EHRs becomes two users.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from jupyterhub.crypto import CryptKeeper
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.smart.keys import write_key_pair
@@ -106,3 +108,12 @@ def evil_env(tmp_path_factory: pytest.TempPathFactory, smart_env: SmartEnv) -> I
         options = {"http_timeout": 2.0, "required_scopes": ["patient/*.rs"]}
         with run_hub(work / "hub", issuers, authenticator=options) as hub:
             yield EvilEnv(hub, evil, smart_env.public)
+
+
+@pytest.fixture
+def crypt_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A JUPYTERHUB_CRYPT_KEY for an in-process SMARTAuthenticator (it refuses to start without)."""
+    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", secrets.token_hex(32))
+    CryptKeeper.clear_instance()
+    yield
+    CryptKeeper.clear_instance()

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from jupyterhub.crypto import CryptKeeper
 
-from jupyterhub_smart.hub import SMARTAuthenticator, SMARTonFHIRAuthenticator
+from jupyterhub_smart.hub import SMARTAuthenticator
 
 EHR = "https://ehr.example/fhir"
 
@@ -42,7 +42,7 @@ async def test_issuer_restriction_holds_with_allow_all(auth: SMARTAuthenticator)
 
 
 def test_scope_for_launch_kinds(auth: SMARTAuthenticator) -> None:
-    reg = auth.registration(EHR)
+    reg = auth.ehr.registration(EHR)
     assert "launch" in auth.scope_for(reg, ehr_launch=True)
     assert "launch" not in auth.scope_for(reg, ehr_launch=False)
     assert auth.scope_for(reg, ehr_launch=False) == (
@@ -53,9 +53,8 @@ def test_scope_for_launch_kinds(auth: SMARTAuthenticator) -> None:
     )
 
 
-def test_public_client_has_no_jwks_and_alias_is_the_class(auth: SMARTAuthenticator) -> None:
+def test_public_client_has_no_jwks_and_keeps_auth_state(auth: SMARTAuthenticator) -> None:
     assert auth.public_jwks() == {"keys": []}
-    assert SMARTonFHIRAuthenticator is SMARTAuthenticator
     assert auth.enable_auth_state is True
 
 
@@ -170,7 +169,7 @@ def ehr_auth(
 
     def make(mode: str) -> tuple[SMARTAuthenticator, FakeEHR]:
         ehr = FakeEHR(mode)
-        auth._http = httpx.AsyncClient(transport=httpx.MockTransport(ehr))
+        auth.ehr._http = httpx.AsyncClient(transport=httpx.MockTransport(ehr))
         return auth, ehr
 
     yield make
@@ -249,17 +248,17 @@ async def test_token_api_state_for_an_issuer_no_longer_configured_is_refused(
     ehr_auth: Any,
 ) -> None:
     """An EHR the admin removed: its still-valid token is not handed out any more."""
-    from jupyterhub_smart.hub.tokenstate import ReauthenticationRequired
+    from jupyterhub_smart.hub.errors import ReauthenticationRequired
 
     auth, ehr = ehr_auth("good")
     user = FakeUser({**_state(expires_in=3000), "iss": "https://gone.example/fhir"})
     with pytest.raises(ReauthenticationRequired, match="no longer configured") as raised:
-        await auth.fresh_auth_state(user, min_validity=auth.refresh_leeway)
+        await auth.refresher.fresh_auth_state(user, min_validity=auth.refresh_leeway)
     assert raised.value.recorded  # recorded here, once, so the token API adds none
     # refresh_user (which JupyterHub 5 runs first on the same request) finds out too: no second record
     assert await auth.refresh_user(user) is False
     with pytest.raises(ReauthenticationRequired):
-        await auth.fresh_auth_state(user, min_validity=auth.refresh_leeway)
+        await auth.refresher.fresh_auth_state(user, min_validity=auth.refresh_leeway)
     await auth.get_audit_log().aclose()
     records = Path(auth.audit_log_path).read_text().splitlines()
     reauth = [r for r in records if '"reauthentication-required"' in r]
@@ -267,18 +266,19 @@ async def test_token_api_state_for_an_issuer_no_longer_configured_is_refused(
     assert ehr.refreshes == 0 and user.saved == 0
     # the configured issuer's user is served as before
     ok = FakeUser(_state(expires_in=3000))
-    assert (await auth.fresh_auth_state(ok, min_validity=auth.refresh_leeway))["iss"] == EHR
+    served = await auth.refresher.fresh_auth_state(ok, min_validity=auth.refresh_leeway)
+    assert served["iss"] == EHR
 
 
 async def test_refused_refresh_is_recorded_once_by_the_refresh(ehr_auth: Any) -> None:
     """invalid_grant: the refresh writes the one reauthentication-required record (with
     the EHR's reason) and says so on the exception, so the token API adds none."""
-    from jupyterhub_smart.hub.tokenstate import ReauthenticationRequired
+    from jupyterhub_smart.hub.errors import ReauthenticationRequired
 
     auth, _ehr = ehr_auth("invalid_grant")
     user = FakeUser(_state(expires_in=60))
     with pytest.raises(ReauthenticationRequired) as raised:
-        await auth.fresh_auth_state(user, min_validity=auth.refresh_leeway)
+        await auth.refresher.fresh_auth_state(user, min_validity=auth.refresh_leeway)
     assert raised.value.recorded
     await auth.get_audit_log().aclose()
     records = Path(auth.audit_log_path).read_text().splitlines()
@@ -303,11 +303,11 @@ async def test_refresh_with_a_full_audit_disk_keeps_the_new_tokens_and_hands_non
         fill(disk)
         for call in ("token_api", "refresh_user"):
             ehr = FakeEHR("good")
-            auth._http = httpx.AsyncClient(transport=httpx.MockTransport(ehr))
+            auth.ehr._http = httpx.AsyncClient(transport=httpx.MockTransport(ehr))
             user = FakeUser(_state(expires_in=60))
             if call == "token_api":
                 with pytest.raises(AuditUnavailable):
-                    await auth.fresh_auth_state(user, min_validity=auth.refresh_leeway)
+                    await auth.refresher.fresh_auth_state(user, min_validity=auth.refresh_leeway)
             else:
                 assert await auth.refresh_user(user) is True
             assert ehr.refreshes == 1 and user.saved == 1

@@ -8,28 +8,18 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from joserfc.jwk import ECKey, OctKey, RSAKey
-from jupyterhub.crypto import CryptKeeper
 
 from jupyterhub_smart.hub import SMARTAuthenticator
 from jupyterhub_smart.hub.published_keys import PRIVATE_MEMBERS, jwk_set, load_published_keys
 from jupyterhub_smart.smart.keys import write_key_pair
 
 EHR = "https://ehr.example/fhir"
-
-
-@pytest.fixture
-def crypt_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("JUPYTERHUB_CRYPT_KEY", secrets.token_hex(32))
-    CryptKeeper.clear_instance()
-    yield
-    CryptKeeper.clear_instance()
 
 
 def _write(path: Path, doc: object) -> str:
@@ -163,7 +153,7 @@ def test_the_hub_serves_signing_and_published_keys_and_refuses_a_clash(
     auth = SMARTAuthenticator(issuers=issuers, published_jwks=[str(jwks)], allow_all=True)
     served = auth.public_jwks()["keys"]
     assert len(served) == 2  # the signing key is also in jwks.json: served once
-    assert served[0]["kid"] == auth.clients[EHR].key_id  # type: ignore[attr-defined]
+    assert served[0]["kid"] == auth.ehr.clients[EHR].key_id  # type: ignore[attr-defined]
     assert not [m for jwk in served for m in PRIVATE_MEMBERS if m in jwk]
     clash = _write(tmp_path / "clash.json", {**_public_rsa(), "kid": served[0]["kid"]})
     with pytest.raises(ValueError, match="names two different keys"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jupyterhub_smart.hub.handlers import safe_next_url
+from jupyterhub_smart.hub.pages import safe_next_url
 from jupyterhub_smart.hub.pending import (
     PendingLogin,
     PendingLoginError,

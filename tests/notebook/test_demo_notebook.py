@@ -12,9 +12,11 @@ import pytest
 from nbclient import NotebookClient
 from sandbox_process import SandboxProcess
 
+from jupyterhub_smart.demo import DEMO_NOTEBOOKS
+
 from .sandbox_tokens import patient_login
 
-NOTEBOOK = Path(__file__).resolve().parents[2] / "demo" / "notebooks" / "patient-vitals.ipynb"
+NOTEBOOK = DEMO_NOTEBOOKS / "patient-vitals.ipynb"
 PATIENT = "patient-00002"
 
 

@@ -29,13 +29,14 @@ from hub.harness import Browser, Hub, ehr_launch, run_hub
 from nbclient import NotebookClient
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
+from jupyterhub_smart.demo import DEMO_NOTEBOOKS
 from jupyterhub_smart.notebook import HubTokenProvider, connect, connect_async
 from jupyterhub_smart.notebook.reporting import HubAuditReporter
 
 from .sandbox_tokens import SEEN_SECRETS
 
 PATIENT = "patient-00003"
-NOTEBOOK = Path(__file__).resolve().parents[2] / "demo" / "notebooks" / "patient-vitals.ipynb"
+NOTEBOOK = DEMO_NOTEBOOKS / "patient-vitals.ipynb"
 LIFETIME = int(os.environ.get("SMART_SOAK_TOKEN_LIFETIME", "4"))
 SOAK_SECONDS = float(os.environ.get("SMART_SOAK_SECONDS", str(2.5 * LIFETIME)))
 
@@ -195,7 +196,7 @@ def _details(record: dict[str, object]) -> dict[str, str]:
 def test_plain_connect_reports_data_access_to_the_hub(
     world: HubWorld, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No event_sink argument: the hub's audit log still gets the search (issue 5)."""
+    """No event_sink argument: the hub's audit log still gets the search."""
     name = _login(world, PATIENT)
     # the scopes JupyterHub gives a spawned server's JUPYTERHUB_API_TOKEN ("server" role)
     api_token = world.hub.user_token(

@@ -15,6 +15,15 @@ from .search import DATE_SORTABLE, SEARCH_PARAMS
 
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 SOFTWARE_VERSION = "0.1.0"
+#: Bulk Data Access: the server's conformance and its three ``$export`` operations.
+BULK_DATA_CAPABILITY = "http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"
+BULK_OPERATIONS = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition"
+#: The synthetic cohorts of Group-level export (read and a parameterless search).
+_GROUP: dict[str, Any] = {
+    "type": "Group",
+    "interaction": [{"code": "read"}, {"code": "search-type"}],
+    "operation": [{"name": "export", "definition": f"{BULK_OPERATIONS}/group-export"}],
+}
 _KIND_TYPES = {
     "id": "token",
     "token": "token",
@@ -56,6 +65,7 @@ def capability_statement(settings: SandboxSettings) -> dict[str, Any]:
             "description": "jupyterhub-smart sandbox EHR (synthetic data only)",
             "url": settings.fhir_base_url,
         },
+        "instantiates": [BULK_DATA_CAPABILITY],
         "fhirVersion": "4.0.1",
         "format": ["json"],
         "rest": [
@@ -86,7 +96,12 @@ def capability_statement(settings: SandboxSettings) -> dict[str, Any]:
                         }
                     ],
                 },
-                "resource": resources,
+                "resource": [*resources, _GROUP],
+                "operation": [
+                    {"name": "export", "definition": f"{BULK_OPERATIONS}/export"},
+                    {"name": "export", "definition": f"{BULK_OPERATIONS}/patient-export"},
+                    {"name": "export", "definition": f"{BULK_OPERATIONS}/group-export"},
+                ],
             }
         ],
     }

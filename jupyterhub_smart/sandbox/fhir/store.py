@@ -215,6 +215,10 @@ class FHIRStore:
         """Run a read-only query built by :mod:`.search` (parameters always bound)."""
         return self._connect().execute(sql, params).fetchall()
 
+    def stream(self, sql: str, params: Sequence[object]) -> Iterator[tuple[Any, ...]]:
+        """Rows of a read-only query one at a time (for exports larger than memory)."""
+        yield from self._connect().execute(sql, params)
+
     def counts(self) -> dict[str, int]:
         """Resources per type (for logs and benchmarks)."""
         rows = self._connect().execute("SELECT type, COUNT(*) FROM resources GROUP BY type")

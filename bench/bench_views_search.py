@@ -1,0 +1,276 @@
+"""Search results to a DataFrame through the Observation view, and paging behind a 50 ms server.
+
+Starts one sandbox with ``--dense-patient-observations N`` (``BENCH_OBSERVATIONS``,
+default 100,000; 1,000 per page) and runs each client in a fresh process,
+interleaved, ``BENCH_REPEAT`` times (median kept):
+
+1. **Flattening**, straight against the sandbox:
+
+   * **views**: ``search(...).to_pandas()`` of this checkout (the built-in
+     Observation view, compiled);
+   * **hand-written**: the same call in the checkout of ``BENCH_BASELINE_REV``
+     (default: the commit before the views replaced ``notebook/flatten.py``'s
+     hand-written flatteners), put first on ``PYTHONPATH``;
+   * **fhirpy**: ``fetch_all()`` and ``json_normalize`` (as in bench_notebook_fetch).
+
+2. **Latency**: the same search through a proxy that waits ``BENCH_PAGE_DELAY``
+   (default 0.05 s) before forwarding each request, as a real EHR takes 50-200
+   ms per page. Clients: ours sync (next page prefetched), ours sync without
+   prefetch, ours async (prefetched), fhirpy; the floor is pages x delay.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.bench_notebook_fetch import PAGE, PATIENT, _start_sandbox, _token, _usage
+
+ROOT = Path(__file__).resolve().parent.parent
+#: The commit whose parent still has the hand-written flatteners.
+VIEWS_COMMIT_GREP = "the hand-written flatteners go"
+
+
+# --- workers (each runs in its own process) ------------------------------------------
+
+
+def _ours(base: str, token: str, prefetch: bool = True) -> int:
+    from jupyterhub_smart.notebook import connect
+
+    fhir = connect(base, token=token, page_size=PAGE, check_scopes=False, progress=False)
+    result = fhir.search("Observation", patient=PATIENT)
+    result.prefetch = prefetch
+    frame = result.to_pandas()
+    assert frame["value"].notna().all()
+    return len(frame)
+
+
+def _ours_no_prefetch(base: str, token: str) -> int:
+    return _ours(base, token, prefetch=False)
+
+
+def _ours_async(base: str, token: str) -> int:
+    import asyncio
+
+    from jupyterhub_smart.notebook import connect_async
+
+    async def run() -> int:
+        async with connect_async(base, token=token, page_size=PAGE, check_scopes=False) as fhir:
+            frame = await (await fhir.search("Observation", patient=PATIENT)).to_pandas()
+            return len(frame)
+
+    return asyncio.run(run())
+
+
+def _fhirpy(base: str, token: str) -> int:
+    import pandas as pd
+    from fhirpy import SyncFHIRClient
+
+    client = SyncFHIRClient(base, authorization=f"Bearer {token}")
+    found = client.resources("Observation").search(patient=PATIENT).limit(PAGE).fetch_all()
+    return len(pd.json_normalize([r.serialize() for r in found]))
+
+
+WORKERS = {
+    "ours": _ours,
+    "ours-no-prefetch": _ours_no_prefetch,
+    "ours-async": _ours_async,
+    "fhirpy": _fhirpy,
+}
+
+
+def worker(name: str, base: str) -> None:
+    """Run one client once; print one JSON line with its figures."""
+    import importlib
+
+    token = sys.stdin.readline().strip()
+    for module in (
+        "pandas",
+        "pyarrow",
+        "jupyterhub_smart.notebook" if name != "fhirpy" else "fhirpy",
+    ):
+        importlib.import_module(module)
+    cpu0, _ = _usage()
+    start = time.perf_counter()
+    rows = WORKERS[name](base, token)
+    wall = time.perf_counter() - start
+    cpu1, peak = _usage()
+    print(json.dumps({"rows": rows, "wall": wall, "cpu": cpu1 - cpu0, "peak_mib": peak}))
+
+
+# --- the driver ------------------------------------------------------------------------
+
+
+def _run(name: str, base: str, token: str, checkout: Path = ROOT) -> dict[str, Any]:
+    env = dict(os.environ)
+    if checkout != ROOT:
+        env["PYTHONPATH"] = f"{checkout}{os.pathsep}{ROOT}"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.bench_views_search", "--worker", name, base],
+        input=token + "\n",
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{result.stderr[-2000:]}")
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def _baseline_checkout(folder: Path) -> Path | None:
+    """A detached worktree at the last commit with the hand-written flatteners."""
+    rev = os.environ.get("BENCH_BASELINE_REV")
+    if not rev:
+        found = subprocess.run(
+            ["git", "log", "-1", "--format=%H", f"--grep={VIEWS_COMMIT_GREP}"],
+            capture_output=True, text=True, cwd=ROOT, check=False,
+        )  # fmt: skip
+        if found.returncode != 0 or not found.stdout.strip():
+            return None
+        rev = found.stdout.strip() + "^"
+    target = folder / "baseline"
+    added = subprocess.run(
+        ["git", "worktree", "add", "--detach", str(target), rev],
+        capture_output=True, text=True, cwd=ROOT, check=False,
+    )  # fmt: skip
+    return target if added.returncode == 0 else None
+
+
+class _SlowProxy(http.server.ThreadingHTTPServer):
+    """Forwards GETs to the sandbox after ``delay`` seconds, links rewritten to itself."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream = upstream.rstrip("/")
+        self.delay = delay
+        self.origin = f"http://127.0.0.1:{self.server_address[1]}"
+        self.client = httpx.Client(timeout=120)
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    server: _SlowProxy
+
+    def do_GET(self) -> None:
+        time.sleep(self.server.delay)
+        headers = {
+            k: v for k, v in self.headers.items() if k.lower() in ("authorization", "accept")
+        }
+        response = self.server.client.get(self.server.upstream + self.path, headers=headers)
+        body = response.content.replace(self.server.upstream.encode(), self.server.origin.encode())
+        self.send_response(response.status_code)
+        self.send_header("Content-Type", response.headers.get("content-type", "application/json"))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    return sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
+
+
+def _table(title: str, results: dict[str, dict[str, Any]], observations: int) -> None:
+    print(f"\n{title}\n")
+    print(
+        f"{'client':<18} {'rows':>8} {'wall s':>8} {'resources/s':>12} {'CPU s':>8} {'peak MiB':>9}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:<18} {r['rows']:>8,} {r['wall']:>8.2f} {observations / r['wall']:>12,.0f} "
+            f"{r['cpu']:>8.2f} {r['peak_mib']:>9.0f}"
+        )
+
+
+def main() -> None:
+    observations = int(os.environ.get("BENCH_OBSERVATIONS", "100000"))
+    repeat = int(os.environ.get("BENCH_REPEAT", "1"))
+    delay = float(os.environ.get("BENCH_PAGE_DELAY", "0.05"))
+    secret = secrets.token_urlsafe(24)
+    pages = -(-observations // PAGE)
+    with tempfile.TemporaryDirectory() as tmp:
+        baseline = _baseline_checkout(Path(tmp))
+        process, iss = _start_sandbox(Path(tmp), observations, secret)
+        origin = iss.rsplit("/fhir", 1)[0]
+        proxy = _SlowProxy(origin, delay)
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        slow_iss = proxy.origin + "/fhir"
+        flat: dict[str, list[dict[str, Any]]] = {"views": [], "fhirpy": []}
+        if baseline is not None:
+            flat["hand-written"] = []
+        slow: dict[str, list[dict[str, Any]]] = {name: [] for name in WORKERS}
+        try:
+            for _ in range(repeat):
+                flat["views"].append(_run("ours", iss, _token(iss, secret)))
+                if baseline is not None:
+                    flat["hand-written"].append(_run("ours", iss, _token(iss, secret), baseline))
+                flat["fhirpy"].append(_run("fhirpy", iss, _token(iss, secret)))
+                for name in WORKERS:
+                    slow[name].append(_run(name, slow_iss, _token(iss, secret)))
+        finally:
+            proxy.shutdown()
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+            if baseline is not None:
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, check=False
+                )
+    flat_results = {name: _median(runs) for name, runs in flat.items()}
+    slow_results = {name: _median(runs) for name, runs in slow.items()}
+    _table(
+        f"{observations:,} Observations into a DataFrame, no added latency "
+        f"(page size {PAGE}, median of {repeat} run(s), fresh process per run)",
+        flat_results,
+        observations,
+    )
+    views_run = flat_results["views"]
+    if "hand-written" in flat_results:
+        hand = flat_results["hand-written"]
+        print(
+            f"\nviews vs hand-written: wall {hand['wall'] / views_run['wall']:.2f}x, "
+            f"CPU {hand['cpu'] / views_run['cpu']:.2f}x (above 1 = views faster)"
+        )
+    else:
+        print("\nhand-written baseline: no checkout (set BENCH_BASELINE_REV)")
+    fp = flat_results["fhirpy"]
+    print(f"views vs fhirpy: {fp['wall'] / views_run['wall']:.1f}x faster")
+    _table(
+        f"The same search, {delay * 1000:.0f} ms added per page ({pages} pages): floor "
+        f"{pages * delay:.2f} s",
+        slow_results,
+        observations,
+    )
+    floor = pages * delay
+    print()
+    for name, r in slow_results.items():
+        print(f"{name}: {r['wall'] / floor:.2f}x the floor")
+    for name, runs in {**flat, **slow}.items():
+        if len(runs) > 1:
+            walls = [x["wall"] for x in runs]
+            print(
+                f"{name}: wall s per run {', '.join(f'{w:.2f}' for w in walls)} (stdev {statistics.pstdev(walls):.2f})"
+            )
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3])
+    else:
+        main()

@@ -1,0 +1,71 @@
+"""``GET /hub/logout``: JupyterHub's logout, plus the EHR grant revoked and tokens dropped.
+
+OAuthenticator's logout ends the JupyterHub session only. A SMART session
+also holds a refresh token that could mint EHR access for weeks, so logout
+revokes it at the EHR where the EHR advertises a ``revocation_endpoint``,
+drops every stored credential, records the logout, and clears the browser's
+pending-login binding cookie. Logout always completes, whatever the EHR says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from jupyterhub.user import User
+from oauthenticator.oauth2 import OAuthLogoutHandler
+
+from ..smart.errors import SMARTError
+from ..smart.tokens import revoke_token
+from .pages import BINDING_COOKIE
+from .trail import client_fields
+
+__all__ = ["SMARTLogoutHandler"]
+
+
+class SMARTLogoutHandler(OAuthLogoutHandler):
+    """JupyterHub's logout, plus refresh-token revocation and the binding cookie cleared."""
+
+    async def default_handle_logout(self) -> None:
+        user = self.current_user
+        if isinstance(user, User):
+            try:
+                await self._revoke_and_forget(user)
+            except Exception as exc:  # logout must always work
+                self.log.error(
+                    "Revocation at logout failed for %s: %s", user.name, type(exc).__name__
+                )
+            try:
+                await self.authenticator.trail.event(
+                    "logout", username=user.name, **client_fields(self.request)
+                )
+            except Exception as exc:
+                self.log.error(
+                    "Could not audit the logout of %s: %s", user.name, type(exc).__name__
+                )
+        await super().default_handle_logout()
+
+    async def handle_logout(self) -> None:
+        await super().handle_logout()
+        self.clear_cookie(BINDING_COOKIE, path=self.hub.base_url)
+
+    async def _revoke_and_forget(self, user: Any) -> None:
+        """Revoke the refresh token where the EHR supports it, then drop the tokens."""
+        state = await user.get_auth_state()
+        if not isinstance(state, Mapping) or not state.get("iss"):
+            return
+        authenticator = self.authenticator
+        iss = state["iss"]
+        refresh_token = state.get("refresh_token")
+        revoked = False
+        if authenticator.revoke_on_logout and refresh_token and authenticator.ehr.configured(iss):
+            try:
+                config, client = await authenticator.ehr.endpoints(iss)
+                revoked = await revoke_token(authenticator.ehr.http, config, client, refresh_token)
+            except SMARTError as exc:
+                self.log.warning("Could not revoke the refresh token of %s: %s", user.name, exc)
+        if revoked:
+            await authenticator.trail.event(
+                "token-revoked", username=user.name, fhir_user=state.get("fhirUser"), issuer=iss
+            )
+        await authenticator.refresher.forget_tokens(user, state)

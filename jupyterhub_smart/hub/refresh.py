@@ -1,0 +1,336 @@
+"""The EHR token lifecycle after login: expiry, refresh, forced refresh, removed EHRs.
+
+:class:`TokenRefresher` answers the two callers that need a valid access
+token, JupyterHub's ``refresh_user`` and the token API, with one policy:
+
+* expiry decides (no userinfo probe): a token is refreshed ``leeway`` seconds
+  before it expires, at most once per user at a time (the two callers share
+  one single flight);
+* a token the FHIR server refused (the notebook sends its SHA-256) is
+  refreshed at once, at most once per user per ``forced_interval``
+  (:class:`ForcedRefreshLimiter`);
+* an EHR outage never signs a user out (the stored tokens are kept for a
+  retry); ``invalid_grant`` and friends do (the grant is over);
+* a user whose EHR the admin removed gets no token any more, and that is
+  recorded once per user and issuer.
+
+Every refresh is persisted at once and recorded in the audit trail.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..audit import AuditUnavailable
+from ..smart.errors import SMARTError, TokenEndpointError
+from ..smart.fingerprint import fingerprint_matches
+from ..smart.singleflight import SingleFlight
+from ..smart.tokens import refresh_access_token
+from .ehr import EHRConnections
+from .errors import ReauthenticationRequired, RefreshRateLimited
+from .tokenstate import AuthStateCache, expires_within, with_refreshed, without_tokens
+from .trail import HubTrail, reference
+
+__all__ = ["ForcedRefresh", "ForcedRefreshLimiter", "TokenRefresher"]
+
+#: OAuth errors of a refresh that mean the grant is over (sign in again), not an outage.
+GRANT_ENDED = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+
+
+@dataclass
+class ForcedRefresh:
+    """The last forced refresh of one user: when, for which refused token, and how it ended."""
+
+    at: float
+    fingerprint: str
+    failure: SMARTError | None = None
+
+
+class ForcedRefreshLimiter:
+    """At most one forced refresh per user per interval, remembered in memory.
+
+    A notebook that reports a refused token makes the hub call the EHR's token
+    endpoint at once. Concurrent reports share one refresh (the single flight);
+    this bounds what a buggy or hostile client can do *after* it: report the
+    new token refused too, again and again. Within the interval the hub does
+    not call the EHR for that user; it answers from what the last forced
+    refresh taught it (``reauthentication_required`` stays so) or 429.
+    """
+
+    def __init__(self, max_users: int = 10000) -> None:
+        self._last: OrderedDict[str, ForcedRefresh] = OrderedDict()
+        self._max_users = max_users
+
+    def recent(self, user: str, interval: float, now: float | None = None) -> ForcedRefresh | None:
+        """The user's last forced refresh if it began less than ``interval`` s ago."""
+        last = self._last.get(user)
+        now = time.monotonic() if now is None else now
+        if last is None or now - last.at >= interval:
+            return None
+        return last
+
+    def started(self, user: str, fingerprint: str, now: float | None = None) -> None:
+        """Note a forced refresh of ``user`` for the refused token ``fingerprint``."""
+        self._last[user] = ForcedRefresh(time.monotonic() if now is None else now, fingerprint)
+        self._last.move_to_end(user)
+        while len(self._last) > self._max_users:
+            self._last.popitem(last=False)
+
+    def failed(self, user: str, fingerprint: str, failure: SMARTError) -> None:
+        """Note how the forced refresh for ``fingerprint`` failed (answers within the interval)."""
+        last = self._last.get(user)
+        if last is not None and last.fingerprint == fingerprint:
+            last.failure = failure
+
+
+class TokenRefresher:
+    """Valid access tokens for JupyterHub's refresh_user and the token API (module docstring)."""
+
+    def __init__(
+        self,
+        ehr: EHRConnections,
+        trail: HubTrail,
+        *,
+        leeway: float,
+        forced_interval: float,
+        log: logging.Logger,
+    ) -> None:
+        self.ehr = ehr
+        self.trail = trail
+        self.leeway = leeway
+        self.forced_interval = forced_interval
+        self.log = log
+        self.flight: SingleFlight[dict[str, Any]] = SingleFlight()
+        #: Decrypted auth_state reused while its ciphertext is unchanged (token API speed).
+        self.auth_states = AuthStateCache()
+        self.forced = ForcedRefreshLimiter()
+        # (username, issuer) pairs whose "EHR no longer configured" is on the audit trail
+        # already: refresh_user and the token API both find out, and JupyterHub 5 runs
+        # the first before the second, so each records through _removed_issuer.
+        self._removed_issuer_noted: set[tuple[str, str]] = set()
+
+    async def refresh_user(self, user: Any) -> bool | dict[str, Any]:
+        """JupyterHub's refresh_user answer: True, ``{"auth_state": ...}`` or False.
+
+        True: nothing to do (or the EHR is unreachable: keep the state and retry
+        later); a dict: the refreshed auth_state; False: the user must sign in
+        again (refresh refused with invalid_grant, no refresh token left, or
+        their EHR is no longer configured).
+        """
+        state = await user.get_auth_state()
+        if not isinstance(state, Mapping) or not state.get("access_token"):
+            return True
+        if await self._removed_issuer(user, state):
+            return False
+        if not expires_within(state, self.leeway):
+            return True
+        try:
+            fresh = await self.fresh_auth_state(user, min_validity=self.leeway)
+        except ReauthenticationRequired:
+            return False
+        except SMARTError:
+            return True  # logged in fresh_auth_state; the token API reports it
+        except AuditUnavailable:
+            # The refreshed tokens are stored (the EHR rotated the refresh token: dropping
+            # them would end the session); only the record is held back until the disk
+            # accepts it. Nothing is handed out here, and the token API refuses (503)
+            # while the trail cannot record the hand-out.
+            self.log.error(
+                "Refreshed the SMART tokens of %s but the audit trail is unavailable", user.name
+            )
+            return True
+        return {"auth_state": fresh}
+
+    async def fresh_auth_state(
+        self, user: Any, *, min_validity: float, rejected: str | None = None
+    ) -> dict[str, Any]:
+        """The user's auth_state with an access token valid for ``min_validity`` s.
+
+        Refreshes when needed, at most once per user at a time (refresh_user
+        and the token API share the flight). ``rejected``: the SHA-256 of an
+        access token the FHIR server refused; when it is the current token, the
+        refresh is forced (rate-limited per user, see ``forced_interval``).
+        Raises ReauthenticationRequired when the user must sign in again,
+        RefreshRateLimited, or another SMARTError when the EHR is unavailable
+        and the current token does not last long enough (or was refused).
+        """
+        state = await self.auth_states.get(user)
+        if not isinstance(state, Mapping) or not state.get("access_token"):
+            raise ReauthenticationRequired("No SMART tokens for this user: sign in again.")
+        if await self._removed_issuer(user, state):
+            # Its tokens are not handed out any more, even while they are valid (JupyterHub
+            # keeps token-authenticated requests of a user whose refresh_user said False,
+            # unless auth_refresh_strict).
+            raise ReauthenticationRequired(
+                "The EHR you signed in with is no longer configured on this hub: sign in again.",
+                recorded=True,
+            )
+        forced = rejected is not None and fingerprint_matches(state["access_token"], rejected)
+        if not forced and not expires_within(state, min_validity):
+            return dict(state)
+        if forced and not self.flight.in_flight(user.name):
+            assert rejected is not None
+            last = self.forced.recent(user.name, self.forced_interval)
+            if last is not None:
+                return await self._forced_too_soon(user, rejected, last)
+            self.forced.started(user.name, rejected)
+        try:
+            return await self.flight.run(
+                user.name, lambda: self._refresh(user, rejected=rejected if forced else None)
+            )
+        except SMARTError as exc:
+            if forced:
+                assert rejected is not None
+                self.forced.failed(user.name, rejected, exc)
+            if forced or isinstance(exc, ReauthenticationRequired):
+                raise  # a refused token is never handed out again
+            current = await user.get_auth_state()
+            if isinstance(current, Mapping) and not expires_within(current, 0):
+                return dict(current)  # still valid, just short: better than nothing
+            raise
+
+    async def forget_tokens(self, user: Any, state: Mapping[str, Any]) -> None:
+        """Store ``state`` without its credentials and drop the user's decrypted copy."""
+        await user.save_auth_state(without_tokens(state))
+        self.auth_states.forget(user.name)
+
+    async def _removed_issuer(self, user: Any, state: Mapping[str, Any]) -> bool:
+        """True when the user signed in at an EHR the admin has since removed.
+
+        Recorded once per user and issuer, by whichever caller finds out first.
+        """
+        iss = state.get("iss")
+        if self.ehr.configured(iss):
+            return False
+        self.log.warning("%s signed in at an EHR no longer configured", user.name)
+        key = (user.name, iss if isinstance(iss, str) else "")
+        if key not in self._removed_issuer_noted:
+            self._removed_issuer_noted.add(key)
+            await self.trail.event(
+                "reauthentication-required",
+                outcome="failure",
+                description="the EHR this user signed in with is no longer configured on this hub",
+                username=user.name,
+                fhir_user=state.get("fhirUser"),
+                issuer=key[1] or None,
+            )
+        return True
+
+    async def _forced_too_soon(
+        self, user: Any, rejected: str, last: ForcedRefresh
+    ) -> dict[str, Any]:
+        """A refused token reported within ``forced_interval`` of the last forced refresh."""
+        current = await self.auth_states.get(user)
+        token = (current or {}).get("access_token")
+        if isinstance(token, str) and token and not fingerprint_matches(token, rejected):
+            return dict(current or {})  # refreshed meanwhile: the report is about an old token
+        if last.fingerprint == rejected and isinstance(last.failure, ReauthenticationRequired):
+            raise ReauthenticationRequired(str(last.failure))
+        retry_after = self.forced_interval - (time.monotonic() - last.at)
+        self.log.warning(
+            "Token API: %s reported a refused token again within %.0f s of a forced refresh; "
+            "not asking the EHR",
+            user.name,
+            self.forced_interval,
+        )
+        if last.fingerprint == rejected and last.failure is not None:
+            raise RefreshRateLimited(
+                "The hub tried to refresh this refused access token moments ago and the EHR did "
+                f"not answer ({last.failure.error}); it tries again in {retry_after:.0f} s.",
+                retry_after=retry_after,
+            )
+        raise RefreshRateLimited(
+            "The FHIR server refused the access token the hub refreshed moments ago; the hub "
+            f"will not refresh it again for {retry_after:.0f} s. If this keeps happening, the "
+            "FHIR server does not accept this EHR session's tokens: tell the hub's administrators.",
+            retry_after=retry_after,
+        )
+
+    async def _refresh(self, user: Any, rejected: str | None = None) -> dict[str, Any]:
+        """One refresh for ``user`` (run inside the single flight), persisted at once.
+
+        ``rejected``: forced because the FHIR server refused the token with this
+        SHA-256 (refresh even though it has not expired, unless it was replaced).
+        """
+        state = dict(await user.get_auth_state() or {})
+        token = state.get("access_token")
+        refused = (
+            isinstance(token, str) and rejected is not None and fingerprint_matches(token, rejected)
+        )
+        if token and not refused and not expires_within(state, self.leeway):
+            return state  # a flight that just finished already refreshed it
+        forced = " (forced: the FHIR server refused the access token)" if refused else ""
+        refresh_token = state.get("refresh_token")
+        iss = state.get("iss")
+        if not isinstance(iss, str) or not self.ehr.configured(iss):
+            raise ReauthenticationRequired("Your EHR is no longer configured on this hub.")
+        if not refresh_token:
+            await self._reauthentication_required(
+                user, state, "access token expiring and no refresh token" + forced
+            )
+            raise ReauthenticationRequired(
+                "Your EHR session has expired and the EHR gave no refresh token: sign in again.",
+                recorded=True,
+            )
+        try:
+            config, client = await self.ehr.endpoints(iss)
+            response = await refresh_access_token(
+                self.ehr.http,
+                config,
+                client,
+                refresh_token,
+                requested_scope=state.get("scope") or None,
+                timeout=self.ehr.timeout,
+            )
+        except SMARTError as exc:
+            if isinstance(exc, TokenEndpointError) and exc.oauth_error in GRANT_ENDED:
+                self.log.warning("Refresh for %s refused by the EHR%s: %s", user.name, forced, exc)
+                await self._reauthentication_required(user, state, str(exc) + forced)
+                if refused:
+                    # The FHIR server refused the token and the EHR the refresh: the grant is
+                    # over. Drop the dead tokens so every kernel of the user hears it next time.
+                    await self.forget_tokens(user, state)
+                raise ReauthenticationRequired(
+                    "The EHR no longer accepts this session: sign in again.", recorded=True
+                ) from None
+            self.log.error("Refresh for %s failed, keeping the session: %s", user.name, exc)
+            await self.trail.event(
+                "refresh-failed",
+                outcome="failure",
+                description=str(exc) + forced,
+                username=user.name,
+                issuer=iss,
+            )
+            raise
+        state = with_refreshed(state, response)
+        await user.save_auth_state(state)
+        await self.trail.event(
+            "token-refreshed",
+            username=user.name,
+            fhir_user=state.get("fhirUser"),
+            issuer=iss,
+            patient=reference("Patient", state.get("patient")),
+            scopes_granted=state["scope"],
+            token_hash=self.trail.token_hash(response.access_token),
+            description=forced.strip(" ()") or None,
+        )
+        self.log.info("Refreshed the SMART access token of %s%s", user.name, forced)
+        return state
+
+    async def _reauthentication_required(
+        self, user: Any, state: Mapping[str, Any], why: str
+    ) -> None:
+        """Record that ``user`` must sign in again, and why."""
+        await self.trail.event(
+            "reauthentication-required",
+            outcome="failure",
+            description=why,
+            username=user.name,
+            fhir_user=state.get("fhirUser"),
+            issuer=state.get("iss"),
+        )

@@ -1,0 +1,203 @@
+"""``GET /hub/api/smart/token``: a fresh SMART access token for the caller's notebook.
+
+The single-user server (or any API token of the user) asks here instead of
+holding EHR tokens itself: the refresh token never leaves the hub, and every
+hand-out is recorded in the audit trail before it happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.user import User
+from jupyterhub.utils import url_path_join
+
+from ..audit import AuditUnavailable
+from ..smart.errors import SMARTError
+from .errors import ReauthenticationRequired, RefreshRateLimited
+from .refresh import TokenRefresher
+from .tokenstate import parse_fingerprint, token_api_payload
+from .trail import HubTrail, reference
+
+__all__ = ["SMARTTokenAPIHandler"]
+
+
+class SMARTTokenAPIHandler(APIHandler):
+    """``GET /hub/api/smart/token``: a fresh SMART access token for the caller.
+
+    Any API token of the user works (the single-user server's own, or one made
+    on the token page), because it already proves to be that user; service
+    tokens and other users are refused. The refresh token never leaves the hub.
+
+    ``?rejected=<hex SHA-256 of an access token>``: the FHIR server refused
+    that token (401). If it is still the user's current token, the hub
+    refreshes at once (a revoked token would otherwise be handed out until it
+    expires); concurrent reports share one refresh, and one user gets at most
+    one forced refresh per ``forced_refresh_interval`` (429 beyond). A
+    fingerprint of an older token just gets the current one. Only a hash
+    travels: the token itself must never be in a URL.
+    """
+
+    def _rejected_argument(self) -> tuple[str | None, str | None]:
+        """(fingerprint, None), (None, None) when absent, or (None, error message)."""
+        values = self.get_arguments("rejected", strip=False)
+        if not values:
+            return None, None
+        if len(values) > 1:
+            return None, "Send 'rejected' once: the fingerprint of the one refused token."
+        try:
+            return parse_fingerprint(values[0]), None
+        except ValueError:
+            return None, (
+                "'rejected' must be the SHA-256 of the access token the FHIR server refused, "
+                "as 64 hex digits (hashlib.sha256(token.encode()).hexdigest()), never the "
+                "token itself."
+            )
+
+    def _json(self, status: int, body: Mapping[str, Any]) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Pragma", "no-cache")
+        self.finish(orjson.dumps(dict(body)))
+
+    def _login_url(self) -> str:
+        """Where to sign in again.
+
+        ``JupyterHub.public_url`` when configured; else this request's host if
+        it came through the proxy (the user's address for the hub); else (a
+        notebook calling the hub's internal API URL) the path alone, which the
+        notebook resolves against the page it is shown in.
+        """
+        path = url_path_join(self.hub.base_url, "oauth_login")
+        public_url = self.settings.get("public_url")
+        if public_url:
+            return f"{public_url.scheme}://{public_url.netloc}{path}"
+        if "X-Forwarded-Host" in self.request.headers:
+            return f"{self.request.protocol}://{self.request.host}{path}"
+        return str(path)
+
+    def _token_owner_must_reauthenticate(self) -> bool:
+        """A valid API token of a user whose refresh JupyterHub just refused.
+
+        JupyterHub 5 (and 6 with ``auth_refresh_strict``) drops the user of
+        an API request when ``refresh_user`` returns False; the token itself is
+        still good, so the answer is "sign in again", not "who are you".
+        """
+        get_token = getattr(self, "get_token", None)  # JupyterHub >= 4.1
+        token = get_token() if callable(get_token) else None
+        return token is not None and getattr(token, "user", None) is not None
+
+    async def get(self) -> None:
+        user = self.current_user
+        if user is None and self._token_owner_must_reauthenticate():
+            self._json(
+                401,
+                {
+                    "error": "reauthentication_required",
+                    "message": "The EHR session has ended: sign in again.",
+                    "login_url": self._login_url(),
+                },
+            )
+            return
+        if user is None:
+            self.set_header("WWW-Authenticate", 'token realm="jupyterhub"')
+            self._json(
+                401,
+                {
+                    "error": "authentication_required",
+                    "message": "Send a JupyterHub API token of the user "
+                    "(Authorization: token $JUPYTERHUB_API_TOKEN).",
+                },
+            )
+            return
+        if not isinstance(user, User):
+            self._json(
+                403,
+                {"error": "forbidden", "message": "Only a user's own API token gets SMART tokens."},
+            )
+            return
+        asked = self.get_argument("user", None)
+        if asked is not None and asked != user.name:
+            self.log.warning("Token API: %s asked for another user's token", user.name)
+            self._json(
+                403,
+                {"error": "forbidden", "message": "A user can only get their own SMART token."},
+            )
+            return
+        rejected, problem = self._rejected_argument()
+        if problem is not None:
+            # The value is not logged: a buggy client might have sent the token itself.
+            self.log.warning("Token API: %s sent a malformed 'rejected' parameter", user.name)
+            self._json(400, {"error": "invalid_request", "message": problem})
+            return
+        refresher: TokenRefresher = self.authenticator.refresher
+        trail: HubTrail = self.authenticator.trail
+        login_url = self._login_url()
+        try:
+            state = await refresher.fresh_auth_state(
+                user, min_validity=refresher.leeway, rejected=rejected
+            )
+        except ReauthenticationRequired as exc:
+            if not exc.recorded:  # else the refresh that found out recorded it, with why
+                await trail.event(
+                    "reauthentication-required",
+                    outcome="failure",
+                    description=str(exc),
+                    username=user.name,
+                    client_address=self.request.remote_ip,
+                )
+            self._json(
+                401,
+                {"error": exc.error, "message": str(exc), "login_url": login_url},
+            )
+            return
+        except RefreshRateLimited as exc:
+            self.set_header("Retry-After", str(exc.retry_after))
+            self._json(
+                429,
+                {"error": exc.error, "message": str(exc), "retry_after": exc.retry_after},
+            )
+            return
+        except SMARTError as exc:
+            self.log.error("Token API for %s: %s", user.name, exc)
+            self._json(
+                503 if exc.status >= 500 else exc.status,
+                {"error": "ehr_unavailable", "message": str(exc)},
+            )
+            return
+        except AuditUnavailable:
+            # A refresh stored new tokens but could not record it (the record waits in
+            # memory for the disk): hand nothing out that the trail cannot account for.
+            self.log.error("Token API for %s: audit trail unavailable, no token", user.name)
+            self._audit_unavailable()
+            return
+        try:
+            await trail.event(
+                "token-issued",
+                username=user.name,
+                fhir_user=state.get("fhirUser"),
+                issuer=state.get("iss"),
+                patient=reference("Patient", state.get("patient")),
+                client_address=self.request.remote_ip,
+                token_hash=trail.token_hash(state["access_token"]),
+                description="the client reported a refused token" if rejected else None,
+            )
+        except AuditUnavailable:
+            self._audit_unavailable()
+            return
+        self._json(200, token_api_payload(state))
+
+    def _audit_unavailable(self) -> None:
+        """503: access nobody could account for is refused (fail closed); the hub serves on."""
+        self._json(
+            503,
+            {
+                "error": "audit_unavailable",
+                "message": "The hub cannot write its audit trail right now, so it hands out no "
+                "token; retry in a moment, and tell the hub's administrators if it lasts.",
+            },
+        )

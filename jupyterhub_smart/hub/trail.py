@@ -1,0 +1,77 @@
+"""The hub's side of the audit trail: one log, events built from keyword fields.
+
+Every hub component records through :class:`HubTrail`, so that two rules hold
+everywhere: an event that grants access (a login, a token handed out) is
+refused when the trail cannot take it (fail closed, :class:`AuditUnavailable`
+propagates), and any other failure to record is logged and swallowed (the
+trail must not take the hub down). Tokens appear only as salted fingerprints.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..audit import AuditLog, AuditUnavailable, hub_event, record_or_refuse, token_fingerprint
+
+__all__ = ["HubTrail", "client_fields", "reference"]
+
+#: Characters of a User-Agent header kept in an event.
+_MAX_USER_AGENT = 200
+
+
+class HubTrail:
+    """Opens the hub's AuditLog on first use and records hub events in it."""
+
+    def __init__(self, open_log: Callable[[], AuditLog], log: logging.Logger) -> None:
+        self._open_log = open_log
+        self._audit_log: AuditLog | None = None
+        self.log = log
+        #: Per-process salt for token fingerprints (never written anywhere).
+        self._fingerprint_salt = secrets.token_bytes(32)
+
+    @property
+    def audit_log(self) -> AuditLog:
+        """The hub's one AuditLog (also what POST /hub/api/smart/audit writes to)."""
+        if self._audit_log is None:
+            self._audit_log = self._open_log()
+        return self._audit_log
+
+    async def record(self, event: Mapping[str, Any]) -> None:
+        """Record an event; raises AuditUnavailable only for access-granting events."""
+        await record_or_refuse(self.audit_log, event)
+
+    async def event(self, action: str, **fields: Any) -> None:
+        """Build and record a hub event; a bad field is logged, never raised at the user."""
+        try:
+            event = hub_event(action, **fields)
+        except (ValueError, TypeError) as exc:
+            self.log.error("Could not build audit event %s: %s", action, exc)
+            return
+        try:
+            await self.record(event)
+        except AuditUnavailable:
+            raise
+        except Exception as exc:  # the trail must not take the hub down
+            self.log.error("Could not record audit event %s: %s", action, type(exc).__name__)
+
+    def token_hash(self, token: str) -> str:
+        """The salted fingerprint of a token, to correlate its hand-out with its use."""
+        return token_fingerprint(token, self._fingerprint_salt)
+
+
+def client_fields(request: Any) -> dict[str, Any]:
+    """The client address and (clipped) User-Agent of a tornado request, for an event."""
+    if request is None:
+        return {}
+    return {
+        "client_address": request.remote_ip,
+        "user_agent": (request.headers.get("User-Agent") or "")[:_MAX_USER_AGENT] or None,
+    }
+
+
+def reference(rtype: str, value: object) -> str | None:
+    """``Type/id`` for an id kept in auth_state (``patient``, ``encounter``), else None."""
+    return f"{rtype}/{value}" if isinstance(value, str) and value else None
