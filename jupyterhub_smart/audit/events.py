@@ -81,7 +81,11 @@ HUB_ACTIONS: dict[str, tuple[dict[str, str], dict[str, str] | None, str]] = {
     "reauthentication-required": (_USER_AUTHENTICATION, None, "E"),
     "logout": (_USER_AUTHENTICATION, _LOGOUT, "E"),
     "token-revoked": (_USER_AUTHENTICATION, None, "D"),
+    "automatic-logoff": (_USER_AUTHENTICATION, _LOGOUT, "E"),
     "data-access": (_REST, None, "R"),
+    # A Bulk Data export (jupyterhub_smart.bulk) started, completed, was cancelled or
+    # failed: the description says which, with the level, types, group and file count.
+    "bulk-export": (_REST, None, "E"),
     # Written by the log itself, about itself.
     "audit-recovered": (_SECURITY_ALERT, None, "E"),
 }

@@ -21,7 +21,8 @@ Request::
                  "patient": "Patient/123"}]}
 
 Responses: 201 ``{"recorded": N}`` once durable; 400 bad body (the message
-names the field), 403 not a user's token, 413 too large, 415 not JSON, 429 rate
+names the field), 403 not a user's token or one without ``custom:smart:audit``
+(:mod:`.scopes`), 413 too large, 415 not JSON, 429 rate
 limited (``Retry-After``), 503 the audit trail cannot be written right now.
 """
 
@@ -43,6 +44,8 @@ from tornado.escape import url_unescape
 
 from ..audit import AuditLog, AuditUnavailable, data_access_event
 from ..smart.fhir_rules import patient_id
+from .inactivity import record_activity
+from .scopes import AUDIT_SCOPE, missing_scope_message
 
 #: Fields a notebook may send for each event; anything else is refused.
 EVENT_FIELDS = frozenset(
@@ -143,6 +146,8 @@ class SMARTAuditHandler(APIHandler):
             raise web.HTTPError(403, "authentication required: send the notebook's API token")
         if not isinstance(user, User):
             raise web.HTTPError(403, "only a user's own token can report data access")
+        if not self.has_scope(f"{AUDIT_SCOPE}!user={user.name}"):
+            raise web.HTTPError(403, missing_scope_message(AUDIT_SCOPE))
         limits = self._limits()
         if len(self.request.body) > limits.max_body_bytes:
             raise web.HTTPError(
@@ -199,6 +204,7 @@ class SMARTAuditHandler(APIHandler):
             raise web.HTTPError(
                 503, "the audit trail cannot be written right now; retry later"
             ) from None
+        record_activity(self, user)  # automatic logoff: a kernel at work keeps its user in
         self.set_status(201)
         self.finish({"recorded": len(events)})
 

@@ -47,12 +47,14 @@ from .audit_handlers import audit_handlers
 from .ehr import EHRConnections
 from .errors import MissingPatient
 from .framing import allow_framing, frame_ancestor_origins
+from .inactivity import InactivityLogoff
 from .inherited import REFUSED, refusal_lines
 from .login import SMARTCallbackHandler, SMARTLoginHandler
 from .logout import SMARTLogoutHandler
 from .pending import PendingLogin, PendingLogins
 from .published_keys import SMARTJWKSHandler, jwk_set, load_published_keys
 from .refresh import TokenRefresher
+from .scopes import define_smart_scopes, register_smart_scopes
 from .token_api import SMARTTokenAPIHandler
 from .tokenstate import new_auth_state
 from .trail import HubTrail, client_fields, reference
@@ -210,6 +212,26 @@ class SMARTAuthenticator(OAuthenticator):
         help="Revoke the refresh token at the EHR on logout when it advertises revocation_endpoint.",
     )
 
+    inactivity_timeout = Float(
+        0.0,
+        config=True,
+        help="""Automatic logoff (HIPAA 164.312(a)(2)(iii)): seconds without activity after
+        which a user's EHR grant ends: the refresh token is revoked at the EHR, the tokens are
+        dropped, every browser session at the hub ends, and `automatic-logoff` is recorded.
+        Activity: browser requests to the hub, the user's servers' activity reports, and token
+        API calls (a kernel that keeps fetching data keeps its user signed in). Checked every
+        tenth of the timeout (at least every 30 s). 0 (default): off. docs/security.md
+        recommends 900 (15 minutes); keep it well above JupyterHub's activity_resolution
+        and the servers' activity report interval (JUPYTERHUB_ACTIVITY_INTERVAL, 300 s).""",
+    )
+
+    @validate("inactivity_timeout")
+    def _validate_inactivity_timeout(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if value < 0:
+            raise ValueError("SMARTAuthenticator.inactivity_timeout must be 0 (off) or positive")
+        return value
+
     @default("enable_auth_state")
     def _enable_auth_state_default(self) -> bool:
         return True
@@ -228,6 +250,9 @@ class SMARTAuthenticator(OAuthenticator):
         self._refused_settings: list[str] = []
         self.observe(self._note_refused_setting, names=list(REFUSED))
         super().__init__(**kwargs)
+        # Defined now (JupyterHub builds this authenticator while loading roles), so that
+        # an admin's load_roles may grant them, e.g. to a trusted service.
+        define_smart_scopes()
         refused = refusal_lines(self._refused_settings, lambda name: getattr(self, name))
         if refused:
             raise ValueError("\n".join(refused))
@@ -259,6 +284,11 @@ class SMARTAuthenticator(OAuthenticator):
         self._public_jwks = self._build_public_jwks()
         self.pending = PendingLogins(ttl=self.login_timeout, max_entries=self.max_pending_logins)
         self.trail = HubTrail(self._open_audit_log, self.log)
+        self.inactivity = (
+            InactivityLogoff(self, self.inactivity_timeout, self.log)
+            if self.inactivity_timeout
+            else None
+        )
         self.refresher = TokenRefresher(
             self.ehr,
             self.trail,
@@ -318,14 +348,33 @@ class SMARTAuthenticator(OAuthenticator):
     # ------------------------------------------------------------------ JupyterHub hooks
 
     def get_handlers(self, app: Any) -> list[tuple[str, type]]:
-        """OAuthenticator's login/callback/logout, the token API, the JWK Set, audit reports."""
+        """OAuthenticator's login/callback/logout, the token API, the JWK Set, audit reports.
+
+        Also where the SMART scopes join the ``user`` and ``server`` roles: JupyterHub
+        calls this after loading roles and before spawning any server.
+        """
         allow_framing(app.tornado_settings, self.frame_ancestors)
+        register_smart_scopes(app)
+        if self.inactivity is not None:
+            self._check_activity_resolution(app)
+            self.inactivity.start(app)
         return [
             *super().get_handlers(app),
             (r"/api/smart/token", SMARTTokenAPIHandler),
             (r"/smart/jwks\.json", SMARTJWKSHandler),
             *audit_handlers,
         ]
+
+    def _check_activity_resolution(self, app: Any) -> None:
+        """Warn when JupyterHub records activity too coarsely for the timeout."""
+        resolution = float(getattr(app, "activity_resolution", 0) or 0)
+        if self.inactivity_timeout < 2 * resolution:
+            self.log.warning(
+                "SMARTAuthenticator.inactivity_timeout (%.0f s) is under twice "
+                "JupyterHub.activity_resolution (%.0f s): active users may be logged off",
+                self.inactivity_timeout,
+                resolution,
+            )
 
     async def authenticate(
         self, handler: Any, data: Mapping[str, Any] | None = None, **kwargs: Any

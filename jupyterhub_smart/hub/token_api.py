@@ -18,7 +18,9 @@ from jupyterhub.utils import url_path_join
 from ..audit import AuditUnavailable
 from ..smart.errors import SMARTError
 from .errors import ReauthenticationRequired, RefreshRateLimited
+from .inactivity import record_activity
 from .refresh import TokenRefresher
+from .scopes import TOKEN_SCOPE, missing_scope_message
 from .tokenstate import parse_fingerprint, token_api_payload
 from .trail import HubTrail, reference
 
@@ -28,9 +30,11 @@ __all__ = ["SMARTTokenAPIHandler"]
 class SMARTTokenAPIHandler(APIHandler):
     """``GET /hub/api/smart/token``: a fresh SMART access token for the caller.
 
-    Any API token of the user works (the single-user server's own, or one made
-    on the token page), because it already proves to be that user; service
-    tokens and other users are refused. The refresh token never leaves the hub.
+    A token of the user holding ``custom:smart:token`` works (the single-user
+    server's own, or one made on the token page; :mod:`.scopes`): being the
+    user's is not enough, since JupyterHub also gives tokens in the user's name to
+    services and to other users' servers the user opens. Service tokens and other
+    users are refused. The refresh token never leaves the hub.
 
     ``?rejected=<hex SHA-256 of an access token>``: the FHIR server refused
     that token (401). If it is still the user's current token, the hub
@@ -120,6 +124,17 @@ class SMARTTokenAPIHandler(APIHandler):
                 {"error": "forbidden", "message": "Only a user's own API token gets SMART tokens."},
             )
             return
+        if not self.has_scope(f"{TOKEN_SCOPE}!user={user.name}"):
+            self.log.warning("Token API: a token of %s without %s refused", user.name, TOKEN_SCOPE)
+            self._json(
+                403,
+                {
+                    "error": "insufficient_scope",
+                    "scope": TOKEN_SCOPE,
+                    "message": missing_scope_message(TOKEN_SCOPE),
+                },
+            )
+            return
         asked = self.get_argument("user", None)
         if asked is not None and asked != user.name:
             self.log.warning("Token API: %s asked for another user's token", user.name)
@@ -128,6 +143,7 @@ class SMARTTokenAPIHandler(APIHandler):
                 {"error": "forbidden", "message": "A user can only get their own SMART token."},
             )
             return
+        record_activity(self, user)  # automatic logoff: a kernel at work keeps its user in
         rejected, problem = self._rejected_argument()
         if problem is not None:
             # The value is not logged: a buggy client might have sent the token itself.

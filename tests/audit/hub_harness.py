@@ -27,6 +27,7 @@ from jupyterhub.auth import DummyAuthenticator
 
 from jupyterhub_smart.audit import AuditLog
 from jupyterhub_smart.hub.audit_handlers import audit_handlers
+from jupyterhub_smart.hub.scopes import register_smart_scopes
 
 
 class AuditTestAuthenticator(DummyAuthenticator):
@@ -40,6 +41,7 @@ class AuditTestAuthenticator(DummyAuthenticator):
         return AuditTestAuthenticator._audit_log
 
     def get_handlers(self, app):
+        register_smart_scopes(app)
         return super().get_handlers(app) + audit_handlers
 
 

@@ -18,7 +18,7 @@ from .helpers import lines
 def full_log(path: Path) -> None:
     """One event of every kind, with every optional field filled in."""
     salt = b"0123456789abcdef0123"
-    with AuditLog(path, max_bytes=8192) as log:
+    with AuditLog(path, max_bytes=65536) as log:
         for action in HUB_ACTIONS:
             if action == "data-access":
                 continue

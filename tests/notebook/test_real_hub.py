@@ -30,6 +30,7 @@ from nbclient import NotebookClient
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.demo import DEMO_NOTEBOOKS
+from jupyterhub_smart.hub.scopes import AUDIT_SCOPE, TOKEN_SCOPE
 from jupyterhub_smart.notebook import HubTokenProvider, connect, connect_async
 from jupyterhub_smart.notebook.reporting import HubAuditReporter
 
@@ -198,10 +199,11 @@ def test_plain_connect_reports_data_access_to_the_hub(
 ) -> None:
     """No event_sink argument: the hub's audit log still gets the search."""
     name = _login(world, PATIENT)
-    # the scopes JupyterHub gives a spawned server's JUPYTERHUB_API_TOKEN ("server" role)
-    api_token = world.hub.user_token(
-        name, scopes=[f"users:activity!user={name}", f"access:servers!server={name}/"]
-    )
+    # the scopes JupyterHub gives a spawned server's JUPYTERHUB_API_TOKEN ("server" role,
+    # which the authenticator extends with the SMART scopes)
+    server_scopes = [f"users:activity!user={name}", f"access:servers!server={name}/"]
+    smart_scopes = [f"{TOKEN_SCOPE}!user={name}", f"{AUDIT_SCOPE}!user={name}"]
+    api_token = world.hub.user_token(name, scopes=server_scopes + smart_scopes)
     SEEN_SECRETS.add(api_token)
     for key, value in _spawner_env(world, api_token).items():
         monkeypatch.setenv(key, value)

@@ -215,7 +215,13 @@ class JobRunner:
                 for c in filters:
                     args.extend(c.args)
             where.append(Clause(" OR ".join(f"({a})" for a in alternatives), tuple(args)))
-        deleted = self._deleted_seqs() if plan.resource_type == "Observation" else frozenset()
+        # Deleted on DELETED_AT: still there in a snapshot ``_until`` an earlier instant.
+        deleted = (
+            self._deleted_seqs()
+            if plan.resource_type == "Observation"
+            and (request.until is None or request.until >= DELETED_AT)
+            else frozenset()
+        )
         sql_args: list[object] = []
         for c in where:
             sql_args.extend(c.args)
