@@ -44,6 +44,7 @@ from tornado.escape import url_unescape
 
 from ..audit import AuditLog, AuditUnavailable, data_access_event
 from ..smart.fhir_rules import patient_id
+from .clients import client_address
 from .inactivity import record_activity
 from .scopes import AUDIT_SCOPE, missing_scope_message
 
@@ -173,7 +174,7 @@ class SMARTAuditHandler(APIHandler):
             return
         context = await self._context(user)
         server_name = self._server_name()
-        client_address = self.request.remote_ip
+        client_address_ = client_address(self.request)
         user_agent = self.request.headers.get("User-Agent")
         events = []
         for index, item in enumerate(items):
@@ -189,7 +190,7 @@ class SMARTAuditHandler(APIHandler):
                         patient=item.get("patient"),
                         username=user.name,
                         server_name=server_name,
-                        client_address=client_address,
+                        client_address=client_address_,
                         user_agent=user_agent,
                         **context,
                     )

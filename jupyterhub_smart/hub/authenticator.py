@@ -43,6 +43,7 @@ from ..smart.issuers import IssuerPolicy, IssuerRegistration
 from ..smart.launch_context import LaunchContext, fhir_user_reference
 from ..smart.scopes import missing_scopes, require_scopes
 from ..smart.tokens import exchange_code
+from .audit_budget import AuditBudget
 from .audit_handlers import audit_handlers
 from .ehr import EHRConnections
 from .errors import MissingPatient
@@ -172,7 +173,40 @@ class SMARTAuthenticator(OAuthenticator):
     max_pending_logins = Integer(
         10000,
         config=True,
-        help="Bound on sign-ins in flight at once (the oldest are dropped beyond it).",
+        help="""Bound on sign-ins in flight at once (started, callback not yet reached). Beyond
+        it a new sign-in is refused (503 with Retry-After); one in flight is never dropped, so
+        a flood cannot evict a real user's sign-in waiting on the EHR's consent page.""",
+    )
+
+    max_pending_logins_per_client = Integer(
+        100,
+        min=1,
+        config=True,
+        help="""Bound on sign-ins in flight at once from one client address (see
+        docs/security.md for how the address is found behind proxies). Beyond it a new
+        sign-in from that address is refused (429 with Retry-After). Raise it when many
+        users share one address (a hospital's NAT) and start sign-ins within
+        login_timeout of each other.""",
+    )
+
+    unauthenticated_audit_window = Float(
+        60.0,
+        min=1.0,
+        config=True,
+        help="""Seconds of one audit budget window for records caused by unauthenticated
+        requests (launch-received, issuer-refused, and refused sign-ins before a hub user
+        exists). Within a window each client address gets
+        unauthenticated_audit_records records written one by one (the hub ten times that in
+        all); further requests are counted and recorded as one summary per address when the
+        window ends, so a flood neither fills the disk nor goes unrecorded.""",
+    )
+
+    unauthenticated_audit_records = Integer(
+        10,
+        min=1,
+        config=True,
+        help="""Records per client address and unauthenticated action written one by one in
+        each unauthenticated_audit_window (see there).""",
     )
 
     allow_insecure_http = Bool(
@@ -282,8 +316,17 @@ class SMARTAuthenticator(OAuthenticator):
         # private key published or two keys under one id stop the hub at start-up.
         self.ehr = EHRConnections(policy, timeout=self.http_timeout, cache_ttl=self.discovery_ttl)
         self._public_jwks = self._build_public_jwks()
-        self.pending = PendingLogins(ttl=self.login_timeout, max_entries=self.max_pending_logins)
-        self.trail = HubTrail(self._open_audit_log, self.log)
+        self.pending = PendingLogins(
+            ttl=self.login_timeout,
+            max_entries=self.max_pending_logins,
+            max_per_client=self.max_pending_logins_per_client,
+        )
+        budget = AuditBudget(
+            window=self.unauthenticated_audit_window,
+            per_source=self.unauthenticated_audit_records,
+            total=10 * self.unauthenticated_audit_records,
+        )
+        self.trail = HubTrail(self._open_audit_log, self.log, budget)
         self.inactivity = (
             InactivityLogoff(self, self.inactivity_timeout, self.log)
             if self.inactivity_timeout

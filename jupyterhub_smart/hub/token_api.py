@@ -17,6 +17,7 @@ from jupyterhub.utils import url_path_join
 
 from ..audit import AuditUnavailable
 from ..smart.errors import SMARTError
+from .clients import client_address
 from .errors import ReauthenticationRequired, RefreshRateLimited
 from .inactivity import record_activity
 from .refresh import TokenRefresher
@@ -164,7 +165,7 @@ class SMARTTokenAPIHandler(APIHandler):
                     outcome="failure",
                     description=str(exc),
                     username=user.name,
-                    client_address=self.request.remote_ip,
+                    client_address=client_address(self.request),
                 )
             self._json(
                 401,
@@ -198,7 +199,7 @@ class SMARTTokenAPIHandler(APIHandler):
                 fhir_user=state.get("fhirUser"),
                 issuer=state.get("iss"),
                 patient=reference("Patient", state.get("patient")),
-                client_address=self.request.remote_ip,
+                client_address=client_address(self.request),
                 token_hash=trail.token_hash(state["access_token"]),
                 description="the client reported a refused token" if rejected else None,
             )

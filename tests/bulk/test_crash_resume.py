@@ -113,3 +113,37 @@ def test_sigkill_at_random_points_then_resume_equals_a_clean_run(keys: Any, tmp_
                     f"seed {seed}"
                 )
         assert kills >= 3, f"seed {seed}: the runs finished before most kills; nothing was tested"
+
+
+def test_ctrl_c_stops_cleanly_and_the_export_resumes(keys: Any, tmp_path: Path) -> None:
+    with bulk_sandbox(tmp_path / "sbx", keys, SLOW) as env:
+        out = tmp_path / "out"
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyterhub_smart",
+                "bulk",
+                "export",
+                *env.cli_args(out),
+                *EXTRA,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while status(out) != "downloading" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert status(out) == "downloading"
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 130, err
+        assert "--resume" in err
+        assert status(out) == "downloading"
+        done = env.cli(out, *EXTRA, "--resume", "--json")
+        assert done.returncode == 0, done.stderr
+        clean = env.cli(tmp_path / "clean", *EXTRA, "--json")
+        assert orjson.loads(done.stdout)["resources"] == orjson.loads(clean.stdout)["resources"]
+        for resource_type in TYPES.split(","):
+            assert rows(out, resource_type) == rows(tmp_path / "clean", resource_type)

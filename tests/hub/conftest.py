@@ -14,13 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hub_process import Hub, run_hub
 from jupyterhub.crypto import CryptKeeper
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.smart.keys import write_key_pair
 
 from .evil_ehr import EvilEHR, run_evil_ehr
-from .harness import Hub, run_hub
+
+#: Every test client is 127.0.0.1: the package's hubs record each unauthenticated request
+#: on its own (tests read those records), the audit budget has its own test (test_flood).
+ONE_BY_ONE = {"unauthenticated_audit_records": 100_000}
 
 
 @dataclass
@@ -33,17 +37,6 @@ class SmartEnv:
 
 def sandbox_client(client_id: str, hub_url: str, **extra: object) -> dict[str, object]:
     return {"client_id": client_id, "redirect_uris": [f"{hub_url}/hub/oauth_callback"], **extra}
-
-
-#: A Backend Services client at the ``private_key_jwt`` sandbox, for tests that
-#: read the EHR's data directly (the hub's own client is registered for people).
-READER_CLIENT: dict[str, object] = {
-    "client_id": "test-reader",
-    "type": "confidential-symmetric",
-    "client_secret": "test-reader-secret-5b2d8e1f0a",
-    "redirect_uris": ["http://127.0.0.1:9/callback"],
-    "scope": "system/Patient.rs",
-}
 
 
 @pytest.fixture(scope="package")
@@ -62,9 +55,7 @@ def smart_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmartEnv]:
     with (
         run_sandbox(work / "sandbox-public", [public_client]) as public,
         run_sandbox(
-            work / "sandbox-jwt",
-            [jwt_client, READER_CLIENT],
-            extra_args=["--access-token-lifetime", "3600"],
+            work / "sandbox-jwt", [jwt_client], extra_args=["--access-token-lifetime", "3600"]
         ) as jwt,
     ):
         issuers = {
@@ -75,7 +66,7 @@ def smart_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmartEnv]:
                 "private_key_path": str(key_path),
             },
         }
-        with run_hub(work / "hub", issuers, port=port) as hub:
+        with run_hub(work / "hub", issuers, port=port, authenticator=ONE_BY_ONE) as hub:
             yield SmartEnv(hub, public, jwt, key_path)
 
 
@@ -105,7 +96,7 @@ def evil_env(tmp_path_factory: pytest.TempPathFactory, smart_env: SmartEnv) -> I
                 "client_secret": evil.client_secret,
             },
         }
-        options = {"http_timeout": 2.0, "required_scopes": ["patient/*.rs"]}
+        options = {"http_timeout": 2.0, "required_scopes": ["patient/*.rs"], **ONE_BY_ONE}
         with run_hub(work / "hub", issuers, authenticator=options) as hub:
             yield EvilEnv(hub, evil, smart_env.public)
 

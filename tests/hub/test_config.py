@@ -13,11 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hub_process import Browser, Hub, ehr_launch, location, patient_ids, query, run_hub
 
 from .conftest import EvilEnv, SmartEnv
 from .evil_ehr import EvilEHR
-from .harness import Browser, Hub, ehr_launch, location, patient_ids, query, run_hub
-from .test_attacks import CODES
 
 
 def _exits_with(hub: Hub, words: str) -> str:
@@ -240,7 +239,6 @@ def test_full_audit_disk_when_a_refresh_is_due_is_503_and_nothing_is_lost(
                     params = query(location(start))
                     evil.nonce = params["nonce"]
                     code = "evil-code-" + secrets.token_urlsafe(12)
-                    CODES.append(code)
                     answer = browser.get(
                         hub.callback_url, params={"code": code, "state": params["state"]}
                     )
@@ -339,7 +337,6 @@ def _finish_at_evil(
     env.evil.mode, env.evil.nonce, env.evil.fhir_user = mode, params.get("nonce"), fhir_user
     try:
         code = "evil-code-" + secrets.token_urlsafe(12)
-        CODES.append(code)
         return browser.get(env.hub.callback_url, params={"code": code, "state": params["state"]})
     finally:
         env.evil.fhir_user = "Practitioner/evil-1"
