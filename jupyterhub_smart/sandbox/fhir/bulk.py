@@ -306,6 +306,7 @@ def create_bulk_blueprint(
         if faults.fire("expire"):
             expires = int(time.time()) - 1
         manifest = _manifest(job, expires)
+        job.reported_complete = True
         response = Response(orjson.dumps(manifest), mimetype="application/json")
         response.headers["Expires"] = formatdate(expires, usegmt=True)
         return response

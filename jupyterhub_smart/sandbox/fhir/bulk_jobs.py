@@ -84,10 +84,23 @@ class Job:
     finished: float | None = None
     failed: str | None = None
     deleted: bool = False
+    #: A status poll has answered 200 with the manifest.
+    reported_complete: bool = False
 
     @property
     def running(self) -> bool:
         return self.finished is None and self.failed is None and not self.deleted
+
+    @property
+    def in_progress(self) -> bool:
+        """Whether the job still counts against the client's one-export limit.
+
+        That is until a status poll has told the client it is complete (the
+        status URL answers 202 for at least ``job_seconds`` even after the
+        files are written, and a client must not be refused a new export it
+        could not know it may start), or until it is deleted or has failed.
+        """
+        return not (self.reported_complete or self.deleted or self.failed is not None)
 
     def progress(self) -> str:
         """The ``X-Progress`` text (under 100 characters, as the IG requires)."""
@@ -115,7 +128,8 @@ class JobRunner:
         """The client's export still in progress, if any."""
         with self._lock:
             return next(
-                (j for j in self._jobs.values() if j.client_id == client_id and j.running), None
+                (j for j in self._jobs.values() if j.client_id == client_id and j.in_progress),
+                None,
             )
 
     def start(

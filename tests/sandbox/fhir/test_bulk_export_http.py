@@ -162,6 +162,23 @@ def test_system_export_matches_search_and_deletes_cleanly(
     assert bhttp.get(url, headers=system).status_code == 404
 
 
+def test_an_export_counts_against_its_client_until_a_poll_reports_it_complete(
+    bhttp: httpx.Client, system: dict[str, str]
+) -> None:
+    status_url = kickoff(bhttp, system, _type="Patient")
+    # However long the files take to write, no poll has said "complete" yet.
+    time.sleep(0.5)
+    refused = bhttp.get("/fhir/$export", params={"_type": "Patient"}, headers={**system, **ASYNC})
+    assert refused.status_code == 429
+    assert refused.json()["resourceType"] == "OperationOutcome"
+    wait(bhttp, system, status_url)
+    # Reported complete: the client may start the next export without a DELETE.
+    next_url = kickoff(bhttp, system, _type="Patient")
+    wait(bhttp, system, next_url)
+    for url in (status_url, next_url):
+        assert bhttp.delete(url, headers=system).status_code == 202
+
+
 def test_files_need_the_jobs_own_client_token(bhttp: httpx.Client, system: dict[str, str]) -> None:
     status_url = kickoff(bhttp, system, _type="Patient")
     manifest = wait(bhttp, system, status_url)
