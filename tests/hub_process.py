@@ -16,6 +16,7 @@ at a time, so tests can stop and look at each hop.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -31,6 +32,9 @@ from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
+from cryptography.fernet import Fernet, MultiFernet
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from leak_scan import hub_wrote, saw
 from sandbox_process import SandboxProcess, free_port
 
@@ -138,11 +142,24 @@ class Hub:
         saw(token, kind="hub API token")
         return token
 
-    def auth_state(self, name: str) -> dict[str, Any]:
+    def rest_auth_state(self, name: str) -> dict[str, Any]:
+        """auth_state as JupyterHub's REST API shows it to an ``admin:auth_state`` holder."""
         with self.api(self.admin_token) as client:
             response = client.get(f"/users/{name}")
             response.raise_for_status()
-            state = dict(response.json().get("auth_state") or {})
+            return dict(response.json().get("auth_state") or {})
+
+    def auth_state(self, name: str) -> dict[str, Any]:
+        """auth_state with the sealed refresh token opened, as the hub itself sees it.
+
+        Opened here from JUPYTERHUB_CRYPT_KEY with the derivation docs/security.md
+        documents (HKDF-SHA256, info ``jupyterhub-smart refresh-token v1``, Fernet), not
+        with the hub's code.
+        """
+        state = self.rest_auth_state(name)
+        sealed = state.pop("sealed_refresh_token", None)
+        if sealed:
+            state["refresh_token"] = open_sealed(self.crypt_key, sealed)
         for key in ("access_token", "refresh_token", "id_token"):
             saw(state.get(key), kind=key.replace("_", " "))
         return state
@@ -243,6 +260,20 @@ def run_hub(
                 process.kill()
                 process.wait(timeout=10)
         log.close()
+
+
+def open_sealed(crypt_key: str, sealed: str) -> str:
+    """A sealed refresh token opened with any of the ``;``-separated hex crypt keys."""
+    keys = []
+    for key in crypt_key.split(";"):
+        hkdf = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=b"jupyterhub-smart refresh-token v1",
+        )
+        keys.append(Fernet(base64.urlsafe_b64encode(hkdf.derive(bytes.fromhex(key)))))
+    return MultiFernet(keys).decrypt(sealed.encode("ascii")).decode("utf-8")
 
 
 #: Query parameters of the OAuth flow that carry a secret, and what each is.

@@ -98,7 +98,18 @@ def register(subparsers: Any) -> None:
         metavar="NAME|FILE",
         help="also write views/<name>/ with this ViewDefinition (a built-in name or a JSON file; repeatable)",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR|URL",
+        help="output directory, or an fsspec URL such as s3://bucket/prefix (exported into "
+        "--work-dir, then uploaded)",
+    )
+    p.add_argument(
+        "--work-dir",
+        metavar="DIR",
+        help="local staging directory of a URL --out (default: under ~/.cache/jupyterhub-smart)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the unfinished export in --out")
     p.add_argument(
         "--cancel", action="store_true", help="DELETE the unfinished export of --out at the server"
@@ -142,6 +153,12 @@ def register(subparsers: Any) -> None:
         default=[],
         metavar="ORIGIN",
         help="also accept file URLs on this origin (scheme://host:port)",
+    )
+    p.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="send credentials over plain http to hosts other than loopback (a test server on a "
+        "private network; never in production)",
     )
     p.add_argument(
         "--audit-log",
@@ -206,7 +223,7 @@ def run_from_options(
     spec: Any,
     *,
     fhir_url: str,
-    out: Path,
+    out: str | Path,
     client_id: str | None,
     key: str | None,
     auth: Any,
@@ -225,8 +242,14 @@ def run_from_options(
     show_progress: bool,
     key_id: str | None = None,
     chunk_lines: int = 5_000,
+    work_dir: Path | None = None,
+    allow_insecure_http: bool = False,
 ) -> Any:
-    """Build the HTTP client, auth, views and audit for an export and run it."""
+    """Build the HTTP client, auth, views and audit for an export and run it.
+
+    Credentials go only over https or to a loopback host (see :mod:`.tls`),
+    unless ``allow_insecure_http``.
+    """
     import contextlib
 
     import httpx
@@ -234,7 +257,9 @@ def run_from_options(
     from .. import views as views_pkg
     from .auth import BackendServicesAuth, discover_token_endpoint
     from .errors import BulkError
+    from .remote import default_staging, is_remote, sync
     from .run import RunOptions, run_export
+    from .tls import TLSOnlyAuth, require_tls
 
     definitions = [_load_view(v) for v in views]
     for name, definition in definitions:
@@ -242,6 +267,7 @@ def run_from_options(
             views_pkg.compile_view(definition)
         except views_pkg.ViewDefinitionError as exc:
             raise BulkError(f"--view {name}: {exc}") from None
+    require_tls(fhir_url, "FHIR server", allow_insecure_http)
     with contextlib.ExitStack() as stack:
         if http is None:
             http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(60.0, connect=15.0)))
@@ -255,16 +281,21 @@ def run_from_options(
                 requested += " system/Group.rs"
             auth = BackendServicesAuth(
                 http,
-                discover_token_endpoint(http, fhir_url),
+                require_tls(
+                    discover_token_endpoint(http, fhir_url), "token endpoint", allow_insecure_http
+                ),
                 client_id,
                 key,
                 requested,
                 key_id=key_id,
             )
+        auth = TLSOnlyAuth(auth, allow_insecure_http)
         audit = _audit_writer(stack, audit_log, fhir_url)
         bar = stack.enter_context(_progress_bar(show_progress))
+        remote_url = str(out) if is_remote(out) else None
+        local_out = (work_dir or default_staging(str(out))) if remote_url else Path(out)
         options = RunOptions(
-            out=out,
+            out=local_out,
             resume=resume,
             cancel=cancel,
             keep_server_job=keep_server_job,
@@ -279,9 +310,14 @@ def run_from_options(
             on_bytes=bar.update,
             audit=audit,
         )
-        return run_export(
+        result = run_export(
             http, auth, fhir_url.rstrip("/"), client_id or "user-token", spec, options
         )
+        if remote_url is not None and result.summary.get("status") == "complete":
+            bar.status(f"uploading to {remote_url}")
+            result.summary["remote"] = remote_url
+            result.summary["uploaded_files"] = sync(local_out, remote_url)
+        return result
 
 
 def _audit_writer(stack: Any, path: Path | None, fhir_url: str) -> Any:
@@ -381,7 +417,8 @@ def _run(args: argparse.Namespace) -> int:
         result = run_from_options(
             spec,
             fhir_url=args.fhir_url,
-            out=Path(args.out),
+            out=args.out,
+            work_dir=Path(args.work_dir) if args.work_dir else None,
             client_id=args.client_id,
             key=args.key,
             key_id=args.key_id,
@@ -399,6 +436,7 @@ def _run(args: argparse.Namespace) -> int:
             audit_log=Path(args.audit_log) if args.audit_log else None,
             lock_dir=Path(args.lock_dir) if args.lock_dir else None,
             http=None,
+            allow_insecure_http=args.allow_insecure_http,
             show_progress=not args.no_progress and not args.json and sys.stderr.isatty(),
         )
     except KeyboardInterrupt:

@@ -56,10 +56,11 @@ from .pending import PendingLogin, PendingLogins
 from .published_keys import SMARTJWKSHandler, jwk_set, load_published_keys
 from .refresh import TokenRefresher
 from .scopes import define_smart_scopes, register_smart_scopes
+from .sealed import RefreshTokenSeal
 from .token_api import SMARTTokenAPIHandler
 from .tokenstate import new_auth_state
 from .trail import HubTrail, client_fields, reference
-from .username import default_username
+from .username import colliding_issuers, default_username
 
 __all__ = ["SMARTAuthenticator"]
 
@@ -135,7 +136,9 @@ class SMARTAuthenticator(OAuthenticator):
         help="""Callable (issuer, fhir_user, claims) -> username, replacing the default
         mapping `practitioner-123@ehr.example.org-fhir`. `fhir_user` is "Type/id" or None;
         `claims` the verified id_token claims ({} without openid). It may be async. Must be
-        stable (same person, same name) and unique across issuers.""",
+        stable (same person, same name) and unique across issuers: keep the issuer in the
+        name, and do not fold ids that differ only in case. With it set, the start-up check
+        that configured issuers give distinct default usernames is skipped.""",
     )
 
     audit_log_path = Unicode(
@@ -298,6 +301,17 @@ class SMARTAuthenticator(OAuthenticator):
                 f"SMARTAuthenticator.default_issuer {self.default_issuer!r} is not one of "
                 f"SMARTAuthenticator.issuers ({', '.join(policy.issuers) or 'none'})."
             )
+        clashes: list[tuple[str, str]] = (
+            colliding_issuers(policy.issuers) if self.username_mapper is None else []
+        )
+        if clashes:
+            raise ValueError(
+                "SMARTAuthenticator.issuers: the default usernames of these EHRs' users would "
+                "be the same (the issuer part of a username is lower-cased, '/' becomes '-', "
+                "and it keeps 120 characters): "
+                + "; ".join(f"{a!r} and {b!r}" for a, b in clashes)
+                + ". Set SMARTAuthenticator.username_mapper to a mapping that keeps them apart."
+            )
         if not self.enable_auth_state:
             self.log.warning(
                 "SMARTAuthenticator.enable_auth_state is off: EHR tokens are not kept, so "
@@ -338,6 +352,7 @@ class SMARTAuthenticator(OAuthenticator):
             leeway=self.refresh_leeway,
             forced_interval=self.forced_refresh_interval,
             log=self.log,
+            seal=RefreshTokenSeal(CryptKeeper.instance().keys) if self.enable_auth_state else None,
         )
 
     def _note_refused_setting(self, change: Mapping[str, Any]) -> None:
@@ -473,6 +488,8 @@ class SMARTAuthenticator(OAuthenticator):
         auth_state = new_auth_state(reg.issuer, config, token, context, fhir_user, sub)
         if self.modify_auth_state_hook is not None:
             auth_state = await self._call_modify_auth_state_hook(auth_state)
+        if self.refresher.seal is not None and isinstance(auth_state, Mapping):
+            auth_state = self.refresher.seal.seal(auth_state)  # the refresh token never leaves
         auth_model: dict[str, Any] = {
             "name": username,
             "admin": True if username in self.admin_users else None,

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..smart.errors import SMARTError
 from ..smart.tokens import revoke_token
+from .sealed import SEALED_KEY
 
 __all__ = ["end_grant", "holds_tokens"]
 
@@ -21,7 +22,7 @@ __all__ = ["end_grant", "holds_tokens"]
 def holds_tokens(state: object) -> bool:
     """True when an auth_state still holds an access or refresh token."""
     return isinstance(state, Mapping) and bool(
-        state.get("access_token") or state.get("refresh_token")
+        state.get("access_token") or state.get("refresh_token") or state.get(SEALED_KEY)
     )
 
 
@@ -32,7 +33,7 @@ async def end_grant(authenticator: Any, user: Any) -> Mapping[str, Any] | None:
     auth_state). A failed revocation is logged and the tokens are dropped all
     the same.
     """
-    state = await user.get_auth_state()
+    state = await authenticator.refresher.load(user)
     if not isinstance(state, Mapping) or not state.get("iss"):
         return None
     iss = state["iss"]

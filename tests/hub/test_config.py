@@ -67,6 +67,14 @@ def test_hub_refuses_to_start_without_crypt_key(tmp_path: Path, smart_env: Smart
             {"inactivity_timeout": -5},
             "inactivity_timeout must be 0 (off) or positive",
         ),
+        (
+            {
+                "https://ehr.example/fhir/r4": {"client_id": "x"},
+                "https://ehr.example/fhir-r4": {"client_id": "y"},
+            },
+            {},
+            "default usernames of these EHRs' users would be the same",
+        ),
     ],
 )
 def test_bad_configuration_stops_the_hub_with_a_clear_message(
