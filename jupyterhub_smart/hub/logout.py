@@ -9,14 +9,9 @@ pending-login binding cookie. Logout always completes, whatever the EHR says.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from jupyterhub.user import User
 from oauthenticator.oauth2 import OAuthLogoutHandler
 
-from ..smart.errors import SMARTError
-from ..smart.tokens import revoke_token
 from .pages import BINDING_COOKIE
 from .trail import client_fields
 
@@ -29,15 +24,22 @@ class SMARTLogoutHandler(OAuthLogoutHandler):
     async def default_handle_logout(self) -> None:
         user = self.current_user
         if isinstance(user, User):
+            authenticator = self.authenticator
             try:
-                await self._revoke_and_forget(user)
+                grant = await authenticator.refresher.end_grant(
+                    user, revoke=authenticator.revoke_on_logout
+                )
             except Exception as exc:  # logout must always work
                 self.log.error(
-                    "Revocation at logout failed for %s: %s", user.name, type(exc).__name__
+                    "Ending the EHR grant of %s failed: %s", user.name, type(exc).__name__
                 )
+                grant = "EHR grant NOT revoked (the hub failed while revoking)"
             try:
-                await self.authenticator.trail.event(
-                    "logout", username=user.name, **client_fields(self.request)
+                await authenticator.trail.event(
+                    "logout",
+                    username=user.name,
+                    description=f"JupyterHub session ended; {grant}",
+                    **client_fields(self.request),
                 )
             except Exception as exc:
                 self.log.error(
@@ -48,24 +50,3 @@ class SMARTLogoutHandler(OAuthLogoutHandler):
     async def handle_logout(self) -> None:
         await super().handle_logout()
         self.clear_cookie(BINDING_COOKIE, path=self.hub.base_url)
-
-    async def _revoke_and_forget(self, user: Any) -> None:
-        """Revoke the refresh token where the EHR supports it, then drop the tokens."""
-        state = await user.get_auth_state()
-        if not isinstance(state, Mapping) or not state.get("iss"):
-            return
-        authenticator = self.authenticator
-        iss = state["iss"]
-        refresh_token = state.get("refresh_token")
-        revoked = False
-        if authenticator.revoke_on_logout and refresh_token and authenticator.ehr.configured(iss):
-            try:
-                config, client = await authenticator.ehr.endpoints(iss)
-                revoked = await revoke_token(authenticator.ehr.http, config, client, refresh_token)
-            except SMARTError as exc:
-                self.log.warning("Could not revoke the refresh token of %s: %s", user.name, exc)
-        if revoked:
-            await authenticator.trail.event(
-                "token-revoked", username=user.name, fhir_user=state.get("fhirUser"), issuer=iss
-            )
-        await authenticator.refresher.forget_tokens(user, state)
