@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub.crypto import CryptKeeper, EncryptionUnavailable, NoEncryptionKeys
+from jupyterhub.log import log_request
 from jupyterhub.utils import url_path_join
 from oauthenticator.oauth2 import OAuthenticator
 from traitlets import Bool, Callable, Dict, Float, Integer, List, Unicode, default, validate
@@ -43,6 +44,7 @@ from ..smart.issuers import IssuerPolicy, IssuerRegistration
 from ..smart.launch_context import LaunchContext, fhir_user_reference
 from ..smart.scopes import missing_scopes, require_scopes
 from ..smart.tokens import exchange_code
+from .access_log import scrubbing
 from .audit_handlers import audit_handlers
 from .ehr import EHRConnections
 from .errors import MissingPatient
@@ -324,10 +326,13 @@ class SMARTAuthenticator(OAuthenticator):
     def get_handlers(self, app: Any) -> list[tuple[str, type]]:
         """OAuthenticator's login/callback/logout, the token API, the JWK Set, audit reports.
 
-        Also where the SMART scopes join the ``user`` and ``server`` roles: JupyterHub
-        calls this after loading roles and before spawning any server.
+        Also where the SMART scopes join the ``user`` and ``server`` roles and the
+        access log learns to scrub SMART's values: JupyterHub calls this after
+        loading roles and its tornado settings, before spawning any server.
         """
         allow_framing(app.tornado_settings, self.frame_ancestors)
+        settings = app.tornado_settings
+        settings["log_function"] = scrubbing(settings.get("log_function") or log_request)
         register_smart_scopes(app)
         return [
             *super().get_handlers(app),
@@ -476,6 +481,52 @@ class SMARTAuthenticator(OAuthenticator):
             self.log.warning("Refusing %s: issuer is not (or no longer) configured", username)
             return False
         return True
+
+    async def access_withdrawn(self, user: Any) -> str | None:
+        """Why ``user`` may no longer get EHR access through API tokens, or None.
+
+        JupyterHub applies ``blocked_users`` and the allow rules at sign-in; a
+        token issued earlier keeps authenticating. The token API and the audit
+        endpoint ask here on every call, so a change of policy ends access at once.
+        """
+        unblocked = super().check_blocked_users(user.name, None)
+        if isawaitable(unblocked):
+            unblocked = await unblocked
+        if not unblocked:
+            return "blocked on this hub (blocked_users)"
+        model = {
+            "name": user.name,
+            "admin": user.admin,
+            "auth_state": await self.refresher.auth_states.get(user) or {},
+            "groups": [group.name for group in getattr(user, "groups", [])],
+        }
+        allowed = self.check_allowed(user.name, model)
+        if isawaitable(allowed):
+            allowed = await allowed
+        return None if allowed else "no longer allowed on this hub (allowed_users, allow rules)"
+
+    async def withdraw_access(self, user: Any, reason: str) -> None:
+        """Revoke the user's EHR grant, drop the stored tokens and record why (once)."""
+        state = await user.get_auth_state()
+        if not isinstance(state, Mapping) or not (
+            state.get("access_token") or state.get("refresh_token")
+        ):
+            return
+        grant = await self.refresher.end_grant(user, revoke=True)
+        self.log.warning("EHR access of %s withdrawn: %s", user.name, reason)
+        await self.trail.event(
+            "access-withdrawn",
+            outcome="failure",
+            description=f"{reason}; {grant}",
+            username=user.name,
+            fhir_user=state.get("fhirUser"),
+            issuer=state.get("iss"),
+        )
+
+    async def delete_user(self, user: Any) -> None:
+        """JupyterHub deletes the user: their EHR grant is revoked and recorded first."""
+        super().delete_user(user)
+        await self.withdraw_access(user, "the user was deleted from the hub")
 
     async def refresh_user(self, user: Any, handler: Any = None, **kwargs: Any) -> Any:
         """``refresh_user_hook`` first (as OAuthenticator documents), then expiry-based refresh.

@@ -424,3 +424,29 @@ async def test_failed_revocation_is_an_error_and_an_event_and_never_called_revok
     records = Path(auth.audit_log_path).read_text()
     assert '"token-revocation-failed"' in records and '"token-revoked"' not in records
     assert "old-refresh" not in records and "old-refresh" not in caplog.text
+
+
+async def test_blocked_or_no_longer_allowed_users_lose_ehr_access(
+    auth: SMARTAuthenticator, tmp_path: Path
+) -> None:
+    """JupyterHub applies these rules at sign-in; the token API and audit endpoint ask on
+    every call, and the stored grant is revoked (no revocation endpoint here) and dropped."""
+    auth.audit_log_path = str(tmp_path / "audit.jsonl")
+    auth.ehr._http = httpx.AsyncClient(transport=httpx.MockTransport(FakeEHR("good")))
+    user = FakeUser(_state(expires_in=3000))
+    user.admin = False  # type: ignore[attr-defined]
+    assert await auth.access_withdrawn(user) is None
+    auth.blocked_users = {user.name}
+    reason = await auth.access_withdrawn(user)
+    assert reason is not None and "blocked" in reason
+    auth.blocked_users = set()
+    auth.allow_all = False
+    auth.allowed_users = {"someone-else"}
+    reason = await auth.access_withdrawn(user)
+    assert reason is not None and "no longer allowed" in reason
+    await auth.withdraw_access(user, reason)
+    await auth.withdraw_access(user, reason)  # nothing left: no second record
+    assert not {"access_token", "refresh_token"} & set(user.state)
+    await auth.get_audit_log().aclose()
+    records = Path(auth.audit_log_path).read_text().splitlines()
+    assert len([r for r in records if '"access-withdrawn"' in r]) == 1
