@@ -10,6 +10,8 @@ the argument types they share):
   ViewDefinitions); it imports none of the others.
 - :mod:`jupyterhub_smart.audit`: the hash-chained audit trail.
 - :mod:`jupyterhub_smart.hub`: JupyterHub integration, ``SMARTAuthenticator``.
+- :mod:`jupyterhub_smart.bulk`: FHIR Bulk Data export into Parquet (Backend
+  Services, resumable); it imports neither ``hub`` nor ``notebook``.
 - :mod:`jupyterhub_smart.notebook`: what runs in a user's kernel, ``connect()``;
   it never imports ``hub`` (kernels load no JupyterHub code).
 - :mod:`jupyterhub_smart.sandbox`: the embedded SMART sandbox EHR; it imports

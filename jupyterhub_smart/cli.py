@@ -39,6 +39,17 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type of an optional amount (seconds, a rate): a number, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
 def tcp_port(text: str) -> int:
     """argparse type of a TCP port to listen on: 1 to 65535."""
     value = _whole_number(text)

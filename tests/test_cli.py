@@ -46,7 +46,18 @@ def test_bad_option_values(
     assert list(tmp_path.iterdir()) == []  # nothing generated or started
 
 
-def test_sandbox_refuses_a_negative_count(tmp_path: Path) -> None:
-    result = run(tmp_path, "sandbox", "--dense-patient-observations", "-1")
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sandbox", "--dense-patient-observations", "-1"], "'-1' must not be negative"),
+        (["sandbox", "--bulk-job-seconds", "-0.5"], "'-0.5' must not be negative"),
+        (["sandbox", "--bulk-job-seconds", "nan"], "'nan' must not be negative"),
+        (["sandbox", "--bulk-job-seconds", "soon"], "'soon' is not a number"),
+        (["bulk", "export", "--parallel", "0"], "'0' must be at least 1"),
+    ],
+)
+def test_other_counts_and_amounts(tmp_path: Path, args: list[str], message: str) -> None:
+    result = run(tmp_path, *args)
     assert result.returncode == 2
-    assert "'-1' must not be negative" in result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

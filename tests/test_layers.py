@@ -16,7 +16,8 @@ ALLOWED: dict[str, set[str]] = {
     "views": set(),
     "audit": {"smart"},
     "hub": {"smart", "audit", "views"},
-    "notebook": {"smart", "audit", "views"},
+    "bulk": {"smart", "audit", "views"},
+    "notebook": {"smart", "audit", "views", "bulk"},
     "sandbox": set(),
 }
 #: Top-level modules: the command line and the demo, which may use any part.

@@ -123,3 +123,12 @@ def test_installed_command_runs(installed: Installed) -> None:
         result = installed.run(command, sub, "--help")
         assert result.returncode == 0, result.stderr
         assert f"usage: jupyterhub-smart {sub}" in result.stdout
+
+
+def test_installed_view_command_finds_the_builtin_views(installed: Installed) -> None:
+    """The built-in views are package data: the installed command loads and validates them."""
+    command = str(installed.venv / "bin" / "jupyterhub-smart")
+    for name in ("Observation", "DocumentReference"):
+        result = installed.run(command, "view", "check", name)
+        assert result.returncode == 0, result.stderr
+        assert f"valid view of {name}" in result.stdout

@@ -85,6 +85,7 @@ HUB_ACTIONS: dict[str, tuple[dict[str, str], dict[str, str] | None, str]] = {
     "token-revocation-failed": (_SECURITY_ALERT, None, "D"),
     # A blocked, no longer allowed or deleted user's EHR grant revoked and tokens dropped.
     "access-withdrawn": (_SECURITY_ALERT, None, "D"),
+    "automatic-logoff": (_USER_AUTHENTICATION, _LOGOUT, "E"),
     "data-access": (_REST, None, "R"),
     # A Bulk Data export (jupyterhub_smart.bulk) started, completed, was cancelled or
     # failed: the description says which, with the level, types, group and file count.

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..cli import positive_int
+
 EPILOG = """\
 Output under --out DIR: ndjson/<Type>/ (files as downloaded), parquet/<Type>/part-*.parquet
 (built-in view columns + resource_id + raw JSON 'resource'), views/<name>/ (--view),
@@ -108,7 +110,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument(
         "--parallel",
-        type=_positive_int,
+        type=positive_int,
         default=4,
         metavar="N",
         help="parallel downloads (default 4)",
@@ -151,19 +153,28 @@ def register(subparsers: Any) -> None:
         metavar="DIR",
         help="where the per-server lock files live (default ~/.cache/jupyterhub-smart/bulk-locks)",
     )
+    p.add_argument(
+        "--include-associated-data",
+        action="append",
+        default=[],
+        metavar="VALUE",
+        help="includeAssociatedData value, e.g. LatestProvenanceResources (repeatable)",
+    )
+    p.add_argument(
+        "--organize-output-by",
+        metavar="TYPE",
+        help="organizeOutputBy (Bulk Data 3.0), e.g. Patient; sent as given",
+    )
+    p.add_argument(
+        "--chunk-lines",
+        type=positive_int,
+        default=5_000,
+        metavar="N",
+        help="lines per Parquet part and per committed step of a download (default 5000)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
 
 
 def _load_view(spec: str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -213,6 +224,7 @@ def run_from_options(
     http: Any,
     show_progress: bool,
     key_id: str | None = None,
+    chunk_lines: int = 5_000,
 ) -> Any:
     """Build the HTTP client, auth, views and audit for an export and run it."""
     import contextlib
@@ -262,6 +274,7 @@ def run_from_options(
             trusted_origins=trusted_origins,
             view_definitions=definitions,
             lock_dir=lock_dir,
+            chunk_lines=chunk_lines,
             on_progress=bar.status,
             on_bytes=bar.update,
             audit=audit,
@@ -358,6 +371,8 @@ def _run(args: argparse.Namespace) -> int:
         elements=_types(args.elements),
         patients=args.patient_id,
         allow_partial_manifests=args.allow_partial_manifests,
+        include_associated_data=args.include_associated_data,
+        organize_output_by=args.organize_output_by,
         param_style=args.param_style,
         method="POST" if args.post else "GET",
         lenient=args.lenient,
@@ -370,6 +385,7 @@ def _run(args: argparse.Namespace) -> int:
             client_id=args.client_id,
             key=args.key,
             key_id=args.key_id,
+            chunk_lines=args.chunk_lines,
             auth=None,
             scope=args.scope,
             since_auto=args.since == "auto",

@@ -90,7 +90,7 @@ class Downloader:
     progress: Progress
     stop: threading.Event
     view_definitions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    chunk_lines: int = 20_000
+    chunk_lines: int = 5_000
     sleep: Callable[[float], Any] = time.sleep
 
     def local_path(self, f: FileState, gz: bool) -> Path:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from ..smart.fhir_rules import is_resource_type
 from .errors import BulkError
 from .retry import outcome_text
 
@@ -75,7 +76,7 @@ def files_of(
                 if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
                     raise BulkError(f"a manifest {kind} entry has no type")
                 resource_type = entry["type"]
-                if not resource_type.isalnum():
+                if not is_resource_type(resource_type):
                     raise BulkError(
                         f"the manifest names an invalid resource type {resource_type[:40]!r}"
                     )

@@ -53,7 +53,7 @@ class RunOptions:
     trusted_origins: frozenset[str] = frozenset()
     view_definitions: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     lock_dir: Path | None = None
-    chunk_lines: int = 20_000
+    chunk_lines: int = 5_000
     on_progress: Callable[[str], None] = lambda text: None
     on_bytes: Callable[[Progress], None] = lambda p: None
     audit: Callable[[str, str, dict[str, Any]], None] = lambda action, outcome, details: None

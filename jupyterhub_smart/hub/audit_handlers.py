@@ -44,6 +44,8 @@ from tornado.escape import url_unescape
 
 from ..audit import AuditLog, AuditUnavailable, data_access_event
 from ..smart.fhir_rules import patient_id
+from .clients import client_address
+from .inactivity import record_activity
 from .scopes import AUDIT_SCOPE, missing_scope_message
 
 #: Fields a notebook may send for each event; anything else is refused.
@@ -177,7 +179,7 @@ class SMARTAuditHandler(APIHandler):
             return
         context = await self._context(user)
         server_name = self._server_name()
-        client_address = self.request.remote_ip
+        client_address_ = client_address(self.request)
         user_agent = self.request.headers.get("User-Agent")
         events = []
         for index, item in enumerate(items):
@@ -193,7 +195,7 @@ class SMARTAuditHandler(APIHandler):
                         patient=item.get("patient"),
                         username=user.name,
                         server_name=server_name,
-                        client_address=client_address,
+                        client_address=client_address_,
                         user_agent=user_agent,
                         **context,
                     )
@@ -208,6 +210,7 @@ class SMARTAuditHandler(APIHandler):
             raise web.HTTPError(
                 503, "the audit trail cannot be written right now; retry later"
             ) from None
+        record_activity(self, user)  # automatic logoff: a kernel at work keeps its user in
         self.set_status(201)
         self.finish({"recorded": len(events)})
 

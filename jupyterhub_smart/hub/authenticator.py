@@ -45,10 +45,13 @@ from ..smart.launch_context import LaunchContext, fhir_user_reference
 from ..smart.scopes import missing_scopes, require_scopes
 from ..smart.tokens import exchange_code
 from .access_log import scrubbing
+from .audit_budget import AuditBudget
 from .audit_handlers import audit_handlers
 from .ehr import EHRConnections
 from .errors import MissingPatient
 from .framing import allow_framing, frame_ancestor_origins
+from .grants import holds_tokens
+from .inactivity import InactivityLogoff
 from .inherited import REFUSED, refusal_lines
 from .login import SMARTCallbackHandler, SMARTLoginHandler
 from .logout import SMARTLogoutHandler
@@ -173,7 +176,40 @@ class SMARTAuthenticator(OAuthenticator):
     max_pending_logins = Integer(
         10000,
         config=True,
-        help="Bound on sign-ins in flight at once (the oldest are dropped beyond it).",
+        help="""Bound on sign-ins in flight at once (started, callback not yet reached). Beyond
+        it a new sign-in is refused (503 with Retry-After); one in flight is never dropped, so
+        a flood cannot evict a real user's sign-in waiting on the EHR's consent page.""",
+    )
+
+    max_pending_logins_per_client = Integer(
+        100,
+        min=1,
+        config=True,
+        help="""Bound on sign-ins in flight at once from one client address (see
+        docs/security.md for how the address is found behind proxies). Beyond it a new
+        sign-in from that address is refused (429 with Retry-After). Raise it when many
+        users share one address (a hospital's NAT) and start sign-ins within
+        login_timeout of each other.""",
+    )
+
+    unauthenticated_audit_window = Float(
+        60.0,
+        min=1.0,
+        config=True,
+        help="""Seconds of one audit budget window for records caused by unauthenticated
+        requests (launch-received, issuer-refused, and refused sign-ins before a hub user
+        exists). Within a window each client address gets
+        unauthenticated_audit_records records written one by one (the hub ten times that in
+        all); further requests are counted and recorded as one summary per address when the
+        window ends, so a flood neither fills the disk nor goes unrecorded.""",
+    )
+
+    unauthenticated_audit_records = Integer(
+        10,
+        min=1,
+        config=True,
+        help="""Records per client address and unauthenticated action written one by one in
+        each unauthenticated_audit_window (see there).""",
     )
 
     allow_insecure_http = Bool(
@@ -212,6 +248,26 @@ class SMARTAuthenticator(OAuthenticator):
         config=True,
         help="Revoke the refresh token at the EHR on logout when it advertises revocation_endpoint.",
     )
+
+    inactivity_timeout = Float(
+        0.0,
+        config=True,
+        help="""Automatic logoff (HIPAA 164.312(a)(2)(iii)): seconds without activity after
+        which a user's EHR grant ends: the refresh token is revoked at the EHR, the tokens are
+        dropped, every browser session at the hub ends, and `automatic-logoff` is recorded.
+        Activity: browser requests to the hub, the user's servers' activity reports, and token
+        API calls (a kernel that keeps fetching data keeps its user signed in). Checked every
+        tenth of the timeout (at least every 30 s). 0 (default): off. docs/security.md
+        recommends 900 (15 minutes); keep it well above JupyterHub's activity_resolution
+        and the servers' activity report interval (JUPYTERHUB_ACTIVITY_INTERVAL, 300 s).""",
+    )
+
+    @validate("inactivity_timeout")
+    def _validate_inactivity_timeout(self, proposal: Any) -> float:
+        value = float(proposal["value"])
+        if value < 0:
+            raise ValueError("SMARTAuthenticator.inactivity_timeout must be 0 (off) or positive")
+        return value
 
     @default("enable_auth_state")
     def _enable_auth_state_default(self) -> bool:
@@ -263,8 +319,22 @@ class SMARTAuthenticator(OAuthenticator):
         # private key published or two keys under one id stop the hub at start-up.
         self.ehr = EHRConnections(policy, timeout=self.http_timeout, cache_ttl=self.discovery_ttl)
         self._public_jwks = self._build_public_jwks()
-        self.pending = PendingLogins(ttl=self.login_timeout, max_entries=self.max_pending_logins)
-        self.trail = HubTrail(self._open_audit_log, self.log)
+        self.pending = PendingLogins(
+            ttl=self.login_timeout,
+            max_entries=self.max_pending_logins,
+            max_per_client=self.max_pending_logins_per_client,
+        )
+        budget = AuditBudget(
+            window=self.unauthenticated_audit_window,
+            per_source=self.unauthenticated_audit_records,
+            total=10 * self.unauthenticated_audit_records,
+        )
+        self.trail = HubTrail(self._open_audit_log, self.log, budget)
+        self.inactivity = (
+            InactivityLogoff(self, self.inactivity_timeout, self.log)
+            if self.inactivity_timeout
+            else None
+        )
         self.refresher = TokenRefresher(
             self.ehr,
             self.trail,
@@ -334,12 +404,26 @@ class SMARTAuthenticator(OAuthenticator):
         settings = app.tornado_settings
         settings["log_function"] = scrubbing(settings.get("log_function") or log_request)
         register_smart_scopes(app)
+        if self.inactivity is not None:
+            self._check_activity_resolution(app)
+            self.inactivity.start(app)
         return [
             *super().get_handlers(app),
             (r"/api/smart/token", SMARTTokenAPIHandler),
             (r"/smart/jwks\.json", SMARTJWKSHandler),
             *audit_handlers,
         ]
+
+    def _check_activity_resolution(self, app: Any) -> None:
+        """Warn when JupyterHub records activity too coarsely for the timeout."""
+        resolution = float(getattr(app, "activity_resolution", 0) or 0)
+        if self.inactivity_timeout < 2 * resolution:
+            self.log.warning(
+                "SMARTAuthenticator.inactivity_timeout (%.0f s) is under twice "
+                "JupyterHub.activity_resolution (%.0f s): active users may be logged off",
+                self.inactivity_timeout,
+                resolution,
+            )
 
     async def authenticate(
         self, handler: Any, data: Mapping[str, Any] | None = None, **kwargs: Any
@@ -508,9 +592,7 @@ class SMARTAuthenticator(OAuthenticator):
     async def withdraw_access(self, user: Any, reason: str) -> None:
         """Revoke the user's EHR grant, drop the stored tokens and record why (once)."""
         state = await user.get_auth_state()
-        if not isinstance(state, Mapping) or not (
-            state.get("access_token") or state.get("refresh_token")
-        ):
+        if not holds_tokens(state):
             return
         grant = await self.refresher.end_grant(user, revoke=True)
         self.log.warning("EHR access of %s withdrawn: %s", user.name, reason)

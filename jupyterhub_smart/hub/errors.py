@@ -13,6 +13,7 @@ from ..smart.errors import SMARTError
 __all__ = [
     "MissingPatient",
     "PendingLoginError",
+    "PendingLoginsFull",
     "ReauthenticationRequired",
     "RefreshRateLimited",
 ]
@@ -26,6 +27,16 @@ class PendingLoginError(SMARTError):
 
     status = 400
     error = "invalid_state"
+
+
+class PendingLoginsFull(SMARTError):
+    """No room for another sign-in: this client's bound (429) or the hub's (503)."""
+
+    error = "too_many_sign_ins"
+
+    def __init__(self, message: str, *, status: int, retry_after: int) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
 
 
 class ReauthenticationRequired(SMARTError):

@@ -24,10 +24,10 @@ from ..audit import AuditUnavailable
 from ..smart.authorize import authorization_error, authorization_url, check_response_issuer
 from ..smart.errors import SMARTError, UnknownIssuer, safe_text
 from ..smart.pkce import code_challenge_s256, new_code_verifier, new_nonce, new_state
-from .errors import PendingLoginError
+from .clients import client_address
+from .errors import PendingLoginError, PendingLoginsFull
 from .pages import SMARTPageHandler, param_ok, safe_next_url
 from .pending import PendingLogin, binding_hash
-from .trail import client_fields
 
 __all__ = ["SMARTCallbackHandler", "SMARTLoginHandler"]
 
@@ -96,18 +96,25 @@ class SMARTLoginHandler(SMARTPageHandler):
         state = new_state()
         binding = self.browser_binding(create=True)
         assert binding is not None
-        self.authenticator.pending.put(
-            state,
-            PendingLogin(
-                issuer=reg.issuer,
-                launch=launch,
-                code_verifier=verifier,
-                nonce=nonce,
-                next_url=next_url,
-                scope=scope,
-                browser=binding_hash(binding),
-            ),
-        )
+        client = client_address(self.request)
+        try:
+            self.authenticator.pending.put(
+                state,
+                PendingLogin(
+                    issuer=reg.issuer,
+                    launch=launch,
+                    code_verifier=verifier,
+                    nonce=nonce,
+                    next_url=next_url,
+                    scope=scope,
+                    browser=binding_hash(binding),
+                ),
+                client,
+            )
+        except PendingLoginsFull as exc:
+            self.set_header("Retry-After", str(exc.retry_after))
+            await self.smart_fail(exc.status, str(exc), error=exc.error, issuer=reg.issuer)
+            return
         url = authorization_url(
             config,
             client_id=reg.client_id,
@@ -119,12 +126,12 @@ class SMARTLoginHandler(SMARTPageHandler):
             launch=launch,
             aud=reg.issuer,
         )
-        await self.authenticator.trail.event(
+        await self.authenticator.trail.unauthenticated(
             "launch-received",
+            self.request,
             description="EHR launch" if launch else "standalone launch",
             issuer=reg.issuer,
             scopes_requested=list(scope),
-            **client_fields(self.request),
         )
         self.log.info(
             "SMART %s launch: redirecting to %s",

@@ -18,7 +18,6 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader
 from jupyterhub.handlers import BaseHandler
 
 from ..smart.errors import safe_text
-from .trail import client_fields
 
 __all__ = ["BINDING_COOKIE", "MAX_PARAM", "SMARTPageHandler", "param_ok", "safe_next_url"]
 
@@ -95,12 +94,12 @@ class SMARTPageHandler(BaseHandler):
         )
         if audit_action:
             try:
-                await self.authenticator.trail.event(
+                await self.authenticator.trail.unauthenticated(
                     audit_action,
+                    self.request,
                     outcome="failure",
                     description=f"{error}: {safe_text(message, 300)}",
                     issuer=issuer,
-                    **client_fields(self.request),
                 )
             except Exception as exc:  # a failed refusal is still a refusal
                 self.log.error("Could not audit a refused sign-in: %s", type(exc).__name__)

@@ -7,9 +7,12 @@ by its ``state``:
 
 * single use: :meth:`PendingLogins.take` removes the record, so a replayed
   callback finds nothing;
-* bounded and short-lived: at most ``max_entries`` records for ``ttl`` seconds
-  (10 minutes by default), the oldest dropped first, so a flood of login
-  requests cannot grow memory without bound;
+* bounded and short-lived: records live ``ttl`` seconds (10 minutes by
+  default); at most ``max_per_client`` at once per client address and
+  ``max_entries`` in all. Beyond a bound a new sign-in is *refused*
+  (:class:`PendingLoginsFull`), never an older one dropped: a flood cannot
+  evict a real user's sign-in that is waiting on the EHR's consent page, and
+  one address cannot take the whole store;
 * bound to the browser: the record holds a hash of a random value that lives
   in the browser's (signed, HttpOnly) binding cookie; a callback from a
   browser without that cookie is refused even with a valid ``state``
@@ -27,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .errors import PendingLoginError
+from .errors import PendingLoginError, PendingLoginsFull
 
 __all__ = ["PendingLogin", "PendingLogins", "binding_hash"]
 
@@ -49,6 +52,7 @@ class PendingLogin:
     scope: tuple[str, ...]
     browser: str = field(repr=False)  # binding_hash(binding cookie value)
     created: float = 0.0
+    client: str = ""  # the client address that started it (see .clients.client_address)
 
 
 class PendingLogins:
@@ -59,27 +63,59 @@ class PendingLogins:
         *,
         ttl: float = 600.0,
         max_entries: int = 10_000,
+        max_per_client: int = 100,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
+        self.max_per_client = max_per_client
         self._clock = clock
         self._items: OrderedDict[str, PendingLogin] = OrderedDict()
+        self._per_client: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._items)
 
+    def pending_for(self, client: str) -> int:
+        """Records in flight for one client address."""
+        return self._per_client.get(client, 0)
+
+    def _drop(self, login: PendingLogin) -> None:
+        left = self._per_client.get(login.client, 0) - 1
+        if left > 0:
+            self._per_client[login.client] = left
+        else:
+            self._per_client.pop(login.client, None)
+
     def _purge(self, now: float) -> None:
+        """Drop expired records (they are in creation order)."""
         while self._items:
             first = next(iter(self._items.values()))
-            if now - first.created <= self.ttl and len(self._items) < self.max_entries:
+            if now - first.created <= self.ttl:
                 break
             self._items.popitem(last=False)
+            self._drop(first)
 
-    def put(self, state: str, login: PendingLogin) -> PendingLogin:
-        """Remember ``login`` under ``state`` (stamped with the store's clock)."""
+    def put(self, state: str, login: PendingLogin, client: str = "") -> PendingLogin:
+        """Remember ``login`` under ``state`` for ``client`` (stamped with the store's clock).
+
+        Raises :class:`PendingLoginsFull` when the client or the store is at its bound.
+        """
         now = self._clock()
         self._purge(now)
+        if self._per_client.get(client, 0) >= self.max_per_client:
+            raise PendingLoginsFull(
+                "Too many sign-ins are in progress from your network address. Finish or "
+                "abandon one, then try again in a few minutes.",
+                status=429,
+                retry_after=self._retry_after(now),
+            )
+        if len(self._items) >= self.max_entries:
+            raise PendingLoginsFull(
+                "The hub has too many sign-ins in progress right now. Try again in a few minutes.",
+                status=503,
+                retry_after=self._retry_after(now),
+            )
         stamped = PendingLogin(
             issuer=login.issuer,
             launch=login.launch,
@@ -89,9 +125,18 @@ class PendingLogins:
             scope=login.scope,
             browser=login.browser,
             created=now,
+            client=client,
         )
         self._items[state] = stamped
+        self._per_client[client] = self._per_client.get(client, 0) + 1
         return stamped
+
+    def _retry_after(self, now: float) -> int:
+        """Seconds until the oldest record expires (when room is certain to appear)."""
+        if not self._items:
+            return 1
+        first = next(iter(self._items.values()))
+        return max(1, int(self.ttl - (now - first.created)) + 1)
 
     def take(self, state: str, browser_binding: str | None) -> PendingLogin:
         """Remove and return the login for ``state`` if this browser started it.
@@ -100,6 +145,8 @@ class PendingLogins:
         when the state is unknown, used, expired, or from another browser.
         """
         login = self._items.pop(state, None)
+        if login is not None:
+            self._drop(login)
         if login is None:
             raise PendingLoginError(
                 "This sign-in link is unknown, was already used, or has expired "

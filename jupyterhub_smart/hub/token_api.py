@@ -17,7 +17,9 @@ from jupyterhub.utils import url_path_join
 
 from ..audit import AuditUnavailable
 from ..smart.errors import SMARTError
+from .clients import client_address
 from .errors import ReauthenticationRequired, RefreshRateLimited
+from .inactivity import record_activity
 from .refresh import TokenRefresher
 from .scopes import TOKEN_SCOPE, missing_scope_message
 from .tokenstate import parse_fingerprint, token_api_payload
@@ -153,6 +155,7 @@ class SMARTTokenAPIHandler(APIHandler):
                 {"error": "forbidden", "message": "A user can only get their own SMART token."},
             )
             return
+        record_activity(self, user)  # automatic logoff: a kernel at work keeps its user in
         rejected, problem = self._rejected_argument()
         if problem is not None:
             # The value is not logged: a buggy client might have sent the token itself.
@@ -173,7 +176,7 @@ class SMARTTokenAPIHandler(APIHandler):
                     outcome="failure",
                     description=str(exc),
                     username=user.name,
-                    client_address=self.request.remote_ip,
+                    client_address=client_address(self.request),
                 )
             self._json(
                 401,
@@ -207,7 +210,7 @@ class SMARTTokenAPIHandler(APIHandler):
                 fhir_user=state.get("fhirUser"),
                 issuer=state.get("iss"),
                 patient=reference("Patient", state.get("patient")),
-                client_address=self.request.remote_ip,
+                client_address=client_address(self.request),
                 token_hash=trail.token_hash(state["access_token"]),
                 description="the client reported a refused token" if rejected else None,
             )

@@ -60,6 +60,7 @@ def new_auth_state(
     sub: str | None,
 ) -> dict[str, Any]:
     """The JSON-serialisable auth_state of a login, which JupyterHub encrypts and stores."""
+    now = time.time()
     state: dict[str, Any] = {
         "iss": issuer,
         "fhir_base_url": config.fhir_base_url,
@@ -71,7 +72,8 @@ def new_auth_state(
         "scope": list(token.scope),
         "fhirUser": fhir_user,
         "sub": sub,
-        "issued_at": time.time(),
+        "issued_at": now,
+        "signed_in_at": now,
     }
     state.update(context.to_dict())
     return state

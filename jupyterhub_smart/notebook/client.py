@@ -400,6 +400,21 @@ class SMARTClient(_Core):
             max_pages=self.max_pages,
         )
 
+    def bulk_export(self, out: str, **kwargs: Any) -> Any:
+        """A Bulk Data export with this session's own token, into Parquet under ``out``.
+
+        For the patient- or group-level exports the EHR allows this user
+        (``patient_level=True`` or ``group="id"``); keyword arguments are those
+        of :func:`jupyterhub_smart.bulk.export`. Returns its ``ExportResult``
+        (``.to_pandas("Observation")``, ``.duckdb()``).
+        """
+        from ..bulk import export
+
+        base = self.provider.get().fhir_base_url or self.default_base
+        if not base:
+            raise ValueError("bulk_export needs the FHIR base URL of this session")
+        return export(fhir_url=base, out=out, auth=self.httpx_auth(), **kwargs)
+
     # -- interop and lifetime --------------------------------------------------------
     def httpx_auth(self) -> httpx.Auth:
         """An ``httpx.Auth`` that injects this session's fresh tokens (see :mod:`.auth`).

@@ -22,14 +22,11 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
-from ..smart.fhir_rules import is_fhir_id, is_resource_type, patient_id
+from ..smart.fhir_rules import PATIENT_SEARCH_PARAMS, is_fhir_id, is_resource_type, patient_id
 
 __all__ = ["DataAccessEvent", "EventSink", "emit", "event_patient", "request_event"]
 
 log = logging.getLogger(__name__)
-
-#: Search parameters that name the patient a search is about.
-_PATIENT_PARAMS = frozenset({"patient", "subject", "subject:Patient", "patient:Patient"})
 
 
 @dataclass(frozen=True)
@@ -77,7 +74,7 @@ def event_patient(
     named = [
         value
         for name, value in params
-        if name in _PATIENT_PARAMS or (resource_type == "Patient" and name == "_id")
+        if name in PATIENT_SEARCH_PARAMS or (resource_type == "Patient" and name == "_id")
     ]
     if not named:
         return launched

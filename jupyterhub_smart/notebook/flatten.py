@@ -205,6 +205,9 @@ class TableBuilder:
                 else:
                     parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
                     array = pa.Array.from_pandas(parsed).cast(pa.timestamp("us")).cast(pa.date32())
+                unreadable = int((parsed.isna() & text.notna()).sum())
+                if unreadable:  # text that is no date: null, and counted like any misfit
+                    self.warnings[field.name] = self.warnings.get(field.name, 0) + unreadable
                 field = pa.field(field.name, array.type, metadata=field.metadata)
             arrays.append(array)
             fields.append(field)

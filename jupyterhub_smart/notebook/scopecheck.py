@@ -26,22 +26,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..smart.fhir_rules import PATIENT_SEARCH_PARAMS, parse_reference
 from ..smart.scopes import find_covering, parse_scope
 from .errors import ScopeNotGranted
 
 __all__ = ["check_scopes"]
 
-#: Search parameters that name the patient whose data is searched.
-PATIENT_PARAMS = ("patient", "subject", "patient:Patient", "subject:Patient")
 _NAMES = {"r": "read", "s": "search"}
 
 
 def _patient_id(value: str) -> str:
-    """``Patient/123``, ``https://ehr/fhir/Patient/123`` or ``123`` -> ``123``."""
+    """``Patient/123``, ``https://ehr/fhir/Patient/123`` or ``123`` -> ``123``.
+
+    Anything else comes back as it is, and so never equals the launched patient.
+    """
     value = value.strip()
-    if "/Patient/" in value:
-        return value.rsplit("/Patient/", 1)[1]
-    return value.removeprefix("Patient/")
+    reference = parse_reference(value, "Patient")
+    return reference.id if reference is not None else value
 
 
 def _targets_other_patient(
@@ -56,7 +57,7 @@ def _targets_other_patient(
             return resource_id != patient
         ids = [v for k, v in params if k == "_id"]
         return any(_patient_id(v) != patient for i in ids for v in i.split(","))
-    named = [v for k, v in params if k in PATIENT_PARAMS]
+    named = [v for k, v in params if k in PATIENT_SEARCH_PARAMS]
     return any(_patient_id(v) != patient for value in named for v in value.split(","))
 
 

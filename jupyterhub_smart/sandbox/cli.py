@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import missing_extra, non_negative_int, positive_int, tcp_port
+from ..cli import missing_extra, non_negative_float, non_negative_int, positive_int, tcp_port
 
 #: What the sandbox's servers import, all from the ``[sandbox]`` extra.
 SERVER_MODULES = ("flask", "waitress", "authlib")
@@ -134,7 +134,7 @@ def register(subparsers: Any) -> None:
     )
     bulk.add_argument(
         "--bulk-job-seconds",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=1.0,
         metavar="SECONDS",
         help="an export reports 'in progress' for at least this long (default 1)",
@@ -166,7 +166,7 @@ def register(subparsers: Any) -> None:
         type=non_negative_int,
         default=0,
         metavar="N",
-        help="treat the last N Observations as deleted on 2025-07-02: exports leave them out and "
+        help="treat the last N Observations as deleted on 2025-07-02: exports leave them out (unless _until is earlier) and "
         "list them in deleted[] when _since is earlier (default 0)",
     )
     bulk.add_argument(
@@ -179,16 +179,6 @@ def register(subparsers: Any) -> None:
         "(see docs/sandbox.md)",
     )
     parser.set_defaults(func=run)
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 __all__ = [
+    "PATIENT_SEARCH_PARAMS",
     "Reference",
     "is_fhir_id",
     "is_loopback_host",
@@ -47,6 +48,9 @@ _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _RESOURCE_TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _SEARCH_PARAM_NAME = re.compile(r"_?[A-Za-z][A-Za-z0-9\-_.:]{0,99}")
 _MAX_REFERENCE = 4096
+#: Search parameters whose value names the patient a search is about (with the
+#: ``_id`` of a Patient search, which callers check by resource type).
+PATIENT_SEARCH_PARAMS = frozenset({"patient", "subject", "patient:Patient", "subject:Patient"})
 
 
 def is_fhir_id(value: object) -> bool:

@@ -52,6 +52,14 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="rows per batch written (memory use is about one batch; default 65536)",
     )
+    run.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="worker processes parsing and flattening chunks of lines in parallel (default 1); "
+        "the output is the same, in the same order",
+    )
     run.set_defaults(func=_run)
 
     check = commands.add_parser(

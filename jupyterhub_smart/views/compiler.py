@@ -291,13 +291,23 @@ class _Compiler:
         return type_or_member
 
     def c_member(self, node: Node) -> Evaluator:
-        names = [node[2]]
-        inner = node[1]
-        while inner[0] == "member":  # a.b.c: one closure looping over the steps
-            names.append(inner[2])
-            inner = inner[1]
+        return self._chain(node)
+
+    def _chain(self, node: Node) -> Evaluator:
+        """``a.b.first().c``: member steps and ``first()`` run in one loop, not nested closures."""
+        steps: list[Callable[[Collection], Collection]] = []
+        inner = node
+        while True:
+            if inner[0] == "member":
+                steps.append(_member(inner[2]))
+                inner = inner[1]
+            elif _is_first(inner) and inner[1][0] in ("member", "call"):
+                steps.append(_take_first)
+                inner = inner[1]
+            else:
+                break
         base = self._navigated(inner)
-        steps = [_member(name) for name in reversed(names)]
+        steps.reverse()
         if len(steps) == 1:
             step = steps[0]
             return lambda focus, env: step(base(focus, env))
@@ -401,6 +411,8 @@ class _Compiler:
                 return fast
         if name == "first" and not args and base_node is not None and base_node[:2] == ("bin", "|"):
             return self._first_of_union(base_node)
+        if _is_first(node) and base_node is not None and base_node[0] == "member":
+            return self._chain(node)
         builder = _FUNCTIONS.get(name)
         if builder is None:
             raise CompileError(f"unknown function {name}()")
@@ -479,6 +491,15 @@ class _Compiler:
             return found
 
         return read
+
+
+def _is_first(node: Node) -> bool:
+    """Whether ``node`` is ``X.first()`` with an ``X``."""
+    return node[0] == "call" and node[2] == "first" and not node[3] and node[1] is not None
+
+
+def _take_first(items: Collection) -> Collection:
+    return items[:1]
 
 
 def _only(items: Collection, what: str) -> Any:
@@ -1165,8 +1186,8 @@ def _fill_date(year: str, month: str | None, day: str | None, high: bool) -> str
 
 
 def _fraction(digits: str | None, high: bool) -> str:
-    """Fractional seconds to nanoseconds: the unknown digits are 0s (low) or 9s (high)."""
-    return (digits or "")[:9].ljust(9, "9" if high else "0")
+    """Fractional seconds to milliseconds: the unknown digits are 0s (low) or 9s (high)."""
+    return (digits or "")[:3].ljust(3, "9" if high else "0")
 
 
 def _date_boundary(value: str, high: bool, precision: int | None) -> str | None:
@@ -1214,16 +1235,12 @@ def _time_boundary(value: str, high: bool, precision: int | None) -> str | None:
     return full[: sizes[precision]] if precision in sizes else None
 
 
-#: Decimal boundaries with more significant digits than a double holds are unknown (empty).
-_MAX_DIGITS = 17
-
-
 def _decimal_boundary(value: Any, high: bool, precision: int | None) -> Any:
-    """The least/greatest decimal that the input stands for, to ``precision`` places (8).
+    """The least/greatest value that would round to the input, to ``precision`` places (8).
 
-    The input's own precision is its number of decimal places: ``1.587`` covers
-    1.587 up to (not including) 1.588, so its boundaries are 1.58700000 and
-    1.58799999 (the sign applies to both, as for the magnitude).
+    The input's precision is its number of decimal places: ``1.0`` stands for
+    0.95 up to 1.05 (FHIR's FHIRPath page: "the lowBoundary of 1.0 is
+    0.95000000000"), ``1.587`` for 1.5865 up to 1.5875.
     """
     target = 8 if precision is None else precision
     if not 0 <= target <= 28:
@@ -1231,21 +1248,10 @@ def _decimal_boundary(value: Any, high: bool, precision: int | None) -> Any:
     number = _dec(value)
     exponent = number.as_tuple().exponent
     places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
-    integer_digits = len(str(abs(int(number)))) if abs(number) >= 1 else 1
-    if integer_digits + target > _MAX_DIGITS:
-        return None
-    step = Decimal(1).scaleb(-target)
-    magnitude = abs(number)
-    if target < places:
-        bound = magnitude.quantize(step, rounding="ROUND_DOWN")
-        if high:
-            bound += step
-    elif high:
-        bound = magnitude + Decimal(1).scaleb(-places) - step
-    else:
-        bound = magnitude
-    bound = bound.quantize(step)
-    return -bound if number < 0 else bound
+    half = Decimal(5).scaleb(-(places + 1))
+    bound = number + half if high else number - half
+    rounding = "ROUND_CEILING" if high else "ROUND_FLOOR"
+    return bound.quantize(Decimal(1).scaleb(-target), rounding=rounding)
 
 
 def _boundary(high: bool) -> FunctionMaker:

@@ -406,25 +406,27 @@ def _columns_producer(columns: list[tuple[Column, Evaluator]]) -> Producer:
     def values(node: Any, env: Env) -> list[Row]:
         focus = [node]
         row: list[Any] = []
-        for element, collection, evaluate in compiled:
-            try:
+        append = row.append
+        element = ""
+        try:
+            for element, collection, evaluate in compiled:
                 result = evaluate(focus, env)
-            except EvaluationError as exc:
-                raise ViewEvaluationError(element, str(exc)) from None
-            if collection:
-                # a collection column is always a list: [] when the path finds nothing
-                row.append([unwrap(v) for v in result])
-            elif not result:
-                row.append(None)
-            elif len(result) == 1:
-                value = result[0]
-                row.append(value.value if value.__class__ is Typed else value)
-            else:
-                raise ViewEvaluationError(
-                    element,
-                    f"Collection value: {len(result)} values found for a column without "
-                    "collection: true",
-                )
+                if collection:
+                    # a collection column is always a list: [] when the path finds nothing
+                    append([unwrap(v) for v in result])
+                elif not result:
+                    append(None)
+                elif len(result) == 1:
+                    value = result[0]
+                    append(value.value if value.__class__ is Typed else value)
+                else:
+                    raise ViewEvaluationError(
+                        element,
+                        f"Collection value: {len(result)} values found for a column without "
+                        "collection: true",
+                    )
+        except EvaluationError as exc:
+            raise ViewEvaluationError(element, str(exc)) from None
         return [tuple(row)]
 
     return values

@@ -18,6 +18,10 @@ class ViewDefinitionError(ValueError):
         self.detail = message
         super().__init__(f"{element}: {message}" if element else message)
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        """Picklable with its two arguments (it crosses process boundaries in ``view run --jobs``)."""
+        return (type(self), (self.element, self.detail))
+
 
 class ViewEvaluationError(ViewDefinitionError):
     """The view cannot describe a resource it was run on, and the spec says that is an error.

@@ -71,25 +71,44 @@ class NdjsonReader:
         if len(self.bad_examples) < self.KEEP:
             self.bad_examples.append(f"{name}:{number}: {reason}")
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def chunks(self, size: int) -> Iterator[tuple[str, list[tuple[int, bytes]]]]:
+        """``(file, [(line number, line), ...])`` of at most ``size`` non-blank lines, unparsed.
+
+        For parsing elsewhere (worker processes); a chunk never spans two files.
+        """
         for name in self.files:
             stream = self._open(name)
+            chunk: list[tuple[int, bytes]] = []
             try:
                 for number, line in enumerate(stream, start=1):
                     if not line.strip():
                         continue
                     self.lines += 1
-                    try:
-                        resource = orjson.loads(line)
-                    except orjson.JSONDecodeError as exc:
-                        self._bad(name, number, f"not JSON ({exc.msg})")
-                        continue
-                    if resource.__class__ is not dict:
-                        self._bad(name, number, "not a JSON object")
-                        continue
-                    yield resource
+                    chunk.append((number, line))
+                    if len(chunk) >= size:
+                        yield name, chunk
+                        chunk = []
             except (OSError, EOFError) as exc:  # a truncated .gz, an unreadable file
                 self._bad(name, 0, f"read error: {exc}")
             finally:
                 if stream is not sys.stdin.buffer:
                     stream.close()
+            if chunk:
+                yield name, chunk
+
+    def parse(self, name: str, chunk: list[tuple[int, bytes]]) -> Iterator[dict[str, Any]]:
+        """The resources of a chunk; lines that are not JSON objects are counted."""
+        for number, line in chunk:
+            try:
+                resource = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                self._bad(name, number, f"not JSON ({exc.msg})")
+                continue
+            if resource.__class__ is not dict:
+                self._bad(name, number, "not a JSON object")
+                continue
+            yield resource
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for name, chunk in self.chunks(1024):
+            yield from self.parse(name, chunk)

@@ -89,6 +89,7 @@ def bulk_sandbox(
     *,
     patients: int = 6,
     scope: str = "system/*.rs",
+    other_clients: Sequence[dict[str, Any]] = (),
 ) -> Iterator[BulkEnv]:
     """A sandbox with the Backend Services client registered, small files and quick jobs."""
     es_key, rs_key, jwks = keys
@@ -99,7 +100,11 @@ def bulk_sandbox(
         "scope": scope,
     }
     with run_sandbox(
-        workdir, [client], patients=patients, seed=5, extra_args=[*SMALL_FILES, *extra_args]
+        workdir,
+        [client, *other_clients],
+        patients=patients,
+        seed=5,
+        extra_args=[*SMALL_FILES, *extra_args],
     ) as process:
         yield BulkEnv(process, es_key, rs_key, workdir / "locks")
 

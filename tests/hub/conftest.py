@@ -22,6 +22,10 @@ from jupyterhub_smart.smart.keys import write_key_pair
 from .evil_ehr import EvilEHR, run_evil_ehr
 from .harness import Hub, run_hub
 
+#: Every test client is 127.0.0.1: the package's hubs record each unauthenticated request
+#: on its own (tests read those records), the audit budget has its own test (test_flood).
+ONE_BY_ONE = {"unauthenticated_audit_records": 100_000}
+
 
 @dataclass
 class SmartEnv:
@@ -62,7 +66,7 @@ def smart_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmartEnv]:
                 "private_key_path": str(key_path),
             },
         }
-        with run_hub(work / "hub", issuers, port=port) as hub:
+        with run_hub(work / "hub", issuers, port=port, authenticator=ONE_BY_ONE) as hub:
             yield SmartEnv(hub, public, jwt, key_path)
 
 
@@ -92,7 +96,7 @@ def evil_env(tmp_path_factory: pytest.TempPathFactory, smart_env: SmartEnv) -> I
                 "client_secret": evil.client_secret,
             },
         }
-        options = {"http_timeout": 2.0, "required_scopes": ["patient/*.rs"]}
+        options = {"http_timeout": 2.0, "required_scopes": ["patient/*.rs"], **ONE_BY_ONE}
         with run_hub(work / "hub", issuers, authenticator=options) as hub:
             yield EvilEnv(hub, evil, smart_env.public)
 

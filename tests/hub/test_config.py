@@ -63,6 +63,11 @@ def test_hub_refuses_to_start_without_crypt_key(tmp_path: Path, smart_env: Smart
             {},
             "https://ehr.example/fhir",
         ),
+        (
+            {"https://ehr.example/fhir": {"client_id": "x"}},
+            {"inactivity_timeout": -5},
+            "inactivity_timeout must be 0 (off) or positive",
+        ),
     ],
 )
 def test_bad_configuration_stops_the_hub_with_a_clear_message(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from jupyterhub_smart.hub.audit_budget import AuditBudget
 from jupyterhub_smart.hub.pages import safe_next_url
 from jupyterhub_smart.hub.pending import (
     PendingLogin,
     PendingLoginError,
     PendingLogins,
+    PendingLoginsFull,
     binding_hash,
 )
 from jupyterhub_smart.hub.username import default_username, issuer_slug
@@ -56,12 +58,52 @@ def test_pending_expires_and_is_bounded() -> None:
     clock.now += 601
     with pytest.raises(PendingLoginError, match="expired"):
         store.take("old", "b1")
-    for i in range(10):
-        store.put(f"s{i}", _login())
+    for i in range(3):
+        store.put(f"s{i}", _login(), client=f"10.0.0.{i}")
+    with pytest.raises(PendingLoginsFull) as full:
+        store.put("s9", _login(), client="10.0.0.9")
+    assert full.value.status == 503 and full.value.retry_after >= 1
     assert len(store) == 3
-    with pytest.raises(PendingLoginError):
-        store.take("s0", "b1")  # the oldest were dropped
-    assert store.take("s9", "b1")
+    assert store.take("s0", "b1")  # nothing in flight is dropped for a newcomer
+    store.put("s9", _login(), client="10.0.0.9")  # room again
+    clock.now += 601
+    store.put("s10", _login(), client="10.0.0.10")  # the expired ones made room
+    assert len(store) == 1
+
+
+def test_pending_is_bounded_per_client_address() -> None:
+    store = PendingLogins(max_entries=100, max_per_client=2)
+    store.put("a1", _login(), client="203.0.113.7")
+    store.put("a2", _login(), client="203.0.113.7")
+    with pytest.raises(PendingLoginsFull) as full:
+        store.put("a3", _login(), client="203.0.113.7")
+    assert full.value.status == 429
+    store.put("u1", _login(), client="198.51.100.9")  # another address is not affected
+    assert store.take("a1", "b1") and store.pending_for("203.0.113.7") == 1
+    store.put("a3", _login(), client="203.0.113.7")  # a finished sign-in frees its slot
+    assert store.take("u1", "b1")
+
+
+def test_audit_budget_counts_what_it_does_not_write() -> None:
+    clock = Clock()
+    budget = AuditBudget(window=60, per_source=3, total=5, max_summaries=2, clock=clock)
+    sent = {"203.0.113.7": 50, "198.51.100.9": 2, "192.0.2.1": 4, "192.0.2.2": 4}
+    written = {source: 0 for source in sent}
+    for source, count in sent.items():
+        for _ in range(count):
+            written[source] += budget.admit("launch-received", source)
+    assert written["203.0.113.7"] == 3 and sum(written.values()) == 5  # per source, then total
+    assert not budget.due()
+    clock.now += 60
+    assert budget.due()
+    summaries = budget.drain()
+    assert len(summaries) == 3  # two addresses by name, the rest summed
+    counted = sum(s.count for s in summaries)
+    assert counted + sum(written.values()) == sum(sent.values())  # nothing lost
+    merged = next(s for s in summaries if s.client is None)
+    assert "other client addresses" in merged.description(60)
+    assert budget.admit("launch-received", "203.0.113.7")  # a new window
+    assert budget.drain() == []
 
 
 def test_pending_repr_shows_no_secret() -> None:

@@ -127,6 +127,7 @@ def test_partial_and_bad_dates() -> None:
         pd.Timestamp("2021-04-27T00:00:00Z"),
     ]
     assert pd.isna(df["effective"].iloc[3])
+    assert df.attrs["warnings"] == {"effective": 1}  # "yesterday" is counted, not guessed
 
 
 def test_raw_column_is_opt_in() -> None:

@@ -84,6 +84,31 @@ def test_patient_compartment() -> None:
     assert len(sent) == 4
 
 
+@pytest.mark.parametrize(
+    ("value", "allowed"),
+    [
+        ("p1", True),
+        ("Patient/p1", True),
+        ("Patient/p1/_history/3", True),
+        (f"{FHIR_BASE}/Patient/p1", True),
+        ("https://other.example/fhir/Patient/p1", True),  # the server decides on bases
+        ("Patient/p2", False),
+        (f"{FHIR_BASE}/Patient/p2/_history/1", False),
+        ("Group/p1", False),  # not a patient reference: not the launched patient
+        ("x/Patient/p1", False),
+    ],
+)
+def test_patient_named_by_reference(value: str, allowed: bool) -> None:
+    client, sent = client_with("patient/*.rs")
+    if allowed:
+        client.search("Observation", subject=value).to_pandas()
+        assert len(sent) == 1
+    else:
+        with pytest.raises(ScopeNotGranted):
+            client.search("Observation", subject=value)
+        assert sent == []
+
+
 def test_user_scopes_reach_every_patient() -> None:
     client, sent = client_with("user/*.rs")
     client.read("Patient", "p2")

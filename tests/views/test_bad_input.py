@@ -128,3 +128,20 @@ def test_deeply_nested_expression_is_a_view_error():
     }
     with pytest.raises(views.ViewDefinitionError, match=r"select\[0\]\.column\[0\]\.path.*nested"):
         views.compile_view(view)
+
+
+def test_batches_stream_without_reading_ahead():
+    """Memory stays flat: a batch is handed over before the next resources are read."""
+    read = 0
+
+    def patients():
+        nonlocal read
+        for i in range(10):
+            read += 1
+            yield {"resourceType": "Patient", "id": f"p{i}"}
+
+    view = {"resource": "Patient", "select": [{"column": [{"name": "id", "path": "id"}]}]}
+    seen = []
+    for batch in views.iter_batches(view, patients(), batch_rows=3):
+        seen.append((batch.num_rows, read))
+    assert seen == [(3, 3), (3, 6), (3, 9), (1, 10)]

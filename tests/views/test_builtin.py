@@ -102,3 +102,21 @@ def test_observation_view_gives_one_row_per_value():
         ("bp", "8462-4", 80.0, "85354-9"),
         ("e", "x", None, None),
     ]
+
+
+def test_the_docs_tables_list_every_column_of_every_builtin_view():
+    """The views page's tables come from the JSON files (docs/_hooks/builtin_views.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    hook = Path(__file__).resolve().parents[2] / "docs" / "_hooks" / "builtin_views.py"
+    spec = importlib.util.spec_from_file_location("builtin_views_hook", hook)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    page = module.on_page_markdown("before\n<!-- builtin-views -->\nafter")
+    assert "<!-- builtin-views -->" not in page
+    for name in builtin.names():
+        assert f"### {name}\n" in page
+        for column in views.compile_view(builtin.load(name)).columns:
+            assert f"| `{column.name}` | {column.type}" in page, (name, column.name)

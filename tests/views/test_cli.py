@@ -194,3 +194,45 @@ def test_check_lists_columns(files):
     assert done.returncode == 0, done.stderr
     assert b"valid view of Patient, 3 columns" in done.stdout
     assert b"given\tstring (collection)" in done.stdout
+
+
+def test_parallel_jobs_give_the_same_rows_in_the_same_order_and_counts(files, tmp_path):
+    source = tmp_path / "mixed.ndjson"
+    odd = {"resourceType": "Patient", "id": "odd", "active": "yes"}
+    source.write_bytes(ndjson(PATIENTS[:7]) + b"{not json\n" + ndjson([odd, *PATIENTS[7:]]))
+    outputs = {}
+    for jobs in ("1", "3"):
+        out = tmp_path / f"out-{jobs}.parquet"
+        done = cli(
+            "run",
+            str(files["view"]),
+            str(source),
+            str(files["folder"]),
+            "--out",
+            str(out),
+            "--jobs",
+            jobs,
+            "--batch-rows",
+            "4",
+        )
+        assert done.returncode == 0, done.stderr
+        assert b"51 rows from 52 lines of 3 input(s)" in done.stderr
+        assert b"1 line(s) skipped" in done.stderr and b"mixed.ndjson:8: not JSON" in done.stderr
+        assert b"active: 1" in done.stderr
+        outputs[jobs] = pq.read_table(out).to_pylist()
+    assert outputs["3"] == outputs["1"]
+    assert [row["id"] for row in outputs["3"][:9]] == [*(f"p{i}" for i in range(7)), "odd", "p7"]
+
+
+def test_parallel_view_error_exits_1_naming_the_column(files, tmp_path):
+    view = tmp_path / "multi.json"
+    view.write_bytes(
+        orjson.dumps(
+            {"resource": "Patient", "select": [{"column": [{"name": "g", "path": "name.given"}]}]}
+        )
+    )
+    done = cli(
+        "run", str(view), str(files["folder"]), "--out", str(tmp_path / "o.parquet"), "--jobs", "2"
+    )
+    assert done.returncode == 1
+    assert b"select[0].column[0].path" in done.stderr and b"Collection value" in done.stderr

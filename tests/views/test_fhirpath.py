@@ -198,31 +198,30 @@ def test_reference_and_resource_keys_match():
     ("path", "expected"),
     [
         # a decimal stands for every value that rounds to it at its own precision
-        ("1.587.lowBoundary()", 1.587),
-        ("1.587.highBoundary()", 1.58799999),
-        ("1.0.highBoundary()", 1.09999999),
-        ("0.007.highBoundary()", 0.00799999),
-        ("(-1.587).lowBoundary()", -1.587),
-        ("(-1.587).highBoundary()", -1.58799999),
+        ("1.0.lowBoundary()", 0.95),
+        ("1.0.highBoundary()", 1.05),
+        ("1.587.lowBoundary()", 1.5865),
+        ("1.587.highBoundary()", 1.5875),
+        ("(-1.587).lowBoundary()", -1.5875),
+        ("(-1.587).highBoundary()", -1.5865),
         ("1.587.lowBoundary(2)", 1.58),
         ("1.587.highBoundary(2)", 1.59),
-        ("123456789123.1234.lowBoundary()", None),
-        ("value.ofType(Quantity).value.highBoundary()", 120.59999999),
+        ("value.ofType(Quantity).value.highBoundary()", 120.55),
         # dates: the first and last day of the period; leap years counted
         ("@2014.lowBoundary()", "2014-01-01"),
         ("@2014.highBoundary()", "2014-12-31"),
         ("@2016-02.highBoundary()", "2016-02-29"),
         ("@2100-02.highBoundary()", "2100-02-28"),
-        # dateTimes: to the nanosecond; without a zone, the earliest (+14:00) or latest (-12:00)
-        ("@2014-01-01T08.lowBoundary()", "2014-01-01T08:00:00.000000000+14:00"),
-        ("@2014-01-01T08:05-05:00.highBoundary()", "2014-01-01T08:05:59.999999999-05:00"),
-        ("@2014-01-01T08:05:01.5Z.highBoundary()", "2014-01-01T08:05:01.599999999Z"),
-        ("effective.ofType(dateTime).lowBoundary()", "2021-04-05T10:00:00.000000000+02:00"),
+        # dateTimes: to the millisecond; without a zone, the earliest (+14:00) or latest (-12:00)
+        ("@2014-01-01T08.lowBoundary()", "2014-01-01T08:00:00.000+14:00"),
+        ("@2014-01-01T08:05-05:00.highBoundary()", "2014-01-01T08:05:59.999-05:00"),
+        ("@2014-01-01T08:05:01.5Z.highBoundary()", "2014-01-01T08:05:01.599Z"),
+        ("effective.ofType(dateTime).lowBoundary()", "2021-04-05T10:00:00.000+02:00"),
         ("@2014-01-01T08.lowBoundary(8)", "2014-01-01"),
         # times
-        ("@T10:30.lowBoundary()", "10:30:00.000000000"),
-        ("@T10:30.highBoundary()", "10:30:59.999999999"),
-        ("@T10:30:00.25.highBoundary()", "10:30:00.259999999"),
+        ("@T10:30.lowBoundary()", "10:30:00.000"),
+        ("@T10:30.highBoundary()", "10:30:59.999"),
+        ("@T10:30:00.25.highBoundary()", "10:30:00.259"),
     ],
 )
 def test_boundaries(path, expected):
@@ -232,12 +231,8 @@ def test_boundaries(path, expected):
 
 def test_a_date_read_as_datetime_gets_datetime_boundaries():
     obs = {"resourceType": "Observation", "id": "o", "valueDateTime": "2010-10-10"}
-    assert (
-        value("value.ofType(dateTime).lowBoundary()", obs) == "2010-10-10T00:00:00.000000000+14:00"
-    )
-    assert (
-        value("value.ofType(dateTime).highBoundary()", obs) == "2010-10-10T23:59:59.999999999-12:00"
-    )
+    assert value("value.ofType(dateTime).lowBoundary()", obs) == "2010-10-10T00:00:00.000+14:00"
+    assert value("value.ofType(dateTime).highBoundary()", obs) == "2010-10-10T23:59:59.999-12:00"
     patient = {"resourceType": "Patient", "id": "p", "birthDate": "1970-06"}
     assert value("birthDate.lowBoundary()", patient) == "1970-06-01"
     assert value("birthDate.highBoundary()", patient) == "1970-06-30"
@@ -249,8 +244,8 @@ def test_boundaries_of_a_period():
         "id": "e",
         "period": {"start": "2020-01", "end": "2020-03-04"},
     }
-    assert value("period.lowBoundary()", encounter) == "2020-01-01T00:00:00.000000000+14:00"
-    assert value("period.highBoundary()", encounter) == "2020-03-04T23:59:59.999999999-12:00"
+    assert value("period.lowBoundary()", encounter) == "2020-01-01T00:00:00.000+14:00"
+    assert value("period.highBoundary()", encounter) == "2020-03-04T23:59:59.999-12:00"
 
 
 # --- operators: logic, comparison, arithmetic (logic, fhirpath, fhirpath_numbers) ------------------------
