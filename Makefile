@@ -44,9 +44,14 @@ browser:
 
 ## test: lint, docs, every test (unit, integration against real processes, end to end),
 ## then the hub suite again on JupyterHub 5.5
-test: $(STAMP) $(CHP) lint docs browser
+test: $(STAMP) $(CHP) $(VENV)/.installed-spark lint docs browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-jupyterhub5
+
+# pyspark (~450 MB) only for the test that Spark reads a bulk export: `make test` installs it once.
+$(VENV)/.installed-spark: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,spark]'
+	touch $@
 
 $(JH_PREVIOUS_DIR)/.installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(JH_PREVIOUS_DIR) jupyterhub==$(JH_PREVIOUS)

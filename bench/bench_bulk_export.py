@@ -100,6 +100,11 @@ def _timed(
     return elapsed, orjson.loads(stdout)
 
 
+def _decoded_megabytes(out: Path) -> float:
+    """Size of the downloaded NDJSON once decompressed."""
+    return sum(len(gzip.decompress(p.read_bytes())) for p in (out / "ndjson").glob("*/*.gz")) / 1e6
+
+
 def _progress(out: Path) -> int:
     """Lines committed so far, from the export's state file (0 before it exists)."""
     try:
@@ -154,10 +159,12 @@ def main() -> None:
                 peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
                 count = sum(summary["resources"].values())  # type: ignore[attr-defined]
                 megabytes = int(summary["bytes"]) / 1e6  # type: ignore[call-overload]
+                decoded = _decoded_megabytes(workdir / f"out-{parallel}")
                 runs[parallel] = elapsed
                 print(
                     f"export --parallel {parallel}: {count} resources in {elapsed:.2f}s = "
-                    f"{count / elapsed:,.0f} resources/s, {megabytes / elapsed:.1f} MB/s (gzip on the wire), "
+                    f"{count / elapsed:,.0f} resources/s, {decoded / elapsed:.1f} MB/s of NDJSON "
+                    f"({megabytes / elapsed:.2f} MB/s gzip on the wire), "
                     f"client peak RSS {max(peak, before) / 1024:.0f} MiB"
                 )
             print(

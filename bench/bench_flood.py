@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ["PATH"] = f"{ROOT / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"
 
-from hub.harness import Hub, run_hub  # noqa: E402
+from hub_process import Hub, run_hub  # noqa: E402
 from sandbox_process import free_port, run_sandbox  # noqa: E402
 
 CONCURRENCY = 16

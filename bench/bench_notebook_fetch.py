@@ -190,6 +190,21 @@ def _run(name: str, iss: str, token: str) -> dict[str, Any]:
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median wall time."""
+    return sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
+
+
+def print_spread(runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Per client with several runs: each run's wall time and their spread."""
+    for name, each in runs.items():
+        if len(each) > 1:
+            walls = [x["wall"] for x in each]
+            print(
+                f"{name}: wall s per run {', '.join(f'{w:.2f}' for w in walls)} (stdev {statistics.pstdev(walls):.2f})"
+            )
+
+
 def main() -> None:
     observations = int(os.environ.get("BENCH_OBSERVATIONS", "100000"))
     repeat = int(os.environ.get("BENCH_REPEAT", "1"))
@@ -208,7 +223,7 @@ def main() -> None:
         finally:
             process.send_signal(signal.SIGTERM)
             process.wait(30)
-    results = {n: sorted(r, key=lambda x: x["wall"])[len(r) // 2] for n, r in runs.items()}
+    results = {n: median_run(r) for n, r in runs.items()}
     print(
         f"\n{observations:,} Observations of one patient into a DataFrame "
         f"(page size {PAGE}, median of {repeat} run(s) each, fresh process per run)\n"
@@ -242,12 +257,7 @@ def main() -> None:
             )
     if len({r["rows"] for r in results.values()}) > 1:
         print("note: row counts differ (json_normalize keeps one row per resource, as do we here)")
-    for name, r in runs.items():
-        if len(r) > 1:
-            walls = [x["wall"] for x in r]
-            print(
-                f"{name}: wall s per run {', '.join(f'{w:.2f}' for w in walls)} (stdev {statistics.pstdev(walls):.2f})"
-            )
+    print_spread(runs)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ["PATH"] = f"{ROOT / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"
 
-from hub.harness import Hub, run_hub  # noqa: E402
+from hub_process import Hub, run_hub  # noqa: E402
 from sandbox_process import SandboxProcess, free_port, run_sandbox  # noqa: E402
 
 LIFETIME = 30  # seconds; the hub refreshes in the last half of it

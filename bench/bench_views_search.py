@@ -26,7 +26,6 @@ import json
 import os
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,15 @@ from typing import Any
 
 import httpx
 
-from bench.bench_notebook_fetch import PAGE, PATIENT, _start_sandbox, _token, _usage
+from bench.bench_notebook_fetch import (
+    PAGE,
+    PATIENT,
+    _start_sandbox,
+    _token,
+    _usage,
+    median_run,
+    print_spread,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The commit whose parent still has the hand-written flatteners.
@@ -183,10 +190,6 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         return
 
 
-def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
-
-
 def _table(title: str, results: dict[str, dict[str, Any]], observations: int) -> None:
     print(f"\n{title}\n")
     print(
@@ -232,8 +235,8 @@ def main() -> None:
                 subprocess.run(
                     ["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, check=False
                 )
-    flat_results = {name: _median(runs) for name, runs in flat.items()}
-    slow_results = {name: _median(runs) for name, runs in slow.items()}
+    flat_results = {name: median_run(runs) for name, runs in flat.items()}
+    slow_results = {name: median_run(runs) for name, runs in slow.items()}
     _table(
         f"{observations:,} Observations into a DataFrame, no added latency "
         f"(page size {PAGE}, median of {repeat} run(s), fresh process per run)",
@@ -261,12 +264,7 @@ def main() -> None:
     print()
     for name, r in slow_results.items():
         print(f"{name}: {r['wall'] / floor:.2f}x the floor")
-    for name, runs in {**flat, **slow}.items():
-        if len(runs) > 1:
-            walls = [x["wall"] for x in runs]
-            print(
-                f"{name}: wall s per run {', '.join(f'{w:.2f}' for w in walls)} (stdev {statistics.pstdev(walls):.2f})"
-            )
+    print_spread({**flat, **slow})
 
 
 if __name__ == "__main__":

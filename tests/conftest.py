@@ -3,25 +3,27 @@
 ``sandbox`` is one real sandbox EHR process per test session, auto-approving,
 with a public, a symmetric and an asymmetric test client registered. Tests that
 need other settings start their own with :func:`tests.sandbox_process.run_sandbox`.
+
+``secret_scan`` (autouse, from :mod:`leak_scan`) collects every secret the
+session's tests handle and, when the session ends, looks for them in every log,
+audit trail and database its hubs and sandboxes wrote.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from leak_scan import secret_scan  # noqa: F401 (an autouse session fixture)
+from sandbox_process import SandboxProcess, run_sandbox
 
-sys.path.insert(0, str(Path(__file__).parent))
 # JupyterHub needs configurable-http-proxy, installed locally by `make` under node_modules.
 _NODE_BIN = Path(__file__).resolve().parent.parent / "node_modules" / ".bin"
 if _NODE_BIN.is_dir() and str(_NODE_BIN) not in os.environ.get("PATH", ""):
     os.environ["PATH"] = f"{_NODE_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
-
-from sandbox_process import SandboxProcess, run_sandbox  # noqa: E402
 
 #: Redirect URI registered for the test clients (nothing needs to listen there:
 #: tests read the ``Location`` header instead of following it).

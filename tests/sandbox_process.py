@@ -2,7 +2,7 @@
 
 Tests talk to the sandbox over HTTP exactly as a hub or a notebook does; this
 module only spawns ``jupyterhub-smart sandbox``, waits for its ready line, keeps
-its output in a log file that tests can grep for secrets, and stops it.
+its output in a log file (which the session's secret scan reads), and stops it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from leak_scan import saw, wrote_sandbox
 
 READY = re.compile(r"SMART sandbox ready: iss=(?P<iss>\S+)")
 
@@ -153,6 +155,9 @@ def run_sandbox(
         *(["--auto-approve"] if auto_approve else []),
         *extra_args,
     ]
+    wrote_sandbox(data_dir, log_path)
+    for client in clients:
+        saw(client.get("client_secret"), kind="client secret")
     process, ready, found = start_logged(cmd, log_path, READY, mode="w")
     deadline = time.monotonic() + timeout
     while not ready.wait(0.1):

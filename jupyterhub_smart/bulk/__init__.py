@@ -68,6 +68,7 @@ def export(
     audit_log: str | Path | None = None,
     lock_dir: str | Path | None = None,
     http: Any = None,
+    work_dir: str | Path | None = None,
 ) -> ExportResult:
     """Run one export into ``out`` and return its :class:`ExportResult`.
 
@@ -76,7 +77,8 @@ def export(
     ``system/*.rs``) or with ``auth``, an ``httpx.Auth`` such as the
     notebook's (a user's own token, for patient- or group-level exports).
     ``since="auto"`` continues from the previous run's ``transactionTime`` in
-    ``out``. Raises :class:`BulkError` (with an ``exit_code``) when the export
+    ``out``; an fsspec URL as ``out`` (``s3://bucket/prefix``) exports into
+    ``work_dir`` (default: under ``~/.cache``) and uploads the result. Raises :class:`BulkError` (with an ``exit_code``) when the export
     cannot finish; a result whose ``exit_code`` is 3 saved everything but
     carries server errors or bad lines (see ``summary``).
     """
@@ -101,7 +103,8 @@ def export(
     return run_from_options(
         spec,
         fhir_url=fhir_url,
-        out=Path(out),
+        out=out,
+        work_dir=Path(work_dir) if work_dir else None,
         client_id=client_id,
         key=str(key) if key is not None else None,
         auth=auth,

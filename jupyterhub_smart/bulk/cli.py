@@ -98,7 +98,18 @@ def register(subparsers: Any) -> None:
         metavar="NAME|FILE",
         help="also write views/<name>/ with this ViewDefinition (a built-in name or a JSON file; repeatable)",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR|URL",
+        help="output directory, or an fsspec URL such as s3://bucket/prefix (exported into "
+        "--work-dir, then uploaded)",
+    )
+    p.add_argument(
+        "--work-dir",
+        metavar="DIR",
+        help="local staging directory of a URL --out (default: under ~/.cache/jupyterhub-smart)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the unfinished export in --out")
     p.add_argument(
         "--cancel", action="store_true", help="DELETE the unfinished export of --out at the server"
@@ -206,7 +217,7 @@ def run_from_options(
     spec: Any,
     *,
     fhir_url: str,
-    out: Path,
+    out: str | Path,
     client_id: str | None,
     key: str | None,
     auth: Any,
@@ -225,6 +236,7 @@ def run_from_options(
     show_progress: bool,
     key_id: str | None = None,
     chunk_lines: int = 5_000,
+    work_dir: Path | None = None,
 ) -> Any:
     """Build the HTTP client, auth, views and audit for an export and run it."""
     import contextlib
@@ -234,6 +246,7 @@ def run_from_options(
     from .. import views as views_pkg
     from .auth import BackendServicesAuth, discover_token_endpoint
     from .errors import BulkError
+    from .remote import default_staging, is_remote, sync
     from .run import RunOptions, run_export
 
     definitions = [_load_view(v) for v in views]
@@ -263,8 +276,10 @@ def run_from_options(
             )
         audit = _audit_writer(stack, audit_log, fhir_url)
         bar = stack.enter_context(_progress_bar(show_progress))
+        remote_url = str(out) if is_remote(out) else None
+        local_out = (work_dir or default_staging(str(out))) if remote_url else Path(out)
         options = RunOptions(
-            out=out,
+            out=local_out,
             resume=resume,
             cancel=cancel,
             keep_server_job=keep_server_job,
@@ -279,9 +294,14 @@ def run_from_options(
             on_bytes=bar.update,
             audit=audit,
         )
-        return run_export(
+        result = run_export(
             http, auth, fhir_url.rstrip("/"), client_id or "user-token", spec, options
         )
+        if remote_url is not None and result.summary.get("status") == "complete":
+            bar.status(f"uploading to {remote_url}")
+            result.summary["remote"] = remote_url
+            result.summary["uploaded_files"] = sync(local_out, remote_url)
+        return result
 
 
 def _audit_writer(stack: Any, path: Path | None, fhir_url: str) -> Any:
@@ -381,7 +401,8 @@ def _run(args: argparse.Namespace) -> int:
         result = run_from_options(
             spec,
             fhir_url=args.fhir_url,
-            out=Path(args.out),
+            out=args.out,
+            work_dir=Path(args.work_dir) if args.work_dir else None,
             client_id=args.client_id,
             key=args.key,
             key_id=args.key_id,

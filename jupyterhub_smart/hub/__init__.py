@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+from .access_log import scrub_secret_params
 from .authenticator import SMARTAuthenticator
+
+scrub_secret_params()
 
 __all__ = ["SMARTAuthenticator"]

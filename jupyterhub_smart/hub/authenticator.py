@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub.crypto import CryptKeeper, EncryptionUnavailable, NoEncryptionKeys
-from jupyterhub.log import log_request
 from jupyterhub.utils import url_path_join
 from oauthenticator.oauth2 import OAuthenticator
 from traitlets import Bool, Callable, Dict, Float, Integer, List, Unicode, default, validate
@@ -44,7 +43,6 @@ from ..smart.issuers import IssuerPolicy, IssuerRegistration
 from ..smart.launch_context import LaunchContext, fhir_user_reference
 from ..smart.scopes import missing_scopes, require_scopes
 from ..smart.tokens import exchange_code
-from .access_log import scrubbing
 from .audit_budget import AuditBudget
 from .audit_handlers import audit_handlers
 from .ehr import EHRConnections
@@ -59,10 +57,11 @@ from .pending import PendingLogin, PendingLogins
 from .published_keys import SMARTJWKSHandler, jwk_set, load_published_keys
 from .refresh import TokenRefresher
 from .scopes import define_smart_scopes, register_smart_scopes
+from .sealed import RefreshTokenSeal
 from .token_api import SMARTTokenAPIHandler
 from .tokenstate import new_auth_state
 from .trail import HubTrail, client_fields, reference
-from .username import default_username
+from .username import colliding_issuers, default_username
 
 __all__ = ["SMARTAuthenticator"]
 
@@ -138,7 +137,9 @@ class SMARTAuthenticator(OAuthenticator):
         help="""Callable (issuer, fhir_user, claims) -> username, replacing the default
         mapping `practitioner-123@ehr.example.org-fhir`. `fhir_user` is "Type/id" or None;
         `claims` the verified id_token claims ({} without openid). It may be async. Must be
-        stable (same person, same name) and unique across issuers.""",
+        stable (same person, same name) and unique across issuers: keep the issuer in the
+        name, and do not fold ids that differ only in case. With it set, the start-up check
+        that configured issuers give distinct default usernames is skipped.""",
     )
 
     audit_log_path = Unicode(
@@ -301,6 +302,17 @@ class SMARTAuthenticator(OAuthenticator):
                 f"SMARTAuthenticator.default_issuer {self.default_issuer!r} is not one of "
                 f"SMARTAuthenticator.issuers ({', '.join(policy.issuers) or 'none'})."
             )
+        clashes: list[tuple[str, str]] = (
+            colliding_issuers(policy.issuers) if self.username_mapper is None else []
+        )
+        if clashes:
+            raise ValueError(
+                "SMARTAuthenticator.issuers: the default usernames of these EHRs' users would "
+                "be the same (the issuer part of a username is lower-cased, '/' becomes '-', "
+                "and it keeps 120 characters): "
+                + "; ".join(f"{a!r} and {b!r}" for a, b in clashes)
+                + ". Set SMARTAuthenticator.username_mapper to a mapping that keeps them apart."
+            )
         if not self.enable_auth_state:
             self.log.warning(
                 "SMARTAuthenticator.enable_auth_state is off: EHR tokens are not kept, so "
@@ -341,6 +353,7 @@ class SMARTAuthenticator(OAuthenticator):
             leeway=self.refresh_leeway,
             forced_interval=self.forced_refresh_interval,
             log=self.log,
+            seal=RefreshTokenSeal(CryptKeeper.instance().keys) if self.enable_auth_state else None,
         )
 
     def _note_refused_setting(self, change: Mapping[str, Any]) -> None:
@@ -396,13 +409,10 @@ class SMARTAuthenticator(OAuthenticator):
     def get_handlers(self, app: Any) -> list[tuple[str, type]]:
         """OAuthenticator's login/callback/logout, the token API, the JWK Set, audit reports.
 
-        Also where the SMART scopes join the ``user`` and ``server`` roles and the
-        access log learns to scrub SMART's values: JupyterHub calls this after
-        loading roles and its tornado settings, before spawning any server.
+        Also where the SMART scopes join the ``user`` and ``server`` roles: JupyterHub
+        calls this after loading roles and before spawning any server.
         """
         allow_framing(app.tornado_settings, self.frame_ancestors)
-        settings = app.tornado_settings
-        settings["log_function"] = scrubbing(settings.get("log_function") or log_request)
         register_smart_scopes(app)
         if self.inactivity is not None:
             self._check_activity_resolution(app)
@@ -479,6 +489,8 @@ class SMARTAuthenticator(OAuthenticator):
         auth_state = new_auth_state(reg.issuer, config, token, context, fhir_user, sub)
         if self.modify_auth_state_hook is not None:
             auth_state = await self._call_modify_auth_state_hook(auth_state)
+        if self.refresher.seal is not None and isinstance(auth_state, Mapping):
+            auth_state = self.refresher.seal.seal(auth_state)  # the refresh token never leaves
         auth_model: dict[str, Any] = {
             "name": username,
             "admin": True if username in self.admin_users else None,
@@ -591,8 +603,8 @@ class SMARTAuthenticator(OAuthenticator):
 
     async def withdraw_access(self, user: Any, reason: str) -> None:
         """Revoke the user's EHR grant, drop the stored tokens and record why (once)."""
-        state = await user.get_auth_state()
-        if not holds_tokens(state):
+        state = await self.refresher.load(user)
+        if state is None or not holds_tokens(state):
             return
         grant = await self.refresher.end_grant(user, revoke=True)
         self.log.warning("EHR access of %s withdrawn: %s", user.name, reason)

@@ -12,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .sealed import SEALED_KEY
+
 __all__ = ["end_grant", "holds_tokens"]
 
 
 def holds_tokens(state: object) -> bool:
     """True when an auth_state still holds an access or refresh token."""
     return isinstance(state, Mapping) and bool(
-        state.get("access_token") or state.get("refresh_token")
+        state.get("access_token") or state.get("refresh_token") or state.get(SEALED_KEY)
     )
 
 
@@ -30,7 +32,7 @@ async def end_grant(authenticator: Any, user: Any) -> Mapping[str, Any] | None:
     shared with logout): a failed revocation is an ERROR and a
     ``token-revocation-failed`` event, and the tokens are dropped all the same.
     """
-    state = await user.get_auth_state()
+    state = await authenticator.refresher.load(user)
     if not isinstance(state, Mapping) or not state.get("iss"):
         return None
     await authenticator.refresher.end_grant(user, revoke=authenticator.revoke_on_logout)

@@ -34,6 +34,7 @@ from ..smart.singleflight import SingleFlight
 from ..smart.tokens import refresh_access_token, revoke_token
 from .ehr import EHRConnections
 from .errors import ReauthenticationRequired, RefreshRateLimited
+from .sealed import SEALED_KEY, RefreshTokenSeal, SealBroken
 from .tokenstate import AuthStateCache, expires_within, with_refreshed, without_tokens
 from .trail import HubTrail, reference
 
@@ -100,15 +101,18 @@ class TokenRefresher:
         leeway: float,
         forced_interval: float,
         log: logging.Logger,
+        seal: RefreshTokenSeal | None = None,
     ) -> None:
         self.ehr = ehr
+        #: Seals the refresh token inside auth_state (None: auth_state is not kept).
+        self.seal = seal
         self.trail = trail
         self.leeway = leeway
         self.forced_interval = forced_interval
         self.log = log
         self.flight: SingleFlight[dict[str, Any]] = SingleFlight()
         #: Decrypted auth_state reused while its ciphertext is unchanged (token API speed).
-        self.auth_states = AuthStateCache()
+        self.auth_states = AuthStateCache(self.open_state)
         self.forced = ForcedRefreshLimiter()
         # (username, issuer) pairs whose "EHR no longer configured" is on the audit trail
         # already: refresh_user and the token API both find out, and JupyterHub 5 runs
@@ -127,7 +131,7 @@ class TokenRefresher:
         again (refresh refused with invalid_grant, no refresh token left, or
         their EHR is no longer configured).
         """
-        state = await user.get_auth_state()
+        state = await self.load(user)
         if not isinstance(state, Mapping) or not state.get("access_token"):
             return True
         if await self._removed_issuer(user, state):
@@ -149,7 +153,8 @@ class TokenRefresher:
                 "Refreshed the SMART tokens of %s but the audit trail is unavailable", user.name
             )
             return True
-        return {"auth_state": fresh}
+        # JupyterHub stores what this returns: sealed, like every write of auth_state.
+        return {"auth_state": self.seal.seal(fresh) if self.seal is not None else fresh}
 
     async def fresh_auth_state(
         self, user: Any, *, min_validity: float, rejected: str | None = None
@@ -194,15 +199,41 @@ class TokenRefresher:
                 self.forced.failed(user.name, rejected, exc)
             if forced or isinstance(exc, ReauthenticationRequired):
                 raise  # a refused token is never handed out again
-            current = await user.get_auth_state()
+            current = await self.load(user)
             if isinstance(current, Mapping) and not expires_within(current, 0):
                 return dict(current)  # still valid, just short: better than nothing
             raise
 
+    async def load(self, user: Any) -> dict[str, Any] | None:
+        """The user's auth_state as the hub works on it (refresh token opened, :mod:`.sealed`).
+
+        A seal no key opens (the crypt key was replaced without keeping the old
+        one) leaves the state without a refresh token: the user signs in again
+        once the access token expires.
+        """
+        state = await user.get_auth_state()
+        if not isinstance(state, Mapping):
+            return None
+        return self.open_state(user.name, state)
+
+    def open_state(self, name: str, state: Mapping[str, Any]) -> dict[str, Any]:
+        """``state`` with its refresh token opened (see :meth:`load`)."""
+        if self.seal is None:
+            return dict(state)
+        try:
+            return self.seal.open(state)
+        except SealBroken as exc:
+            self.log.error("The refresh token of %s cannot be opened: %s", name, exc)
+            return {key: value for key, value in state.items() if key != SEALED_KEY}
+
+    async def store(self, user: Any, state: Mapping[str, Any]) -> None:
+        """Save ``state`` with its refresh token sealed (:mod:`.sealed`)."""
+        await user.save_auth_state(self.seal.seal(state) if self.seal is not None else dict(state))
+
     async def forget_tokens(self, user: Any, state: Mapping[str, Any]) -> None:
         """Store ``state`` without its credentials and drop the user's decrypted copy."""
         async with self._storing[user.name]:
-            await user.save_auth_state(without_tokens(state))
+            await self.store(user, without_tokens(state))
             self.auth_states.forget(user.name)
 
     async def end_grant(self, user: Any, *, revoke: bool) -> str:
@@ -212,7 +243,7 @@ class TokenRefresher:
         must not say the grant ended when the EHR did not confirm it. A failed
         revocation is an ERROR and a ``token-revocation-failed`` event.
         """
-        state = await user.get_auth_state()
+        state = await self.load(user)
         if not isinstance(state, Mapping) or not state.get("iss"):
             return "no EHR grant was held"
         iss = state["iss"]
@@ -314,7 +345,7 @@ class TokenRefresher:
         ``rejected``: forced because the FHIR server refused the token with this
         SHA-256 (refresh even though it has not expired, unless it was replaced).
         """
-        state = dict(await user.get_auth_state() or {})
+        state = dict(await self.load(user) or {})
         token = state.get("access_token")
         refused = (
             isinstance(token, str) and rejected is not None and fingerprint_matches(token, rejected)
@@ -365,11 +396,11 @@ class TokenRefresher:
             )
             raise
         async with self._storing[user.name]:
-            stored = await user.get_auth_state()
+            stored = await self.load(user)
             current = stored.get("refresh_token") if isinstance(stored, Mapping) else None
             if current == refresh_token:
                 state = with_refreshed(state, response)
-                await user.save_auth_state(state)
+                await self.store(user, state)
         if current != refresh_token:  # a logout dropped the tokens, or a new sign-in replaced them
             return await self._discard_refresh(user, state, response.refresh_token, stored)
         await self.trail.event(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..smart.discovery import SMARTConfiguration
@@ -32,7 +32,7 @@ __all__ = [
 
 #: auth_state keys that are credentials: never logged, never returned by the token API
 #: (except ``access_token``), never put in the spawner's environment.
-SECRET_KEYS = frozenset({"access_token", "refresh_token", "id_token"})
+SECRET_KEYS = frozenset({"access_token", "refresh_token", "id_token", "sealed_refresh_token"})
 
 #: What the token API returns (the refresh token is never among them).
 TOKEN_API_FIELDS = (
@@ -153,7 +153,16 @@ class AuthStateCache:
     logout drops the user's entry, and at most ``max_users`` are kept.
     """
 
-    def __init__(self, max_users: int = 10000) -> None:
+    def __init__(
+        self,
+        opener: Callable[[str, Mapping[str, Any]], dict[str, Any]] = lambda _name, state: dict(
+            state
+        ),
+        max_users: int = 10000,
+    ) -> None:
+        #: Turns a stored auth_state into the form the hub works on (the sealed refresh
+        #: token opened): done once per stored version, like the decryption.
+        self._open = opener
         self._entries: OrderedDict[str, tuple[bytes, dict[str, Any]]] = OrderedDict()
         self._max_users = max_users
 
@@ -164,7 +173,7 @@ class AuthStateCache:
         if not isinstance(encrypted, bytes):
             self._entries.pop(name, None)
             state = await user.get_auth_state()
-            return dict(state) if isinstance(state, Mapping) else None
+            return self._open(name, state) if isinstance(state, Mapping) else None
         hit = self._entries.get(name)
         if hit is not None and hit[0] == encrypted:
             self._entries.move_to_end(name)
@@ -175,11 +184,12 @@ class AuthStateCache:
             return None
         # Keyed by the ciphertext read *before* decrypting: if a write raced with the
         # decryption, the key no longer matches and the next call decrypts again.
-        self._entries[name] = (encrypted, dict(state))
+        opened = self._open(name, state)
+        self._entries[name] = (encrypted, opened)
         self._entries.move_to_end(name)
         while len(self._entries) > self._max_users:
             self._entries.popitem(last=False)
-        return dict(state)
+        return dict(opened)
 
     def forget(self, name: str) -> None:
         """Drop a user's entry (logout: no decrypted tokens kept in memory for them)."""

@@ -31,7 +31,15 @@ from .fhirtypes import (
 )
 from .parser import FhirPathSyntaxError, Node, parse
 
-__all__ = ["CompileError", "Env", "EvaluationError", "Evaluator", "Typed", "compile_path"]
+__all__ = [
+    "CompileError",
+    "Env",
+    "EvaluationError",
+    "Evaluator",
+    "FhirPathSyntaxError",
+    "Typed",
+    "compile_path",
+]
 
 Collection = list[Any]
 Evaluator = Callable[[Collection, "Env"], Collection]
@@ -866,10 +874,6 @@ def _not(items: Collection) -> Collection:
 _simple("not", _not)
 
 
-def _int_argument(compiler: _Compiler, node: Node, name: str) -> Evaluator:
-    return compiler.compile(node)
-
-
 @_function("skip", 1, 1)
 def _skip(compiler: _Compiler, base: Evaluator, args: list[Node]) -> Evaluator:
     count = compiler.compile(args[0])
@@ -1301,6 +1305,3 @@ _FUNCTIONS["highBoundary"] = (0, 1, _boundary(True))
 def compile_path(text: str, constants: Mapping[str, Collection]) -> Evaluator:
     """Compile FHIRPath ``text``; raises :class:`CompileError` or ``FhirPathSyntaxError``."""
     return _Compiler(constants).compile(parse(text))
-
-
-__all__ += ["FhirPathSyntaxError"]

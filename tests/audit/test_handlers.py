@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hub_process import Hub, run_hub
 
 from jupyterhub_smart.audit.verify import expand_paths, iter_verified
 
 from .helpers import can_mount, fill, tmpfs, wait_for
-from .hub_harness import Hub, run_hub
 
 pytestmark = pytest.mark.slow  # a real JupyterHub process per module
 
@@ -32,7 +32,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
 
 @pytest.fixture(scope="module")
 def alice(hub: Hub) -> str:
-    return hub.user_token("alice")
+    return hub.user_token("alice", create=True)
 
 
 def audit_records_at(path: Path) -> list[dict]:
@@ -119,7 +119,7 @@ def test_only_a_users_token(hub: Hub) -> None:
 
 
 def test_a_flood_is_rate_limited_per_user(hub: Hub) -> None:
-    flood = hub.user_token("flood")
+    flood = hub.user_token("flood", create=True)
     limited = None
     for _ in range(15):  # default burst is 2000 events: 200 per request
         response = post(hub, flood, {"events": [SEARCH] * 200})
@@ -131,7 +131,7 @@ def test_a_flood_is_rate_limited_per_user(hub: Hub) -> None:
     assert int(limited.headers["Retry-After"]) >= 1
     assert "too many audit events" in limited.json()["message"]
     # Another user is not slowed down by the flood, and the hub still answers.
-    other = hub.user_token("calm")
+    other = hub.user_token("calm", create=True)
     assert post(hub, other, {"events": [SEARCH]}).status_code == 201
     assert "rate-limited" in hub.log_text()
 
@@ -163,7 +163,7 @@ def test_full_audit_disk_answers_503_and_the_hub_keeps_running(tmp_path: Path) -
     with tmpfs(tmp_path / "disk", size="64k") as disk:
         path = disk / "audit.jsonl"
         with run_hub(tmp_path / "hub", audit_path=path) as hub:
-            token = hub.user_token("dora")
+            token = hub.user_token("dora", create=True)
             assert post(hub, token, {"events": [SEARCH]}).status_code == 201
             filler = fill(disk)
             accepted = 1
@@ -192,7 +192,7 @@ def test_notebook_reporter_batches_to_the_hub(hub: Hub) -> None:
     from jupyterhub_smart.notebook.events import DataAccessEvent
     from jupyterhub_smart.notebook.reporting import HubAuditReporter
 
-    token = hub.user_token("erin")
+    token = hub.user_token("erin", create=True)
     reporter = HubAuditReporter(f"{hub.url}/hub/api/smart/audit", token, flush_interval=0.05)
     search = DataAccessEvent(
         action="search",
@@ -232,7 +232,7 @@ def test_notebook_reporter_batches_to_the_hub(hub: Hub) -> None:
 
 def test_a_token_note_cannot_invent_a_server(hub: Hub) -> None:
     """Users can write their own token notes: a claimed server must really be theirs."""
-    user = hub.user_token("frank")
+    user = hub.user_token("frank", create=True)
     with hub.api(user) as client:
         response = client.post("/users/frank/tokens", json={"note": "Server at /user/frank/fake/"})
         assert response.status_code == 201, response.text

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hub.harness import Browser, Hub, ehr_launch, patient_ids, run_hub
+from hub_process import Browser, Hub, ehr_launch, patient_ids, run_hub
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.audit.events import ISSUER_SYSTEM

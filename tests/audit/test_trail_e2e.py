@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hub.harness import Browser, Hub, ehr_launch, patient_ids, run_hub
+from hub_process import Browser, Hub, ehr_launch, patient_ids, run_hub
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.notebook import connect

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hub_process import Hub, run_hub
 from jupyterhub.crypto import CryptKeeper
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.smart.keys import write_key_pair
 
 from .evil_ehr import EvilEHR, run_evil_ehr
-from .harness import Hub, run_hub
 
 #: Every test client is 127.0.0.1: the package's hubs record each unauthenticated request
 #: on its own (tests read those records), the audit budget has its own test (test_flood).

@@ -6,9 +6,9 @@ with the public key, wrong audience, expired, wrong nonce), a token endpoint
 answering 500, HTML, JSON without ``access_token`` or nothing in time, and a
 discovery document missing required fields; and the good answers a real
 sandbox does not give on demand (every launch-context field, another user,
-no identity at all). Everything it receives is kept
-(``received``) so tests can grep the hub's log for the codes and client
-assertions that were sent.
+no identity at all). Everything it receives is kept (``received``), and the
+codes, client assertions and tokens it sees or issues go to the session's
+secret scan.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from urllib.parse import parse_qs
 
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from leak_scan import saw
 
 
 def _b64(data: bytes) -> str:
@@ -44,6 +45,15 @@ FULL_CONTEXT: dict[str, Any] = {
     "intent": "reconcile-medications",
     "tenant": "hospital-2",
     "fhirContext": [{"reference": "DiagnosticReport/r1"}, {"reference": "Location/l1"}],
+}
+
+
+#: Fields of a token request that carry a secret, and what each is.
+SECRET_FIELDS = {
+    "code": "authorization code",
+    "client_assertion": "client assertion",
+    "code_verifier": "code verifier",
+    "refresh_token": "refresh token",
 }
 
 
@@ -139,6 +149,8 @@ class EvilEHR:
         access = "evil-access-" + secrets.token_urlsafe(16)
         refresh = "evil-refresh-" + secrets.token_urlsafe(16)
         self.issued += [access, refresh]
+        saw(access, kind="access token")
+        saw(refresh, kind="refresh token")
         body: dict[str, Any] = {
             "access_token": access,
             "token_type": "Bearer",
@@ -170,6 +182,7 @@ def run_evil_ehr(port: int) -> Iterator[EvilEHR]:
     key = RSAKey.generate_key(2048, parameters={"kid": "evil-1"}, private=True)
     other = RSAKey.generate_key(2048, parameters={"kid": "evil-1"}, private=True)
     ehr = EvilEHR(origin=f"http://127.0.0.1:{port}", key=key, other_key=other)
+    saw(ehr.client_secret, kind="client secret")
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: Any) -> None:
@@ -201,6 +214,9 @@ def run_evil_ehr(port: int) -> Iterator[EvilEHR]:
             form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
             form["authorization"] = self.headers.get("Authorization") or ""
             ehr.received.append(form)
+            for key, kind in SECRET_FIELDS.items():
+                saw(form.get(key), kind=kind)
+            saw(form["authorization"].partition(" ")[2], kind="client credentials")
             if ehr.mode == "token_timeout":
                 time.sleep(ehr.token_delay or 4.0)
             with suppress(BrokenPipeError, ConnectionResetError):

@@ -12,14 +12,11 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
+from hub_process import Browser, Hub, launch_until_callback, location, patient_ids, query
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from .conftest import EvilEnv, SmartEnv
-from .harness import Browser, Hub, location, patient_ids, query
-
-#: Authorization codes the tests sent to a hub (the secrets test greps for them).
-CODES: list[str] = []
 
 
 def _still_serving(hub: Hub) -> None:
@@ -43,8 +40,6 @@ def _start(browser: Browser, hub: Hub, iss: str, **params: str) -> dict[str, str
 
 
 def _callback(browser: Browser, hub: Hub, **params: str) -> httpx.Response:
-    if "code" in params:
-        CODES.append(params["code"])
     return browser.get(hub.callback_url, params=params)
 
 
@@ -166,13 +161,7 @@ def test_state_forged(smart_env: SmartEnv) -> None:
 def test_callback_replayed_and_other_browser(smart_env: SmartEnv) -> None:
     hub, sandbox = smart_env.hub, smart_env.public
     with Browser() as browser:
-        start = httpx.URL(
-            sandbox.origin + "/ehr/launch",
-            params={"app": hub.login_url, "patient": patient_ids(sandbox)[0]},
-        )
-        hop = browser.follow(str(start), stop_at=hub.callback_url)
-        callback = location(hop)
-        CODES.append(query(callback)["code"])
+        callback = launch_until_callback(browser, sandbox, hub, patient_ids(sandbox)[0])
         with (
             _one_log_entry(hub, "refused (400 invalid_state)"),
             Browser() as stranger,  # the authorization response stolen by another browser
@@ -190,13 +179,7 @@ def test_state_replayed_after_a_successful_login(smart_env: SmartEnv) -> None:
     """The callback that signed the user in, sent again by the same browser: refused."""
     hub, sandbox = smart_env.hub, smart_env.public
     with Browser() as browser:
-        start = httpx.URL(
-            sandbox.origin + "/ehr/launch",
-            params={"app": hub.login_url, "patient": patient_ids(sandbox)[0]},
-        )
-        hop = browser.follow(str(start), stop_at=hub.callback_url)
-        callback = location(hop)
-        CODES.append(query(callback)["code"])
+        callback = launch_until_callback(browser, sandbox, hub, patient_ids(sandbox)[0])
         assert browser.get(callback).status_code == 302  # signed in
         with _one_log_entry(hub, "refused (400 invalid_state)"):
             replay = browser.get(callback)
@@ -206,13 +189,9 @@ def test_state_replayed_after_a_successful_login(smart_env: SmartEnv) -> None:
 def test_code_replayed_with_a_fresh_state_fails_at_the_ehr(smart_env: SmartEnv) -> None:
     hub, sandbox = smart_env.hub, smart_env.public
     with Browser() as browser:
-        start = httpx.URL(
-            sandbox.origin + "/ehr/launch",
-            params={"app": hub.login_url, "patient": patient_ids(sandbox)[0]},
-        )
-        hop = browser.follow(str(start), stop_at=hub.callback_url)
-        first = query(location(hop))
-        assert browser.get(location(hop)).status_code == 302
+        callback = launch_until_callback(browser, sandbox, hub, patient_ids(sandbox)[0])
+        first = query(callback)
+        assert browser.get(callback).status_code == 302
         params = _start(browser, hub, sandbox.iss)
         response = _callback(
             browser, hub, code=first["code"], state=params["state"], iss=first["iss"]

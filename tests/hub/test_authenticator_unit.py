@@ -190,12 +190,14 @@ async def test_refresh_user_refreshes_near_expiry_and_keeps_the_rotated_token(
     user = FakeUser(_state(expires_in=60))  # inside the 300 s leeway
     result = await auth.refresh_user(user)
     assert isinstance(result, dict)
-    state = result["auth_state"]
+    assert "refresh_token" not in result["auth_state"]  # sealed for storage
+    state = auth.refresher.open_state("u", result["auth_state"])
     assert state["access_token"] == "new-access-1"
     assert state["refresh_token"] == "rotated-refresh-1"
     assert state["expires_at"] > time.time() + 3000
     assert state["patient"] == "p1"  # the launch context survives a refresh
-    assert user.saved == 1 and user.state["refresh_token"] == "rotated-refresh-1"  # persisted
+    stored = auth.refresher.open_state("u", user.state)
+    assert user.saved == 1 and stored["refresh_token"] == "rotated-refresh-1"  # persisted
     assert ehr.refreshes == 1
 
 
@@ -210,7 +212,9 @@ async def test_refresh_user_keeps_the_session_when_the_ehr_blinks(
     before = dict(user.state)
     result = await auth.refresh_user(user)
     # True, or the unchanged state (the current token still works for a minute)
-    assert result is True or result == {"auth_state": before}, result
+    assert result is True or (
+        auth.refresher.open_state("u", result["auth_state"]) == before  # stored sealed
+    ), result
     assert user.state == before and user.saved == 0
     assert ehr.refreshes == 1
     assert "keeping the session" in caplog.text
@@ -311,7 +315,9 @@ async def test_refresh_with_a_full_audit_disk_keeps_the_new_tokens_and_hands_non
             else:
                 assert await auth.refresh_user(user) is True
             assert ehr.refreshes == 1 and user.saved == 1
-            assert user.state["refresh_token"] == "rotated-refresh-1"
+            assert auth.refresher.open_state("u", user.state)["refresh_token"] == (
+                "rotated-refresh-1"
+            )
         auth.get_audit_log().close()
 
 

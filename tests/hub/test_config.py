@@ -13,11 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hub_process import Browser, Hub, ehr_launch, location, patient_ids, query, run_hub
 
 from .conftest import EvilEnv, SmartEnv
 from .evil_ehr import EvilEHR
-from .harness import Browser, Hub, ehr_launch, location, patient_ids, query, run_hub
-from .test_attacks import CODES
 
 
 def _exits_with(hub: Hub, words: str) -> str:
@@ -67,6 +66,14 @@ def test_hub_refuses_to_start_without_crypt_key(tmp_path: Path, smart_env: Smart
             {"https://ehr.example/fhir": {"client_id": "x"}},
             {"inactivity_timeout": -5},
             "inactivity_timeout must be 0 (off) or positive",
+        ),
+        (
+            {
+                "https://ehr.example/fhir/r4": {"client_id": "x"},
+                "https://ehr.example/fhir-r4": {"client_id": "y"},
+            },
+            {},
+            "default usernames of these EHRs' users would be the same",
         ),
     ],
 )
@@ -264,7 +271,6 @@ def test_full_audit_disk_when_a_refresh_is_due_is_503_and_nothing_is_lost(
                     params = query(location(start))
                     evil.nonce = params["nonce"]
                     code = "evil-code-" + secrets.token_urlsafe(12)
-                    CODES.append(code)
                     answer = browser.get(
                         hub.callback_url, params={"code": code, "state": params["state"]}
                     )
@@ -363,7 +369,6 @@ def _finish_at_evil(
     env.evil.mode, env.evil.nonce, env.evil.fhir_user = mode, params.get("nonce"), fhir_user
     try:
         code = "evil-code-" + secrets.token_urlsafe(12)
-        CODES.append(code)
         return browser.get(env.hub.callback_url, params={"code": code, "state": params["state"]})
     finally:
         env.evil.fhir_user = "Practitioner/evil-1"

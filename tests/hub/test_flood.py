@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from hub_process import Browser, Hub, location, run_hub
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from .conftest import sandbox_client
-from .harness import Browser, Hub, location, run_hub
 
 PER_CLIENT = 5
 GLOBAL = 20

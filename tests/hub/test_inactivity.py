@@ -19,12 +19,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hub_process import Browser, Hub, ehr_launch, patient_ids, run_hub
+from leak_scan import saw
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.notebook import HubTokenProvider, ReauthenticationRequired, connect
 
 from .conftest import sandbox_client
-from .harness import SEEN_TOKENS, Browser, Hub, ehr_launch, patient_ids, run_hub
 
 TIMEOUT = 10  # seconds; the sweep runs every second at this timeout
 
@@ -90,7 +91,7 @@ def test_idle_user_is_logged_off_and_a_working_kernel_is_not(
         with hub.api(hub.admin_token) as api:
             name = next(u["name"] for u in api.get("/users").json() if "@" in u["name"])
         _pid, server_token = _start_server(hub, name, browser)
-        SEEN_TOKENS.append(server_token)
+        saw(server_token, kind="hub API token")
         token_api = f"{hub.url}/hub/api/smart/token"
         monkeypatch.setenv("JUPYTERHUB_API_URL", f"{hub.url}/hub/api")
         monkeypatch.setenv("JUPYTERHUB_API_TOKEN", server_token)
@@ -110,7 +111,7 @@ def test_idle_user_is_logged_off_and_a_working_kernel_is_not(
                     time.sleep(1)
                 assert not _events(hub, "automatic-logoff", name)
                 access_token = str(answer.json()["access_token"])
-                SEEN_TOKENS.append(access_token)
+                saw(access_token, kind="access token")
 
                 # the kernel stops; nothing else happens for this user
                 deadline = time.monotonic() + 10 * TIMEOUT

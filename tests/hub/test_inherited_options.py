@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hub_process import run_hub
 from traitlets.config import Config
 
 from jupyterhub_smart.hub import SMARTAuthenticator
 from jupyterhub_smart.hub.inherited import REFUSED
-
-from .harness import run_hub
 
 EHR = "https://ehr.example/fhir"
 ISSUERS = {EHR: {"client_id": "hub"}}

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import httpx
+from hub_process import Browser, ehr_launch, launch_until_callback, location, patient_ids, query
 
 from .conftest import SmartEnv
-from .harness import Browser, ehr_launch, location, patient_ids, query
 
 
 def test_ehr_launch_public_client_logs_in_with_the_patient(smart_env: SmartEnv) -> None:
@@ -117,15 +117,10 @@ def test_two_launches_in_two_tabs_both_work(smart_env: SmartEnv) -> None:
     hub, sandbox = smart_env.hub, smart_env.public
     ids = patient_ids(sandbox)
     with Browser() as browser:
-        tabs = []
-        for patient in ids[:2]:
-            start = httpx.URL(
-                sandbox.origin + "/ehr/launch", params={"app": hub.login_url, "patient": patient}
-            )
-            tabs.append(browser.follow(str(start), stop_at=hub.callback_url))
+        tabs = [launch_until_callback(browser, sandbox, hub, patient) for patient in ids[:2]]
         # both callbacks arrive after both launches started
-        for hop in reversed(tabs):
-            answer = browser.get(location(hop))
+        for callback in reversed(tabs):
+            answer = browser.get(callback)
             assert answer.status_code == 302, answer.text[:1000]
 
 

@@ -20,13 +20,13 @@ from typing import Any
 import httpx
 import jupyterhub
 import pytest
+from hub_process import Browser, Hub, ehr_launch, patient_ids, run_hub
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.hub.published_keys import PRIVATE_MEMBERS
 from jupyterhub_smart.smart.keys import write_key_pair
 
 from .conftest import sandbox_client
-from .harness import SEEN_TOKENS, Browser, Hub, ehr_launch, patient_ids, run_hub
 
 SHARED = """
 c.JupyterHub.db_url = "sqlite:///{shared}/jupyterhub.sqlite"
@@ -160,7 +160,6 @@ def test_removed_ehr_gets_no_token_after_the_restart(site: Site) -> None:
     with site.hub(site.issuers(pem)) as hub:
         name = _login(site, hub)
         token = hub.user_token(name)
-        SEEN_TOKENS.append(token)
         before = httpx.get(
             f"{hub.url}/hub/api/smart/token", headers={"Authorization": f"token {token}"}
         )

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hub_process import Browser, Hub, ehr_launch, location, patient_ids, query, run_hub
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.hub.scopes import AUDIT_SCOPE, TOKEN_SCOPE
 
 from .conftest import sandbox_client
-from .harness import Browser, Hub, ehr_launch, location, patient_ids, query, run_hub
 
 PLAIN_SECRET = secrets.token_hex(16)
 TRUSTED_SECRET = secrets.token_hex(16)

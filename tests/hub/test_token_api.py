@@ -22,12 +22,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hub_process import Browser, Hub, ehr_launch, patient_ids, run_hub
+from leak_scan import saw
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.notebook import HubTokenProvider, ReauthenticationRequired, connect
 
 from .conftest import SmartEnv, sandbox_client
-from .harness import SEEN_TOKENS, Browser, Hub, ehr_launch, patient_ids, run_hub
 
 LIFETIME = 6
 
@@ -256,7 +257,6 @@ def _smart_login(env: SmartEnv, sandbox: SandboxProcess) -> tuple[str, str, dict
         names = [u["name"] for u in api.get("/users").json()]
     name = next(n for n in names if n.endswith(f"-{sandbox.port}-fhir"))
     token = hub.user_token(name)
-    SEEN_TOKENS.append(token)
     first = _token(hub, token)
     assert first.status_code == 200, first.text
     return name, token, first.json()
@@ -366,7 +366,7 @@ def test_flood_of_rejections_is_one_refresh_then_rate_limited(smart_env: SmartEn
     fresh = {r.json()["access_token"] for r in responses}
     assert len(fresh) == 1 and old not in fresh
     new = fresh.pop()
-    SEEN_TOKENS.append(new)
+    saw(new, kind="access token")
     assert _token_requests(sandbox) == requests_before + 1
     forced = re.findall(
         rf"Refreshed the SMART access token of {re.escape(name)} \(forced", hub.log_text()

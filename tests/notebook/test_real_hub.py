@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import nbformat
 import pytest
-from hub.harness import Browser, Hub, ehr_launch, run_hub
+from hub_process import Browser, Hub, ehr_launch, run_hub
 from nbclient import NotebookClient
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 import requests
-from hub.harness import Browser, Hub, ehr_launch, run_hub
+from hub_process import Browser, Hub, ehr_launch, run_hub
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.notebook import (

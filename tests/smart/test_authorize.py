@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,26 +17,20 @@ from jupyterhub_smart.smart.authorize import (
 from jupyterhub_smart.smart.discovery import SMARTConfiguration
 from jupyterhub_smart.smart.pkce import code_challenge_s256, new_code_verifier
 
-CONFIG = SMARTConfiguration(
-    fhir_base_url="https://ehr.example.org/fhir",
-    issuer="https://ehr.example.org/auth",
-    authorization_endpoint="https://ehr.example.org/auth/authorize?tenant=a&scope=ignored",
-    token_endpoint="https://ehr.example.org/auth/token",
-    jwks_uri="https://ehr.example.org/auth/jwks",
-    revocation_endpoint=None,
-    introspection_endpoint=None,
-    capabilities=frozenset(),
-    code_challenge_methods_supported=("S256",),
-    scopes_supported=(),
-    grant_types_supported=(),
-    authorization_response_iss_parameter_supported=True,
-)
+
+@pytest.fixture
+def config(smart_config: Callable[..., SMARTConfiguration]) -> SMARTConfiguration:
+    """An EHR whose authorize URL has a query of its own and that sends ``iss`` (RFC 9207)."""
+    return smart_config(
+        authorization_endpoint="https://ehr.example.org/auth/authorize?tenant=a&scope=ignored",
+        authorization_response_iss_parameter_supported=True,
+    )
 
 
-def test_authorization_url() -> None:
+def test_authorization_url(config: SMARTConfiguration) -> None:
     challenge = code_challenge_s256(new_code_verifier())
     url = authorization_url(
-        CONFIG,
+        config,
         client_id="hub",
         redirect_uri="https://hub.example.org/hub/oauth_callback",
         scope="openid fhirUser launch",
@@ -64,9 +59,9 @@ def test_authorization_url() -> None:
     }
 
 
-def test_authorization_url_without_optional_parts() -> None:
+def test_authorization_url_without_optional_parts(config: SMARTConfiguration) -> None:
     url = authorization_url(
-        replace(CONFIG, authorization_endpoint="https://ehr.example.org/auth/authorize"),
+        replace(config, authorization_endpoint="https://ehr.example.org/auth/authorize"),
         client_id="hub",
         redirect_uri="https://h/cb",
         scope="launch/patient",
@@ -79,29 +74,29 @@ def test_authorization_url_without_optional_parts() -> None:
     assert query["aud"] == ["https://other.example.org/fhir"]
 
 
-def test_response_issuer_matches() -> None:
-    check_response_issuer(CONFIG, "https://ehr.example.org/auth")
+def test_response_issuer_matches(config: SMARTConfiguration) -> None:
+    check_response_issuer(config, "https://ehr.example.org/auth")
 
 
 @pytest.mark.parametrize(
     "iss",
     ["https://evil.example/auth", "https://ehr.example.org/fhir", "https://ehr.example.org/auth/"],
 )
-def test_response_issuer_mix_up_refused(iss: str) -> None:
+def test_response_issuer_mix_up_refused(config: SMARTConfiguration, iss: str) -> None:
     with pytest.raises(AuthorizationResponseError, match="mix-up") as info:
-        check_response_issuer(CONFIG, iss)
+        check_response_issuer(config, iss)
     assert info.value.status == 400
 
 
-def test_response_issuer_missing() -> None:
+def test_response_issuer_missing(config: SMARTConfiguration) -> None:
     with pytest.raises(AuthorizationResponseError, match="promises one"):
-        check_response_issuer(CONFIG, None)
+        check_response_issuer(config, None)
     check_response_issuer(
-        replace(CONFIG, authorization_response_iss_parameter_supported=False), None
+        replace(config, authorization_response_iss_parameter_supported=False), None
     )
     # without a discovered issuer there is nothing to compare with
     check_response_issuer(
-        replace(CONFIG, issuer=None, authorization_response_iss_parameter_supported=False), "x"
+        replace(config, issuer=None, authorization_response_iss_parameter_supported=False), "x"
     )
 
 

@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import time
-from dataclasses import replace
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -29,19 +29,6 @@ ISSUER = "https://ehr.example.org/auth"
 JWKS_URI = "https://ehr.example.org/auth/jwks"
 CLIENT_ID = "hub-client"
 NONCE = "nonce-0123456789abcdef0123456789abcdef"
-CONFIG = SMARTConfiguration(
-    fhir_base_url="https://ehr.example.org/fhir",
-    issuer=ISSUER,
-    authorization_endpoint="https://ehr.example.org/auth/authorize",
-    token_endpoint="https://ehr.example.org/auth/token",
-    jwks_uri=JWKS_URI,
-    revocation_endpoint=None,
-    introspection_endpoint=None,
-    capabilities=frozenset({"sso-openid-connect"}),
-    code_challenge_methods_supported=("S256",),
-    scopes_supported=(),
-    grant_types_supported=(),
-)
 
 
 def b64(data: bytes) -> str:
@@ -110,11 +97,11 @@ def public_jwk_any(key: Any) -> Any:
 
 
 async def verify(
+    config: SMARTConfiguration,
     token: str,
     server: JWKSServer,
     *,
     nonce: str | None = NONCE,
-    config: SMARTConfiguration = CONFIG,
     cache: JWKSCache | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
@@ -127,77 +114,107 @@ async def verify(
         )
 
 
-async def test_good_rsa_token(rsa_key: RSAKey) -> None:
+async def test_good_rsa_token(
+    rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     server = JWKSServer(rsa_key)
-    result = await verify(sign(rsa_key), server)
+    result = await verify(config, sign(rsa_key), server)
     assert result["sub"] == "practitioner-1"
     assert result["fhirUser"] == "Practitioner/practitioner-1"
     assert server.requests == [JWKS_URI]
 
 
 @pytest.mark.parametrize("alg", ["RS384", "RS512", "PS256"])
-async def test_other_rsa_algorithms(rsa_key: RSAKey, alg: str) -> None:
-    assert (await verify(sign(rsa_key, alg), JWKSServer(rsa_key)))["iss"] == ISSUER
+async def test_other_rsa_algorithms(
+    rsa_key: RSAKey, alg: str, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
+    assert (await verify(config, sign(rsa_key, alg), JWKSServer(rsa_key)))["iss"] == ISSUER
 
 
-async def test_good_ec_token(ec_key: ECKey) -> None:
+async def test_good_ec_token(
+    ec_key: ECKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     server = JWKSServer(ec_key)
-    assert (await verify(sign(ec_key, "ES384"), server))["aud"] == CLIENT_ID
+    assert (await verify(config, sign(ec_key, "ES384"), server))["aud"] == CLIENT_ID
 
 
-async def test_token_without_kid_uses_compatible_keys(rsa_key: RSAKey, ec_key: ECKey) -> None:
+async def test_token_without_kid_uses_compatible_keys(
+    rsa_key: RSAKey, ec_key: ECKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     token = jwt.encode({"alg": "RS256"}, claims(), rsa_key, algorithms=["RS256"])
-    assert (await verify(token, JWKSServer(ec_key, rsa_key)))["sub"] == "practitioner-1"
+    assert (await verify(config, token, JWKSServer(ec_key, rsa_key)))["sub"] == "practitioner-1"
 
 
-async def test_bad_signature(rsa_key: RSAKey, attacker_key: RSAKey) -> None:
+async def test_bad_signature(
+    rsa_key: RSAKey, attacker_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     token = sign(attacker_key)  # same kid, other key
     with pytest.raises(IDTokenError, match="signature does not verify") as info:
-        await verify(token, JWKSServer(rsa_key))
+        await verify(config, token, JWKSServer(rsa_key))
     assert info.value.status == 403 and info.value.error == "invalid_id_token"
 
 
-async def test_tampered_payload(rsa_key: RSAKey) -> None:
+async def test_tampered_payload(
+    rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     header, _, signature = sign(rsa_key).split(".")
     forged_payload = b64(json.dumps(claims(sub="admin")).encode())
     with pytest.raises(IDTokenError, match="signature does not verify"):
-        await verify(f"{header}.{forged_payload}.{signature}", JWKSServer(rsa_key))
+        await verify(config, f"{header}.{forged_payload}.{signature}", JWKSServer(rsa_key))
 
 
-async def test_alg_none_refused(rsa_key: RSAKey) -> None:
+async def test_alg_none_refused(
+    rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     server = JWKSServer(rsa_key)
     for alg in ("none", "None", "NONE"):
         header = b64(json.dumps({"alg": alg, "kid": "rsa-1"}).encode())
         token = f"{header}.{b64(json.dumps(claims()).encode())}."
         with pytest.raises(IDTokenError, match=r"algorithm .* is not allowed"):
-            await verify(token, server)
+            await verify(config, token, server)
     assert server.requests == []  # refused before any key lookup
 
 
-async def test_hs256_signed_with_the_public_key_refused(rsa_key: RSAKey) -> None:
+async def test_hs256_signed_with_the_public_key_refused(
+    rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     public_pem = rsa_key.as_pem(private=False)
     header = b64(json.dumps({"alg": "HS256", "kid": "rsa-1", "typ": "JWT"}).encode())
     payload = b64(json.dumps(claims()).encode())
     signature = hmac.new(public_pem, f"{header}.{payload}".encode(), hashlib.sha256).digest()
     token = f"{header}.{payload}.{b64(signature)}"
     with pytest.raises(IDTokenError, match="'HS256' is not allowed"):
-        await verify(token, JWKSServer(rsa_key))
+        await verify(config, token, JWKSServer(rsa_key))
     # even if a caller put HS256 in the allow-list, it is not an asymmetric algorithm
     with pytest.raises(IDTokenError, match="not allowed"):
-        await verify(token, JWKSServer(rsa_key), algorithms=("HS256", "RS256"))
+        await verify(config, token, JWKSServer(rsa_key), algorithms=("HS256", "RS256"))
 
 
-async def test_oct_keys_in_jwks_are_ignored(rsa_key: RSAKey) -> None:
+async def test_oct_keys_in_jwks_are_ignored(
+    rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     secret = b"shared-secret-shared-secret-32by"
     oct_jwk = {"kty": "oct", "kid": "rsa-1", "k": b64(secret)}
     header = b64(json.dumps({"alg": "RS256", "kid": "rsa-1"}).encode())
     payload = b64(json.dumps(claims()).encode())
     token = f"{header}.{payload}.{b64(b'x' * 256)}"
     with pytest.raises(IDTokenError, match="no key"):
-        await verify(token, JWKSServer(oct_jwk))
+        await verify(config, token, JWKSServer(oct_jwk))
 
 
-async def test_jku_and_embedded_jwk_in_header_are_ignored(ec_key: ECKey) -> None:
+async def test_jku_and_embedded_jwk_in_header_are_ignored(
+    ec_key: ECKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     attacker = ECKey.generate_key("P-384", {"kid": "ec-1"}, private=True)
     token = sign(
         attacker,
@@ -210,14 +227,17 @@ async def test_jku_and_embedded_jwk_in_header_are_ignored(ec_key: ECKey) -> None
     )
     server = JWKSServer(ec_key)
     with pytest.raises(IDTokenError, match="signature does not verify"):
-        await verify(token, server)
+        await verify(config, token, server)
     assert server.requests == [JWKS_URI]  # only the pinned jwks_uri was ever fetched
 
 
-async def test_oversized_header_refused(rsa_key: RSAKey) -> None:
+async def test_oversized_header_refused(
+    rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     token = sign(rsa_key, header={"jwk": dict(rsa_key.as_dict(private=False))})
     with pytest.raises(IDTokenError, match="header cannot be decoded"):
-        await verify(token, JWKSServer(rsa_key))
+        await verify(config, token, JWKSServer(rsa_key))
 
 
 @pytest.mark.parametrize(
@@ -245,32 +265,45 @@ async def test_oversized_header_refused(rsa_key: RSAKey) -> None:
         ({"nonce": None}, "no 'nonce'"),
     ],
 )
-async def test_claim_checks(rsa_key: RSAKey, overrides: dict[str, Any], words: str) -> None:
+async def test_claim_checks(
+    rsa_key: RSAKey,
+    overrides: dict[str, Any],
+    words: str,
+    smart_config: Callable[..., SMARTConfiguration],
+) -> None:
+    config = smart_config()
     with pytest.raises(IDTokenError, match=words) as info:
-        await verify(sign(rsa_key, **overrides), JWKSServer(rsa_key))
+        await verify(config, sign(rsa_key, **overrides), JWKSServer(rsa_key))
     assert info.value.status == 403
 
 
-async def test_azp_matching_with_several_audiences(rsa_key: RSAKey) -> None:
+async def test_azp_matching_with_several_audiences(
+    rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     token = sign(rsa_key, aud=[CLIENT_ID, "other"], azp=CLIENT_ID)
-    assert (await verify(token, JWKSServer(rsa_key)))["azp"] == CLIENT_ID
+    assert (await verify(config, token, JWKSServer(rsa_key)))["azp"] == CLIENT_ID
 
 
-async def test_leeway(rsa_key: RSAKey) -> None:
+async def test_leeway(rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]) -> None:
+    config = smart_config()
     now = time.time()
     token = sign(rsa_key, exp=int(now) - 30, iat=int(now) - 600)
-    assert await verify(token, JWKSServer(rsa_key), leeway=60)
+    assert await verify(config, token, JWKSServer(rsa_key), leeway=60)
     with pytest.raises(IDTokenError, match="expired"):
-        await verify(token, JWKSServer(rsa_key), leeway=0)
+        await verify(config, token, JWKSServer(rsa_key), leeway=0)
     future = sign(rsa_key, iat=int(now) + 30)
-    assert await verify(future, JWKSServer(rsa_key), leeway=60)
+    assert await verify(config, future, JWKSServer(rsa_key), leeway=60)
     with pytest.raises(IDTokenError, match="future"):
-        await verify(future, JWKSServer(rsa_key), leeway=0)
+        await verify(config, future, JWKSServer(rsa_key), leeway=0)
 
 
-async def test_no_expected_nonce_accepts_token_with_or_without(rsa_key: RSAKey) -> None:
-    assert await verify(sign(rsa_key), JWKSServer(rsa_key), nonce=None)
-    assert await verify(sign(rsa_key, nonce=None), JWKSServer(rsa_key), nonce=None)
+async def test_no_expected_nonce_accepts_token_with_or_without(
+    rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
+    assert await verify(config, sign(rsa_key), JWKSServer(rsa_key), nonce=None)
+    assert await verify(config, sign(rsa_key, nonce=None), JWKSServer(rsa_key), nonce=None)
 
 
 @pytest.mark.parametrize(
@@ -283,27 +316,38 @@ async def test_no_expected_nonce_accepts_token_with_or_without(rsa_key: RSAKey) 
         ("x" * 70000 + "..", "not a compact JWS"),
     ],
 )
-async def test_malformed_tokens(token: str, words: str) -> None:
+async def test_malformed_tokens(
+    token: str, words: str, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     with pytest.raises(IDTokenError, match=words):
-        await verify(token, JWKSServer())
+        await verify(config, token, JWKSServer())
 
 
-async def test_non_json_payload(rsa_key: RSAKey) -> None:
+async def test_non_json_payload(
+    rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     from joserfc import jws
 
     token = jws.serialize_compact({"alg": "RS256", "kid": "rsa-1"}, b"not json", rsa_key)
     with pytest.raises(IDTokenError, match="malformed"):
-        await verify(token, JWKSServer(rsa_key))
+        await verify(config, token, JWKSServer(rsa_key))
 
 
-async def test_config_without_issuer_or_jwks(rsa_key: RSAKey) -> None:
-    for config in (replace(CONFIG, issuer=None), replace(CONFIG, jwks_uri=None)):
+async def test_config_without_issuer_or_jwks(
+    rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    for config in (smart_config(issuer=None), smart_config(jwks_uri=None)):
         with pytest.raises(IDTokenError, match="cannot be verified") as info:
-            await verify(sign(rsa_key), JWKSServer(rsa_key), config=config)
+            await verify(config, sign(rsa_key), JWKSServer(rsa_key))
         assert info.value.status == 502
 
 
-async def test_wrong_curve_key_is_not_used(rsa_key: RSAKey) -> None:
+async def test_wrong_curve_key_is_not_used(
+    rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     p256 = ECKey.generate_key("P-256", {"kid": "ec-1"}, private=True)
     token = jwt.encode(
         {"alg": "ES384", "kid": "ec-1"},
@@ -312,16 +356,19 @@ async def test_wrong_curve_key_is_not_used(rsa_key: RSAKey) -> None:
         algorithms=["ES384"],
     )
     with pytest.raises(IDTokenError, match="no key"):
-        await verify(token, JWKSServer(dict(p256.as_dict(private=False))))
+        await verify(config, token, JWKSServer(dict(p256.as_dict(private=False))))
 
 
-async def test_unknown_kid_then_rotation(rsa_key: RSAKey, ec_key: ECKey) -> None:
+async def test_unknown_kid_then_rotation(
+    rsa_key: RSAKey, ec_key: ECKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     now = [1000.0]
     server = JWKSServer(rsa_key)
     async with httpx.AsyncClient(transport=httpx.MockTransport(server)) as http:
         cache = JWKSCache(http, min_refresh_interval=30, clock=lambda: now[0])
         args: dict[str, Any] = {
-            "config": CONFIG,
+            "config": config,
             "client_id": CLIENT_ID,
             "jwks": cache,
             "nonce": NONCE,
@@ -382,16 +429,26 @@ async def test_jwks_single_flight() -> None:
     ],
 )
 async def test_jwks_faults(
-    rsa_key: RSAKey, status: int, body: bytes, words: str, code: int
+    rsa_key: RSAKey,
+    status: int,
+    body: bytes,
+    words: str,
+    code: int,
+    smart_config: Callable[..., SMARTConfiguration],
 ) -> None:
+    config = smart_config()
     server = JWKSServer()
     server.status, server.body = status, body
     with pytest.raises(IDTokenError, match=words) as info:
-        await verify(sign(rsa_key), server)
+        await verify(config, sign(rsa_key), server)
     assert info.value.status == code
 
 
-async def test_jwks_timeout_and_network_error(rsa_key: RSAKey) -> None:
+async def test_jwks_timeout_and_network_error(
+    rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
+
     def timeout(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectTimeout("slow", request=request)
 
@@ -403,7 +460,7 @@ async def test_jwks_timeout_and_network_error(rsa_key: RSAKey) -> None:
             with pytest.raises(IDTokenError) as info:
                 await verify_id_token(
                     sign(rsa_key),
-                    config=CONFIG,
+                    config=config,
                     client_id=CLIENT_ID,
                     jwks=JWKSCache(http),
                     nonce=NONCE,
@@ -412,30 +469,41 @@ async def test_jwks_timeout_and_network_error(rsa_key: RSAKey) -> None:
 
 
 async def test_invalid_keys_in_jwks_are_skipped(
-    rsa_key: RSAKey, caplog: pytest.LogCaptureFixture
+    rsa_key: RSAKey,
+    caplog: pytest.LogCaptureFixture,
+    smart_config: Callable[..., SMARTConfiguration],
 ) -> None:
+    config = smart_config()
     broken = {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"}
     enc_key = {**dict(rsa_key.as_dict(private=False)), "use": "enc", "kid": "enc"}
     server = JWKSServer(
         broken, enc_key, "junk", {"kty": "OKP", "crv": "Ed25519", "x": "AA"}, rsa_key
     )
-    assert await verify(sign(rsa_key), server)
+    assert await verify(config, sign(rsa_key), server)
 
 
-async def test_error_messages_never_contain_the_token(rsa_key: RSAKey) -> None:
+async def test_error_messages_never_contain_the_token(
+    rsa_key: RSAKey, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     token = sign(rsa_key, aud="someone-else")
     with pytest.raises(IDTokenError) as info:
-        await verify(token, JWKSServer(rsa_key))
+        await verify(config, token, JWKSServer(rsa_key))
     for part in token.split("."):
         assert part not in str(info.value)
 
 
-async def test_huge_jwks_is_capped(rsa_key: RSAKey, caplog: pytest.LogCaptureFixture) -> None:
+async def test_huge_jwks_is_capped(
+    rsa_key: RSAKey,
+    caplog: pytest.LogCaptureFixture,
+    smart_config: Callable[..., SMARTConfiguration],
+) -> None:
+    config = smart_config()
     filler = [
         dict(RSAKey.import_key(rsa_key.as_dict(private=False)).as_dict(), kid=f"f{i}")
         for i in range(60)
     ]
     server = JWKSServer(*filler, rsa_key)  # the real key comes after the cap
     with pytest.raises(IDTokenError, match="no key"):
-        await verify(sign(rsa_key), server)
+        await verify(config, sign(rsa_key), server)
     assert "only the first 50 are used" in caplog.text

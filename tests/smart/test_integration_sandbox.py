@@ -9,7 +9,6 @@ auto-approves, so a standalone launch is: GET authorize, read the 302
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from leak_scan import saw, wrote
 from sandbox_process import SandboxProcess, run_sandbox
 
 from jupyterhub_smart.smart.authorize import authorization_url, check_response_issuer
@@ -120,31 +120,31 @@ class Login:
     redirect: dict[str, str]
 
 
-#: Every secret a test handled; the last test greps the sandbox log for them.
-SEEN: list[str] = []
-#: Everything the core and httpx logged during this module, at DEBUG. (httpcore is
-#: left out: at DEBUG it logs response headers, so the browser's redirect
-#: ``Location`` with its authorization code; never run it at DEBUG in production.)
-CORE_LOG = io.StringIO()
-
-
+#: Everything the core and httpx log during this module, at DEBUG, goes to a file that
+#: the session's secret scan reads. (httpcore is left out: at DEBUG it logs response
+#: headers, so the browser's redirect ``Location`` with its authorization code; never
+#: run it at DEBUG in production.)
 @pytest.fixture(scope="module", autouse=True)
-def capture_client_logs() -> Iterator[None]:
-    handler = logging.StreamHandler(CORE_LOG)
+def client_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("core-client-log") / "client.log"
+    wrote(path)
+    handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
     loggers = [logging.getLogger(name) for name in ("jupyterhub_smart", "httpx")]
     saved = [(lg, lg.level) for lg in loggers]
     for lg in loggers:
         lg.addHandler(handler)
         lg.setLevel(logging.DEBUG)
-    yield
+    yield path
     for lg, level in saved:
         lg.removeHandler(handler)
         lg.setLevel(level)
+    handler.close()
 
 
 def remember(*values: str | None) -> None:
-    SEEN.extend(v for v in values if v)
+    """Report secrets to the session's secret scan (it reads the sandbox log and ours)."""
+    saw(*values)
 
 
 async def authorize(
@@ -500,10 +500,17 @@ async def test_cached_login_makes_one_back_channel_request(sbx: SandboxProcess) 
                 assert seen == ["POST /auth/token"]
 
 
-def test_zz_no_secret_in_the_sandbox_log(sbx: SandboxProcess) -> None:
-    """Runs last in this module: the secrets this module handled never reached the EHR's log."""
-    assert SEEN, "the flows above should have produced secrets"
-    for name, log in (("sandbox", sbx.log_text()), ("client", CORE_LOG.getvalue())):
-        assert log, f"the {name} log is empty: the grep would prove nothing"
-        leaked = [s[:8] + "..." for s in SEEN if s in log]
+async def test_a_login_leaves_no_secret_in_the_sandbox_or_client_log(
+    sbx: SandboxProcess, http: httpx.AsyncClient, config: SMARTConfiguration, client_log: Path
+) -> None:
+    """One login's secret, code and tokens reach neither the EHR's log nor the core's."""
+    result = await login(http, config, ClientSecretBasic("core-symmetric", SECRET))
+    tokens = result.tokens
+    used = [SECRET, result.redirect["code"], tokens.access_token, tokens.refresh_token]
+    used.append(tokens.id_token or "")
+    sandbox_log = sbx.wait_for_log("POST /auth/token")
+    ours = client_log.read_text(encoding="utf-8")
+    assert "POST" in ours  # the core's log is captured: the check is not on an empty file
+    for name, log in (("sandbox", sandbox_log), ("client", ours)):
+        leaked = [s[:8] + "..." for s in used if s and s in log]
         assert leaked == [], f"secrets in the {name} log"

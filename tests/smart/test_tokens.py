@@ -30,19 +30,6 @@ from jupyterhub_smart.smart.tokens import (
     revoke_token,
 )
 
-CONFIG = SMARTConfiguration(
-    fhir_base_url="https://ehr.example.org/fhir",
-    issuer="https://ehr.example.org/auth",
-    authorization_endpoint="https://ehr.example.org/auth/authorize",
-    token_endpoint="https://ehr.example.org/auth/token",
-    jwks_uri="https://ehr.example.org/auth/jwks",
-    revocation_endpoint="https://ehr.example.org/auth/revoke",
-    introspection_endpoint=None,
-    capabilities=frozenset({"sso-openid-connect"}),
-    code_challenge_methods_supported=("S256",),
-    scopes_supported=(),
-    grant_types_supported=("authorization_code",),
-)
 CODE = "authz-code-SECRET-0123456789"
 VERIFIER = "v" * 50
 REFRESH = "refresh-token-SECRET-abcdef"
@@ -85,12 +72,14 @@ def answer(body: object, status: int = 200) -> Callable[[httpx.Request], httpx.R
     return lambda request: httpx.Response(status, json=body)
 
 
-async def do_exchange(handler: Callable[[httpx.Request], Any], **kwargs: Any) -> TokenResponse:
+async def do_exchange(
+    config: SMARTConfiguration, handler: Callable[[httpx.Request], Any], **kwargs: Any
+) -> TokenResponse:
     http, _ = mock(handler)
     async with http:
         return await exchange_code(
             http,
-            CONFIG,
+            config,
             kwargs.pop("client", PublicClient("hub")),
             code=CODE,
             redirect_uri="https://hub.example.org/hub/oauth_callback",
@@ -99,19 +88,22 @@ async def do_exchange(handler: Callable[[httpx.Request], Any], **kwargs: Any) ->
         )
 
 
-async def test_exchange_sends_the_right_form_and_validates() -> None:
+async def test_exchange_sends_the_right_form_and_validates(
+    smart_config: Callable[..., SMARTConfiguration],
+) -> None:
+    config = smart_config()
     http, rec = mock(answer(GOOD))
     async with http:
         tokens = await exchange_code(
             http,
-            CONFIG,
+            config,
             PublicClient("hub"),
             code=CODE,
             redirect_uri="https://hub.example.org/hub/oauth_callback",
             code_verifier=VERIFIER,
         )
     request = rec.requests[0]
-    assert request.method == "POST" and str(request.url) == CONFIG.token_endpoint
+    assert request.method == "POST" and str(request.url) == config.token_endpoint
     assert request.headers["content-type"] == "application/x-www-form-urlencoded"
     assert request.headers["accept"] == "application/json"
     assert rec.form() == {
@@ -131,12 +123,15 @@ async def test_exchange_sends_the_right_form_and_validates() -> None:
         assert secret not in repr(tokens)
 
 
-async def test_exchange_with_client_secret_basic() -> None:
+async def test_exchange_with_client_secret_basic(
+    smart_config: Callable[..., SMARTConfiguration],
+) -> None:
+    config = smart_config()
     http, rec = mock(answer(GOOD))
     async with http:
         await exchange_code(
             http,
-            CONFIG,
+            config,
             ClientSecretBasic("hub", CLIENT_SECRET),
             code=CODE,
             redirect_uri="https://h/cb",
@@ -147,12 +142,15 @@ async def test_exchange_with_client_secret_basic() -> None:
     assert "client_id" not in rec.form()
 
 
-async def test_exchange_with_private_key_jwt() -> None:
+async def test_exchange_with_private_key_jwt(
+    smart_config: Callable[..., SMARTConfiguration],
+) -> None:
+    config = smart_config()
     client = PrivateKeyJWT("hub", generate_private_key("ES384"))
     http, rec = mock(answer(GOOD))
     async with http:
         await exchange_code(
-            http, CONFIG, client, code=CODE, redirect_uri="https://h/cb", code_verifier=VERIFIER
+            http, config, client, code=CODE, redirect_uri="https://h/cb", code_verifier=VERIFIER
         )
     form = rec.form()
     assert form["client_assertion_type"] == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -170,18 +168,25 @@ async def test_exchange_with_private_key_jwt() -> None:
         ("invalid_scope", 502),
     ],
 )
-async def test_oauth_error_json(code: str, status: int) -> None:
+async def test_oauth_error_json(
+    code: str, status: int, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     with pytest.raises(TokenEndpointError) as info:
-        await do_exchange(answer({"error": code, "error_description": "nope"}, 400))
+        await do_exchange(config, answer({"error": code, "error_description": "nope"}, 400))
     assert info.value.oauth_error == code
     assert info.value.status == status
     assert f"refused the request: {code} (nope)" in str(info.value)
 
 
-async def test_oauth_error_description_is_sanitised() -> None:
+async def test_oauth_error_description_is_sanitised(
+    smart_config: Callable[..., SMARTConfiguration],
+) -> None:
+    config = smart_config()
     description = f"code {CODE} was used\r\nby {CLIENT_SECRET} \x1b[31m" + "x" * 500
     with pytest.raises(TokenEndpointError) as info:
         await do_exchange(
+            config,
             answer({"error": "invalid_grant", "error_description": description}, 400),
             client=ClientSecretBasic("hub", CLIENT_SECRET),
         )
@@ -192,7 +197,10 @@ async def test_oauth_error_description_is_sanitised() -> None:
     assert len(message) < 300
 
 
-async def test_assertion_echoed_in_description_is_redacted() -> None:
+async def test_assertion_echoed_in_description_is_redacted(
+    smart_config: Callable[..., SMARTConfiguration],
+) -> None:
+    config = smart_config()
     client = PrivateKeyJWT("hub", generate_private_key("ES384"))
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -202,39 +210,45 @@ async def test_assertion_echoed_in_description_is_redacted() -> None:
         )
 
     with pytest.raises(TokenEndpointError) as info:
-        await do_exchange(handler, client=client)
+        await do_exchange(config, handler, client=client)
     assert "eyJ" not in str(info.value) and "[redacted]" in str(info.value)
 
 
-async def test_weird_error_code_replaced() -> None:
+async def test_weird_error_code_replaced(smart_config: Callable[..., SMARTConfiguration]) -> None:
+    config = smart_config()
     with pytest.raises(TokenEndpointError) as info:
-        await do_exchange(answer({"error": 'evil"\ncode'}, 400))
+        await do_exchange(config, answer({"error": 'evil"\ncode'}, 400))
     assert info.value.oauth_error == "invalid_error_code"
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
-async def test_server_error_is_502_and_body_not_echoed(status: int) -> None:
+async def test_server_error_is_502_and_body_not_echoed(
+    status: int, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     body = {"access_token": ACCESS, "trace": "stack"}
     with pytest.raises(TokenEndpointError) as info:
-        await do_exchange(answer(body, status))
+        await do_exchange(config, answer(body, status))
     assert info.value.status == 502 and info.value.oauth_error is None
     assert f"answered HTTP {status}" in str(info.value)
     assert ACCESS not in str(info.value)
 
 
-async def test_4xx_without_oauth_error() -> None:
+async def test_4xx_without_oauth_error(smart_config: Callable[..., SMARTConfiguration]) -> None:
+    config = smart_config()
     with pytest.raises(TokenEndpointError, match="answered HTTP 404") as info:
-        await do_exchange(lambda r: httpx.Response(404, text="<html>not found</html>"))
+        await do_exchange(config, lambda r: httpx.Response(404, text="<html>not found</html>"))
     assert info.value.status == 502
 
 
-async def test_redirect_is_not_followed() -> None:
+async def test_redirect_is_not_followed(smart_config: Callable[..., SMARTConfiguration]) -> None:
+    config = smart_config()
     http, rec = mock(lambda r: httpx.Response(307, headers={"location": "https://evil.example/t"}))
     async with http:
         with pytest.raises(TokenEndpointError, match="answered HTTP 307"):
             await exchange_code(
                 http,
-                CONFIG,
+                config,
                 PublicClient("hub"),
                 code=CODE,
                 redirect_uri="x",
@@ -243,45 +257,54 @@ async def test_redirect_is_not_followed() -> None:
     assert len(rec.requests) == 1
 
 
-async def test_timeout_is_504() -> None:
+async def test_timeout_is_504(smart_config: Callable[..., SMARTConfiguration]) -> None:
+    config = smart_config()
+
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("timed out", request=request)
 
     with pytest.raises(TokenEndpointError, match="did not answer") as info:
-        await do_exchange(handler)
+        await do_exchange(config, handler)
     assert info.value.status == 504
 
 
-async def test_total_deadline() -> None:
+async def test_total_deadline(smart_config: Callable[..., SMARTConfiguration]) -> None:
+    config = smart_config()
+
     async def handler(request: httpx.Request) -> httpx.Response:
         await asyncio.sleep(30)
         return httpx.Response(200, json=GOOD)
 
     with pytest.raises(TokenEndpointError) as info:
-        await do_exchange(handler, timeout=0.05)
+        await do_exchange(config, handler, timeout=0.05)
     assert info.value.status == 504
 
 
-async def test_connection_reset() -> None:
+async def test_connection_reset(smart_config: Callable[..., SMARTConfiguration]) -> None:
+    config = smart_config()
+
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadError("connection reset by peer", request=request)
 
     with pytest.raises(TokenEndpointError, match=r"could not be reached \(ReadError\)") as info:
-        await do_exchange(handler)
+        await do_exchange(config, handler)
     assert info.value.status == 502
 
 
-async def test_html_instead_of_json() -> None:
+async def test_html_instead_of_json(smart_config: Callable[..., SMARTConfiguration]) -> None:
+    config = smart_config()
     with pytest.raises(TokenEndpointError, match="text/html instead of JSON") as info:
         await do_exchange(
-            lambda r: httpx.Response(200, text="<html>", headers={"content-type": "text/html"})
+            config,
+            lambda r: httpx.Response(200, text="<html>", headers={"content-type": "text/html"}),
         )
     assert info.value.status == 502
 
 
-async def test_oversized_body() -> None:
+async def test_oversized_body(smart_config: Callable[..., SMARTConfiguration]) -> None:
+    config = smart_config()
     with pytest.raises(TokenEndpointError, match="oversized"):
-        await do_exchange(lambda r: httpx.Response(200, content=b"x" * (2 << 20)))
+        await do_exchange(config, lambda r: httpx.Response(200, content=b"x" * (2 << 20)))
 
 
 def without(key: str) -> dict[str, Any]:
@@ -305,9 +328,12 @@ def without(key: str) -> dict[str, Any]:
         ([GOOD], "not an object"),
     ],
 )
-async def test_invalid_success_body(body: object, words: str) -> None:
+async def test_invalid_success_body(
+    body: object, words: str, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     with pytest.raises(TokenEndpointError, match=words) as info:
-        await do_exchange(answer(body))
+        await do_exchange(config, answer(body))
     assert info.value.status == 502
     assert ACCESS not in str(info.value) and REFRESH not in str(info.value)
 
@@ -328,11 +354,14 @@ def test_parse_variants() -> None:
     assert parse_token_response(without("refresh_token")).refresh_token is None
 
 
-async def test_refresh_form_and_scope_narrowing() -> None:
+async def test_refresh_form_and_scope_narrowing(
+    smart_config: Callable[..., SMARTConfiguration],
+) -> None:
+    config = smart_config()
     http, rec = mock(answer(without("scope")))
     async with http:
         tokens = await refresh_access_token(
-            http, CONFIG, PublicClient("hub"), REFRESH, requested_scope="openid patient/*.rs"
+            http, config, PublicClient("hub"), REFRESH, requested_scope="openid patient/*.rs"
         )
         assert rec.form() == {
             "grant_type": "refresh_token",
@@ -341,43 +370,48 @@ async def test_refresh_form_and_scope_narrowing() -> None:
         }
         assert tokens.scope == ("openid", "patient/*.rs")
         narrowed = await refresh_access_token(
-            http, CONFIG, PublicClient("hub"), REFRESH, scope=["patient/Observation.rs"]
+            http, config, PublicClient("hub"), REFRESH, scope=["patient/Observation.rs"]
         )
         assert rec.form()["scope"] == "patient/Observation.rs"
         assert narrowed.scope == ("patient/Observation.rs",)
 
 
-async def test_refresh_invalid_grant_is_400() -> None:
+async def test_refresh_invalid_grant_is_400(
+    smart_config: Callable[..., SMARTConfiguration],
+) -> None:
+    config = smart_config()
     http, _ = mock(answer({"error": "invalid_grant"}, 400))
     async with http:
         with pytest.raises(TokenEndpointError) as info:
-            await refresh_access_token(http, CONFIG, PublicClient("hub"), REFRESH)
+            await refresh_access_token(http, config, PublicClient("hub"), REFRESH)
     assert info.value.oauth_error == "invalid_grant" and info.value.status == 400
     assert REFRESH not in str(info.value)
 
 
-async def test_revoke() -> None:
+async def test_revoke(smart_config: Callable[..., SMARTConfiguration]) -> None:
+    config = smart_config()
     http, rec = mock(lambda r: httpx.Response(200))
     async with http:
-        assert await revoke_token(http, CONFIG, PublicClient("hub"), REFRESH) is True
-        assert str(rec.requests[0].url) == CONFIG.revocation_endpoint
+        assert await revoke_token(http, config, PublicClient("hub"), REFRESH) is True
+        assert str(rec.requests[0].url) == config.revocation_endpoint
         assert rec.form() == {
             "token": REFRESH,
             "token_type_hint": "refresh_token",
             "client_id": "hub",
         }
-        assert await revoke_token(http, CONFIG, PublicClient("hub"), ACCESS, "") is True
+        assert await revoke_token(http, config, PublicClient("hub"), ACCESS, "") is True
         assert rec.form() == {"token": ACCESS, "client_id": "hub"}
 
 
-async def test_revoke_without_endpoint_makes_no_request() -> None:
-    from dataclasses import replace
+async def test_revoke_without_endpoint_makes_no_request(
+    smart_config: Callable[..., SMARTConfiguration],
+) -> None:
 
     http, rec = mock(lambda r: httpx.Response(200))
     async with http:
         assert (
             await revoke_token(
-                http, replace(CONFIG, revocation_endpoint=None), PublicClient("hub"), REFRESH
+                http, smart_config(revocation_endpoint=None), PublicClient("hub"), REFRESH
             )
             is False
         )
@@ -387,15 +421,21 @@ async def test_revoke_without_endpoint_makes_no_request() -> None:
 @pytest.mark.parametrize(
     ("status", "body"), [(503, None), (400, {"error": "unsupported_token_type"})]
 )
-async def test_revoke_failures(status: int, body: object) -> None:
+async def test_revoke_failures(
+    status: int, body: object, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     http, _ = mock(lambda r: httpx.Response(status, json=body))
     async with http:
         with pytest.raises(TokenEndpointError, match="revocation endpoint") as info:
-            await revoke_token(http, CONFIG, PublicClient("hub"), REFRESH)
+            await revoke_token(http, config, PublicClient("hub"), REFRESH)
     assert REFRESH not in str(info.value)
 
 
-async def test_no_secret_reaches_the_log(caplog: pytest.LogCaptureFixture) -> None:
+async def test_no_secret_reaches_the_log(
+    caplog: pytest.LogCaptureFixture, smart_config: Callable[..., SMARTConfiguration]
+) -> None:
+    config = smart_config()
     caplog.set_level(logging.DEBUG)
     for handler in (
         answer({"error": "invalid_grant", "error_description": CODE}, 400),
@@ -403,7 +443,7 @@ async def test_no_secret_reaches_the_log(caplog: pytest.LogCaptureFixture) -> No
         answer(without("access_token")),
     ):
         with pytest.raises(TokenEndpointError) as info:
-            await do_exchange(handler, client=ClientSecretBasic("hub", CLIENT_SECRET))
+            await do_exchange(config, handler, client=ClientSecretBasic("hub", CLIENT_SECRET))
         logging.getLogger("test").error("login failed: %s", info.value)
     for secret in (CODE, ACCESS, REFRESH, CLIENT_SECRET, VERIFIER):
         assert secret not in caplog.text

@@ -35,7 +35,7 @@ from urllib.parse import urlencode
 import orjson
 from flask import Blueprint, Response, request
 
-from ..access_grant import GrantLookup
+from ..access_grant import AccessGrant, GrantLookup
 from ..auth.tokens import CLIENT_ID_ENVIRON_KEY
 from ..settings import SandboxSettings
 from .access import authorize, bearer_token
@@ -80,6 +80,18 @@ def create_bulk_blueprint(
         request.environ[CLIENT_ID_ENVIRON_KEY] = granted.grant.client_id
         return granted.grant.client_id
 
+    def active_grant() -> AccessGrant:
+        """The grant of the request's bearer token (401 if there is none, or it is not active)."""
+        grant = lookup_grant(bearer_token(request.headers.get("Authorization")))
+        if grant is None or grant.expires_at <= time.time():
+            raise FHIRError(
+                401,
+                "the access token is unknown, expired or revoked",
+                headers={"WWW-Authenticate": 'Bearer realm="sandbox", error="invalid_token"'},
+            )
+        request.environ[CLIENT_ID_ENVIRON_KEY] = grant.client_id
+        return grant
+
     # -- Group cohorts --------------------------------------------------------
 
     @bp.get("/Group/<group_id>")
@@ -121,15 +133,7 @@ def create_bulk_blueprint(
         if accept and not any(t in accept for t in ("application/fhir+json", "*/*")):
             raise FHIRError(406, "$export answers application/fhir+json (send that Accept header)")
         lenient = "handling=lenient" in prefer
-        token = bearer_token(request.headers.get("Authorization"))
-        grant = lookup_grant(token)
-        if grant is None or grant.expires_at <= time.time():
-            raise FHIRError(
-                401,
-                "the access token is unknown, expired or revoked",
-                headers={"WWW-Authenticate": 'Bearer realm="sandbox", error="invalid_token"'},
-            )
-        request.environ[CLIENT_ID_ENVIRON_KEY] = grant.client_id
+        grant = active_grant()
         if request.method == "POST":
             if request.mimetype not in ("application/fhir+json", "application/json"):
                 raise FHIRError(
@@ -259,15 +263,7 @@ def create_bulk_blueprint(
     # -- status ---------------------------------------------------------------
 
     def own_job(job_id: str) -> Job:
-        token = bearer_token(request.headers.get("Authorization"))
-        grant = lookup_grant(token)
-        if grant is None or grant.expires_at <= time.time():
-            raise FHIRError(
-                401,
-                "the access token is unknown, expired or revoked",
-                headers={"WWW-Authenticate": 'Bearer realm="sandbox", error="invalid_token"'},
-            )
-        request.environ[CLIENT_ID_ENVIRON_KEY] = grant.client_id
+        grant = active_grant()
         job = runner.get(job_id)
         if job is None or job.client_id != grant.client_id:
             raise FHIRError(404, "no such export job (finished jobs disappear once DELETEd)")

@@ -2,8 +2,8 @@
 
 One auto-approving sandbox serves most tests of this package (package scope);
 tests that need short lifetimes or the interactive pages start their own.
-Every secret a test handles is added to ``seen_secrets`` so that the last test
-can check the sandbox log for all of them.
+Every secret a test handles goes to the session's ``secret_scan``, which reads
+the sandbox logs for all of them when the session ends.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from joserfc.jwk import ECKey, RSAKey
+from leak_scan import Ledger
 from sandbox_process import SandboxProcess, run_sandbox
 
 from .flow import OTHER_REDIRECT_URI, REDIRECT_URI
@@ -147,12 +148,6 @@ def clients(jwks_uri: str, rotating_jwks_uri: str = DEAD_JWKS_URI) -> list[dict[
 
 
 @pytest.fixture(scope="package")
-def seen_secrets() -> list[str]:
-    """Secrets used by the tests of this package; none may appear in a sandbox log."""
-    return [SYMMETRIC_SECRET]
-
-
-@pytest.fixture(scope="package")
 def jwks_server() -> Iterator[JWKSServer]:
     with JWKSServer(public_jwks(URI_KEY, URI_EC_KEY)) as server:
         yield server
@@ -170,8 +165,10 @@ def sbx(
     tmp_path_factory: pytest.TempPathFactory,
     jwks_server: JWKSServer,
     rotating_jwks_server: JWKSServer,
+    secret_scan: Ledger,
 ) -> Iterator[SandboxProcess]:
     """The auto-approving sandbox most tests share."""
+    secret_scan.add(SYMMETRIC_SECRET, kind="client secret")
     workdir: Path = tmp_path_factory.mktemp("sandbox-auth")
     with run_sandbox(workdir, clients(jwks_server.url, rotating_jwks_server.url)) as process:
         yield process

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+from leak_scan import Ledger
 from sandbox_process import SandboxProcess
 
 from .flow import (
@@ -57,18 +58,18 @@ def test_discovery_lists_what_smart_requires(http: httpx.Client, sbx: SandboxPro
 
 
 def test_standalone_launch_gives_patient_and_fhir_access(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     auth = authorize(http, sbx.iss, "app-public", STANDALONE)
     assert auth.response.status_code == 302
     assert auth.location.startswith(REDIRECT_URI + "?")
     assert auth.result["state"] == auth.state
     assert auth.result["iss"] == f"{sbx.origin}/auth"  # RFC 9207
-    seen_secrets.append(auth.code)
+    secret_scan.add(auth.code)
     token = exchange(http, auth, "app-public")
     assert token.status_code == 200, token.text
     body = token.json()
-    seen_secrets += [body["access_token"], body["refresh_token"], body["id_token"]]
+    secret_scan.add(body["access_token"], body["refresh_token"], body["id_token"])
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 3600
     assert set(body["scope"].split()) == set(STANDALONE.split())
@@ -207,7 +208,7 @@ def test_v1_and_v2_scopes_with_query_are_granted(http: httpx.Client, sbx: Sandbo
 
 
 def test_ehr_launch_keeps_its_patient_and_encounter(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     patient = patient_ids(http)[2]
     launched = ehr_launch(http, "http://127.0.0.1:9/launch", patient, client_id="app-public")
@@ -215,7 +216,7 @@ def test_ehr_launch_keeps_its_patient_and_encounter(
     launch_params = query_of(launched.headers["location"])
     assert launch_params["iss"] == sbx.iss
     assert launched.headers["location"].startswith("http://127.0.0.1:9/launch?")
-    seen_secrets.append(launch_params["launch"])
+    secret_scan.add(launch_params["launch"])
     auth = authorize(
         http,
         sbx.iss,

@@ -10,6 +10,7 @@ import uuid
 import httpx
 import pytest
 from joserfc.jwk import ECKey, RSAKey
+from leak_scan import Ledger
 from sandbox_process import SandboxProcess
 
 from .conftest import (
@@ -47,15 +48,15 @@ def backend_token(
 
 @pytest.mark.parametrize(("key", "alg"), [(RS_KEY, "RS384"), (EC_KEY, "ES384")])
 def test_asymmetric_client_code_flow(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str], key: RSAKey | ECKey, alg: str
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger, key: RSAKey | ECKey, alg: str
 ) -> None:
     auth = authorize(http, sbx.iss, "app-asymmetric", SCOPE)
     signed = assertion(key, "app-asymmetric", token_url(sbx), alg=alg)
-    seen_secrets += [auth.code, signed]
+    secret_scan.add(auth.code, signed)
     response = exchange(http, auth, "app-asymmetric", client_auth=jwt_auth(signed))
     assert response.status_code == 200, response.text
     body = response.json()
-    seen_secrets += [body["access_token"], body["refresh_token"]]
+    secret_scan.add(body["access_token"], body["refresh_token"])
     # refresh re-authenticates with a fresh assertion
     refreshed = http.post(
         "/auth/token",
@@ -66,19 +67,19 @@ def test_asymmetric_client_code_flow(
         },
     )
     assert refreshed.status_code == 200, refreshed.text
-    seen_secrets += [refreshed.json()["access_token"], refreshed.json()["refresh_token"]]
+    secret_scan.add(refreshed.json()["access_token"], refreshed.json()["refresh_token"])
 
 
 @pytest.mark.parametrize(("key", "alg"), [(RS_KEY, "RS384"), (EC_KEY, "ES384")])
 def test_backend_services_with_system_scopes(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str], key: RSAKey | ECKey, alg: str
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger, key: RSAKey | ECKey, alg: str
 ) -> None:
     signed = assertion(key, "backend", token_url(sbx), alg=alg)
-    seen_secrets.append(signed)
+    secret_scan.add(signed)
     response = backend_token(http, signed, "system/Patient.rs system/Observation.rs")
     assert response.status_code == 200, response.text
     body = response.json()
-    seen_secrets.append(body["access_token"])
+    secret_scan.add(body["access_token"])
     assert body["scope"] == "system/Patient.rs system/Observation.rs"
     assert body["expires_in"] <= 300
     assert "refresh_token" not in body
@@ -111,12 +112,12 @@ def test_backend_services_refuse_public_clients(http: httpx.Client) -> None:
     assert response.json()["error"] in ("invalid_client", "unauthorized_client")
 
 
-def test_jwks_uri_client(http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]) -> None:
+def test_jwks_uri_client(http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger) -> None:
     signed = assertion(URI_KEY, "backend-uri", token_url(sbx), alg="RS384")
-    seen_secrets.append(signed)
+    secret_scan.add(signed)
     response = backend_token(http, signed, "system/Patient.rs")
     assert response.status_code == 200, response.text
-    seen_secrets.append(response.json()["access_token"])
+    secret_scan.add(response.json()["access_token"])
     # a key not in the published set is refused
     other = RSAKey.generate_key(2048, parameters={"kid": URI_KEY.kid}, private=True)
     refused = backend_token(
@@ -134,12 +135,12 @@ def test_bad_assertion_signature_is_refused(http: httpx.Client, sbx: SandboxProc
 
 
 def test_replayed_jti_is_refused(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     jti = str(uuid.uuid4())
     first = backend_token(http, assertion(RS_KEY, "backend", token_url(sbx), alg="RS384", jti=jti))
     assert first.status_code == 200
-    seen_secrets.append(first.json()["access_token"])
+    secret_scan.add(first.json()["access_token"])
     again = backend_token(http, assertion(RS_KEY, "backend", token_url(sbx), alg="RS384", jti=jti))
     assert again.status_code == 400
     assert again.json()["error"] == "invalid_client"
@@ -278,13 +279,13 @@ def test_client_id_must_match_the_assertion(http: httpx.Client, sbx: SandboxProc
 
 
 def test_es384_assertion_with_keys_from_jwks_uri(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     signed = assertion(URI_EC_KEY, "backend-uri", token_url(sbx), alg="ES384")
-    seen_secrets.append(signed)
+    secret_scan.add(signed)
     response = backend_token(http, signed, "system/Patient.rs")
     assert response.status_code == 200, response.text
-    seen_secrets.append(response.json()["access_token"])
+    secret_scan.add(response.json()["access_token"])
     assert response.json()["scope"] == "system/Patient.rs"
     # An EC key of our own under the published kid does not pass.
     impostor = ECKey.generate_key("P-384", parameters={"kid": URI_EC_KEY.kid}, private=True)
@@ -349,7 +350,7 @@ def test_a_new_key_on_the_jwks_uri_is_picked_up(
     http: httpx.Client,
     sbx: SandboxProcess,
     rotating_jwks_server: JWKSServer,
-    seen_secrets: list[str],
+    secret_scan: Ledger,
 ) -> None:
     """Key rotation: an unknown ``kid`` makes the sandbox look at the client's JWKS again."""
     url = token_url(sbx)
@@ -361,7 +362,7 @@ def test_a_new_key_on_the_jwks_uri_is_picked_up(
         "system/Patient.rs",
     )
     assert old.status_code == 200, old.text  # the old key set is now cached
-    seen_secrets.append(old.json()["access_token"])
+    secret_scan.add(old.json()["access_token"])
     rotating_jwks_server.publish(public_jwks(ROTATION_NEW_KEY))
     # The refetch is rate-limited (2 s): wait past it, as a client would between rotations.
     deadline = time.time() + 2.5
@@ -375,7 +376,7 @@ def test_a_new_key_on_the_jwks_uri_is_picked_up(
         "system/Patient.rs",
     )
     assert new.status_code == 200, new.text
-    seen_secrets.append(new.json()["access_token"])
+    secret_scan.add(new.json()["access_token"])
     # The retired key is gone from the published set: its assertions fail now.
     retired = backend_token(
         http,

@@ -14,6 +14,7 @@ import httpx
 import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
+from leak_scan import Ledger
 from sandbox_process import SandboxProcess
 
 from .conftest import HUB_REDIRECT_URI
@@ -61,9 +62,7 @@ def test_discovery_claims_exactly_what_is_implemented(
     assert "text/html" in page.headers["content-type"]
 
 
-def test_authorize_by_post(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
-) -> None:
+def test_authorize_by_post(http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger) -> None:
     """``authorize-post``: the same request as a form POST gets a code too."""
     verifier, challenge = pkce_pair()
     response = http.post(
@@ -82,7 +81,7 @@ def test_authorize_by_post(
     assert response.status_code == 302, response.text
     result = query_of(response.headers["location"])
     assert result["state"] == "post-state-1234"
-    seen_secrets.append(result["code"])
+    secret_scan.add(result["code"])
     token = http.post(
         "/auth/token",
         data={
@@ -94,7 +93,7 @@ def test_authorize_by_post(
         },
     )
     assert token.status_code == 200, token.text
-    seen_secrets.append(token.json()["access_token"])
+    secret_scan.add(token.json()["access_token"])
     assert token.json()["patient"]
 
 
@@ -120,12 +119,12 @@ def test_redirect_uri_must_match_exactly(
 
 
 def test_id_token_without_nonce_has_no_nonce_claim(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     auth = authorize(http, sbx.iss, "app-public", "openid fhirUser", drop=("nonce",))
-    seen_secrets.append(auth.code)
+    secret_scan.add(auth.code)
     body = exchange(http, auth, "app-public").json()
-    seen_secrets += [body["access_token"], body["id_token"]]
+    secret_scan.add(body["access_token"], body["id_token"])
     keys = KeySet.import_key_set(http.get("/auth/jwks").json())
     token = jwt.decode(body["id_token"], keys, algorithms=["RS256"])
     assert "nonce" not in token.claims
@@ -134,7 +133,7 @@ def test_id_token_without_nonce_has_no_nonce_claim(
 
 
 def test_ehr_launch_button_with_its_defaults(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     """Submit the first Launch form of ``/ehr`` as a browser would, options untouched."""
     page = http.get("/ehr")
@@ -155,7 +154,7 @@ def test_ehr_launch_button_with_its_defaults(
     assert target.startswith("http://127.0.0.1:8000/hub/oauth_login?")
     params = query_of(target)
     assert params["iss"] == sbx.iss
-    seen_secrets.append(params["launch"])
+    secret_scan.add(params["launch"])
     auth = authorize(
         http,
         sbx.iss,
@@ -164,20 +163,20 @@ def test_ehr_launch_button_with_its_defaults(
         redirect_uri=HUB_REDIRECT_URI,
         launch=params["launch"],
     )
-    seen_secrets.append(auth.code)
+    secret_scan.add(auth.code)
     body = exchange(http, auth, "hub", redirect_uri=HUB_REDIRECT_URI).json()
-    seen_secrets += [body["access_token"], body["id_token"]]
+    secret_scan.add(body["access_token"], body["id_token"])
     assert body["patient"] == fields["patient"]
     assert body["need_patient_banner"] is False  # the EHR shows its own banner
 
 
 def test_openid_without_fhir_user_has_no_fhir_user_claim(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     auth = authorize(http, sbx.iss, "app-public", "openid launch/patient patient/Patient.rs")
-    seen_secrets.append(auth.code)
+    secret_scan.add(auth.code)
     body = exchange(http, auth, "app-public").json()
-    seen_secrets += [body["access_token"], body["id_token"]]
+    secret_scan.add(body["access_token"], body["id_token"])
     keys = KeySet.import_key_set(http.get("/auth/jwks").json())
     claims = jwt.decode(body["id_token"], keys, algorithms=["RS256"]).claims
     assert "fhirUser" not in claims

@@ -6,6 +6,7 @@ import threading
 from typing import Any
 
 import httpx
+from leak_scan import Ledger
 from sandbox_process import SandboxProcess
 
 from .flow import authorize, exchange
@@ -44,11 +45,11 @@ class Sender:
 
 
 def test_concurrent_refreshes_one_wins_and_the_grant_ends(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     auth = authorize(http, sbx.iss, "app-public", SCOPE)
     tokens = exchange(http, auth, "app-public").json()
-    seen_secrets += [auth.code, tokens["access_token"], tokens["refresh_token"]]
+    secret_scan.add(auth.code, tokens["access_token"], tokens["refresh_token"])
     data = {
         "grant_type": "refresh_token",
         "refresh_token": tokens["refresh_token"],
@@ -61,7 +62,7 @@ def test_concurrent_refreshes_one_wins_and_the_grant_ends(
     for response in responses:
         if response.status_code == 200:
             winner = response.json()
-            seen_secrets += [winner["access_token"], winner["refresh_token"]]
+            secret_scan.add(winner["access_token"], winner["refresh_token"])
             # the losers' reuse revoked the whole family, the winner's new tokens included
             read = http.get(
                 f"/fhir/Patient/{tokens['patient']}",
@@ -73,16 +74,16 @@ def test_concurrent_refreshes_one_wins_and_the_grant_ends(
 
 
 def test_concurrent_code_redemptions_one_wins_and_its_tokens_are_revoked(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     auth = authorize(http, sbx.iss, "app-public", SCOPE)
-    seen_secrets.append(auth.code)
+    secret_scan.add(auth.code)
     responses = at_once(3, Sender(sbx.origin, lambda c: exchange(c, auth, "app-public")))
     assert [r.status_code for r in responses].count(200) <= 1
     for response in responses:
         if response.status_code == 200:
             body = response.json()
-            seen_secrets += [body["access_token"], body["refresh_token"]]
+            secret_scan.add(body["access_token"], body["refresh_token"])
             read = http.get(
                 f"/fhir/Patient/{body['patient']}",
                 headers={"Authorization": f"Bearer {body['access_token']}"},

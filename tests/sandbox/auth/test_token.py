@@ -9,6 +9,7 @@ import pytest
 from joserfc import jwt
 from joserfc.errors import BadSignatureError
 from joserfc.jwk import KeySet, RSAKey
+from leak_scan import Ledger
 from sandbox_process import SandboxProcess
 
 from .conftest import SYMMETRIC_SECRET
@@ -20,17 +21,17 @@ SCOPE = "openid fhirUser launch/patient patient/*.rs offline_access"
 def issue(
     http: httpx.Client,
     sbx: SandboxProcess,
-    seen: list[str],
+    seen: Ledger,
     client_id: str = "app-public",
     scope: str = SCOPE,
     client_auth: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     auth = authorize(http, sbx.iss, client_id, scope)
-    seen.append(auth.code)
+    seen.add(auth.code)
     response = exchange(http, auth, client_id, client_auth=client_auth)
     assert response.status_code == 200, response.text
     body = response.json()
-    seen.extend(v for k, v in body.items() if k in ("access_token", "refresh_token", "id_token"))
+    seen.add(*(v for k, v in body.items() if k in ("access_token", "refresh_token", "id_token")))
     return body
 
 
@@ -84,13 +85,13 @@ def test_missing_verifier_is_refused(http: httpx.Client, sbx: SandboxProcess) ->
 
 
 def test_replayed_code_is_refused_and_revokes_its_tokens(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     auth = authorize(http, sbx.iss, "app-public", SCOPE)
     first = exchange(http, auth, "app-public")
     assert first.status_code == 200
     tokens = first.json()
-    seen_secrets += [auth.code, tokens["access_token"], tokens["refresh_token"]]
+    secret_scan.add(auth.code, tokens["access_token"], tokens["refresh_token"])
     assert (
         http.get(
             f"/fhir/Patient/{tokens['patient']}", headers=bearer(tokens["access_token"])
@@ -148,9 +149,9 @@ def test_unknown_code_is_refused(http: httpx.Client) -> None:
 
 
 def test_refresh_rotates_and_reuse_revokes_the_grant(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
-    tokens = issue(http, sbx, seen_secrets)
+    tokens = issue(http, sbx, secret_scan)
     refresh = {
         "grant_type": "refresh_token",
         "refresh_token": tokens["refresh_token"],
@@ -159,7 +160,7 @@ def test_refresh_rotates_and_reuse_revokes_the_grant(
     second = http.post("/auth/token", data=refresh)
     assert second.status_code == 200, second.text
     rotated = second.json()
-    seen_secrets += [rotated["access_token"], rotated["refresh_token"]]
+    secret_scan.add(rotated["access_token"], rotated["refresh_token"])
     assert rotated["refresh_token"] != tokens["refresh_token"]
     assert rotated["patient"] == tokens["patient"]
     assert rotated["scope"] == tokens["scope"]
@@ -186,9 +187,9 @@ def test_refresh_rotates_and_reuse_revokes_the_grant(
 
 
 def test_refresh_may_narrow_but_not_widen_scope(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
-    tokens = issue(http, sbx, seen_secrets)
+    tokens = issue(http, sbx, secret_scan)
     wider = http.post(
         "/auth/token",
         data={
@@ -210,14 +211,14 @@ def test_refresh_may_narrow_but_not_widen_scope(
         },
     )
     assert narrower.status_code == 200, narrower.text
-    seen_secrets += [narrower.json()["access_token"], narrower.json()["refresh_token"]]
+    secret_scan.add(narrower.json()["access_token"], narrower.json()["refresh_token"])
     assert narrower.json()["scope"] == "patient/*.rs offline_access"
 
 
 def test_refresh_token_is_bound_to_its_client(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
-    tokens = issue(http, sbx, seen_secrets)
+    tokens = issue(http, sbx, secret_scan)
     response = http.post(
         "/auth/token",
         data={
@@ -231,12 +232,12 @@ def test_refresh_token_is_bound_to_its_client(
 
 
 def test_id_token_claims_and_signature(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     auth = authorize(http, sbx.iss, "app-public", SCOPE)
-    seen_secrets.append(auth.code)
+    secret_scan.add(auth.code)
     body = exchange(http, auth, "app-public").json()
-    seen_secrets += [body["access_token"], body["id_token"]]
+    secret_scan.add(body["access_token"], body["id_token"])
     config = http.get("/fhir/.well-known/smart-configuration").json()
     keys = KeySet.import_key_set(http.get(config["jwks_uri"]).json())
     token = jwt.decode(body["id_token"], keys, algorithms=["RS256"])
@@ -263,12 +264,12 @@ def test_id_token_claims_and_signature(
 
 
 def test_confidential_symmetric_client(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     body = issue(
         http,
         sbx,
-        seen_secrets,
+        secret_scan,
         "app-symmetric",
         client_auth=basic("app-symmetric", SYMMETRIC_SECRET),
     )
@@ -300,9 +301,9 @@ def test_unsupported_grant_type(http: httpx.Client) -> None:
 
 
 def test_introspection_reports_smart_fields(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
-    tokens = issue(http, sbx, seen_secrets)
+    tokens = issue(http, sbx, secret_scan)
     info = introspect(http, tokens["access_token"])
     assert info["active"] is True
     assert info["client_id"] == "app-public"
@@ -320,12 +321,12 @@ def test_introspection_reports_smart_fields(
 
 
 def test_introspection_needs_client_authentication(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     tokens = issue(
         http,
         sbx,
-        seen_secrets,
+        secret_scan,
         "app-symmetric",
         client_auth=basic("app-symmetric", SYMMETRIC_SECRET),
     )
@@ -341,9 +342,9 @@ def test_introspection_needs_client_authentication(
 
 
 def test_revoked_access_token_stops_working(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
-    tokens = issue(http, sbx, seen_secrets)
+    tokens = issue(http, sbx, secret_scan)
     url = f"/fhir/Patient/{tokens['patient']}"
     assert http.get(url, headers=bearer(tokens["access_token"])).status_code == 200
     revoked = http.post(
@@ -355,13 +356,13 @@ def test_revoked_access_token_stops_working(
     # the refresh token still works (only the access token was revoked)
     refreshed = refresh(http, tokens)
     assert refreshed.status_code == 200
-    seen_secrets += [refreshed.json()["access_token"], refreshed.json()["refresh_token"]]
+    secret_scan.add(refreshed.json()["access_token"], refreshed.json()["refresh_token"])
 
 
 def test_revoked_refresh_token_ends_the_grant(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
-    tokens = issue(http, sbx, seen_secrets)
+    tokens = issue(http, sbx, secret_scan)
     revoked = http.post(
         "/auth/revoke",
         data={
@@ -375,9 +376,9 @@ def test_revoked_refresh_token_ends_the_grant(
 
 
 def test_ehr_sessions_page_revokes_a_grant(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
-    tokens = issue(http, sbx, seen_secrets)
+    tokens = issue(http, sbx, secret_scan)
     page = http.get("/ehr/sessions")
     assert page.status_code == 200
     assert "app-public" in page.text
@@ -401,22 +402,26 @@ def test_ehr_sessions_page_revokes_a_grant(
 
 
 def test_token_responses_are_readable_by_browser_apps(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     auth = authorize(http, sbx.iss, "app-public", SCOPE)
-    seen_secrets.append(auth.code)
+    secret_scan.add(auth.code)
     response = exchange(http, auth, "app-public")
-    seen_secrets.extend(
-        v for k, v in response.json().items() if k in ("access_token", "refresh_token", "id_token")
+    secret_scan.add(
+        *(
+            v
+            for k, v in response.json().items()
+            if k in ("access_token", "refresh_token", "id_token")
+        )
     )
     assert response.headers["access-control-allow-origin"] == "*"
     assert "access-control-allow-credentials" not in response.headers
 
 
 def test_patient_token_cannot_read_another_patient(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
-    tokens = issue(http, sbx, seen_secrets)
+    tokens = issue(http, sbx, secret_scan)
     others = [p for p in patient_ids(http) if p != tokens["patient"]]
     response = http.get(f"/fhir/Patient/{others[0]}", headers=bearer(tokens["access_token"]))
     # 404, not 403: a patient-scoped token must not learn that the other record exists.
@@ -432,14 +437,12 @@ def test_patient_token_cannot_read_another_patient(
 
 
 def test_ehr_revokes_every_grant_of_a_user(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     import re
 
-    first = issue(http, sbx, seen_secrets)
-    second = issue(
-        http, sbx, seen_secrets, "app-limited", scope="launch/patient patient/Patient.rs"
-    )
+    first = issue(http, sbx, secret_scan)
+    second = issue(http, sbx, secret_scan, "app-limited", scope="launch/patient patient/Patient.rs")
     user = introspect(http, first["access_token"])["sub"]
     page = http.get("/ehr/sessions")
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
@@ -454,11 +457,11 @@ def test_ehr_revokes_every_grant_of_a_user(
 
 
 def test_client_secret_in_the_body_is_refused(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     """client_secret_basic only: a secret in the form (client_secret_post) is not accepted."""
     auth = authorize(http, sbx.iss, "app-symmetric", SCOPE)
-    seen_secrets.append(auth.code)
+    secret_scan.add(auth.code)
     response = exchange(
         http,
         auth,
@@ -471,14 +474,14 @@ def test_client_secret_in_the_body_is_refused(
 
 
 def test_a_wrong_token_type_hint_does_not_stop_the_search(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     """RFC 7662/7009 §2.1: a hint that misses MUST widen the search, never end it.
 
     Otherwise introspection calls a live token inactive, and revocation answers
     200 while the token keeps working.
     """
-    tokens = issue(http, sbx, seen_secrets)
+    tokens = issue(http, sbx, secret_scan)
     info = http.post(
         "/auth/introspect",
         data={
@@ -503,10 +506,10 @@ def test_a_wrong_token_type_hint_does_not_stop_the_search(
 
 
 def test_a_refresh_token_is_not_a_bearer_token(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
     """The widened search is for introspection and revocation only, never for FHIR access."""
-    tokens = issue(http, sbx, seen_secrets)
+    tokens = issue(http, sbx, secret_scan)
     response = http.get(
         f"/fhir/Patient/{tokens['patient']}", headers=bearer(tokens["refresh_token"])
     )
@@ -524,9 +527,9 @@ def test_a_refresh_token_is_not_a_bearer_token(
 
 
 def test_another_client_cannot_revoke_or_introspect_a_token(
-    http: httpx.Client, sbx: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, sbx: SandboxProcess, secret_scan: Ledger
 ) -> None:
-    tokens = issue(http, sbx, seen_secrets)
+    tokens = issue(http, sbx, secret_scan)
     for token in (tokens["access_token"], tokens["refresh_token"]):
         refused = http.post(
             "/auth/revoke",

@@ -1,7 +1,7 @@
 """A sandbox process for the FHIR server's integration tests, and tokens for it.
 
-Every token a test obtains is remembered in ``seen_secrets``; the last test of
-the package greps the sandbox log for all of them.
+Every token a test obtains goes to the session's ``secret_scan``, which reads the
+sandbox log for all of them when the session ends.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from leak_scan import Ledger
 from sandbox_process import SandboxProcess, run_sandbox
 
 from .tokens import BACKEND_SECRET, CLIENTS, backend_token, patient_token
@@ -20,12 +21,10 @@ SEED = 11
 
 
 @pytest.fixture(scope="package")
-def seen_secrets() -> list[str]:
-    return [BACKEND_SECRET]
-
-
-@pytest.fixture(scope="package")
-def fhir_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxProcess]:
+def fhir_sandbox(
+    tmp_path_factory: pytest.TempPathFactory, secret_scan: Ledger
+) -> Iterator[SandboxProcess]:
+    secret_scan.add(BACKEND_SECRET, kind="client secret")
     with run_sandbox(
         tmp_path_factory.mktemp("sandbox-fhir"), CLIENTS, patients=PATIENTS, seed=SEED
     ) as process:
@@ -39,20 +38,20 @@ def http(fhir_sandbox: SandboxProcess) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="package")
-def system_token(http: httpx.Client, seen_secrets: list[str]) -> dict[str, Any]:
+def system_token(http: httpx.Client, secret_scan: Ledger) -> dict[str, Any]:
     token = backend_token(http)
-    seen_secrets.append(token["access_token"])
+    secret_scan.add(token["access_token"])
     return token
 
 
 @pytest.fixture(scope="package")
 def patient2_token(
-    http: httpx.Client, fhir_sandbox: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, fhir_sandbox: SandboxProcess, secret_scan: Ledger
 ) -> dict[str, Any]:
     """``patient/*.rs`` for patient-00002 (standalone launch with login_hint)."""
     token = patient_token(
         http, fhir_sandbox.iss, "launch/patient patient/*.rs", patient="patient-00002"
     )
     assert token["patient"] == "patient-00002"
-    seen_secrets.append(token["access_token"])
+    secret_scan.add(token["access_token"])
     return token

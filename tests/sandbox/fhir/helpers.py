@@ -57,3 +57,22 @@ def outcome_text(response: httpx.Response) -> str:
     body = response.json()
     assert body["resourceType"] == "OperationOutcome", body
     return " ".join(issue.get("diagnostics", "") for issue in body["issue"])
+
+
+def audit_event(patient: str = "patient-00002") -> dict[str, Any]:
+    """An AuditEvent a client may create, about ``patient``."""
+    return {
+        "resourceType": "AuditEvent",
+        "id": "client-chosen-id-is-ignored",
+        "type": {
+            "system": "http://dicom.nema.org/resources/ontology/DCM",
+            "code": "110112",
+            "display": "Query",
+        },
+        "action": "E",
+        "recorded": "2025-07-01T12:00:00Z",
+        "outcome": "0",
+        "agent": [{"who": {"display": "tester"}, "requestor": True}],
+        "source": {"observer": {"display": "jupyterhub-smart tests"}},
+        "entity": [{"what": {"reference": f"Patient/{patient}"}}],
+    }

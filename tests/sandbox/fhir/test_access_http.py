@@ -6,9 +6,10 @@ from typing import Any
 
 import httpx
 import pytest
+from leak_scan import Ledger
 from sandbox_process import SandboxProcess, run_sandbox
 
-from .helpers import FHIR_JSON, fhir_get, ids, outcome_text, search, search_all
+from .helpers import FHIR_JSON, audit_event, fhir_get, ids, outcome_text, search, search_all
 from .tokens import BACKEND, BACKEND_SECRET, CLIENTS, PUBLIC, backend_token, bearer, patient_token
 
 
@@ -112,9 +113,9 @@ def test_bad_authorization_header_is_401(http: httpx.Client, header: str) -> Non
     outcome_text(response)
 
 
-def test_revoked_token_is_401(http: httpx.Client, seen_secrets: list[str]) -> None:
+def test_revoked_token_is_401(http: httpx.Client, secret_scan: Ledger) -> None:
     token = backend_token(http)
-    seen_secrets.append(token["access_token"])
+    secret_scan.add(token["access_token"])
     assert fhir_get(http, "Patient", token).status_code == 200
     revoked = http.post(
         "/auth/revoke",
@@ -128,7 +129,7 @@ def test_revoked_token_is_401(http: httpx.Client, seen_secrets: list[str]) -> No
     assert "revoked" in outcome_text(response)
 
 
-def test_expired_token_is_401(tmp_path: Any, seen_secrets: list[str]) -> None:
+def test_expired_token_is_401(tmp_path: Any, secret_scan: Ledger) -> None:
     import time
 
     with (
@@ -138,7 +139,7 @@ def test_expired_token_is_401(tmp_path: Any, seen_secrets: list[str]) -> None:
         httpx.Client(base_url=sbx.origin, timeout=60) as client,
     ):
         token = backend_token(client)
-        seen_secrets.append(token["access_token"])
+        secret_scan.add(token["access_token"])
         assert token["expires_in"] <= 1
         time.sleep(2.1)  # past expires_in: the token is now expired
         response = fhir_get(client, "Patient", token)
@@ -149,12 +150,12 @@ def test_expired_token_is_401(tmp_path: Any, seen_secrets: list[str]) -> None:
 
 
 def test_missing_scope_is_403_naming_it(
-    http: httpx.Client, fhir_sandbox: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, fhir_sandbox: SandboxProcess, secret_scan: Ledger
 ) -> None:
     token = patient_token(
         http, fhir_sandbox.iss, "launch/patient patient/Patient.rs", patient="patient-00003"
     )
-    seen_secrets.append(token["access_token"])
+    secret_scan.add(token["access_token"])
     assert fhir_get(http, "Patient/patient-00003", token).status_code == 200
     search_response = fhir_get(http, "Observation", token)
     assert search_response.status_code == 403
@@ -167,12 +168,12 @@ def test_missing_scope_is_403_naming_it(
 
 
 def test_v1_read_scope_allows_read_and_search(
-    http: httpx.Client, fhir_sandbox: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, fhir_sandbox: SandboxProcess, secret_scan: Ledger
 ) -> None:
     token = patient_token(
         http, fhir_sandbox.iss, "launch/patient patient/Observation.read", patient="patient-00003"
     )
-    seen_secrets.append(token["access_token"])
+    secret_scan.add(token["access_token"])
     found = search_all(http, "Observation", token, {"_count": 1000})
     assert found and {o["subject"]["reference"] for o in found} == {"Patient/patient-00003"}
     assert fhir_get(http, f"Observation/{found[0]['id']}", token).status_code == 200
@@ -215,7 +216,7 @@ def test_v2_category_restriction(
     http: httpx.Client,
     fhir_sandbox: SandboxProcess,
     system_token: dict[str, Any],
-    seen_secrets: list[str],
+    secret_scan: Ledger,
 ) -> None:
     token = patient_token(
         http,
@@ -223,7 +224,7 @@ def test_v2_category_restriction(
         "launch/patient patient/Observation.rs?category=vital-signs",
         patient="patient-00002",
     )
-    seen_secrets.append(token["access_token"])
+    secret_scan.add(token["access_token"])
     assert "patient/Observation.rs?category=vital-signs" in token["scope"].split()
     visible = search_all(http, "Observation", token, {"_count": 1000})
     full = search_all(
@@ -241,30 +242,12 @@ def test_v2_category_restriction(
     assert fhir_get(http, f"Observation/{visible[0]['id']}", token).status_code == 200
 
 
-def _audit_event(patient: str = "patient-00002") -> dict[str, Any]:
-    return {
-        "resourceType": "AuditEvent",
-        "id": "client-chosen-id-is-ignored",
-        "type": {
-            "system": "http://dicom.nema.org/resources/ontology/DCM",
-            "code": "110112",
-            "display": "Query",
-        },
-        "action": "E",
-        "recorded": "2025-07-01T12:00:00Z",
-        "outcome": "0",
-        "agent": [{"who": {"display": "tester"}, "requestor": True}],
-        "source": {"observer": {"display": "jupyterhub-smart tests"}},
-        "entity": [{"what": {"reference": f"Patient/{patient}"}}],
-    }
-
-
-def test_auditevent_create(http: httpx.Client, seen_secrets: list[str]) -> None:
+def test_auditevent_create(http: httpx.Client, secret_scan: Ledger) -> None:
     token = backend_token(http, "system/AuditEvent.c system/AuditEvent.rs")
-    seen_secrets.append(token["access_token"])
+    secret_scan.add(token["access_token"])
     response = http.post(
         "/fhir/AuditEvent",
-        content=httpx.Request("POST", "/", json=_audit_event()).content,
+        content=httpx.Request("POST", "/", json=audit_event()).content,
         headers={**bearer(token), "Content-Type": "application/fhir+json"},
     )
     assert response.status_code == 201, response.text
@@ -272,7 +255,7 @@ def test_auditevent_create(http: httpx.Client, seen_secrets: list[str]) -> None:
     assert created["id"] != "client-chosen-id-is-ignored"
     assert response.headers["location"].endswith(f"/fhir/AuditEvent/{created['id']}/_history/1")
     read = fhir_get(http, f"AuditEvent/{created['id']}", token)
-    assert read.status_code == 200 and read.json()["entity"] == _audit_event()["entity"]
+    assert read.status_code == 200 and read.json()["entity"] == audit_event()["entity"]
     location = http.get(response.headers["location"], headers=bearer(token))
     assert location.status_code == 200 and location.json() == read.json()
     other_version = fhir_get(http, f"AuditEvent/{created['id']}/_history/2", token)
@@ -283,21 +266,21 @@ def test_auditevent_create(http: httpx.Client, seen_secrets: list[str]) -> None:
 def test_auditevent_create_needs_the_c_scope(
     http: httpx.Client, system_token: dict[str, Any]
 ) -> None:
-    response = http.post("/fhir/AuditEvent", json=_audit_event(), headers=bearer(system_token))
+    response = http.post("/fhir/AuditEvent", json=audit_event(), headers=bearer(system_token))
     assert response.status_code == 403
     assert "system/AuditEvent.c" in outcome_text(response)
 
 
 def test_patient_scoped_auditevent_only_about_own_patient(
-    http: httpx.Client, fhir_sandbox: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, fhir_sandbox: SandboxProcess, secret_scan: Ledger
 ) -> None:
     token = patient_token(
         http, fhir_sandbox.iss, "launch/patient patient/AuditEvent.c", patient="patient-00002"
     )
-    seen_secrets.append(token["access_token"])
-    ok = http.post("/fhir/AuditEvent", json=_audit_event("patient-00002"), headers=bearer(token))
+    secret_scan.add(token["access_token"])
+    ok = http.post("/fhir/AuditEvent", json=audit_event("patient-00002"), headers=bearer(token))
     assert ok.status_code == 201, ok.text
-    other = http.post("/fhir/AuditEvent", json=_audit_event("patient-00001"), headers=bearer(token))
+    other = http.post("/fhir/AuditEvent", json=audit_event("patient-00001"), headers=bearer(token))
     assert other.status_code == 403
     assert "its own patient" in outcome_text(other)
 
@@ -341,14 +324,14 @@ def _deep(levels: int) -> bytes:
 )
 def test_bad_auditevent_bodies_are_4xx(
     http: httpx.Client,
-    seen_secrets: list[str],
+    secret_scan: Ledger,
     body: bytes,
     content_type: str,
     status: int,
     expected: str,
 ) -> None:
     token = backend_token(http, "system/AuditEvent.c")
-    seen_secrets.append(token["access_token"])
+    secret_scan.add(token["access_token"])
     response = http.post(
         "/fhir/AuditEvent", content=body, headers={**bearer(token), "Content-Type": content_type}
     )
@@ -386,10 +369,10 @@ def test_other_errors_are_operation_outcomes(
 
 
 def test_user_scope_sees_every_patient(
-    http: httpx.Client, fhir_sandbox: SandboxProcess, seen_secrets: list[str]
+    http: httpx.Client, fhir_sandbox: SandboxProcess, secret_scan: Ledger
 ) -> None:
     token = patient_token(http, fhir_sandbox.iss, "openid fhirUser user/Observation.rs")
-    seen_secrets.append(token["access_token"])
+    secret_scan.add(token["access_token"])
     found = search_all(http, "Observation", token, {"_count": 1000})
     assert len({o["subject"]["reference"] for o in found}) == 6
     assert fhir_get(http, "Observation/patient-00005-obs-00001", token).status_code == 200

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from leak_scan import Ledger
 
 from .helpers import fhir_get, outcome_text, search
 
@@ -127,12 +128,12 @@ def test_search_form_content_types(
     [b"[]", b"[{}]", b"null", b'"AuditEvent"', b"42", b"true", b"{}"],
 )
 def test_auditevent_that_is_not_an_object_or_lacks_its_type_is_400(
-    http: httpx.Client, seen_secrets: list[str], body: bytes
+    http: httpx.Client, secret_scan: Ledger, body: bytes
 ) -> None:
     from .tokens import backend_token, bearer
 
     token = backend_token(http, "system/AuditEvent.c")
-    seen_secrets.append(token["access_token"])
+    secret_scan.add(token["access_token"])
     response = http.post(
         "/fhir/AuditEvent",
         content=body,

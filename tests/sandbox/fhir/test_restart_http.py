@@ -7,25 +7,23 @@ from pathlib import Path
 import httpx
 from sandbox_process import run_sandbox
 
-from .helpers import fhir_get
-from .test_access_http import _audit_event
+from .helpers import audit_event, fhir_get
 from .tokens import CLIENTS, backend_token
 
 
-def test_data_survives_a_restart_and_is_rebuilt_for_other_parameters(
-    tmp_path: Path, seen_secrets: list[str]
-) -> None:
+def test_data_survives_a_restart_and_is_rebuilt_for_other_parameters(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
+    used: list[str] = []
     with (
         run_sandbox(tmp_path / "first", CLIENTS, patients=3, seed=5, data_dir=data_dir) as first,
         httpx.Client(base_url=first.origin, timeout=60) as client,
     ):
         token = backend_token(client, "system/*.rs system/AuditEvent.c")
-        seen_secrets.append(token["access_token"])
+        used.append(token["access_token"])
         before = fhir_get(client, "Patient/patient-00002", token).json()
         created = client.post(
             "/fhir/AuditEvent",
-            json=_audit_event(),
+            json=audit_event(),
             headers={"Authorization": f"Bearer {token['access_token']}"},
         )
         assert created.status_code == 201
@@ -36,7 +34,7 @@ def test_data_survives_a_restart_and_is_rebuilt_for_other_parameters(
     ):
         assert "reusing" in second.log_text()
         token = backend_token(client)
-        seen_secrets.append(token["access_token"])
+        used.append(token["access_token"])
         assert fhir_get(client, "Patient/patient-00002", token).json() == before
         assert fhir_get(client, f"AuditEvent/{event_id}", token).status_code == 200
     with (
@@ -45,9 +43,9 @@ def test_data_survives_a_restart_and_is_rebuilt_for_other_parameters(
     ):
         assert "regenerating" in third.log_text()
         token = backend_token(client)
-        seen_secrets.append(token["access_token"])
+        used.append(token["access_token"])
         assert fhir_get(client, "Patient/patient-00002", token).json() != before
         assert fhir_get(client, f"AuditEvent/{event_id}", token).status_code == 404
     for process in (first, second, third):
         log = process.log_text()
-        assert not [secret for secret in seen_secrets if secret in log]
+        assert not [secret for secret in used if secret in log]

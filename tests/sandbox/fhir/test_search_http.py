@@ -10,9 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
+from leak_scan import Ledger
 from sandbox_process import SandboxProcess
 
-from .helpers import fhir_get, ids, outcome_text, search, search_all
+from .helpers import audit_event, fhir_get, ids, outcome_text, search, search_all
 
 LOINC = "http://loinc.org"
 
@@ -417,17 +418,16 @@ def _next_url(bundle: dict[str, Any]) -> str | None:
 
 
 def test_next_links_stay_stable_while_resources_are_added(
-    http: httpx.Client, seen_secrets: list[str]
+    http: httpx.Client, secret_scan: Ledger
 ) -> None:
     """Keyset paging: an insert between pages neither repeats nor skips a match."""
-    from .test_access_http import _audit_event
     from .tokens import backend_token, bearer
 
     token = backend_token(http, "system/AuditEvent.c system/AuditEvent.rs")
-    seen_secrets.append(token["access_token"])
+    secret_scan.add(token["access_token"])
 
     def create() -> str:
-        response = http.post("/fhir/AuditEvent", json=_audit_event(), headers=bearer(token))
+        response = http.post("/fhir/AuditEvent", json=audit_event(), headers=bearer(token))
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 

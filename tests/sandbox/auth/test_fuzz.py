@@ -1,7 +1,4 @@
-"""Seeded random garbage at every authorization-server and EHR endpoint: never a 5xx.
-
-Runs before the log-hygiene test (file order) on the shared sandbox.
-"""
+"""Seeded random garbage at every authorization-server and EHR endpoint: never a 5xx."""
 
 from __future__ import annotations
 
