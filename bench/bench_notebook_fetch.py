@@ -129,6 +129,7 @@ def _start_sandbox(
             "type": "confidential-symmetric",
             "client_secret": secret,
             "redirect_uris": ["http://127.0.0.1:9/callback"],
+            "scope": "system/*.rs",
         }
     ]
     (workdir / "clients.json").write_text(json.dumps(clients), encoding="utf-8")

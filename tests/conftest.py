@@ -39,6 +39,7 @@ SYMMETRIC_CLIENT: dict[str, Any] = {
     "type": "confidential-symmetric",
     "client_secret": "test-symmetric-secret-0123456789",
     "redirect_uris": [TEST_REDIRECT_URI],
+    "scope": "system/*.rs",
 }
 
 

@@ -69,6 +69,7 @@ def export(
     lock_dir: str | Path | None = None,
     http: Any = None,
     work_dir: str | Path | None = None,
+    allow_insecure_http: bool = False,
 ) -> ExportResult:
     """Run one export into ``out`` and return its :class:`ExportResult`.
 
@@ -80,7 +81,9 @@ def export(
     ``out``; an fsspec URL as ``out`` (``s3://bucket/prefix``) exports into
     ``work_dir`` (default: under ``~/.cache``) and uploads the result. Raises :class:`BulkError` (with an ``exit_code``) when the export
     cannot finish; a result whose ``exit_code`` is 3 saved everything but
-    carries server errors or bad lines (see ``summary``).
+    carries server errors or bad lines (see ``summary``). Credentials go only
+    over https or to a loopback host; ``allow_insecure_http=True`` allows plain
+    http to any host (a test server on a private network).
     """
     from .cli import run_from_options
 
@@ -121,4 +124,5 @@ def export(
         lock_dir=Path(lock_dir) if lock_dir else None,
         http=http,
         show_progress=False,
+        allow_insecure_http=allow_insecure_http,
     )

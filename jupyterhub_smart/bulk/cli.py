@@ -155,6 +155,12 @@ def register(subparsers: Any) -> None:
         help="also accept file URLs on this origin (scheme://host:port)",
     )
     p.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="send credentials over plain http to hosts other than loopback (a test server on a "
+        "private network; never in production)",
+    )
+    p.add_argument(
         "--audit-log",
         metavar="FILE",
         help="append export start/completion/cancel/failure events to this audit log",
@@ -237,8 +243,13 @@ def run_from_options(
     key_id: str | None = None,
     chunk_lines: int = 5_000,
     work_dir: Path | None = None,
+    allow_insecure_http: bool = False,
 ) -> Any:
-    """Build the HTTP client, auth, views and audit for an export and run it."""
+    """Build the HTTP client, auth, views and audit for an export and run it.
+
+    Credentials go only over https or to a loopback host (see :mod:`.tls`),
+    unless ``allow_insecure_http``.
+    """
     import contextlib
 
     import httpx
@@ -248,6 +259,7 @@ def run_from_options(
     from .errors import BulkError
     from .remote import default_staging, is_remote, sync
     from .run import RunOptions, run_export
+    from .tls import TLSOnlyAuth, require_tls
 
     definitions = [_load_view(v) for v in views]
     for name, definition in definitions:
@@ -255,6 +267,7 @@ def run_from_options(
             views_pkg.compile_view(definition)
         except views_pkg.ViewDefinitionError as exc:
             raise BulkError(f"--view {name}: {exc}") from None
+    require_tls(fhir_url, "FHIR server", allow_insecure_http)
     with contextlib.ExitStack() as stack:
         if http is None:
             http = stack.enter_context(httpx.Client(timeout=httpx.Timeout(60.0, connect=15.0)))
@@ -268,12 +281,15 @@ def run_from_options(
                 requested += " system/Group.rs"
             auth = BackendServicesAuth(
                 http,
-                discover_token_endpoint(http, fhir_url),
+                require_tls(
+                    discover_token_endpoint(http, fhir_url), "token endpoint", allow_insecure_http
+                ),
                 client_id,
                 key,
                 requested,
                 key_id=key_id,
             )
+        auth = TLSOnlyAuth(auth, allow_insecure_http)
         audit = _audit_writer(stack, audit_log, fhir_url)
         bar = stack.enter_context(_progress_bar(show_progress))
         remote_url = str(out) if is_remote(out) else None
@@ -420,6 +436,7 @@ def _run(args: argparse.Namespace) -> int:
             audit_log=Path(args.audit_log) if args.audit_log else None,
             lock_dir=Path(args.lock_dir) if args.lock_dir else None,
             http=None,
+            allow_insecure_http=args.allow_insecure_http,
             show_progress=not args.no_progress and not args.json and sys.stderr.isatty(),
         )
     except KeyboardInterrupt:

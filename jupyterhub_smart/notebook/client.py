@@ -406,10 +406,13 @@ class SMARTClient(_Core):
         For the patient- or group-level exports the EHR allows this user
         (``patient_level=True`` or ``group="id"``); keyword arguments are those
         of :func:`jupyterhub_smart.bulk.export`. Returns its ``ExportResult``
-        (``.to_pandas("Observation")``, ``.duckdb()``).
+        (``.to_pandas("Observation")``, ``.duckdb()``). Plain http to a host other
+        than loopback needs ``allow_insecure_http=True``, which defaults to this
+        client's ``allow_http``.
         """
         from ..bulk import export
 
+        kwargs.setdefault("allow_insecure_http", self.allow_http)
         base = self.provider.get().fhir_base_url or self.default_base
         if not base:
             raise ValueError("bulk_export needs the FHIR base URL of this session")

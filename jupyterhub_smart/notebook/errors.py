@@ -8,6 +8,7 @@ base and the search parameters (no credentials ride in URLs here).
 
 from __future__ import annotations
 
+import html
 import linecache
 import os
 from collections.abc import Sequence
@@ -138,16 +139,55 @@ class ReauthenticationRequired(TokenUnavailable):
     """The hub can no longer refresh the EHR session: sign in again at ``login_url``."""
 
     def __init__(self, login_url: str | None) -> None:
+        #: Absolute, or root-relative (``/hub/oauth_login``) when the hub's public
+        #: address is unknown to the kernel: it resolves against the notebook's page.
         self.login_url = login_url
-        where = (
-            f"open {login_url} in your browser"
-            if login_url
-            else "sign in to JupyterHub again (log out, then log in)"
-        )
+        if not login_url:
+            where = "sign in to JupyterHub again (log out, then log in)"
+        elif login_url.startswith("/"):
+            where = (
+                f"open {login_url} on this JupyterHub's address (the one in your browser's "
+                "address bar), or click 'Sign in again' in this cell's output"
+            )
+        else:
+            where = f"open {login_url} in your browser"
         super().__init__(
             "Your EHR session has ended and the hub cannot refresh it: "
             f"{where}, then run this cell again. Your kernel and its variables are kept."
         )
+
+    def _short_traceback(self) -> list[str]:
+        """Also show the sign-in link as HTML, so that the notebook's page resolves a path.
+
+        IPython renders a traceback more than once (the output, the execute
+        reply): the link is shown the first time only.
+        """
+        if self.login_url and not getattr(self, "_link_shown", False):
+            self._link_shown = True
+            _display_link(self.login_url, "Sign in again")
+        return super()._short_traceback()
+
+
+def _display_link(url: str, text: str) -> None:
+    """A clickable link in the cell's output (IPython's rich display; nothing elsewhere).
+
+    Text output turns only absolute URLs into links; an HTML ``<a href>``
+    also works for a root-relative one, which the browser resolves against
+    the page it shows: the hub's public address, whatever the kernel sees.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # pragma: no cover - IPython calls this hook, so it is there
+        return
+    if getattr(get_ipython(), "kernel", None) is None:  # a terminal shows no HTML
+        return
+    href = html.escape(url, quote=True)
+    link = f'<a href="{href}" target="_blank" rel="noopener">{html.escape(text)}</a>'
+    display(
+        {"text/html": f"{link} (then run this cell again)", "text/plain": f"{text}: {url}"},
+        raw=True,
+    )
 
 
 class ScopeNotGranted(SMARTNotebookError):

@@ -25,12 +25,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -46,6 +48,7 @@ __all__ = [
     "StaticTokenProvider",
     "TokenInfo",
     "TokenProvider",
+    "sign_in_link",
     "token_info_from_mapping",
 ]
 
@@ -313,6 +316,37 @@ class CallableTokenProvider(CachingTokenProvider):
         )
 
 
+#: Environment variable JupyterHub 5 and 6 give a single-user server when
+#: ``JupyterHub.public_url`` is set: the hub's address in the user's browser.
+PUBLIC_HUB_URL_ENV = "JUPYTERHUB_PUBLIC_HUB_URL"
+_ROOT_RELATIVE = re.compile(r"^/(?![/\\])[^\s\\]*$")
+
+
+def sign_in_link(login_url: object) -> str | None:
+    """The hub's "sign in again" URL as a link that works in the user's browser, or None.
+
+    The hub answers an absolute URL when it knows its public address, else the
+    path alone (``/hub/oauth_login``). A kernel reaches the hub at its internal
+    API address (``http://127.0.0.1:8081``, ``http://hub:8081`` on Kubernetes)
+    that the browser cannot open, so the path is never joined to that. It is
+    made absolute with ``JUPYTERHUB_PUBLIC_HUB_URL`` when JupyterHub set it,
+    and otherwise stays root-relative: as a link in the notebook's HTML
+    output it resolves against the page, which is on the hub's public address.
+    Anything else (another scheme, ``//host``, ``/\\host``) is dropped.
+    """
+    if not isinstance(login_url, str) or not login_url:
+        return None
+    parts = urlsplit(login_url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return login_url
+    if not _ROOT_RELATIVE.match(login_url):
+        return None
+    public = urlsplit(os.environ.get(PUBLIC_HUB_URL_ENV, ""))
+    if public.scheme in ("http", "https") and public.netloc:
+        return f"{public.scheme}://{public.netloc}{login_url}"
+    return login_url
+
+
 class HubTokenProvider(CachingTokenProvider):
     """Access tokens from the hub: ``GET {SMART_TOKEN_API_URL}`` with the server's API token.
 
@@ -417,15 +451,8 @@ class HubTokenProvider(CachingTokenProvider):
             log.debug("token API: new access token, expires_at=%s", info.expires_at)
             return info
         if status == 401 and body is not None and body.get("error") == "reauthentication_required":
-            login_url = body.get("login_url")
-            if isinstance(login_url, str) and login_url:
-                login_url = urljoin(self.url, login_url)
-                if urlsplit(login_url).scheme not in ("http", "https"):
-                    login_url = None
-            else:
-                login_url = None
             log.warning("token API: the hub asks the user to sign in again")
-            raise ReauthenticationRequired(login_url)
+            raise ReauthenticationRequired(sign_in_link(body.get("login_url")))
         said = ""
         if body is not None and isinstance(body.get("message"), str):
             said = f" (the hub says: {safe_text(body['message'], 300)})"

@@ -127,6 +127,28 @@ def test_login_url_is_a_path_on_the_hubs_internal_address(refresh_env: RefreshEn
     assert response.json()["login_url"] == "/hub/oauth_login"
 
 
+def test_notebook_keeps_the_sign_in_path_off_the_hubs_internal_address(
+    refresh_env: RefreshEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel talks to the hub at its internal address; the link it shows is the path
+    (resolved by the notebook page), or the public hub URL when JupyterHub gives one."""
+    hub = refresh_env.hub
+    with hub.api(hub.admin_token) as api:
+        api.post("/users/internal-kernel")
+    hub_port = json.loads((hub.workdir / "settings.json").read_text())["hub_port"]
+    internal = f"http://127.0.0.1:{hub_port}/hub/api/smart/token"
+    token = hub.user_token("internal-kernel")
+    monkeypatch.delenv("JUPYTERHUB_PUBLIC_HUB_URL", raising=False)
+    with pytest.raises(ReauthenticationRequired) as raised:
+        HubTokenProvider(internal, token).get()
+    assert raised.value.login_url == "/hub/oauth_login"
+    assert f":{hub_port}" not in str(raised.value)
+    monkeypatch.setenv("JUPYTERHUB_PUBLIC_HUB_URL", "https://hub.example.org/hub/")
+    with pytest.raises(ReauthenticationRequired) as raised:
+        HubTokenProvider(internal, token).get()
+    assert raised.value.login_url == "https://hub.example.org/hub/oauth_login"
+
+
 def test_token_api_refreshes_when_due_and_rotates(refresh_env: RefreshEnv) -> None:
     hub, sandbox = refresh_env.hub, refresh_env.sandbox
     name, token = _login(refresh_env)

@@ -45,6 +45,11 @@ CELLS = [
     "with_banner = connect(os.environ['SMART_TEST_FHIR_BASE'], token_provider=launch(True))",
     # 7: ... and not when it does not
     "without = connect(os.environ['SMART_TEST_FHIR_BASE'], token_provider=launch(False))",
+    # 8: sign in again, where the kernel does not know the hub's public address
+    "SMARTNotebookError.short_traceback = True\n"
+    "def ended_here():\n"
+    "    raise ReauthenticationRequired('/hub/oauth_login')\n"
+    "connect(os.environ['SMART_TEST_FHIR_BASE'], token_provider=ended_here)",
 ]
 
 
@@ -128,3 +133,15 @@ def test_connect_shows_the_patient_banner_when_the_ehr_asks(executed: tuple[Any,
     assert "smart-patient-banner" in html and f"Patient/{PATIENT}" in html
     assert "MRN" in html and "Born" in html
     assert _outputs(nb, 7) == []
+
+
+def test_sign_in_again_by_path_is_an_html_link_the_page_resolves(
+    executed: tuple[Any, str],
+) -> None:
+    """No public URL known: the link is root-relative HTML, so it opens on the hub's address."""
+    nb, _ = executed
+    error = _error(nb, 8)
+    assert error["ename"] == "ReauthenticationRequired"
+    assert "open /hub/oauth_login on this JupyterHub's address" in "\n".join(error["traceback"])
+    [shown] = [o for o in _outputs(nb, 8) if o["output_type"] == "display_data"]
+    assert '<a href="/hub/oauth_login" target="_blank"' in shown["data"]["text/html"]

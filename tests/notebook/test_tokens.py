@@ -202,15 +202,46 @@ def test_token_api_404_names_the_url() -> None:
         hub(api).get()
 
 
-def test_reauthentication_required_holds_the_url_to_click() -> None:
+def _reauthenticate(login_url: str) -> ReauthenticationRequired:
     api = FakeTokenAPI(secret("api"))
     api.answer = lambda request: json_response(
-        401, {"error": "reauthentication_required", "login_url": "/hub/login?next=%2Fhub%2F"}
+        401, {"error": "reauthentication_required", "login_url": login_url}
     )
     with pytest.raises(ReauthenticationRequired) as info:
         hub(api).get()
-    assert info.value.login_url == "http://hub.test/hub/login?next=%2Fhub%2F"
-    assert "http://hub.test/hub/login?next=%2Fhub%2F" in str(info.value)
+    return info.value
+
+
+def test_reauthentication_path_is_not_joined_to_the_hubs_internal_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kernel's hub address (``http://hub.test`` here, ``http://hub:8081`` on Kubernetes)
+    is not the browser's: a path stays a path, which the notebook page resolves."""
+    monkeypatch.delenv("JUPYTERHUB_PUBLIC_HUB_URL", raising=False)
+    error = _reauthenticate("/hub/login?next=%2Fhub%2F")
+    assert error.login_url == "/hub/login?next=%2Fhub%2F"
+    assert "hub.test" not in str(error)
+    assert "open /hub/login?next=%2Fhub%2F on this JupyterHub's address" in str(error)
+
+
+def test_reauthentication_path_uses_the_public_hub_url_when_jupyterhub_sets_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JUPYTERHUB_PUBLIC_HUB_URL", "https://hub.example.org/hub/")
+    error = _reauthenticate("/hub/oauth_login")
+    assert error.login_url == "https://hub.example.org/hub/oauth_login"
+    assert "open https://hub.example.org/hub/oauth_login in your browser" in str(error)
+    # an absolute URL from the hub (it knows its public_url) is kept as it is
+    assert _reauthenticate("https://other.example/hub/oauth_login").login_url == (
+        "https://other.example/hub/oauth_login"
+    )
+
+
+@pytest.mark.parametrize("login_url", ["//evil.example/x", "/\\evil.example/x", "/a b", "hub"])
+def test_reauthentication_with_a_link_off_the_page_is_dropped(login_url: str) -> None:
+    error = _reauthenticate(login_url)
+    assert error.login_url is None
+    assert "sign in to JupyterHub again" in str(error)
 
 
 def test_reauthentication_with_a_script_url_does_not_show_it() -> None:

@@ -89,8 +89,18 @@ class SandboxClient(ClientMixin):
         if grant_type in ("authorization_code", "refresh_token"):
             return bool(self.redirect_uris)
         if grant_type == "client_credentials":
-            return self.client_type != PUBLIC
+            return self.client_type != PUBLIC and self.backend_services
         return False
+
+    @property
+    def backend_services(self) -> bool:
+        """Registered for Backend Services: confidential, with ``system/`` scopes.
+
+        A client registered without a scope limit, or with user-facing scopes
+        only, is an app acting for a person: ``client_credentials`` would let
+        it read every patient with no one signed in.
+        """
+        return any(s.startswith("system/") for s in self.scope or ())
 
     def get_allowed_scope(self, scope: str | None) -> str:
         """Scopes of a user-facing request this client may be granted.
@@ -280,6 +290,11 @@ def parse_client(entry: object, label: str) -> SandboxClient:
                 scope_rules.parse_resource_scope(item)
         except scope_rules.ScopeError as exc:
             raise fail(f"'scope': {exc}") from None
+    if not redirect_uris and not any(s.startswith("system/") for s in registered or ()):
+        raise fail(
+            "a client without 'redirect_uris' is a Backend Services client: register the "
+            "'system/' scopes it may use in 'scope' (e.g. \"system/*.rs\")"
+        )
     return SandboxClient(
         client_id=client_id,
         client_type=client_type,

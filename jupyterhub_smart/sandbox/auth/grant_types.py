@@ -248,7 +248,10 @@ class ClientCredentialsGrant(grants.ClientCredentialsGrant):
     def validate_token_request(self) -> None:
         client = self.authenticate_token_endpoint_client()
         if not client.check_grant_type(self.GRANT_TYPE):
-            raise UnauthorizedClientError("This client may not use 'client_credentials'.")
+            raise UnauthorizedClientError(
+                "This client may not use 'client_credentials': Backend Services are for "
+                "confidential clients registered with 'system/' scopes."
+            )
         self.request.client = client
         granted = client.allowed_system_scope(self.request.payload.scope)
         if not granted:

@@ -94,13 +94,28 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
             "Start again from the app.",
         )
 
+    def launched_by(pending: PendingAuthorization) -> str | None:
+        """The practitioner an EHR launch names, if any: a hint, never a sign-in."""
+        if pending.launch is None or not pending.launch.practitioner:
+            return None
+        return f"Practitioner/{pending.launch.practitioner}"
+
     def current_user(pending: PendingAuthorization) -> str | None:
+        """Who approves: the browser's own sign-in, never a name taken from a link.
+
+        ``/ehr/launch?practitioner=X`` is an unauthenticated GET anyone can
+        craft, so it signs nobody in. A browser signed in as someone other
+        than the launch's practitioner is asked to sign in again.
+        """
         if pending.user:
             return pending.user
         if pending.force_login:  # prompt=login: sign in again even with a session
             return None
         user = session.get(SESSION_USER)
-        return user if isinstance(user, str) and user_exists(store, user) else None
+        if not (isinstance(user, str) and user_exists(store, user)):
+            return None
+        hinted = launched_by(pending)
+        return None if hinted is not None and user != hinted else user
 
     def user_display(reference: str) -> str:
         parsed = parse_user_reference(reference)
@@ -310,7 +325,9 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
             launch=launch_context,
             created=time.time(),
         )
-        if launch_context and launch_context.practitioner:
+        if launch_context and launch_context.practitioner and settings.auto_approve:
+            # auto-approval signs in without pages by design; it approves as the
+            # launch's practitioner instead of the first one
             pending.user = f"Practitioner/{launch_context.practitioner}"
         pending.force_login = "login" in prompts and not settings.auto_approve
         auth.pending.put(pending)
@@ -347,6 +364,7 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
             client_id=client.client_id if client else pending.client_id,
             practitioners=practitioners,
             patients=patients,
+            selected=launched_by(pending) or (practitioners[0]["ref"] if practitioners else None),
         )
 
     @bp.route("/select-patient", methods=["GET", "POST"])

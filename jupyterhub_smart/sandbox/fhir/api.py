@@ -209,11 +209,14 @@ def create_fhir_blueprint(
             raise FHIRError(413, f"an AuditEvent may be at most {MAX_CREATE_BYTES} bytes")
         resource = _parse_audit_event(body)
         patient = _audit_patient(resource)
-        if granted.patient_only and patient != granted.grant.patient:
+        if granted.patient_only and (
+            patient != granted.grant.patient or _named_patients(resource) != {granted.grant.patient}
+        ):
             raise FHIRError(
                 403,
                 "a patient-scoped token may only record AuditEvents about its own patient "
-                "(entity.what = Patient/<launched patient>)",
+                "(entity.what = Patient/<launched patient>) and may name no other patient "
+                "anywhere in the event (no other Patient reference, no contained Patient)",
             )
         resource_id, stored = store.create(resource, patient=patient)
         log.info("FHIR: client %s created AuditEvent/%s", granted.grant.client_id, resource_id)
@@ -290,6 +293,33 @@ def _parse_audit_event(body: bytes) -> dict[str, Any]:
     if problems:
         raise FHIRError(400, "invalid AuditEvent: " + "; ".join(problems))
     return resource
+
+
+_PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]+)?$")
+
+
+def _named_patients(resource: Any) -> set[str | None]:
+    """Every patient a resource names: Patient references anywhere, relative or absolute.
+
+    A contained Patient counts as an unknown patient (``None``), so that a
+    patient-scoped token cannot slip another person into its event that way.
+    """
+    found: set[str | None] = set()
+    stack = [resource]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            reference = item.get("reference")
+            if isinstance(reference, str):
+                match = _PATIENT_REFERENCE.search(reference)
+                if match:
+                    found.add(match.group(1))
+            if item is not resource and item.get("resourceType") == "Patient":
+                found.add(None)
+            stack.extend(item.values())
+    return found
 
 
 def _audit_patient(resource: dict[str, Any]) -> str | None:

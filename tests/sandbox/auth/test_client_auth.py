@@ -18,6 +18,7 @@ from .conftest import (
     ROTATION_NEW_KEY,
     ROTATION_OLD_KEY,
     RS_KEY,
+    SYMMETRIC_SECRET,
     URI_EC_KEY,
     URI_KEY,
     JWKSServer,
@@ -97,6 +98,26 @@ def test_backend_services_refuse_non_system_scopes(http: httpx.Client, sbx: Sand
     )
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_scope"
+
+
+def test_backend_services_only_for_clients_registered_with_system_scopes(
+    http: httpx.Client, sbx: SandboxProcess
+) -> None:
+    """An app registered for people (no scope limit, no ``system/``) cannot read as a backend."""
+    by_assertion = backend_token(
+        http, assertion(RS_KEY, "app-asymmetric", token_url(sbx), alg="RS384")
+    )
+    by_secret = http.post(
+        "/auth/token",
+        data={"grant_type": "client_credentials", "scope": "system/*.rs"},
+        auth=("app-symmetric", SYMMETRIC_SECRET),
+    )
+    for response in (by_assertion, by_secret):
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "unauthorized_client"
+        assert "registered with 'system/' scopes" in response.json()["error_description"]
+    registered = backend_token(http, assertion(RS_KEY, "backend", token_url(sbx), alg="RS384"))
+    assert registered.status_code == 200, registered.text
 
 
 def test_backend_services_refuse_public_clients(http: httpx.Client) -> None:

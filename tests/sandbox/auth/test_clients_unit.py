@@ -43,6 +43,7 @@ def test_each_type_authenticates_one_way() -> None:
             "client_id": "a",
             "type": "confidential-asymmetric",
             "jwks": {"keys": [KEY.as_dict(private=False)]},
+            "scope": "system/*.rs",
         },
     )
     methods = ("none", "client_secret_basic", "client_secret_post", "private_key_jwt")
@@ -53,6 +54,8 @@ def test_each_type_authenticates_one_way() -> None:
     assert allowed == {"p": ["none"], "s": ["client_secret_basic"], "a": ["private_key_jwt"]}
     assert not reg.get("p").check_grant_type("client_credentials")  # type: ignore[union-attr]
     assert reg.get("a").check_grant_type("client_credentials")  # type: ignore[union-attr]
+    # a confidential client registered for people (no system/ scope) is no backend
+    assert not reg.get("s").check_grant_type("client_credentials")  # type: ignore[union-attr]
     assert not reg.get("a").check_grant_type("authorization_code")  # type: ignore[union-attr]  # no redirect URIs
     assert reg.get("s").check_client_secret("x" * 20)  # type: ignore[union-attr]
     assert not reg.get("s").check_client_secret("x" * 19)  # type: ignore[union-attr]
@@ -145,6 +148,15 @@ def test_allowed_scope_filters_and_refuses() -> None:
                 "jwks": {"keys": [KEY.as_dict(private=False)]},
             },
             "exactly one",
+        ),
+        (
+            {
+                "client_id": "x",
+                "type": "confidential-asymmetric",
+                "jwks": {"keys": [KEY.as_dict(private=False)]},
+                "scope": "patient/*.rs",
+            },
+            "register the 'system/' scopes",
         ),
         (
             {

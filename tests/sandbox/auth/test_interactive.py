@@ -220,22 +220,34 @@ def test_patient_user_gets_own_context_and_no_user_scopes(
     assert "user/*.rs" not in body["scope"].split()
 
 
-def test_ehr_launch_with_practitioner_skips_sign_in(
+def test_ehr_launch_naming_a_practitioner_signs_nobody_in(
     browser: httpx.Client, manual: SandboxProcess
 ) -> None:
+    """``/ehr/launch?practitioner=X`` is a link anyone can craft: it pre-selects X, no more."""
     patient = patient_ids(browser)[0]
     page = browser.get("/ehr")
     options = re.findall(r'<option value="([^"]+)">', page.text)
-    practitioner = next(p for p in options if p and p != "app-public")
-    launch = query_of(
-        ehr_launch(browser, REDIRECT_URI, patient, practitioner=practitioner).headers["location"]
-    )["launch"]
-    auth = authorize(
-        browser, manual.iss, "app-public", "launch openid fhirUser patient/*.rs", launch=launch
-    )
-    assert "/auth/consent" in auth.location
-    consent = browser.get(auth.location)
-    assert f"Practitioner/{practitioner}" in consent.text
+    practitioners = [p for p in options if p.startswith("practitioner-")]
+    target, other = practitioners[-1], practitioners[0]
+    assert target != other
+
+    def launch_for(practitioner: str) -> Authorization:
+        location = ehr_launch(browser, REDIRECT_URI, patient, practitioner=practitioner)
+        launch = query_of(location.headers["location"])["launch"]
+        return authorize(
+            browser, manual.iss, "app-public", "launch openid fhirUser patient/*.rs", launch=launch
+        )
+
+    auth = launch_for(target)
+    assert "/auth/login" in auth.location  # the sign-in page, not X's consent
+    login = browser.get(auth.location)
+    assert re.search(rf'value="Practitioner/{target}" checked', login.text)  # only a hint
+    consent = sign_in(browser, auth, f"Practitioner/{target}")
+    assert "/auth/consent" in consent.headers["location"]
+    assert f"Practitioner/{target}" in browser.get(consent.headers["location"]).text
+    # Signed in as X, a launch naming X goes on; one naming someone else asks to sign in.
+    assert "/auth/consent" in launch_for(target).location
+    assert "/auth/login" in launch_for(other).location
 
 
 def test_pages_cannot_be_framed_or_cached(browser: httpx.Client, manual: SandboxProcess) -> None:

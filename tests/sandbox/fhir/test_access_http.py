@@ -285,6 +285,55 @@ def test_patient_scoped_auditevent_only_about_own_patient(
     assert "its own patient" in outcome_text(other)
 
 
+@pytest.mark.parametrize(
+    ("where", "extra"),
+    [
+        ("a second entity", {"entity": [{"what": {"reference": "Patient/patient-00001"}}]}),
+        ("the agent", {"agent": [{"who": {"reference": "Patient/patient-00001"}}]}),
+        (
+            "an absolute reference",
+            {"entity": [{"what": {"reference": "http://x.test/fhir/Patient/patient-00001"}}]},
+        ),
+        (
+            "a versioned reference in an extension",
+            {
+                "extension": [
+                    {
+                        "url": "http://x.test/subject",
+                        "valueReference": {"reference": "Patient/patient-00001/_history/1"},
+                    }
+                ]
+            },
+        ),
+        (
+            "a contained Patient",
+            {"contained": [{"resourceType": "Patient", "id": "someone-else"}]},
+        ),
+    ],
+)
+def test_patient_scoped_auditevent_may_name_no_other_patient_anywhere(
+    http: httpx.Client,
+    fhir_sandbox: SandboxProcess,
+    secret_scan: Ledger,
+    where: str,
+    extra: dict[str, Any],
+) -> None:
+    token = patient_token(
+        http, fhir_sandbox.iss, "launch/patient patient/AuditEvent.c", patient="patient-00002"
+    )
+    secret_scan.add(token["access_token"])
+    event = audit_event("patient-00002")
+    for key, value in extra.items():
+        event[key] = (event.get(key) or []) + value
+    response = http.post("/fhir/AuditEvent", json=event, headers=bearer(token))
+    assert response.status_code == 403, where
+    assert "may name no other patient" in outcome_text(response)
+    versioned = audit_event("patient-00002")
+    versioned["agent"].append({"who": {"reference": "Patient/patient-00002/_history/1"}})
+    response = http.post("/fhir/AuditEvent", json=versioned, headers=bearer(token))
+    assert response.status_code == 201, response.text
+
+
 def _deep(levels: int) -> bytes:
     return b'{"resourceType":"AuditEvent","x":' + b"[" * levels + b"]" * levels + b"}"
 
