@@ -6,6 +6,8 @@ each in a fresh process, one after another on the same file:
 
 * **ours**: ``jupyterhub-smart view run Observation FILE --out X.parquet``
   (streaming, one record batch at a time);
+* **duckdb**: the same command with ``--engine duckdb`` (the view as one
+  DuckDB query; CPU seconds include DuckDB's threads);
 * **pandas**: ``pandas.read_json(FILE, lines=True)``, ``pandas.json_normalize``
   of its records, ``to_parquet`` (object columns as text, which Parquet needs).
 
@@ -84,6 +86,16 @@ def _ours(source: str, out: str) -> int:
     return int(pq.ParquetFile(out).metadata.num_rows)
 
 
+def _duckdb(source: str, out: str) -> int:
+    import pyarrow.parquet as pq
+
+    from jupyterhub_smart.cli import main
+
+    command = ["view", "run", "Observation", source, "--out", out, "--engine", "duckdb"]
+    assert main(command) == 0
+    return int(pq.ParquetFile(out).metadata.num_rows)
+
+
 def _pandas(source: str, out: str) -> int:
     import pandas as pd
 
@@ -96,9 +108,10 @@ def _pandas(source: str, out: str) -> int:
     return len(flat)
 
 
-WORKERS = {"ours": _ours, "pandas": _pandas}
+WORKERS = {"ours": _ours, "duckdb": _duckdb, "pandas": _pandas}
 IMPORTS = {
     "ours": ("pyarrow", "pyarrow.parquet", "jupyterhub_smart.views"),
+    "duckdb": ("pyarrow", "pyarrow.parquet", "jupyterhub_smart.views", "duckdb"),
     "pandas": ("pandas", "pyarrow"),
 }
 
@@ -207,6 +220,12 @@ def main() -> None:
         print(
             f"{size} MB: ours {pandas['wall'] / ours['wall']:.1f}x faster than pandas, "
             f"peak memory {ours['peak_mib'] / pandas['peak_mib']:.2f} of pandas'"
+        )
+        duck = runs["duckdb"]
+        print(
+            f"{size} MB: --engine duckdb {pandas['wall'] / duck['wall']:.1f}x faster than pandas "
+            f"(CPU {pandas['cpu'] / duck['cpu']:.1f}x less), vs ours: CPU "
+            f"{duck['cpu'] / ours['cpu']:.2f}x, peak memory {duck['peak_mib']:.0f} MiB"
         )
     if len(sizes) > 1:
         small, large = results[sizes[0]]["ours"], results[sizes[-1]]["ours"]

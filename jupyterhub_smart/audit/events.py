@@ -81,6 +81,10 @@ HUB_ACTIONS: dict[str, tuple[dict[str, str], dict[str, str] | None, str]] = {
     "reauthentication-required": (_USER_AUTHENTICATION, None, "E"),
     "logout": (_USER_AUTHENTICATION, _LOGOUT, "E"),
     "token-revoked": (_USER_AUTHENTICATION, None, "D"),
+    # The EHR did not confirm a revocation: the grant may still be alive there.
+    "token-revocation-failed": (_SECURITY_ALERT, None, "D"),
+    # A blocked, no longer allowed or deleted user's EHR grant revoked and tokens dropped.
+    "access-withdrawn": (_SECURITY_ALERT, None, "D"),
     "automatic-logoff": (_USER_AUTHENTICATION, _LOGOUT, "E"),
     "data-access": (_REST, None, "R"),
     # A Bulk Data export (jupyterhub_smart.bulk) started, completed, was cancelled or

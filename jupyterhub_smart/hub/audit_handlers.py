@@ -149,6 +149,11 @@ class SMARTAuditHandler(APIHandler):
             raise web.HTTPError(403, "only a user's own token can report data access")
         if not self.has_scope(f"{AUDIT_SCOPE}!user={user.name}"):
             raise web.HTTPError(403, missing_scope_message(AUDIT_SCOPE))
+        withdrawn = getattr(self.authenticator, "access_withdrawn", None)
+        reason = await withdrawn(user) if withdrawn is not None else None
+        if reason is not None:
+            await self.authenticator.withdraw_access(user, reason)
+            raise web.HTTPError(403, f"This user is {reason}: no audit reports in their name.")
         limits = self._limits()
         if len(self.request.body) > limits.max_body_bytes:
             raise web.HTTPError(
@@ -181,7 +186,7 @@ class SMARTAuditHandler(APIHandler):
             try:
                 events.append(
                     data_access_event(
-                        interaction=item.get("interaction"),  # type: ignore[arg-type]
+                        interaction=str(item.get("interaction") or ""),
                         resource_type=item.get("resource_type"),
                         resource_id=item.get("resource_id"),
                         search_params=item.get("search_params") or (),

@@ -48,6 +48,7 @@ from .audit_handlers import audit_handlers
 from .ehr import EHRConnections
 from .errors import MissingPatient
 from .framing import allow_framing, frame_ancestor_origins
+from .grants import holds_tokens
 from .inactivity import InactivityLogoff
 from .inherited import REFUSED, refusal_lines
 from .login import SMARTCallbackHandler, SMARTLoginHandler
@@ -576,6 +577,50 @@ class SMARTAuthenticator(OAuthenticator):
             self.log.warning("Refusing %s: issuer is not (or no longer) configured", username)
             return False
         return True
+
+    async def access_withdrawn(self, user: Any) -> str | None:
+        """Why ``user`` may no longer get EHR access through API tokens, or None.
+
+        JupyterHub applies ``blocked_users`` and the allow rules at sign-in; a
+        token issued earlier keeps authenticating. The token API and the audit
+        endpoint ask here on every call, so a change of policy ends access at once.
+        """
+        unblocked = super().check_blocked_users(user.name, None)
+        if isawaitable(unblocked):
+            unblocked = await unblocked
+        if not unblocked:
+            return "blocked on this hub (blocked_users)"
+        model = {
+            "name": user.name,
+            "admin": user.admin,
+            "auth_state": await self.refresher.auth_states.get(user) or {},
+            "groups": [group.name for group in getattr(user, "groups", [])],
+        }
+        allowed = self.check_allowed(user.name, model)
+        if isawaitable(allowed):
+            allowed = await allowed
+        return None if allowed else "no longer allowed on this hub (allowed_users, allow rules)"
+
+    async def withdraw_access(self, user: Any, reason: str) -> None:
+        """Revoke the user's EHR grant, drop the stored tokens and record why (once)."""
+        state = await self.refresher.load(user)
+        if state is None or not holds_tokens(state):
+            return
+        grant = await self.refresher.end_grant(user, revoke=True)
+        self.log.warning("EHR access of %s withdrawn: %s", user.name, reason)
+        await self.trail.event(
+            "access-withdrawn",
+            outcome="failure",
+            description=f"{reason}; {grant}",
+            username=user.name,
+            fhir_user=state.get("fhirUser"),
+            issuer=state.get("iss"),
+        )
+
+    async def delete_user(self, user: Any) -> None:
+        """JupyterHub deletes the user: their EHR grant is revoked and recorded first."""
+        super().delete_user(user)
+        await self.withdraw_access(user, "the user was deleted from the hub")
 
     async def refresh_user(self, user: Any, handler: Any = None, **kwargs: Any) -> Any:
         """``refresh_user_hook`` first (as OAuthenticator documents), then expiry-based refresh.

@@ -12,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ..smart.errors import SMARTError
-from ..smart.tokens import revoke_token
 from .sealed import SEALED_KEY
 
 __all__ = ["end_grant", "holds_tokens"]
@@ -30,26 +28,12 @@ async def end_grant(authenticator: Any, user: Any) -> Mapping[str, Any] | None:
     """Revoke the user's refresh token where possible and drop their tokens.
 
     Returns the auth_state as it was (None when the user has no SMART
-    auth_state). A failed revocation is logged and the tokens are dropped all
-    the same.
+    auth_state). The work is the refresher's (:meth:`.refresh.TokenRefresher.end_grant`,
+    shared with logout): a failed revocation is an ERROR and a
+    ``token-revocation-failed`` event, and the tokens are dropped all the same.
     """
     state = await authenticator.refresher.load(user)
     if not isinstance(state, Mapping) or not state.get("iss"):
         return None
-    iss = state["iss"]
-    refresh_token = state.get("refresh_token")
-    revoked = False
-    if authenticator.revoke_on_logout and refresh_token and authenticator.ehr.configured(iss):
-        try:
-            config, client = await authenticator.ehr.endpoints(iss)
-            revoked = await revoke_token(authenticator.ehr.http, config, client, refresh_token)
-        except SMARTError as exc:
-            authenticator.log.warning(
-                "Could not revoke the refresh token of %s: %s", user.name, exc
-            )
-    if revoked:
-        await authenticator.trail.event(
-            "token-revoked", username=user.name, fhir_user=state.get("fhirUser"), issuer=iss
-        )
-    await authenticator.refresher.forget_tokens(user, state)
+    await authenticator.refresher.end_grant(user, revoke=authenticator.revoke_on_logout)
     return state

@@ -12,7 +12,6 @@ from __future__ import annotations
 from jupyterhub.user import User
 from oauthenticator.oauth2 import OAuthLogoutHandler
 
-from .grants import end_grant
 from .pages import BINDING_COOKIE
 from .trail import client_fields
 
@@ -25,15 +24,22 @@ class SMARTLogoutHandler(OAuthLogoutHandler):
     async def default_handle_logout(self) -> None:
         user = self.current_user
         if isinstance(user, User):
+            authenticator = self.authenticator
             try:
-                await end_grant(self.authenticator, user)
+                grant = await authenticator.refresher.end_grant(
+                    user, revoke=authenticator.revoke_on_logout
+                )
             except Exception as exc:  # logout must always work
                 self.log.error(
-                    "Revocation at logout failed for %s: %s", user.name, type(exc).__name__
+                    "Ending the EHR grant of %s failed: %s", user.name, type(exc).__name__
                 )
+                grant = "EHR grant NOT revoked (the hub failed while revoking)"
             try:
-                await self.authenticator.trail.event(
-                    "logout", username=user.name, **client_fields(self.request)
+                await authenticator.trail.event(
+                    "logout",
+                    username=user.name,
+                    description=f"JupyterHub session ended; {grant}",
+                    **client_fields(self.request),
                 )
             except Exception as exc:
                 self.log.error(

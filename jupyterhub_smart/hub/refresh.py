@@ -19,9 +19,10 @@ Every refresh is persisted at once and recorded in the audit trail.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ from ..audit import AuditUnavailable
 from ..smart.errors import SMARTError, TokenEndpointError
 from ..smart.fingerprint import fingerprint_matches
 from ..smart.singleflight import SingleFlight
-from ..smart.tokens import refresh_access_token
+from ..smart.tokens import refresh_access_token, revoke_token
 from .ehr import EHRConnections
 from .errors import ReauthenticationRequired, RefreshRateLimited
 from .sealed import SEALED_KEY, RefreshTokenSeal, SealBroken
@@ -117,6 +118,10 @@ class TokenRefresher:
         # already: refresh_user and the token API both find out, and JupyterHub 5 runs
         # the first before the second, so each records through _removed_issuer.
         self._removed_issuer_noted: set[tuple[str, str]] = set()
+        # Held while a user's stored tokens change hands: a refresh storing its result, a
+        # logout dropping them. A refresh that finds its refresh token gone when it gets
+        # the lock lost the race to a logout, and stores nothing.
+        self._storing: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def refresh_user(self, user: Any) -> bool | dict[str, Any]:
         """JupyterHub's refresh_user answer: True, ``{"auth_state": ...}`` or False.
@@ -227,8 +232,60 @@ class TokenRefresher:
 
     async def forget_tokens(self, user: Any, state: Mapping[str, Any]) -> None:
         """Store ``state`` without its credentials and drop the user's decrypted copy."""
-        await self.store(user, without_tokens(state))
-        self.auth_states.forget(user.name)
+        async with self._storing[user.name]:
+            await self.store(user, without_tokens(state))
+            self.auth_states.forget(user.name)
+
+    async def end_grant(self, user: Any, *, revoke: bool) -> str:
+        """Revoke the user's refresh token at the EHR (if ``revoke``), then drop the tokens.
+
+        Returns what became of the EHR grant, in words for the logout record: it
+        must not say the grant ended when the EHR did not confirm it. A failed
+        revocation is an ERROR and a ``token-revocation-failed`` event.
+        """
+        state = await self.load(user)
+        if not isinstance(state, Mapping) or not state.get("iss"):
+            return "no EHR grant was held"
+        iss = state["iss"]
+        refresh_token = state.get("refresh_token")
+        if not refresh_token:
+            outcome = "no refresh token was held"
+        elif not revoke:
+            outcome = "EHR grant not revoked (revoke_on_logout is off)"
+        elif not self.ehr.configured(iss):
+            outcome = "EHR grant not revoked (the EHR is no longer configured)"
+        else:
+            outcome = await self._revoke(user, state, refresh_token)
+        await self.forget_tokens(user, state)
+        return outcome + "; the hub dropped its EHR tokens"
+
+    async def _revoke(self, user: Any, state: Mapping[str, Any], refresh_token: str) -> str:
+        """Revoke ``refresh_token`` at the user's EHR; the outcome in words."""
+        iss = state["iss"]
+        try:
+            config, client = await self.ehr.endpoints(iss)
+            revoked = await revoke_token(
+                self.ehr.http, config, client, refresh_token, timeout=self.ehr.timeout
+            )
+        except SMARTError as exc:
+            self.log.error(
+                "Could not revoke the refresh token of %s at %s: %s", user.name, iss, exc
+            )
+            await self.trail.event(
+                "token-revocation-failed",
+                outcome="failure",
+                description=str(exc),
+                username=user.name,
+                fhir_user=state.get("fhirUser"),
+                issuer=iss,
+            )
+            return "EHR grant NOT revoked (the EHR refused or did not answer)"
+        if not revoked:
+            return "EHR grant not revoked (the EHR offers no revocation endpoint)"
+        await self.trail.event(
+            "token-revoked", username=user.name, fhir_user=state.get("fhirUser"), issuer=iss
+        )
+        return "EHR grant revoked"
 
     async def _removed_issuer(self, user: Any, state: Mapping[str, Any]) -> bool:
         """True when the user signed in at an EHR the admin has since removed.
@@ -338,8 +395,14 @@ class TokenRefresher:
                 issuer=iss,
             )
             raise
-        state = with_refreshed(state, response)
-        await self.store(user, state)
+        async with self._storing[user.name]:
+            stored = await self.load(user)
+            current = stored.get("refresh_token") if isinstance(stored, Mapping) else None
+            if current == refresh_token:
+                state = with_refreshed(state, response)
+                await self.store(user, state)
+        if current != refresh_token:  # a logout dropped the tokens, or a new sign-in replaced them
+            return await self._discard_refresh(user, state, response.refresh_token, stored)
         await self.trail.event(
             "token-refreshed",
             username=user.name,
@@ -352,6 +415,30 @@ class TokenRefresher:
         )
         self.log.info("Refreshed the SMART access token of %s%s", user.name, forced)
         return state
+
+    async def _discard_refresh(
+        self,
+        user: Any,
+        state: Mapping[str, Any],
+        new_refresh_token: str | None,
+        stored: Mapping[str, Any] | None,
+    ) -> dict[str, Any]:
+        """A refresh whose tokens were dropped (logout) or replaced (a new sign-in) meanwhile.
+
+        Logout wins: nothing is stored, and a refresh token the EHR minted
+        meanwhile is revoked, so the grant the user ended stays ended
+        (ReauthenticationRequired, recorded). After a new sign-in its tokens
+        stay and are returned.
+        """
+        self.log.warning(
+            "A refresh for %s finished after its tokens changed; discarding it", user.name
+        )
+        if new_refresh_token and self.ehr.configured(state.get("iss")):
+            await self._revoke(user, state, new_refresh_token)
+        if isinstance(stored, Mapping) and stored.get("access_token"):
+            return dict(stored)
+        await self._reauthentication_required(user, state, "signed out while a refresh ran")
+        raise ReauthenticationRequired("You signed out: sign in again.", recorded=True)
 
     async def _reauthentication_required(
         self, user: Any, state: Mapping[str, Any], why: str

@@ -136,6 +136,17 @@ class SMARTTokenAPIHandler(APIHandler):
                 },
             )
             return
+        withdrawn = await self.authenticator.access_withdrawn(user)
+        if withdrawn is not None:
+            await self.authenticator.withdraw_access(user, withdrawn)
+            self._json(
+                403,
+                {
+                    "error": "access_withdrawn",
+                    "message": f"This user is {withdrawn}: no EHR access.",
+                },
+            )
+            return
         asked = self.get_argument("user", None)
         if asked is not None and asked != user.name:
             self.log.warning("Token API: %s asked for another user's token", user.name)

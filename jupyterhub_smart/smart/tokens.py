@@ -167,10 +167,14 @@ async def _post(
     *,
     what: str,
     timeout: float,
+    audience: str | None = None,
 ) -> Fetched:
-    """POST a form with client authentication; map transport failures; return the response."""
+    """POST a form with client authentication; map transport failures; return the response.
+
+    ``audience``: the ``aud`` of a client assertion when it is not ``url`` itself.
+    """
     headers = {"Accept": "application/json"}
-    client.apply(url, form, headers)
+    client.apply(audience or url, form, headers)
     sent: list[str | None] = [*form.values(), headers.get("Authorization")]
     sent.extend(client.sensitive_values())
     try:
@@ -291,5 +295,8 @@ async def revoke_token(
         client,
         what="revocation endpoint",
         timeout=timeout,
+        # SMART's asymmetric profile: a client assertion is addressed to the token
+        # endpoint, wherever it is presented (the revocation endpoint included).
+        audience=config.token_endpoint,
     )
     return True

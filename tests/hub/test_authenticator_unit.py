@@ -380,3 +380,79 @@ def test_username_mapper_must_be_callable(auth: SMARTAuthenticator) -> None:
 
     with pytest.raises((ValueError, TraitError), match="callable"):
         auth.username_mapper = "not callable"
+
+
+# ---------------------------------------------------------------- logout
+
+
+async def test_logout_wins_over_a_refresh_in_flight(ehr_auth: Any) -> None:
+    """The refresh is held open at the EHR while the user logs out: nothing is written back."""
+    from jupyterhub_smart.hub.errors import ReauthenticationRequired
+
+    auth, ehr = ehr_auth("good")
+    ehr.release.clear()
+    user = FakeUser(_state(expires_in=60))
+    refreshing = asyncio.ensure_future(
+        auth.refresher.fresh_auth_state(user, min_validity=auth.refresh_leeway)
+    )
+    while ehr.refreshes == 0:
+        await asyncio.sleep(0.01)
+    assert "dropped its EHR tokens" in await auth.refresher.end_grant(user, revoke=True)
+    ehr.release.set()
+    with pytest.raises(ReauthenticationRequired):
+        await refreshing
+    assert not {"access_token", "refresh_token"} & set(user.state)
+    with pytest.raises(ReauthenticationRequired):
+        await auth.refresher.fresh_auth_state(user, min_validity=auth.refresh_leeway)
+    assert await auth.refresh_user(user) is True  # nothing left to refresh; the hub asks nothing
+
+
+async def test_failed_revocation_is_an_error_and_an_event_and_never_called_revoked(
+    auth: SMARTAuthenticator, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    auth.audit_log_path = str(tmp_path / "audit.jsonl")
+
+    async def ehr(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/.well-known/smart-configuration"):
+            return httpx.Response(
+                200, json={**DISCOVERY, "revocation_endpoint": "https://ehr.example/auth/revoke"}
+            )
+        return httpx.Response(503, text="down")
+
+    auth.ehr._http = httpx.AsyncClient(transport=httpx.MockTransport(ehr))
+    user = FakeUser(_state(expires_in=3000))
+    outcome = await auth.refresher.end_grant(user, revoke=True)
+    assert "NOT revoked" in outcome and "dropped its EHR tokens" in outcome
+    assert not {"access_token", "refresh_token"} & set(user.state)
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert any("Could not revoke the refresh token" in r.getMessage() for r in errors)
+    await auth.get_audit_log().aclose()
+    records = Path(auth.audit_log_path).read_text()
+    assert '"token-revocation-failed"' in records and '"token-revoked"' not in records
+    assert "old-refresh" not in records and "old-refresh" not in caplog.text
+
+
+async def test_blocked_or_no_longer_allowed_users_lose_ehr_access(
+    auth: SMARTAuthenticator, tmp_path: Path
+) -> None:
+    """JupyterHub applies these rules at sign-in; the token API and audit endpoint ask on
+    every call, and the stored grant is revoked (no revocation endpoint here) and dropped."""
+    auth.audit_log_path = str(tmp_path / "audit.jsonl")
+    auth.ehr._http = httpx.AsyncClient(transport=httpx.MockTransport(FakeEHR("good")))
+    user = FakeUser(_state(expires_in=3000))
+    user.admin = False  # type: ignore[attr-defined]
+    assert await auth.access_withdrawn(user) is None
+    auth.blocked_users = {user.name}
+    reason = await auth.access_withdrawn(user)
+    assert reason is not None and "blocked" in reason
+    auth.blocked_users = set()
+    auth.allow_all = False
+    auth.allowed_users = {"someone-else"}
+    reason = await auth.access_withdrawn(user)
+    assert reason is not None and "no longer allowed" in reason
+    await auth.withdraw_access(user, reason)
+    await auth.withdraw_access(user, reason)  # nothing left: no second record
+    assert not {"access_token", "refresh_token"} & set(user.state)
+    await auth.get_audit_log().aclose()
+    records = Path(auth.audit_log_path).read_text().splitlines()
+    assert len([r for r in records if '"access-withdrawn"' in r]) == 1

@@ -150,6 +150,30 @@ def test_logout_revokes_the_refresh_token_and_drops_tokens(smart_env: SmartEnv) 
     assert response.json()["error"] == "reauthentication_required"
 
 
+def test_logout_revokes_with_private_key_jwt_and_the_record_says_so(smart_env: SmartEnv) -> None:
+    """The revocation's client assertion is addressed to the token endpoint, as the EHR
+    expects; the logout record names what became of the grant."""
+    hub, sandbox = smart_env.hub, smart_env.jwt
+    with Browser() as browser:
+        ehr_launch(browser, sandbox, hub, patient_ids(sandbox)[0])
+        with hub.api(hub.admin_token) as api:
+            name = next(
+                u["name"]
+                for u in api.get("/users").json()
+                if u["name"].endswith(f"-{sandbox.port}-fhir")
+            )
+        assert "refresh_token" in hub.auth_state(name)
+        assert browser.get(f"{hub.url}/hub/logout").status_code in (200, 302)
+    records = [json.loads(line) for line in hub.audit_path.read_text().splitlines()]
+    mine = [r for r in records if name in json.dumps(r)]
+    actions = [r.get("action_name") or json.dumps(r) for r in mine]
+    assert any('"token-revoked"' in json.dumps(r) for r in mine), actions
+    assert not any('"token-revocation-failed"' in json.dumps(r) for r in mine)
+    logout = [r for r in mine if '"logout"' in json.dumps(r)][-1]
+    assert "EHR grant revoked" in json.dumps(logout)
+    assert "Could not revoke" not in hub.log_text()
+
+
 MAPPER_FAILS = """
 def username_mapper(issuer, fhir_user, claims):
     held = open({secret_file!r}).read()  # a runtime value, as a token would be

@@ -192,3 +192,30 @@ def test_another_users_shared_server_gets_no_ehr_token(scope_env: ScopeEnv) -> N
             _refused_for_scope(_audit_api(hub, token), AUDIT_SCOPE)
         finally:
             api.delete(f"/users/{owner}/server")
+
+
+def test_deleting_a_user_revokes_their_ehr_grant_and_records_it(scope_env: ScopeEnv) -> None:
+    hub, sandbox, name = scope_env.hub, scope_env.sandbox, scope_env.name
+    refresh_token = hub.auth_state(name)["refresh_token"]
+    token = hub.user_token(name)
+    with hub.api(hub.admin_token) as api:
+        assert api.delete(f"/users/{name}").status_code == 204
+    assert _token_api(hub, token).status_code == 401  # JupyterHub dropped the user's tokens
+    refused = httpx.post(
+        f"{sandbox.origin}/auth/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": refresh_token,
+            "client_id": "hub-public",
+        },
+        timeout=30,
+    )
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    records = [line for line in hub.audit_path.read_text().splitlines() if name in line]
+    withdrawn = [r for r in records if '"access-withdrawn"' in r]
+    assert len(withdrawn) == 1 and "deleted" in withdrawn[0] and "EHR grant revoked" in withdrawn[0]
+    assert refresh_token not in hub.audit_path.read_text()
+    # the same person signs in again: a new user, a new grant (the other tests keep theirs)
+    answer = ehr_launch(scope_env.browser, sandbox, hub, patient_ids(sandbox)[0])
+    assert answer.status_code == 302
+    assert _token_api(hub, hub.user_token(name)).status_code == 200

@@ -408,6 +408,35 @@ async def test_refresh_then_revoke(http: httpx.AsyncClient, config: SMARTConfigu
     assert current_refresh not in str(info.value)
 
 
+@pytest.mark.parametrize("method", ["public", "client_secret_basic", "private_key_jwt"])
+async def test_revocation_works_with_every_client_authentication(
+    method: str,
+    keys: Keys,
+    sbx: SandboxProcess,
+    http: httpx.AsyncClient,
+    config: SMARTConfiguration,
+) -> None:
+    """The revocation endpoint takes the same client authentication as the token endpoint:
+    a private_key_jwt assertion addressed (aud) to the token endpoint URL."""
+    registrations = {
+        "public": {"client_id": "core-public"},
+        "client_secret_basic": {
+            "client_id": "core-symmetric",
+            "client_auth": "client_secret_basic",
+            "client_secret": SECRET,
+        },
+        "private_key_jwt": {"client_id": "core-asymmetric", "private_key_path": str(keys.rs384)},
+    }
+    remember(SECRET)
+    client = client_authentication_for(IssuerPolicy({sbx.iss: registrations[method]}).get(sbx.iss))
+    tokens = (await login(http, config, client)).tokens
+    assert tokens.refresh_token
+    assert await revoke_token(http, config, client, tokens.refresh_token) is True
+    with pytest.raises(TokenEndpointError) as info:
+        await refresh_access_token(http, config, client, tokens.refresh_token)
+    assert info.value.oauth_error == "invalid_grant"
+
+
 async def test_revoked_access_token_stops_working(
     http: httpx.AsyncClient, config: SMARTConfiguration
 ) -> None:
