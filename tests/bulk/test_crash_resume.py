@@ -49,9 +49,11 @@ def status(out: Path) -> str | None:
         return None
 
 
-def killed_run(env: BulkEnv, out: Path, rng: random.Random) -> bool:
+def killed_run(env: BulkEnv, out: Path, rng: random.Random, clean_seconds: float) -> bool:
     """One CLI run (a resume when there is something to resume), SIGKILLed at a random moment.
 
+    The moment is drawn within the time a clean run took on this machine, so the
+    kills land inside the export whether the machine is quiet or loaded.
     Returns True if the run finished before the kill.
     """
     resume = ["--resume"] if status(out) in ("kicked-off", "downloading") else []
@@ -69,7 +71,7 @@ def killed_run(env: BulkEnv, out: Path, rng: random.Random) -> bool:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + rng.uniform(0.8, 4.0)
+    deadline = time.monotonic() + rng.uniform(0.05, 0.9) * clean_seconds
     while time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.02)
     if process.poll() is None:
@@ -86,7 +88,9 @@ def test_sigkill_at_random_points_then_resume_equals_a_clean_run(keys: Any, tmp_
     rng = random.Random(seed)
     with bulk_sandbox(tmp_path / "sbx", keys, SLOW) as env:
         clean = tmp_path / "clean"
+        started = time.monotonic()
         done = env.cli(clean, *EXTRA, "--json")
+        clean_seconds = time.monotonic() - started
         assert done.returncode == 0, done.stderr
         expected = orjson.loads(done.stdout)["resources"]
         kills = 0
@@ -94,7 +98,7 @@ def test_sigkill_at_random_points_then_resume_equals_a_clean_run(keys: Any, tmp_
             out = tmp_path / f"killed-{attempt}"
             for _ in range(12):
                 # a kill after the state says "complete" (during the final DELETE) ends it too
-                if status(out) == "complete" or killed_run(env, out, rng):
+                if status(out) == "complete" or killed_run(env, out, rng, clean_seconds):
                     break
                 kills += 1
             else:

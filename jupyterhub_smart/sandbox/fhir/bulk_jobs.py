@@ -64,6 +64,10 @@ class TypePlan:
     filters: list[list[Clause]] = field(default_factory=list)
 
 
+#: How long a finished job that no status poll has reported still blocks its client.
+UNPOLLED_GRACE_SECONDS = 5.0
+
+
 @dataclass
 class Job:
     """One export job and its progress."""
@@ -95,12 +99,16 @@ class Job:
     def in_progress(self) -> bool:
         """Whether the job still counts against the client's one-export limit.
 
-        That is until a status poll has told the client it is complete (the
-        status URL answers 202 for at least ``job_seconds`` even after the
-        files are written, and a client must not be refused a new export it
-        could not know it may start), or until it is deleted or has failed.
+        That is while its files are written and then until a status poll has
+        told the client it is complete (the status URL answers 202 for at least
+        ``job_seconds``, and a client must not be refused a new export it could
+        not know it may start), unless it is deleted or has failed. A finished
+        job nobody polls (its client crashed right after the kick-off) stops
+        counting after ``UNPOLLED_GRACE_SECONDS``, so that client can start again.
         """
-        return not (self.reported_complete or self.deleted or self.failed is not None)
+        if self.reported_complete or self.deleted or self.failed is not None:
+            return False
+        return self.finished is None or time.monotonic() - self.finished < UNPOLLED_GRACE_SECONDS
 
     def progress(self) -> str:
         """The ``X-Progress`` text (under 100 characters, as the IG requires)."""

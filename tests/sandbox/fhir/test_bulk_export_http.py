@@ -179,6 +179,26 @@ def test_an_export_counts_against_its_client_until_a_poll_reports_it_complete(
         assert bhttp.delete(url, headers=system).status_code == 202
 
 
+def test_a_finished_export_nobody_polls_stops_blocking_its_client(
+    bhttp: httpx.Client, system: dict[str, str]
+) -> None:
+    """A client that crashed right after its kick-off is not locked out for good."""
+    orphan = kickoff(bhttp, system, _type="Patient")
+    refused = bhttp.get("/fhir/$export", params={"_type": "Patient"}, headers={**system, **ASYNC})
+    assert refused.status_code == 429
+    deadline = time.monotonic() + 30
+    while True:
+        again = bhttp.get("/fhir/$export", params={"_type": "Patient"}, headers={**system, **ASYNC})
+        if again.status_code != 429 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert again.status_code == 202, again.text
+    new_url = again.headers["content-location"]
+    wait(bhttp, system, new_url)
+    for url in (orphan, new_url):
+        assert bhttp.delete(url, headers=system).status_code == 202
+
+
 def test_files_need_the_jobs_own_client_token(bhttp: httpx.Client, system: dict[str, str]) -> None:
     status_url = kickoff(bhttp, system, _type="Patient")
     manifest = wait(bhttp, system, status_url)
