@@ -121,8 +121,18 @@ class FHIRSink:
         self._http.close()
 
     def pending(self) -> int:
-        """Resources waiting in the spool."""
-        return sum(len(f.read_bytes().splitlines()) for f in self._spooled())
+        """Resources waiting in the spool.
+
+        The sender thread deletes a spool file once it is delivered, possibly
+        between listing the spool and reading the file: such a file counts as 0.
+        """
+        count = 0
+        for spooled in self._spooled():
+            try:
+                count += len(spooled.read_bytes().splitlines())
+            except FileNotFoundError:
+                continue
+        return count
 
     # ------------------------------------------------------------ sender thread
     def _spooled(self) -> list[Path]:
