@@ -45,6 +45,7 @@ from ..smart.scopes import missing_scopes, require_scopes
 from ..smart.tokens import exchange_code
 from .audit_budget import AuditBudget
 from .audit_handlers import audit_handlers
+from .database import DatabaseHealth
 from .ehr import EHRConnections
 from .errors import MissingPatient
 from .framing import allow_framing, frame_ancestor_origins
@@ -342,6 +343,7 @@ class SMARTAuthenticator(OAuthenticator):
             total=10 * self.unauthenticated_audit_records,
         )
         self.trail = HubTrail(self._open_audit_log, self.log, budget)
+        self.database_health = DatabaseHealth(self.trail, self.log)
         self.inactivity = (
             InactivityLogoff(self, self.inactivity_timeout, self.log)
             if self.inactivity_timeout
