@@ -28,8 +28,6 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-import jsonpatch
-import jsonpointer
 import orjson
 from flask import Blueprint, Response, request
 
@@ -185,6 +183,10 @@ def apply_patch(current: dict[str, Any], operations: Any) -> dict[str, Any]:
     """``current`` with a JSON Patch (RFC 6902) applied; 400 for a malformed patch, 422 if it fails."""
     if not isinstance(operations, list) or not all(isinstance(o, dict) for o in operations):
         raise FHIRError(400, "a JSON Patch is a JSON array of operation objects")
+    # Imported here: a sandbox installed before PATCH existed still serves everything else.
+    import jsonpatch
+    import jsonpointer
+
     try:
         patched = jsonpatch.JsonPatch(operations).apply(current)
     except jsonpatch.InvalidJsonPatch as exc:
