@@ -45,6 +45,8 @@ from ..smart.scopes import missing_scopes, require_scopes
 from ..smart.tokens import exchange_code
 from .audit_budget import AuditBudget
 from .audit_handlers import audit_handlers
+from .audit_page import audit_page_handlers
+from .audit_review import AuditReviewSettings
 from .ehr import EHRConnections
 from .errors import MissingPatient
 from .framing import allow_framing, frame_ancestor_origins
@@ -70,7 +72,7 @@ __all__ = ["SMARTAuthenticator"]
 DEFAULT_SCOPE = ["openid", "fhirUser", "launch", "launch/patient", "offline_access", "patient/*.rs"]
 
 
-class SMARTAuthenticator(OAuthenticator):
+class SMARTAuthenticator(AuditReviewSettings, OAuthenticator):
     """Sign users in with SMART on FHIR App Launch (EHR launch and standalone launch)."""
 
     login_service = Unicode(
@@ -398,7 +400,10 @@ class SMARTAuthenticator(OAuthenticator):
     def _open_audit_log(self) -> AuditLog:
         path = Path(self.audit_log_path).absolute()
         sinks = build_sinks(self.audit_sinks, path.parent) if self.audit_sinks else []
-        return AuditLog(path, sinks=sinks)
+        alerts = self.alert_sink()
+        audit_log = AuditLog(path, sinks=[*sinks, alerts])
+        alerts.attach(audit_log)
+        return audit_log
 
     def get_audit_log(self) -> AuditLog:
         """The hub's one AuditLog, opened on first use (POST /hub/api/smart/audit writes to it)."""
@@ -435,6 +440,7 @@ class SMARTAuthenticator(OAuthenticator):
             (r"/api/smart/token", SMARTTokenAPIHandler),
             (r"/smart/jwks\.json", SMARTJWKSHandler),
             *audit_handlers,
+            *audit_page_handlers,
             *health_handlers,
         ]
 
