@@ -20,6 +20,7 @@ from ..smart.errors import SMARTError
 from .clients import client_address
 from .errors import ReauthenticationRequired, RefreshRateLimited
 from .inactivity import record_activity
+from .metrics import TOKEN_API_SECONDS
 from .proxy_mode import is_proxy_request
 from .refresh import TokenRefresher
 from .scopes import TOKEN_SCOPE, missing_scope_message
@@ -243,6 +244,11 @@ class SMARTTokenAPIHandler(APIHandler):
         if proxy:  # the proxy routes by issuer, keys its cache by user, links to sign-in
             payload.update(iss=state.get("iss"), user=user.name, login_url=login_url)
         self._json(200, payload)
+
+    def on_finish(self) -> None:
+        """Time the answer (``jupyterhub_smart_token_api_request_duration_seconds``)."""
+        TOKEN_API_SECONDS.labels(str(self.get_status())).observe(self.request.request_time())
+        super().on_finish()
 
     def _audit_unavailable(self) -> None:
         """503: access nobody could account for is refused (fail closed); the hub serves on."""
