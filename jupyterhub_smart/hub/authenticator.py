@@ -45,6 +45,7 @@ from ..smart.scopes import missing_scopes, require_scopes
 from ..smart.tokens import exchange_code
 from .audit_budget import AuditBudget
 from .audit_handlers import audit_handlers
+from .audit_settings import AuditSettings
 from .ehr import EHRConnections
 from .errors import MissingPatient
 from .framing import allow_framing, frame_ancestor_origins
@@ -68,7 +69,7 @@ __all__ = ["SMARTAuthenticator"]
 DEFAULT_SCOPE = ["openid", "fhirUser", "launch", "launch/patient", "offline_access", "patient/*.rs"]
 
 
-class SMARTAuthenticator(OAuthenticator):
+class SMARTAuthenticator(AuditSettings, OAuthenticator):
     """Sign users in with SMART on FHIR App Launch (EHR launch and standalone launch)."""
 
     login_service = Unicode(
@@ -384,7 +385,8 @@ class SMARTAuthenticator(OAuthenticator):
 
     def _open_audit_log(self) -> AuditLog:
         path = Path(self.audit_log_path).absolute()
-        sinks = build_sinks(self.audit_sinks, path.parent) if self.audit_sinks else []
+        configs = [*self.audit_sinks, *self.audit_syslog_sinks()]
+        sinks = build_sinks(configs, path.parent) if configs else []
         return AuditLog(path, sinks=sinks)
 
     def get_audit_log(self) -> AuditLog:
@@ -546,8 +548,15 @@ class SMARTAuthenticator(OAuthenticator):
             )
             return None
         state = model.get("auth_state") or {}
+        access_token = state.get("access_token")
         await self.trail.event(
             "login-succeeded",
+            # the salted hash ties this sign-in to the token's later use (BALP OAuth pattern)
+            token_hash=(
+                self.trail.token_hash(access_token)
+                if isinstance(access_token, str) and access_token
+                else None
+            ),
             username=model["name"],
             fhir_user=state.get("fhirUser"),
             issuer=issuer,
