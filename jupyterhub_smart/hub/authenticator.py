@@ -50,10 +50,12 @@ from .ehr import EHRConnections
 from .errors import MissingPatient
 from .framing import allow_framing, frame_ancestor_origins
 from .grants import holds_tokens
+from .health import Readiness, health_handlers
 from .inactivity import InactivityLogoff
 from .inherited import REFUSED, refusal_lines
 from .login import SMARTCallbackHandler, SMARTLoginHandler
 from .logout import SMARTLogoutHandler
+from .metrics import watch_audit
 from .pending import PendingLogin, PendingLogins
 from .published_keys import SMARTJWKSHandler, jwk_set, load_published_keys
 from .refresh import TokenRefresher
@@ -330,7 +332,17 @@ class SMARTAuthenticator(AuditSettings, OAuthenticator):
                 )
         # Every client credential and published key is loaded now: a bad key file, a
         # private key published or two keys under one id stop the hub at start-up.
-        self.ehr = EHRConnections(policy, timeout=self.http_timeout, cache_ttl=self.discovery_ttl)
+        self.readiness = Readiness(
+            policy.issuers,
+            discover=lambda iss: self.ehr.discovery.get(iss),
+            audit_log=lambda: self.trail.audit_log,
+        )
+        self.ehr = EHRConnections(
+            policy,
+            timeout=self.http_timeout,
+            cache_ttl=self.discovery_ttl,
+            on_discovery=self.readiness.observe,
+        )
         self._public_jwks = self._build_public_jwks()
         self.pending = PendingLogins(
             ttl=self.login_timeout,
@@ -343,6 +355,7 @@ class SMARTAuthenticator(AuditSettings, OAuthenticator):
             total=10 * self.unauthenticated_audit_records,
         )
         self.trail = HubTrail(self._open_audit_log, self.log, budget)
+        watch_audit(self.trail)
         self.inactivity = (
             InactivityLogoff(self, self.inactivity_timeout, self.log)
             if self.inactivity_timeout
@@ -424,6 +437,7 @@ class SMARTAuthenticator(AuditSettings, OAuthenticator):
             (r"/api/smart/token", SMARTTokenAPIHandler),
             (r"/smart/jwks\.json", SMARTJWKSHandler),
             *audit_handlers,
+            *health_handlers,
         ]
 
     def _check_activity_resolution(self, app: Any) -> None:

@@ -20,6 +20,7 @@ from ..smart.errors import SMARTError
 from .clients import client_address
 from .errors import ReauthenticationRequired, RefreshRateLimited
 from .inactivity import record_activity
+from .metrics import TOKEN_API_SECONDS
 from .refresh import TokenRefresher
 from .scopes import TOKEN_SCOPE, missing_scope_message
 from .tokenstate import parse_fingerprint, token_api_payload
@@ -218,6 +219,11 @@ class SMARTTokenAPIHandler(APIHandler):
             self._audit_unavailable()
             return
         self._json(200, token_api_payload(state))
+
+    def on_finish(self) -> None:
+        """Time the answer (``jupyterhub_smart_token_api_request_duration_seconds``)."""
+        TOKEN_API_SECONDS.labels(str(self.get_status())).observe(self.request.request_time())
+        super().on_finish()
 
     def _audit_unavailable(self) -> None:
         """503: access nobody could account for is refused (fail closed); the hub serves on."""
