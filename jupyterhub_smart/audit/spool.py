@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+#: ``<first seq>-<last seq>-<log id>.jsonl``, as :meth:`SpoolingSink.accept` names a batch.
+_SPOOL_NAME = re.compile(r"^\d{12}-\d{12}-[0-9a-f]+\.jsonl$")
 #: What :meth:`SpoolingSink._send` answers for one line.
 SENT, RETRY, REJECTED = "sent", "retry", "rejected"
 
@@ -116,7 +119,8 @@ class SpoolingSink:
 
     # ------------------------------------------------------------ sender thread
     def _spooled(self) -> list[Path]:
-        return sorted(p for p in self.spool.glob("*.jsonl") if not p.name.startswith("."))
+        """Spool files, in log order (only names :meth:`accept` writes: never another file)."""
+        return sorted(p for p in self.spool.glob("*.jsonl") if _SPOOL_NAME.match(p.name))
 
     def _run(self) -> None:
         backoff = self.initial_backoff

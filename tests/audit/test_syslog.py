@@ -19,6 +19,7 @@ from fhir.resources.R4B.auditevent import AuditEvent
 from jupyterhub_smart.audit import AuditLog, SyslogSink, build_sinks, data_access_event, hub_event
 from jupyterhub_smart.audit.events import ACTION_SYSTEM
 from jupyterhub_smart.audit.syslog import format_message, severity
+from jupyterhub_smart.audit.verify import verify
 
 from . import rsyslog_process
 from .helpers import event, wait_for
@@ -186,7 +187,7 @@ def test_plain_tcp_and_udp_for_a_lab(
 ) -> None:
     port = up.tcp_port if transport == "tcp" else up.udp_port
     [sink] = build_sinks(
-        [{"type": "syslog", "url": f"{transport}://127.0.0.1:{port}", "spool_dir": str(tmp_path)}],
+        [{"type": "syslog", "url": f"{transport}://127.0.0.1:{port}"}],
         tmp_path,
     )
     with AuditLog(tmp_path / "audit.jsonl", sinks=[sink]) as log:
@@ -223,3 +224,19 @@ def test_bad_settings_are_refused_with_the_reason(
 ) -> None:
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         SyslogSink(url, tmp_path, **options)
+
+
+def test_a_spool_in_the_log_directory_never_sends_or_deletes_the_log(
+    up: rsyslog_process.Rsyslog, tmp_path: Path
+) -> None:
+    """Only the spool's own batch files are sent: the log beside them is not a spool file."""
+    sink = SyslogSink(f"tcp://127.0.0.1:{up.tcp_port}", tmp_path, initial_backoff=0.05)
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, sinks=[sink]) as log:
+        for i in range(3):
+            log.record_sync(event(i))
+        log_id = log.log_id
+        wait_for(lambda: sink.pending() == 0, "the spool to drain")
+    assert verify([path]).head_seq == 3
+    wait_for(lambda: len(_received(up, log_id)) == 3, "3 messages")
+    assert all(h[2] == "IHE+FHIR" for h, _ in _received(up, log_id))
