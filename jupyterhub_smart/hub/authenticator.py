@@ -57,6 +57,7 @@ from .login import SMARTCallbackHandler, SMARTLoginHandler
 from .logout import SMARTLogoutHandler
 from .metrics import watch_audit
 from .pending import PendingLogin, PendingLogins
+from .proxy_mode import FHIRAccessOptions, proxy_environment, register_proxy_service
 from .published_keys import SMARTJWKSHandler, jwk_set, load_published_keys
 from .refresh import TokenRefresher
 from .scopes import define_smart_scopes, register_smart_scopes
@@ -71,7 +72,7 @@ __all__ = ["SMARTAuthenticator"]
 DEFAULT_SCOPE = ["openid", "fhirUser", "launch", "launch/patient", "offline_access", "patient/*.rs"]
 
 
-class SMARTAuthenticator(AuditSettings, OAuthenticator):
+class SMARTAuthenticator(AuditSettings, FHIRAccessOptions, OAuthenticator):
     """Sign users in with SMART on FHIR App Launch (EHR launch and standalone launch)."""
 
     login_service = Unicode(
@@ -369,6 +370,8 @@ class SMARTAuthenticator(AuditSettings, OAuthenticator):
             log=self.log,
             seal=RefreshTokenSeal(CryptKeeper.instance().keys) if self.enable_auth_state else None,
         )
+        if self.fhir_access == "proxy" and hasattr(self.parent, "services"):
+            register_proxy_service(self, self.parent)  # before JupyterHub reads its services
 
     def _note_refused_setting(self, change: Mapping[str, Any]) -> None:
         name = change["name"]
@@ -660,10 +663,13 @@ class SMARTAuthenticator(AuditSettings, OAuthenticator):
         return await self.refresher.refresh_user(user)
 
     async def pre_spawn_start(self, user: Any, spawner: Any) -> None:
-        """Tell the single-user server where the token API is; never a token."""
+        """Tell the single-user server where the token API (or the FHIR proxy) is; never a token."""
         started = super().pre_spawn_start(user, spawner)
         if isawaitable(started):
             await started
+        if self.fhir_access == "proxy":
+            spawner.environment.update(proxy_environment(self))
+            return
         spawner.environment["SMART_TOKEN_API_URL"] = url_path_join(
             spawner.hub.api_url, "smart/token"
         )
