@@ -45,6 +45,8 @@ from ..smart.scopes import missing_scopes, require_scopes
 from ..smart.tokens import exchange_code
 from .audit_budget import AuditBudget
 from .audit_handlers import audit_handlers
+from .audit_page import audit_page_handlers
+from .audit_review import AuditReviewSettings
 from .audit_settings import AuditSettings
 from .ehr import EHRConnections
 from .errors import MissingPatient
@@ -72,7 +74,7 @@ __all__ = ["SMARTAuthenticator"]
 DEFAULT_SCOPE = ["openid", "fhirUser", "launch", "launch/patient", "offline_access", "patient/*.rs"]
 
 
-class SMARTAuthenticator(AuditSettings, FHIRAccessOptions, OAuthenticator):
+class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, OAuthenticator):
     """Sign users in with SMART on FHIR App Launch (EHR launch and standalone launch)."""
 
     login_service = Unicode(
@@ -403,7 +405,10 @@ class SMARTAuthenticator(AuditSettings, FHIRAccessOptions, OAuthenticator):
         path = Path(self.audit_log_path).absolute()
         configs = [*self.audit_sinks, *self.audit_syslog_sinks()]
         sinks = build_sinks(configs, path.parent) if configs else []
-        return AuditLog(path, sinks=sinks)
+        alerts = self.alert_sink()
+        audit_log = AuditLog(path, sinks=[*sinks, alerts])
+        alerts.attach(audit_log)
+        return audit_log
 
     def get_audit_log(self) -> AuditLog:
         """The hub's one AuditLog, opened on first use (POST /hub/api/smart/audit writes to it)."""
@@ -440,6 +445,7 @@ class SMARTAuthenticator(AuditSettings, FHIRAccessOptions, OAuthenticator):
             (r"/api/smart/token", SMARTTokenAPIHandler),
             (r"/smart/jwks\.json", SMARTJWKSHandler),
             *audit_handlers,
+            *audit_page_handlers,
             *health_handlers,
         ]
 
