@@ -76,7 +76,9 @@ def _shot(page: Any, name: str) -> None:
         from PIL import Image
 
         with Image.open(path) as image:
-            image.convert("RGB").quantize(colors=256).save(DOCS_IMG / DOCS_SHOTS[name], optimize=True)
+            image.convert("RGB").quantize(colors=256).save(
+                DOCS_IMG / DOCS_SHOTS[name], optimize=True
+            )
 
 
 def _sign_in(page: Any, hub: Hub, name: str) -> None:

@@ -25,7 +25,6 @@ from jupyterhub_smart.audit.verify import expand_paths, iter_verified
 pytestmark = pytest.mark.slow  # a real JupyterHub process per module
 
 
-
 class Receiver(BaseHTTPRequestHandler):
     """A webhook receiver: the first POST fails (500), the next ones are kept."""
 
@@ -61,7 +60,9 @@ def webhook() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> Iterator[Hub]:
     with run_hub(
-        tmp_path_factory.mktemp("audit-page"), authenticator={"webhook": webhook}, extra=AUDIT_REVIEW_CONFIG
+        tmp_path_factory.mktemp("audit-page"),
+        authenticator={"webhook": webhook},
+        extra=AUDIT_REVIEW_CONFIG,
     ) as running:
         yield running
 
