@@ -99,6 +99,45 @@ c.Authenticator.allow_all = True
 """
 
 
+#: Extra config for ``run_hub(issuers=None)``: the audit page and the alert rules wired in as
+#: SMARTAuthenticator wires them; ``officer`` holds custom:smart:audit-read, ``chief`` is an
+#: admin; ``authenticator={"webhook": URL}`` (may be "") sets the alert webhook; alert
+#: limits: 3 distinct patients, 2 refused tokens.
+AUDIT_REVIEW_CONFIG = """
+from jupyterhub_smart.hub.audit_page import audit_page_handlers
+from jupyterhub_smart.hub.audit_review import AuditReviewSettings
+from jupyterhub_smart.hub.scopes import define_smart_scopes
+
+define_smart_scopes()
+
+
+class ReviewTestAuthenticator(AuditReviewSettings, AuditTestAuthenticator):
+    audit_log_path = cfg["audit_path"]
+
+    def get_audit_log(self):
+        if AuditTestAuthenticator._audit_log is None:
+            alerts = self.alert_sink()
+            log = AuditLog(cfg["audit_path"], sinks=[alerts])
+            alerts.attach(log)
+            AuditTestAuthenticator._audit_log = log
+        return AuditTestAuthenticator._audit_log
+
+    def get_handlers(self, app):
+        return super().get_handlers(app) + audit_page_handlers
+
+
+c.JupyterHub.authenticator_class = ReviewTestAuthenticator
+c.ReviewTestAuthenticator.audit_alert_patient_limit = 3
+c.ReviewTestAuthenticator.audit_alert_refused_limit = 2
+c.ReviewTestAuthenticator.audit_alert_webhook = cfg["authenticator"].get("webhook", "")
+c.Authenticator.admin_users = {"chief"}
+c.JupyterHub.load_roles = [
+    {"name": "admin", "services": ["test-admin"]},
+    {"name": "privacy-officer", "scopes": ["custom:smart:audit-read"], "users": ["officer"]},
+]
+"""
+
+
 @dataclass
 class Hub:
     """A running hub: its URL, admin token, files and process."""
