@@ -7,8 +7,9 @@ at least one configured EHR nobody can sign in. So:
 
 * ``GET /hub/api/smart/health``: no authentication, no details (a probe, or
   anyone, learns only ready or not): 200 ``{"status": "ready"}``, or 503
-  ``{"status": "unavailable"}`` while the audit log is failing closed or no
-  issuer's discovery has ever succeeded;
+  ``{"status": "unavailable"}`` while the audit log is failing closed, no
+  issuer's discovery has ever succeeded, or the hub database does not answer
+  (``SELECT 1``, :mod:`.database`);
 * ``GET /hub/api/smart/health/detail``: the same status code, with which of
   the two holds, per issuer the last discovery error, and the audit log's
   failure (errno name) and backlog; only for holders of ``admin:users`` (the
@@ -38,6 +39,7 @@ from jupyterhub.apihandlers.base import APIHandler
 from ..audit import AuditLog
 from ..smart.errors import SMARTError
 from ..smart.issuers import normalize_issuer
+from .database import DatabaseHealth
 from .metrics import DISCOVERY_FAILURES
 
 __all__ = ["IssuerDiscovery", "Readiness", "health_handlers"]
@@ -77,10 +79,13 @@ class Readiness:
         discover: Callable[[str], Any],
         audit_log: Callable[[], AuditLog | None],
         interval: float = PROBE_DISCOVERY_INTERVAL,
+        database: DatabaseHealth | None = None,
     ) -> None:
         self.issuers = {normalize_issuer(iss): IssuerDiscovery() for iss in issuers}
         self._discover = discover
         self._audit_log = audit_log
+        #: Asked on each check when the caller passes the hub's database session.
+        self.database = database
         self.interval = interval
         self._probe: asyncio.Task[None] | None = None
         self._probe_started = float("-inf")
@@ -102,8 +107,11 @@ class Readiness:
         """True once some configured issuer's discovery has succeeded."""
         return any(state.succeeded_at is not None for state in self.issuers.values())
 
-    async def check(self) -> tuple[bool, dict[str, Any]]:
-        """(ready, detail); starts discovery when none has succeeded yet (see module doc)."""
+    async def check(self, db: Any = None) -> tuple[bool, dict[str, Any]]:
+        """(ready, detail); starts discovery when none has succeeded yet (see module doc).
+
+        ``db``: JupyterHub's database session, asked ``SELECT 1`` (not asked when None).
+        """
         if not self.discovered:
             await self._probe_discovery()
         log = self._audit_log()
@@ -113,6 +121,11 @@ class Readiness:
             reasons.append("audit_log_failing")
         if not self.discovered:
             reasons.append("no_issuer_discovered")
+        database_ok = True
+        if db is not None and self.database is not None:
+            database_ok = await self.database.probe(db)
+            if not database_ok:
+                reasons.append("database_unavailable")
         detail: dict[str, Any] = {
             "status": "unavailable" if reasons else "ready",
             "reasons": reasons,
@@ -123,6 +136,7 @@ class Readiness:
                 "backlog_events": log.backlog if log is not None else 0,
             },
             "issuers": {iss: state.as_json() for iss, state in self.issuers.items()},
+            "database": {"available": database_ok},
         }
         return not reasons, detail
 
@@ -151,7 +165,7 @@ class SMARTHealthHandler(APIHandler):
         """GET only; nothing to protect."""
 
     async def get(self) -> None:
-        ready, _ = await self.authenticator.readiness.check()
+        ready, _ = await self.authenticator.readiness.check(self.db)
         self._answer(ready, {"status": "ready" if ready else "unavailable"})
 
     def _answer(self, ready: bool, body: dict[str, Any]) -> None:
@@ -182,7 +196,7 @@ class SMARTHealthDetailHandler(SMARTHealthHandler):
                 )
             )
             return
-        ready, detail = await self.authenticator.readiness.check()
+        ready, detail = await self.authenticator.readiness.check(self.db)
         self._answer(ready, detail)
 
 
