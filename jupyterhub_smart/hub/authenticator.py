@@ -49,11 +49,14 @@ from .ehr import EHRConnections
 from .errors import MissingPatient
 from .framing import allow_framing, frame_ancestor_origins
 from .grants import holds_tokens
+from .health import Readiness, health_handlers
 from .inactivity import InactivityLogoff
 from .inherited import REFUSED, refusal_lines
 from .login import SMARTCallbackHandler, SMARTLoginHandler
 from .logout import SMARTLogoutHandler
+from .metrics import watch_audit
 from .pending import PendingLogin, PendingLogins
+from .proxy_mode import FHIRAccessOptions, proxy_environment, register_proxy_service
 from .published_keys import SMARTJWKSHandler, jwk_set, load_published_keys
 from .refresh import TokenRefresher
 from .scopes import define_smart_scopes, register_smart_scopes
@@ -68,7 +71,7 @@ __all__ = ["SMARTAuthenticator"]
 DEFAULT_SCOPE = ["openid", "fhirUser", "launch", "launch/patient", "offline_access", "patient/*.rs"]
 
 
-class SMARTAuthenticator(OAuthenticator):
+class SMARTAuthenticator(FHIRAccessOptions, OAuthenticator):
     """Sign users in with SMART on FHIR App Launch (EHR launch and standalone launch)."""
 
     login_service = Unicode(
@@ -329,7 +332,17 @@ class SMARTAuthenticator(OAuthenticator):
                 )
         # Every client credential and published key is loaded now: a bad key file, a
         # private key published or two keys under one id stop the hub at start-up.
-        self.ehr = EHRConnections(policy, timeout=self.http_timeout, cache_ttl=self.discovery_ttl)
+        self.readiness = Readiness(
+            policy.issuers,
+            discover=lambda iss: self.ehr.discovery.get(iss),
+            audit_log=lambda: self.trail.audit_log,
+        )
+        self.ehr = EHRConnections(
+            policy,
+            timeout=self.http_timeout,
+            cache_ttl=self.discovery_ttl,
+            on_discovery=self.readiness.observe,
+        )
         self._public_jwks = self._build_public_jwks()
         self.pending = PendingLogins(
             ttl=self.login_timeout,
@@ -342,6 +355,7 @@ class SMARTAuthenticator(OAuthenticator):
             total=10 * self.unauthenticated_audit_records,
         )
         self.trail = HubTrail(self._open_audit_log, self.log, budget)
+        watch_audit(self.trail)
         self.inactivity = (
             InactivityLogoff(self, self.inactivity_timeout, self.log)
             if self.inactivity_timeout
@@ -355,6 +369,8 @@ class SMARTAuthenticator(OAuthenticator):
             log=self.log,
             seal=RefreshTokenSeal(CryptKeeper.instance().keys) if self.enable_auth_state else None,
         )
+        if self.fhir_access == "proxy" and hasattr(self.parent, "services"):
+            register_proxy_service(self, self.parent)  # before JupyterHub reads its services
 
     def _note_refused_setting(self, change: Mapping[str, Any]) -> None:
         name = change["name"]
@@ -422,6 +438,7 @@ class SMARTAuthenticator(OAuthenticator):
             (r"/api/smart/token", SMARTTokenAPIHandler),
             (r"/smart/jwks\.json", SMARTJWKSHandler),
             *audit_handlers,
+            *health_handlers,
         ]
 
     def _check_activity_resolution(self, app: Any) -> None:
@@ -637,10 +654,13 @@ class SMARTAuthenticator(OAuthenticator):
         return await self.refresher.refresh_user(user)
 
     async def pre_spawn_start(self, user: Any, spawner: Any) -> None:
-        """Tell the single-user server where the token API is; never a token."""
+        """Tell the single-user server where the token API (or the FHIR proxy) is; never a token."""
         started = super().pre_spawn_start(user, spawner)
         if isawaitable(started):
             await started
+        if self.fhir_access == "proxy":
+            spawner.environment.update(proxy_environment(self))
+            return
         spawner.environment["SMART_TOKEN_API_URL"] = url_path_join(
             spawner.hub.api_url, "smart/token"
         )
