@@ -16,7 +16,7 @@ JH_PREVIOUS_DIR := $(VENV)/jupyterhub-$(JH_PREVIOUS)
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test test-jupyterhub5 lint unit docs bench browser clean
+.PHONY: demo test test-jupyterhub5 lint unit docs bench browser rsyslog clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,9 +42,13 @@ lint: $(STAMP)
 browser:
 	@bash .ci/install-chromium
 
+## rsyslog: Debian's rsyslog + rsyslog-gnutls for the ATNA syslog sink tests (apt when root)
+rsyslog:
+	@bash .ci/install-rsyslog
+
 ## test: lint, docs, every test (unit, integration against real processes, end to end),
 ## then the hub suite again on JupyterHub 5.5
-test: $(STAMP) $(CHP) $(VENV)/.installed-spark lint docs browser
+test: $(STAMP) $(CHP) $(VENV)/.installed-spark lint docs browser rsyslog
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-jupyterhub5
 
