@@ -431,8 +431,16 @@ class AuditIndex:
                 continue
             # Compressed since, or changed in a way an append does not explain: every
             # line must still be the one indexed.
-            head_seq, head_hash, n = self._reverify_file(lf, last_seq)
-            added += n
+            if self._reverify_file(lf, last_seq):
+                row = self.db.execute(
+                    "SELECT covered FROM files WHERE first_seq = ?", (lf.first_seq,)
+                ).fetchone()
+                head_seq, head_hash, n = self._index_file(
+                    lf, int(row[0]), last_seq + 1, self._hash_of(last_seq).hex(), new_file=False
+                )
+                added += n
+            else:
+                head_seq, head_hash = self.head
         return added
 
     def _drop_retired(
@@ -597,8 +605,11 @@ class AuditIndex:
             self._set_meta("head_hash", prev_hex)
         return new_head, prev_hex, added
 
-    def _reverify_file(self, lf: _LogFile, last_seq: int) -> tuple[int, str, int]:
-        """Read a changed (e.g. newly compressed) file in full against the indexed hashes."""
+    def _reverify_file(self, lf: _LogFile, last_seq: int) -> bool:
+        """Read a changed (e.g. newly compressed) file in full against the indexed hashes.
+
+        True when the file holds lines past the indexed ones (to be indexed next).
+        """
         stored = self.db.execute(
             "SELECT seq, hash FROM events WHERE file_seq = ? ORDER BY seq", (lf.first_seq,)
         )
@@ -607,11 +618,13 @@ class AuditIndex:
         covered = 0
         last_offset = 0
         seen = lf.first_seq - 1
+        more = False
         with _open_bytes(lf.path) as handle:
             for pos, line in self._lines(handle, 0):
                 item = next(expected, None)
                 if item is None:
-                    break  # lines past what was indexed: a compressed file cannot grow
+                    more = True  # written after the last update
+                    break
                 seq, digest = item
                 if sha256(line).digest() != bytes(digest):
                     raise IndexMismatch(
@@ -641,8 +654,7 @@ class AuditIndex:
                 lf.first_seq,
             ),
         )
-        head_seq, head_hash = self.head
-        return head_seq, head_hash, 0
+        return more
 
     # ------------------------------------------------------------- reading back
     def lines(self, seqs: Iterable[int]) -> Iterator[tuple[int, bytes]]:
