@@ -178,13 +178,11 @@ def _open_bytes(path: Path) -> IO[bytes]:
 
 
 def _first_seq(path: Path) -> int | None:
-    """The ``seq`` of a file's first line (None for an empty file); RecordError if not a record."""
+    """The ``seq`` of a file's first complete line (None: none yet); RecordError if not a record."""
     with _open_bytes(path) as handle:
         first = handle.readline(MAX_LINE_BYTES + 1)
-    if not first:
-        return None
     if not first.endswith(b"\n"):
-        raise RecordError("its first line is incomplete")
+        return None  # empty, or its first line still being written: nothing to index yet
     seq = parse_line(first[:-1])["seq"]
     assert isinstance(seq, int)
     return seq
