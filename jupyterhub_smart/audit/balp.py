@@ -146,6 +146,8 @@ KINDS: dict[str, Kind] = {
     "token-revocation-failed": _TOKEN,
     "issuer-refused": _PLAIN,
     "audit-recovered": _PLAIN,
+    "database-unavailable": _PLAIN,
+    "database-recovered": _PLAIN,
     # A Bulk Data kick-off is the $export operation: a query of the FHIR server.
     "bulk-export": _QUERY,
 }
