@@ -50,10 +50,10 @@ os.environ["PATH"] = f"{ROOT / 'node_modules' / '.bin'}{os.pathsep}{os.environ.g
 from hub_process import Hub, run_hub  # noqa: E402
 from sandbox_process import SandboxProcess, free_port, run_sandbox  # noqa: E402
 
-LAUNCHES = 200
-USERS = 200
-RATE = 500
-SECONDS = 60.0
+LAUNCHES = int(os.environ.get("BENCH_LAUNCHES", 200))
+USERS = LAUNCHES
+RATE = int(os.environ.get("BENCH_RATE", 500))
+SECONDS = float(os.environ.get("BENCH_SECONDS", 60))
 LIFETIME = 20  # seconds; the hub refreshes in the last half: ~6 refreshes per user per minute
 
 BENCH_CONFIG = """
@@ -98,9 +98,12 @@ async def _burst(sandbox: SandboxProcess, hub: Hub, patients: list[str]) -> list
 
 
 async def _token_load(
-    url: str, tokens: list[str]
-) -> tuple[list[float], int, float, dict[int, list[str]]]:
-    """Open loop over users: (latencies ms, errors, achieved req/s, tokens seen per user).
+    url: str, tokens: list[str], seen: dict[int, list[str]]
+) -> tuple[list[float], collections.Counter[str], float]:
+    """Open loop over users: (latencies ms, errors by kind, achieved req/s).
+
+    ``seen[user]`` starts with the user's access token before the load and gets
+    each new one a client receives.
 
     A lean HTTP/1.1 client on asyncio streams, keep-alive (see bench_token_api: httpx
     costs more CPU per request than the hub on two cores).
@@ -117,11 +120,9 @@ async def _token_load(
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     opened: list[asyncio.StreamWriter] = []
     latencies: list[float] = []
-    seen: dict[int, list[str]] = collections.defaultdict(list)
-    errors = 0
+    errors: collections.Counter[str] = collections.Counter()
 
     async def one(user: int) -> None:
-        nonlocal errors
         began = time.perf_counter()
         writer = None
         try:
@@ -136,14 +137,14 @@ async def _token_load(
             if length is None:
                 raise ValueError("no Content-Length")
             body = await reader.readexactly(int(length.group(1)))
-        except (OSError, EOFError, ValueError, asyncio.IncompleteReadError):
-            errors += 1
+        except (OSError, EOFError, ValueError, asyncio.IncompleteReadError) as exc:
+            errors[type(exc).__name__] += 1
             if writer is not None:
                 writer.close()
             return
         idle.append((reader, writer))
         if not head.startswith(b"HTTP/1.1 200 "):
-            errors += 1
+            errors[f"{head[9:12].decode()} {orjson.loads(body).get('error')}"] += 1
             return
         latencies.append((time.perf_counter() - began) * 1000)
         access = orjson.loads(body)["access_token"]
@@ -162,7 +163,7 @@ async def _token_load(
     elapsed = time.perf_counter() - start
     for writer in opened:
         writer.close()
-    return latencies, errors, total / elapsed, seen
+    return latencies, errors, total / elapsed
 
 
 def _metric(hub: Hub, name: str, **labels: str) -> float:
@@ -256,8 +257,11 @@ def main() -> None:
                 refreshed = _metric(hub, "jupyterhub_smart_refreshes_total", outcome="success")
                 failed = _metric(hub, "jupyterhub_smart_refreshes_total", outcome="failed")
                 posts = _token_posts(sandbox)
+                seen = {
+                    n: [hub.rest_auth_state(name)["access_token"]] for n, name in enumerate(names)
+                }
                 log_start = len(hub.log_text())
-                latencies, errors, achieved, seen = asyncio.run(_token_load(internal, tokens))
+                latencies, errors, achieved = asyncio.run(_token_load(internal, tokens, seen))
                 time.sleep(1.0)  # the sandbox's request log lands after its answers
                 refreshes = (
                     _metric(hub, "jupyterhub_smart_refreshes_total", outcome="success") - refreshed
@@ -273,17 +277,18 @@ def main() -> None:
                     )
                 )
                 mismatched = [
-                    name
-                    for n, name in enumerate(names)
-                    if per_user[name] != max(0, len(seen[n]) - 1)
+                    name for n, name in enumerate(names) if per_user[name] != len(seen[n]) - 1
                 ]
                 ehr_posts = _token_posts(sandbox) - posts
                 print(
                     f"token API, {len(tokens)} users, {RATE} req/s offered for {SECONDS:g} s: "
-                    f"achieved {achieved:.0f} req/s, {len(latencies)} ok, {errors} errors "
-                    f"(goal 0); latency p50 {statistics.median(latencies):.1f} ms, "
+                    f"achieved {achieved:.0f} req/s, {len(latencies)} ok, "
+                    f"{sum(errors.values())} errors (goal 0); latency "
+                    f"p50 {statistics.median(latencies):.1f} ms, "
                     f"p99 {_pct(latencies, 0.99):.1f} ms, max {max(latencies):.1f} ms"
                 )
+                for kind, count in errors.most_common():
+                    print(f"  error x{count}: {kind}")
                 print(
                     f"refreshes: {refreshes:.0f} by the hub ({refresh_failures:.0f} failed), "
                     f"{ehr_posts} token requests at the EHR, {changes} access-token changes "
