@@ -10,7 +10,8 @@ start a PostgreSQL server; see ``hub_db_url`` below).
    ``/ehr/launch`` -> hub ``/hub/oauth_login`` -> sandbox authorize (auto-approve)
    -> hub ``/hub/oauth_callback`` (code exchange, id_token, audit, session).
    Printed: how many completed (goal: all), launches/s over the whole burst,
-   p50/p99 of one launch's duration. Every launch becomes its own hub user (a
+   p50/p99 of one launch's duration. The hub's readiness probe runs first, so the
+   EHR's SMART configuration is cached, as on a hub Kubernetes has probed. Every launch becomes its own hub user (a
    bench-only ``username_mapper``: the sandbox has four practitioners).
 2. *Token API*: each of the ``USERS`` users' API token asks for its SMART token,
    open loop at ``RATE`` requests/s for ``SECONDS`` s, round-robin over users,
@@ -228,6 +229,10 @@ def main() -> None:
                 page = httpx.get(sandbox.origin + "/ehr", timeout=60).text
                 patients = list(dict.fromkeys(re.findall(r'name="patient" value="([^"]+)"', page)))
                 print(f"hub database: {db_label}")
+                # the readiness probe fetches the EHR's SMART configuration, as Kubernetes'
+                # probes do before traffic arrives: the burst does not wait on one discovery
+                health = httpx.get(f"{hub.url}/hub/api/smart/health", timeout=60)
+                print(f"/hub/api/smart/health before the burst: {health.status_code}")
 
                 # 1. launches
                 began = time.perf_counter()
