@@ -77,7 +77,11 @@ async def _launch(sandbox: SandboxProcess, hub: Hub, patient: str) -> float:
         )
     )
     began = time.perf_counter()
-    async with httpx.AsyncClient(timeout=300) as browser:
+    # No idle keep-alive connections: the sandbox (waitress) accepts 100 connections at
+    # once, and 200 idle browsers would hold them while the hub's back-channel requests
+    # to the same EHR wait (a real EHR's front end accepts far more).
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as browser:
         for _ in range(10):
             response = await browser.get(url)
             if response.status_code != 302:
@@ -231,7 +235,11 @@ def main() -> None:
                 print(f"hub database: {db_label}")
                 # the readiness probe fetches the EHR's SMART configuration, as Kubernetes'
                 # probes do before traffic arrives: the burst does not wait on one discovery
-                health = httpx.get(f"{hub.url}/hub/api/smart/health", timeout=60)
+                for _ in range(600):
+                    health = httpx.get(f"{hub.url}/hub/api/smart/health", timeout=60)
+                    if health.status_code == 200:
+                        break
+                    time.sleep(0.1)
                 print(f"/hub/api/smart/health before the burst: {health.status_code}")
 
                 # 1. launches
