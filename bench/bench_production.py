@@ -222,7 +222,12 @@ def main() -> None:
             extra_args=["--access-token-lifetime", str(LIFETIME)],
         ) as sandbox:
             issuers = {sandbox.iss: {"client_id": "hub-bench"}}
-            options = {"max_pending_logins_per_client": 10 * LAUNCHES}
+            # BENCH_HTTP_TIMEOUT: seconds the hub waits on the EHR (default 10, as in
+            # production); the sandbox shares the machine's cores with the hub and the load
+            options = {
+                "max_pending_logins_per_client": 10 * LAUNCHES,
+                "http_timeout": float(os.environ.get("BENCH_HTTP_TIMEOUT", 10)),
+            }
             with run_hub(
                 work / "hub",
                 issuers,
@@ -232,7 +237,7 @@ def main() -> None:
             ) as hub:
                 page = httpx.get(sandbox.origin + "/ehr", timeout=60).text
                 patients = list(dict.fromkeys(re.findall(r'name="patient" value="([^"]+)"', page)))
-                print(f"hub database: {db_label}")
+                print(f"hub database: {db_label}; http_timeout {options['http_timeout']:g} s")
                 # the readiness probe fetches the EHR's SMART configuration, as Kubernetes'
                 # probes do before traffic arrives: the burst does not wait on one discovery
                 for _ in range(600):
