@@ -45,6 +45,10 @@ from ..smart.scopes import missing_scopes, require_scopes
 from ..smart.tokens import exchange_code
 from .audit_budget import AuditBudget
 from .audit_handlers import audit_handlers
+from .audit_page import audit_page_handlers
+from .audit_review import AuditReviewSettings
+from .audit_settings import AuditSettings
+from .database import DatabaseHealth
 from .ehr import EHRConnections
 from .errors import MissingPatient
 from .framing import allow_framing, frame_ancestor_origins
@@ -56,6 +60,7 @@ from .login import SMARTCallbackHandler, SMARTLoginHandler
 from .logout import SMARTLogoutHandler
 from .metrics import watch_audit
 from .pending import PendingLogin, PendingLogins
+from .proxy_mode import FHIRAccessOptions, proxy_environment, register_proxy_service
 from .published_keys import SMARTJWKSHandler, jwk_set, load_published_keys
 from .refresh import TokenRefresher
 from .scopes import define_smart_scopes, register_smart_scopes
@@ -70,7 +75,7 @@ __all__ = ["SMARTAuthenticator"]
 DEFAULT_SCOPE = ["openid", "fhirUser", "launch", "launch/patient", "offline_access", "patient/*.rs"]
 
 
-class SMARTAuthenticator(OAuthenticator):
+class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, OAuthenticator):
     """Sign users in with SMART on FHIR App Launch (EHR launch and standalone launch)."""
 
     login_service = Unicode(
@@ -354,6 +359,7 @@ class SMARTAuthenticator(OAuthenticator):
             total=10 * self.unauthenticated_audit_records,
         )
         self.trail = HubTrail(self._open_audit_log, self.log, budget)
+        self.database_health = DatabaseHealth(self.trail, self.log)
         watch_audit(self.trail)
         self.inactivity = (
             InactivityLogoff(self, self.inactivity_timeout, self.log)
@@ -368,6 +374,8 @@ class SMARTAuthenticator(OAuthenticator):
             log=self.log,
             seal=RefreshTokenSeal(CryptKeeper.instance().keys) if self.enable_auth_state else None,
         )
+        if self.fhir_access == "proxy" and hasattr(self.parent, "services"):
+            register_proxy_service(self, self.parent)  # before JupyterHub reads its services
 
     def _note_refused_setting(self, change: Mapping[str, Any]) -> None:
         name = change["name"]
@@ -397,8 +405,12 @@ class SMARTAuthenticator(OAuthenticator):
 
     def _open_audit_log(self) -> AuditLog:
         path = Path(self.audit_log_path).absolute()
-        sinks = build_sinks(self.audit_sinks, path.parent) if self.audit_sinks else []
-        return AuditLog(path, sinks=sinks)
+        configs = [*self.audit_sinks, *self.audit_syslog_sinks()]
+        sinks = build_sinks(configs, path.parent) if configs else []
+        alerts = self.alert_sink()
+        audit_log = AuditLog(path, sinks=[*sinks, alerts])
+        alerts.attach(audit_log)
+        return audit_log
 
     def get_audit_log(self) -> AuditLog:
         """The hub's one AuditLog, opened on first use (POST /hub/api/smart/audit writes to it)."""
@@ -435,6 +447,7 @@ class SMARTAuthenticator(OAuthenticator):
             (r"/api/smart/token", SMARTTokenAPIHandler),
             (r"/smart/jwks\.json", SMARTJWKSHandler),
             *audit_handlers,
+            *audit_page_handlers,
             *health_handlers,
         ]
 
@@ -560,8 +573,15 @@ class SMARTAuthenticator(OAuthenticator):
             )
             return None
         state = model.get("auth_state") or {}
+        access_token = state.get("access_token")
         await self.trail.event(
             "login-succeeded",
+            # the salted hash ties this sign-in to the token's later use (BALP OAuth pattern)
+            token_hash=(
+                self.trail.token_hash(access_token)
+                if isinstance(access_token, str) and access_token
+                else None
+            ),
             username=model["name"],
             fhir_user=state.get("fhirUser"),
             issuer=issuer,
@@ -651,10 +671,13 @@ class SMARTAuthenticator(OAuthenticator):
         return await self.refresher.refresh_user(user)
 
     async def pre_spawn_start(self, user: Any, spawner: Any) -> None:
-        """Tell the single-user server where the token API is; never a token."""
+        """Tell the single-user server where the token API (or the FHIR proxy) is; never a token."""
         started = super().pre_spawn_start(user, spawner)
         if isawaitable(started):
             await started
+        if self.fhir_access == "proxy":
+            spawner.environment.update(proxy_environment(self))
+            return
         spawner.environment["SMART_TOKEN_API_URL"] = url_path_join(
             spawner.hub.api_url, "smart/token"
         )

@@ -18,9 +18,11 @@ from jupyterhub.utils import url_path_join
 from ..audit import AuditUnavailable
 from ..smart.errors import SMARTError
 from .clients import client_address
+from .database import RETRY_AFTER, DatabaseHealth, SQLAlchemyError
 from .errors import ReauthenticationRequired, RefreshRateLimited
 from .inactivity import record_activity
 from .metrics import TOKEN_API_SECONDS
+from .proxy_mode import is_proxy_request
 from .refresh import TokenRefresher
 from .scopes import TOKEN_SCOPE, missing_scope_message
 from .tokenstate import parse_fingerprint, token_api_payload
@@ -97,7 +99,46 @@ class SMARTTokenAPIHandler(APIHandler):
         token = get_token() if callable(get_token) else None
         return token is not None and getattr(token, "user", None) is not None
 
+    _database_error: SQLAlchemyError | None = None
+
+    async def get_current_user(self) -> Any:
+        """JupyterHub's lookup of the caller, noting a database failure (answered 503 in get)."""
+        try:
+            return await super().get_current_user()
+        except SQLAlchemyError as exc:
+            self._database_error = exc
+            raise  # JupyterHub's prepare() logs it and rolls its session back
+
     async def get(self) -> None:
+        health: DatabaseHealth = self.authenticator.database_health
+        if self._database_error is not None:
+            await health.failed(self._database_error)
+            self._database_unavailable()
+            return
+        try:
+            await health.succeeded()
+            await self._answer()
+        except SQLAlchemyError as exc:
+            self.db.rollback()
+            # The rollback expired the user's row: the request log must not read it again.
+            self._jupyterhub_user = None
+            await health.failed(exc)
+            self._database_unavailable()
+
+    def _database_unavailable(self) -> None:
+        """503 with Retry-After: the hub cannot look up the caller or their tokens right now."""
+        self.set_header("Retry-After", str(RETRY_AFTER))
+        self._json(
+            503,
+            {
+                "error": "database_unavailable",
+                "message": "The hub's database is not answering; retry in a moment.",
+                "retry_after": RETRY_AFTER,
+            },
+        )
+
+    async def _answer(self) -> None:
+        """The token API's answer once the caller has been looked up (see the class)."""
         user = self.current_user
         if user is None and self._token_owner_must_reauthenticate():
             self._json(
@@ -124,6 +165,19 @@ class SMARTTokenAPIHandler(APIHandler):
             self._json(
                 403,
                 {"error": "forbidden", "message": "Only a user's own API token gets SMART tokens."},
+            )
+            return
+        proxy = self.authenticator.fhir_access == "proxy"
+        if proxy and not is_proxy_request(self, self.authenticator.fhir_proxy_service_name):
+            self.log.warning("Token API: %s asked for an EHR token in proxy mode", user.name)
+            self._json(
+                403,
+                {
+                    "error": "proxy_mode",
+                    "message": "This hub runs in FHIR proxy mode: notebooks get no EHR token. "
+                    "Use connect(), or send FHIR requests to the proxy "
+                    "($SMART_FHIR_PROXY_URL) with your JupyterHub API token.",
+                },
             )
             return
         if not self.has_scope(f"{TOKEN_SCOPE}!user={user.name}"):
@@ -213,12 +267,23 @@ class SMARTTokenAPIHandler(APIHandler):
                 patient=reference("Patient", state.get("patient")),
                 client_address=client_address(self.request),
                 token_hash=trail.token_hash(state["access_token"]),
-                description="the client reported a refused token" if rejected else None,
+                description=" ".join(
+                    part
+                    for part in (
+                        "to the FHIR proxy;" if proxy else "",
+                        "the client reported a refused token" if rejected else "",
+                    )
+                    if part
+                ).rstrip(";")
+                or None,
             )
         except AuditUnavailable:
             self._audit_unavailable()
             return
-        self._json(200, token_api_payload(state))
+        payload = token_api_payload(state)
+        if proxy:  # the proxy routes by issuer, keys its cache by user, links to sign-in
+            payload.update(iss=state.get("iss"), user=user.name, login_url=login_url)
+        self._json(200, payload)
 
     def on_finish(self) -> None:
         """Time the answer (``jupyterhub_smart_token_api_request_duration_seconds``)."""
