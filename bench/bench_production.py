@@ -2,8 +2,8 @@
 
 One real sandbox EHR (auto-approve, access tokens living ``LIFETIME`` s) and one
 real JupyterHub with the SMARTAuthenticator, on the hub database named by
-``BENCH_DB`` (``sqlite``, the default, or ``postgresql`` when the test harness can
-start a PostgreSQL server; see ``hub_db_url`` below).
+``BENCH_DB``: ``sqlite`` (the default) or ``postgresql`` (a server the test harness
+starts from the machine's PostgreSQL, ``make postgresql``).
 
 1. *Launches*: ``LAUNCHES`` EHR launches start at the same moment, each a browser
    of its own (cookie jar) walking every hop by plain HTTP: the EHR's
@@ -196,19 +196,20 @@ def _machine() -> str:
     return f"machine: {os.cpu_count()} CPUs, load average {one:.1f} (1 min) {five:.1f} (5 min)"
 
 
-def hub_db_url(work: Path) -> tuple[str, str]:
-    """(label, extra hub config) for the database named by BENCH_DB."""
+def hub_database() -> str:
+    """The hub database named by BENCH_DB: run_hub starts PostgreSQL (tests/pg_process.py)."""
     wanted = os.environ.get("BENCH_DB", "sqlite")
-    if wanted == "sqlite":
-        return "SQLite", ""
-    raise SystemExit(f"BENCH_DB={wanted!r}: only 'sqlite' is available in this harness")
+    if wanted not in ("sqlite", "postgresql"):
+        raise SystemExit(f"BENCH_DB={wanted!r}: 'sqlite' or 'postgresql'")
+    os.environ["SMART_TEST_DB"] = wanted
+    return {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[wanted]
 
 
 def main() -> None:
     print(_machine())
     with tempfile.TemporaryDirectory(prefix="bench-production-") as tmp:
         work = Path(os.environ.get("BENCH_WORKDIR") or tmp)
-        db_label, db_config = hub_db_url(work)
+        db_label = hub_database()
         port = free_port()
         client = {
             "client_id": "hub-bench",
@@ -233,7 +234,7 @@ def main() -> None:
                 issuers,
                 port=port,
                 authenticator=options,
-                extra=BENCH_CONFIG + db_config,
+                extra=BENCH_CONFIG,
             ) as hub:
                 page = httpx.get(sandbox.origin + "/ehr", timeout=60).text
                 patients = list(dict.fromkeys(re.findall(r'name="patient" value="([^"]+)"', page)))
