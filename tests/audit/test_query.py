@@ -226,6 +226,10 @@ def test_usage_errors(tmp_path: Path, log: Path, cli: Callable[..., Result]) -> 
     assert bad_date.returncode == 2 and "ISO 8601" in bad_date.stderr
     no_patient = cli("report", log)
     assert no_patient.returncode == 2
+    not_an_index = tmp_path / "notes.txt"
+    not_an_index.write_text("these are not the droids\n" * 100)
+    wrong = cli("query", log, "--index", not_an_index)
+    assert wrong.returncode == 1 and "cannot be used" in wrong.stderr
 
 
 def test_report_lists_disclosures_and_escapes_hostile_values(
