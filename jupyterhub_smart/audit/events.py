@@ -567,6 +567,13 @@ INTERACTIONS: dict[str, str] = {
     "search-system": "E",
     "operation": "E",
     "capabilities": "R",
+    # writes a notebook made (FHIR restful-interaction codes; AuditEvent.action C/U/D/E)
+    "create": "C",
+    "update": "U",
+    "patch": "U",
+    "delete": "D",
+    "transaction": "E",
+    "batch": "E",
 }
 
 

@@ -360,7 +360,6 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
         )
         self.trail = HubTrail(self._open_audit_log, self.log, budget)
         self.database_health = DatabaseHealth(self.trail, self.log)
-        self.readiness.database = self.database_health
         watch_audit(self.trail)
         self.inactivity = (
             InactivityLogoff(self, self.inactivity_timeout, self.log)

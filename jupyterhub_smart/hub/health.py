@@ -9,11 +9,13 @@ at least one configured EHR nobody can sign in. So:
   anyone, learns only ready or not): 200 ``{"status": "ready"}``, or 503
   ``{"status": "unavailable"}`` while the audit log is failing closed, no
   issuer's discovery has ever succeeded, or the hub database does not answer
-  (``SELECT 1``, :mod:`.database`);
+  (``SELECT 1``, through :class:`.database.DatabaseHealth`, which records the
+  outage in the audit trail);
 * ``GET /hub/api/smart/health/detail``: the same status code, with which of
-  the two holds, per issuer the last discovery error, and the audit log's
-  failure (errno name) and backlog; only for holders of ``admin:users`` (the
-  hub's admins and the services given the admin role), 401/403 otherwise.
+  these holds, per issuer the last discovery error, the audit log's failure
+  (errno name) and backlog, and the database error's class; only for holders
+  of ``admin:users`` (the hub's admins and the services given the admin role),
+  401/403 otherwise.
 
 Discovery normally happens at the first sign-in. A hub nobody has signed in to
 yet would never become ready, so a probe that finds no issuer discovered
@@ -39,7 +41,6 @@ from jupyterhub.apihandlers.base import APIHandler
 from ..audit import AuditLog
 from ..smart.errors import SMARTError
 from ..smart.issuers import normalize_issuer
-from .database import DatabaseHealth
 from .metrics import DISCOVERY_FAILURES
 
 __all__ = ["IssuerDiscovery", "Readiness", "health_handlers"]
@@ -79,13 +80,10 @@ class Readiness:
         discover: Callable[[str], Any],
         audit_log: Callable[[], AuditLog | None],
         interval: float = PROBE_DISCOVERY_INTERVAL,
-        database: DatabaseHealth | None = None,
     ) -> None:
         self.issuers = {normalize_issuer(iss): IssuerDiscovery() for iss in issuers}
         self._discover = discover
         self._audit_log = audit_log
-        #: Asked on each check when the caller passes the hub's database session.
-        self.database = database
         self.interval = interval
         self._probe: asyncio.Task[None] | None = None
         self._probe_started = float("-inf")
@@ -107,10 +105,10 @@ class Readiness:
         """True once some configured issuer's discovery has succeeded."""
         return any(state.succeeded_at is not None for state in self.issuers.values())
 
-    async def check(self, db: Any = None) -> tuple[bool, dict[str, Any]]:
+    async def check(self, *, database_ok: bool = True) -> tuple[bool, dict[str, Any]]:
         """(ready, detail); starts discovery when none has succeeded yet (see module doc).
 
-        ``db``: JupyterHub's database session, asked ``SELECT 1`` (not asked when None).
+        ``database_ok``: whether the hub database answered the caller's probe.
         """
         if not self.discovered:
             await self._probe_discovery()
@@ -121,11 +119,8 @@ class Readiness:
             reasons.append("audit_log_failing")
         if not self.discovered:
             reasons.append("no_issuer_discovered")
-        database_ok = True
-        if db is not None and self.database is not None:
-            database_ok = await self.database.probe(db)
-            if not database_ok:
-                reasons.append("database_unavailable")
+        if not database_ok:
+            reasons.append("database_unavailable")
         detail: dict[str, Any] = {
             "status": "unavailable" if reasons else "ready",
             "reasons": reasons,
@@ -165,8 +160,12 @@ class SMARTHealthHandler(APIHandler):
         """GET only; nothing to protect."""
 
     async def get(self) -> None:
-        ready, _ = await self.authenticator.readiness.check(self.db)
+        ready, _ = await self._check()
         self._answer(ready, {"status": "ready" if ready else "unavailable"})
+
+    async def _check(self) -> tuple[bool, dict[str, Any]]:
+        database_ok = await self.authenticator.database_health.probe(self.db)
+        return await self.authenticator.readiness.check(database_ok=database_ok)
 
     def _answer(self, ready: bool, body: dict[str, Any]) -> None:
         self.set_status(200 if ready else 503)
@@ -196,7 +195,8 @@ class SMARTHealthDetailHandler(SMARTHealthHandler):
                 )
             )
             return
-        ready, detail = await self.authenticator.readiness.check(self.db)
+        ready, detail = await self._check()
+        detail["database"]["last_error"] = self.authenticator.database_health.last_error
         self._answer(ready, detail)
 
 
