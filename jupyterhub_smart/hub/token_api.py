@@ -18,7 +18,7 @@ from jupyterhub.utils import url_path_join
 from ..audit import AuditUnavailable
 from ..smart.errors import SMARTError
 from .clients import client_address
-from .errors import ReauthenticationRequired, RefreshRateLimited
+from .errors import EHRUnavailable, ReauthenticationRequired, RefreshRateLimited
 from .inactivity import record_activity
 from .refresh import TokenRefresher
 from .scopes import TOKEN_SCOPE, missing_scope_message
@@ -125,17 +125,8 @@ class SMARTTokenAPIHandler(APIHandler):
                 {"error": "forbidden", "message": "Only a user's own API token gets SMART tokens."},
             )
             return
-        if not self.has_scope(f"{TOKEN_SCOPE}!user={user.name}"):
-            self.log.warning("Token API: a token of %s without %s refused", user.name, TOKEN_SCOPE)
-            self._json(
-                403,
-                {
-                    "error": "insufficient_scope",
-                    "scope": TOKEN_SCOPE,
-                    "message": missing_scope_message(TOKEN_SCOPE),
-                },
-            )
-            return
+        # Before the scope check: JupyterHub takes a blocked user's roles (and so the
+        # scope) away, and the answer should say why.
         withdrawn = await self.authenticator.access_withdrawn(user)
         if withdrawn is not None:
             await self.authenticator.withdraw_access(user, withdrawn)
@@ -144,6 +135,17 @@ class SMARTTokenAPIHandler(APIHandler):
                 {
                     "error": "access_withdrawn",
                     "message": f"This user is {withdrawn}: no EHR access.",
+                },
+            )
+            return
+        if not self.has_scope(f"{TOKEN_SCOPE}!user={user.name}"):
+            self.log.warning("Token API: a token of %s without %s refused", user.name, TOKEN_SCOPE)
+            self._json(
+                403,
+                {
+                    "error": "insufficient_scope",
+                    "scope": TOKEN_SCOPE,
+                    "message": missing_scope_message(TOKEN_SCOPE),
                 },
             )
             return
@@ -187,6 +189,16 @@ class SMARTTokenAPIHandler(APIHandler):
             self.set_header("Retry-After", str(exc.retry_after))
             self._json(
                 429,
+                {"error": exc.error, "message": str(exc), "retry_after": exc.retry_after},
+            )
+            return
+        except EHRUnavailable as exc:
+            # The refresh that failed logged it as an ERROR; the calls held back after it
+            # are counted into one audit record per back-off period (.backoff).
+            self.log.info("Token API for %s: %s", user.name, exc)
+            self.set_header("Retry-After", str(exc.retry_after))
+            self._json(
+                503,
                 {"error": exc.error, "message": str(exc), "retry_after": exc.retry_after},
             )
             return
