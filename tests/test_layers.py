@@ -17,6 +17,7 @@ ALLOWED: dict[str, set[str]] = {
     "audit": {"smart"},
     "hub": {"smart", "audit", "views"},
     "bulk": {"smart", "audit", "views"},
+    "proxy": {"smart", "audit", "views"},
     "notebook": {"smart", "audit", "views", "bulk"},
     "sandbox": set(),
 }

@@ -45,6 +45,10 @@ def register(subparsers: Any) -> None:
     export.add_argument("paths", nargs="+", metavar="PATH")
     export.set_defaults(func=_export)
 
+    from .query_cli import register as register_query
+
+    register_query(sub)
+
     audit.set_defaults(func=lambda _args: (audit.print_help(), EXIT_USAGE)[1])
 
 

@@ -92,6 +92,11 @@ HUB_ACTIONS: dict[str, tuple[dict[str, str], dict[str, str] | None, str]] = {
     "bulk-export": (_REST, None, "E"),
     # Written by the log itself, about itself.
     "audit-recovered": (_SECURITY_ALERT, None, "E"),
+    # Alert rules (audit/alerts.py) that fired; every alert action starts with "alert".
+    "alert-patient-spread": (_SECURITY_ALERT, None, "E"),
+    "alert-out-of-context": (_SECURITY_ALERT, None, "E"),
+    "alert-refused-tokens": (_SECURITY_ALERT, None, "E"),
+    "alert-new-address": (_SECURITY_ALERT, None, "E"),
 }
 
 OUTCOMES = {"success": "0", "failure": "4"}

@@ -177,6 +177,17 @@ class AuditLog:
         """False while the log cannot be written (events are being held back)."""
         return self._failure is None and self._opened
 
+    @property
+    def failure(self) -> str | None:
+        """Why the log cannot be written (an errno name such as ENOSPC), or None."""
+        return self._failure
+
+    @property
+    def backlog(self) -> int:
+        """Events not durable yet: queued for the writer, or held while the disk fails."""
+        with self._cond:
+            return len(self._queue) + len(self._backlog)
+
     def submit(self, event: Mapping[str, Any]) -> concurrent.futures.Future[int]:
         """Queue an event; the future resolves to its ``seq`` once durable."""
         item = _Pending(sanitize(event), utc_now())

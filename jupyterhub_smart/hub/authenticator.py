@@ -46,16 +46,21 @@ from ..smart.scopes import missing_scopes, require_scopes
 from ..smart.tokens import exchange_code
 from .audit_budget import AuditBudget
 from .audit_handlers import audit_handlers
+from .audit_page import audit_page_handlers
+from .audit_review import AuditReviewSettings
 from .backoff import RefreshBackoff
 from .ehr import EHRConnections
 from .errors import MissingPatient
 from .framing import allow_framing, frame_ancestor_origins
 from .grants import holds_tokens
+from .health import Readiness, health_handlers
 from .inactivity import InactivityLogoff
 from .inherited import REFUSED, refusal_lines
 from .login import SMARTCallbackHandler, SMARTLoginHandler
 from .logout import SMARTLogoutHandler
+from .metrics import watch_audit
 from .pending import PendingLogin, PendingLogins
+from .proxy_mode import FHIRAccessOptions, proxy_environment, register_proxy_service
 from .published_keys import SMARTJWKSHandler, jwk_set, load_published_keys
 from .refresh import TokenRefresher
 from .scopes import define_smart_scopes, register_smart_scopes
@@ -71,7 +76,7 @@ __all__ = ["SMARTAuthenticator"]
 DEFAULT_SCOPE = ["openid", "fhirUser", "launch", "launch/patient", "offline_access", "patient/*.rs"]
 
 
-class SMARTAuthenticator(OAuthenticator):
+class SMARTAuthenticator(AuditReviewSettings, FHIRAccessOptions, OAuthenticator):
     """Sign users in with SMART on FHIR App Launch (EHR launch and standalone launch)."""
 
     login_service = Unicode(
@@ -352,7 +357,17 @@ class SMARTAuthenticator(OAuthenticator):
                 )
         # Every client credential and published key is loaded now: a bad key file, a
         # private key published or two keys under one id stop the hub at start-up.
-        self.ehr = EHRConnections(policy, timeout=self.http_timeout, cache_ttl=self.discovery_ttl)
+        self.readiness = Readiness(
+            policy.issuers,
+            discover=lambda iss: self.ehr.discovery.get(iss),
+            audit_log=lambda: self.trail.audit_log,
+        )
+        self.ehr = EHRConnections(
+            policy,
+            timeout=self.http_timeout,
+            cache_ttl=self.discovery_ttl,
+            on_discovery=self.readiness.observe,
+        )
         self._public_jwks = self._build_public_jwks()
         self.pending = PendingLogins(
             ttl=self.login_timeout,
@@ -365,6 +380,7 @@ class SMARTAuthenticator(OAuthenticator):
             total=10 * self.unauthenticated_audit_records,
         )
         self.trail = HubTrail(self._open_audit_log, self.log, budget)
+        watch_audit(self.trail)
         self.inactivity = (
             InactivityLogoff(self, self.inactivity_timeout, self.log)
             if self.inactivity_timeout
@@ -379,6 +395,8 @@ class SMARTAuthenticator(OAuthenticator):
             seal=RefreshTokenSeal(CryptKeeper.instance().keys) if self.enable_auth_state else None,
             backoff=self._refresh_backoff(),
         )
+        if self.fhir_access == "proxy" and hasattr(self.parent, "services"):
+            register_proxy_service(self, self.parent)  # before JupyterHub reads its services
 
     def _refresh_backoff(self) -> RefreshBackoff:
         if self.refresh_backoff_max < self.refresh_backoff_initial:
@@ -416,7 +434,10 @@ class SMARTAuthenticator(OAuthenticator):
     def _open_audit_log(self) -> AuditLog:
         path = Path(self.audit_log_path).absolute()
         sinks = build_sinks(self.audit_sinks, path.parent) if self.audit_sinks else []
-        return AuditLog(path, sinks=sinks)
+        alerts = self.alert_sink()
+        audit_log = AuditLog(path, sinks=[*sinks, alerts])
+        alerts.attach(audit_log)
+        return audit_log
 
     def get_audit_log(self) -> AuditLog:
         """The hub's one AuditLog, opened on first use (POST /hub/api/smart/audit writes to it)."""
@@ -457,6 +478,8 @@ class SMARTAuthenticator(OAuthenticator):
             (r"/api/smart/token", SMARTTokenAPIHandler),
             (r"/smart/jwks\.json", SMARTJWKSHandler),
             *audit_handlers,
+            *audit_page_handlers,
+            *health_handlers,
         ]
 
     def _check_activity_resolution(self, app: Any) -> None:
@@ -676,10 +699,13 @@ class SMARTAuthenticator(OAuthenticator):
         return await self.refresher.refresh_user(user)
 
     async def pre_spawn_start(self, user: Any, spawner: Any) -> None:
-        """Tell the single-user server where the token API is; never a token."""
+        """Tell the single-user server where the token API (or the FHIR proxy) is; never a token."""
         started = super().pre_spawn_start(user, spawner)
         if isawaitable(started):
             await started
+        if self.fhir_access == "proxy":
+            spawner.environment.update(proxy_environment(self))
+            return
         spawner.environment["SMART_TOKEN_API_URL"] = url_path_join(
             spawner.hub.api_url, "smart/token"
         )

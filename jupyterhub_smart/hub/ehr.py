@@ -9,10 +9,13 @@ follows a redirect (a redirect could carry a token elsewhere).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 
 from ..smart.client_auth import ClientAuthentication, PrivateKeyJWT, client_authentication_for
 from ..smart.discovery import DiscoveryCache, SMARTConfiguration
+from ..smart.errors import DiscoveryError
 from ..smart.id_token import JWKSCache
 from ..smart.issuers import IssuerPolicy, IssuerRegistration
 
@@ -26,8 +29,17 @@ class EHRConnections:
     key file stops the hub at start-up instead of failing the first login.
     """
 
-    def __init__(self, policy: IssuerPolicy, *, timeout: float, cache_ttl: float) -> None:
+    def __init__(
+        self,
+        policy: IssuerPolicy,
+        *,
+        timeout: float,
+        cache_ttl: float,
+        on_discovery: Callable[[str, DiscoveryError | None], None] | None = None,
+    ) -> None:
         self.policy = policy
+        #: Hears the end of every discovery fetch (readiness and metrics, :mod:`.health`).
+        self.on_discovery = on_discovery
         self.timeout = timeout
         self.cache_ttl = cache_ttl
         self.clients: dict[str, ClientAuthentication] = {
@@ -52,7 +64,9 @@ class EHRConnections:
     def discovery(self) -> DiscoveryCache:
         """Each issuer's SMART configuration, cached for ``cache_ttl`` seconds."""
         if self._discovery is None:
-            self._discovery = DiscoveryCache(self.http, ttl=self.cache_ttl, timeout=self.timeout)
+            self._discovery = DiscoveryCache(
+                self.http, ttl=self.cache_ttl, timeout=self.timeout, observer=self.on_discovery
+            )
         return self._discovery
 
     @property

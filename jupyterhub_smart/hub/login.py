@@ -26,6 +26,7 @@ from ..smart.errors import SMARTError, UnknownIssuer, safe_text
 from ..smart.pkce import code_challenge_s256, new_code_verifier, new_nonce, new_state
 from .clients import client_address
 from .errors import PendingLoginError, PendingLoginsFull
+from .metrics import LOGINS, login_outcome
 from .pages import SMARTPageHandler, param_ok, safe_next_url
 from .pending import PendingLogin, binding_hash
 
@@ -258,6 +259,11 @@ class SMARTCallbackHandler(SMARTPageHandler):
             return
         self.set_header("Cache-Control", "no-store")
         self.redirect(pending.next_url or self.get_next_url(user))
+
+    def on_finish(self) -> None:
+        """Count the sign-in by outcome (``jupyterhub_smart_logins_total``)."""
+        LOGINS.labels(login_outcome(self.get_status())).inc()
+        super().on_finish()
 
     def append_query_parameters(self, url: str, exclude: Any = None) -> str:
         """Never carry the callback's code/state into the next URL."""

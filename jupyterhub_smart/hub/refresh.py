@@ -38,6 +38,7 @@ from ..smart.tokens import refresh_access_token, revoke_token
 from .backoff import BackoffPeriod, RefreshBackoff, is_outage
 from .ehr import EHRConnections
 from .errors import EHRUnavailable, ReauthenticationRequired, RefreshRateLimited
+from .metrics import REFRESHES
 from .sealed import SEALED_KEY, RefreshTokenSeal, SealBroken
 from .tokenstate import AuthStateCache, expires_within, with_refreshed, without_tokens
 from .trail import HubTrail, reference
@@ -451,6 +452,7 @@ class TokenRefresher:
             )
         except SMARTError as exc:
             if isinstance(exc, TokenEndpointError) and exc.oauth_error in GRANT_ENDED:
+                REFRESHES.labels("reauthentication_required").inc()
                 self.log.warning("Refresh for %s refused by the EHR%s: %s", user.name, forced, exc)
                 await self._reauthentication_required(user, state, str(exc) + forced)
                 if refused:
@@ -460,6 +462,7 @@ class TokenRefresher:
                 raise ReauthenticationRequired(
                     "The EHR no longer accepts this session: sign in again.", recorded=True
                 ) from None
+            REFRESHES.labels("failed").inc()
             period = self._backed_off(iss, user, exc)
             self.log.error(
                 "Refresh for %s failed, keeping the session; asking %s again in %g s: %s",
@@ -487,7 +490,9 @@ class TokenRefresher:
                 state = with_refreshed(state, response)
                 await self.store(user, state)
         if current != refresh_token:  # a logout dropped the tokens, or a new sign-in replaced them
+            REFRESHES.labels("discarded").inc()
             return await self._discard_refresh(user, state, response.refresh_token, stored)
+        REFRESHES.labels("success").inc()
         await self.trail.event(
             "token-refreshed",
             username=user.name,

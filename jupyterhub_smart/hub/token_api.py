@@ -20,6 +20,8 @@ from ..smart.errors import SMARTError
 from .clients import client_address
 from .errors import EHRUnavailable, ReauthenticationRequired, RefreshRateLimited
 from .inactivity import record_activity
+from .metrics import TOKEN_API_SECONDS
+from .proxy_mode import is_proxy_request
 from .refresh import TokenRefresher
 from .scopes import TOKEN_SCOPE, missing_scope_message
 from .tokenstate import parse_fingerprint, token_api_payload
@@ -138,6 +140,19 @@ class SMARTTokenAPIHandler(APIHandler):
                 },
             )
             return
+        proxy = self.authenticator.fhir_access == "proxy"
+        if proxy and not is_proxy_request(self, self.authenticator.fhir_proxy_service_name):
+            self.log.warning("Token API: %s asked for an EHR token in proxy mode", user.name)
+            self._json(
+                403,
+                {
+                    "error": "proxy_mode",
+                    "message": "This hub runs in FHIR proxy mode: notebooks get no EHR token. "
+                    "Use connect(), or send FHIR requests to the proxy "
+                    "($SMART_FHIR_PROXY_URL) with your JupyterHub API token.",
+                },
+            )
+            return
         if not self.has_scope(f"{TOKEN_SCOPE}!user={user.name}"):
             self.log.warning("Token API: a token of %s without %s refused", user.name, TOKEN_SCOPE)
             self._json(
@@ -224,12 +239,28 @@ class SMARTTokenAPIHandler(APIHandler):
                 patient=reference("Patient", state.get("patient")),
                 client_address=client_address(self.request),
                 token_hash=trail.token_hash(state["access_token"]),
-                description="the client reported a refused token" if rejected else None,
+                description=" ".join(
+                    part
+                    for part in (
+                        "to the FHIR proxy;" if proxy else "",
+                        "the client reported a refused token" if rejected else "",
+                    )
+                    if part
+                ).rstrip(";")
+                or None,
             )
         except AuditUnavailable:
             self._audit_unavailable()
             return
-        self._json(200, token_api_payload(state))
+        payload = token_api_payload(state)
+        if proxy:  # the proxy routes by issuer, keys its cache by user, links to sign-in
+            payload.update(iss=state.get("iss"), user=user.name, login_url=login_url)
+        self._json(200, payload)
+
+    def on_finish(self) -> None:
+        """Time the answer (``jupyterhub_smart_token_api_request_duration_seconds``)."""
+        TOKEN_API_SECONDS.labels(str(self.get_status())).observe(self.request.request_time())
+        super().on_finish()
 
     def _audit_unavailable(self) -> None:
         """503: access nobody could account for is refused (fail closed); the hub serves on."""

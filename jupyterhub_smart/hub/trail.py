@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..audit import AuditLog, AuditUnavailable, hub_event, record_or_refuse, token_fingerprint
 from .audit_budget import AuditBudget
 from .clients import client_address
+from .metrics import AUDIT_WRITE_SECONDS
 
 __all__ = ["HubTrail", "client_fields", "reference"]
 
@@ -52,9 +54,18 @@ class HubTrail:
             self._audit_log = self._open_log()
         return self._audit_log
 
+    @property
+    def opened_log(self) -> AuditLog | None:
+        """The AuditLog if something opened it already (health and metrics never open it)."""
+        return self._audit_log
+
     async def record(self, event: Mapping[str, Any]) -> None:
         """Record an event; raises AuditUnavailable only for access-granting events."""
-        await record_or_refuse(self.audit_log, event)
+        began = time.perf_counter()
+        try:
+            await record_or_refuse(self.audit_log, event)
+        finally:
+            AUDIT_WRITE_SECONDS.observe(time.perf_counter() - began)
 
     async def event(self, action: str, **fields: Any) -> None:
         """Build and record a hub event; a bad field is logged, never raised at the user."""

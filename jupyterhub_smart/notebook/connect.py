@@ -11,6 +11,10 @@ SMART hub, session ended, hub down) shows up on the ``connect()`` line with
 what to do, not later in the middle of an analysis. When the EHR asked for a
 patient banner (``need_patient_banner``) it displays the banner.
 
+In proxy mode the environment holds ``SMART_FHIR_PROXY_URL`` instead: the
+client then talks to the hub's FHIR proxy with the server's API token
+(:mod:`.proxied`), and the proxy records each request itself.
+
 In a hub's server, every FHIR request the client makes is also reported to
 the hub's audit trail (interaction, resource type, parameter names, count,
 status; never a value), unless ``event_sink=`` names another sink: see
@@ -27,6 +31,7 @@ from .client import AsyncSMARTClient, SMARTClient
 from .context import display_banner, in_notebook
 from .errors import TokenUnavailable
 from .events import EventSink
+from .proxied import PROXY_URL_ENV, ProxySessionProvider
 from .tokens import (
     CallableTokenProvider,
     HubTokenProvider,
@@ -64,6 +69,9 @@ def make_provider(
         return CallableTokenProvider(token_provider, fhir_base_url)
     url = os.environ.get(TOKEN_API_ENV, "").strip()
     api_token = os.environ.get(API_TOKEN_ENV, "").strip()
+    proxy_url = os.environ.get(PROXY_URL_ENV, "").strip()
+    if proxy_url and api_token:  # the hub's FHIR proxy mode: no EHR token in this kernel
+        return ProxySessionProvider(proxy_url, api_token)
     missing = [
         name for name, value in ((TOKEN_API_ENV, url), (API_TOKEN_ENV, api_token)) if not value
     ]
@@ -111,6 +119,8 @@ def connect(
     server ``event_sink`` defaults to the hub's audit reporter.
     """
     provider = make_provider(fhir_base_url, token, token_provider, patient)
+    if isinstance(provider, ProxySessionProvider):
+        options.setdefault("allow_http", True)  # the admin's proxy address, like the hub API's
     if not isinstance(provider, StaticTokenProvider):
         info = provider.get()  # fail here, with what to do, rather than mid-analysis
         if fhir_base_url and info.fhir_base_url and info.fhir_base_url != fhir_base_url.rstrip("/"):
@@ -140,5 +150,7 @@ def connect_async(
     for :func:`connect`.
     """
     provider = make_provider(fhir_base_url, token, token_provider)
+    if isinstance(provider, ProxySessionProvider):
+        options.setdefault("allow_http", True)
     options["event_sink"] = default_event_sink(provider, options.get("event_sink"))
     return AsyncSMARTClient(provider, fhir_base_url=fhir_base_url, **options)

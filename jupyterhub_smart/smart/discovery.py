@@ -218,6 +218,8 @@ class DiscoveryCache:
     Concurrent callers for the same URL share one fetch; a good configuration
     is kept for ``ttl`` seconds; failures are not cached (the next login
     retries). ``clock`` is injectable so that tests need not sleep.
+    ``observer(fhir_base_url, error)`` hears the end of every fetch (``error``
+    None on success): the hub's readiness and metrics follow discovery through it.
     """
 
     def __init__(
@@ -228,8 +230,10 @@ class DiscoveryCache:
         metadata_fallback: bool = True,
         timeout: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
+        observer: Callable[[str, DiscoveryError | None], None] | None = None,
     ) -> None:
         self._http = http
+        self._observer = observer
         self.ttl = ttl
         self.metadata_fallback = metadata_fallback
         self.timeout = timeout
@@ -253,8 +257,15 @@ class DiscoveryCache:
             self._cache.pop(normalize_issuer(fhir_base_url), None)
 
     async def _load(self, base: str) -> SMARTConfiguration:
-        config = await self._discover(base)
+        try:
+            config = await self._discover(base)
+        except DiscoveryError as exc:
+            if self._observer is not None:
+                self._observer(base, exc)
+            raise
         self._cache[base] = (self._clock() + self.ttl, config)
+        if self._observer is not None:
+            self._observer(base, None)
         return config
 
     async def _discover(self, base: str) -> SMARTConfiguration:

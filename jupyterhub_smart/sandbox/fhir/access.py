@@ -35,9 +35,17 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from ..access_grant import AccessGrant, GrantLookup
-from ..scopes import ResourceScope, needed_scope_hint, resource_scopes, scopes_allowing
+from ..scopes import (
+    ResourceScope,
+    needed_scope_hint,
+    resource_matches_params,
+    resource_scopes,
+    scopes_allowing,
+)
+from .indexing import named_patients
 from .outcome import FHIRError
 from .search import FALSE, SEARCH_PARAMS, Clause, filter_clause
 
@@ -45,7 +53,7 @@ log = logging.getLogger(__name__)
 
 #: v2 query restrictions the sandbox enforces (others fail closed).
 RESTRICTABLE = ("category", "code")
-INTERACTION_NAMES = {"r": "read", "s": "search", "c": "create"}
+INTERACTION_NAMES = {"r": "read", "s": "search", "c": "create", "u": "update", "d": "delete"}
 MAX_TOKEN_LENGTH = 4096
 
 
@@ -100,6 +108,29 @@ class Access:
                 return None
         return clauses
 
+    def permits(self, resource: dict[str, Any], patient: str | None) -> bool:
+        """Python twin of :meth:`clauses` for one resource (history entries, written resources).
+
+        ``patient`` is the resource's compartment. A ``patient/`` scope needs it
+        to be the launched patient, and the resource to name no other patient
+        anywhere (a reference, a contained Patient); a v2 restriction needs the
+        resource to match it, and one the sandbox cannot enforce matches nothing.
+        """
+        for scope in self.scopes:
+            if scope.context == "patient":
+                if not self.grant.patient or patient != self.grant.patient:
+                    continue
+                if not named_patients(resource) <= {self.grant.patient}:
+                    continue
+            if scope.params:
+                supported = SEARCH_PARAMS.get(self.resource_type, {})
+                if any(n not in RESTRICTABLE or n not in supported for n, _ in scope.params):
+                    continue
+                if not resource_matches_params(resource, scope.params):
+                    continue
+            return True
+        return False
+
     @property
     def patient_only(self) -> bool:
         """True when every allowing scope is a ``patient/`` scope."""
@@ -125,14 +156,8 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
-def authorize(
-    authorization: str | None,
-    lookup_grant: GrantLookup,
-    resource_type: str,
-    interaction: str,
-    fhir_base: str,
-) -> Access:
-    """Check the bearer token and its scopes for ``interaction`` (``r``, ``s`` or ``c``)."""
+def grant_of(authorization: str | None, lookup_grant: GrantLookup) -> AccessGrant:
+    """The live grant of a request's bearer token, or a 401 saying to refresh or sign in."""
     token = bearer_token(authorization)
     grant = lookup_grant(token)
     if grant is None or grant.expires_at <= time.time():
@@ -142,6 +167,36 @@ def authorize(
             "the access token is unknown, expired or revoked: refresh it or sign in again",
             headers={"WWW-Authenticate": 'Bearer realm="sandbox", error="invalid_token"'},
         )
+    return grant
+
+
+def scoped(
+    grant: AccessGrant, resource_type: str, interaction: str, fhir_base: str
+) -> Access | None:
+    """The grant's access to ``interaction`` on a type, or None (no scope, or no patient).
+
+    For what a request reaches beyond its own type (included resources, the
+    types of ``$everything``): those are filtered out, not refused.
+    """
+    allowing = scopes_allowing(resource_scopes(grant.scopes), resource_type, interaction)
+    if not grant.patient:
+        allowing = [s for s in allowing if s.context != "patient"]
+    return Access(grant, tuple(allowing), resource_type, fhir_base) if allowing else None
+
+
+def authorize(
+    authorization: str | None,
+    lookup_grant: GrantLookup,
+    resource_type: str,
+    interaction: str,
+    fhir_base: str,
+) -> Access:
+    """Check the bearer token and its scopes for ``interaction`` (a letter of ``cruds``)."""
+    return require(grant_of(authorization, lookup_grant), resource_type, interaction, fhir_base)
+
+
+def require(grant: AccessGrant, resource_type: str, interaction: str, fhir_base: str) -> Access:
+    """The grant's access to ``interaction`` on ``resource_type``, or a 403 naming the scopes."""
     allowing = scopes_allowing(resource_scopes(grant.scopes), resource_type, interaction)
     if not allowing:
         needed = [

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -25,13 +24,16 @@ import orjson
 from flask import Blueprint, Response, request
 
 from ..access_grant import GrantLookup
-from ..auth.tokens import CLIENT_ID_ENVIRON_KEY
 from ..settings import SandboxSettings
-from .access import Access, authorize
+from . import bundles, history, operations, searchset, terminology, versions, writes
+from .access import Access
 from .capability import capability_statement
+from .guard import Guard
+from .indexing import named_patients
 from .outcome import FHIR_JSON, FHIRError, error_response
-from .search import JSON_FORMATS, SEARCH_PARAMS, parse_search
+from .search import JSON_FORMATS, SEARCH_PARAMS
 from .store import FHIRStore
+from .writes import http_date
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +78,8 @@ def create_fhir_blueprint(
     bp = Blueprint("fhir", __name__, url_prefix="/fhir")
     base = settings.fhir_base_url
 
-    def access(resource_type: str, interaction: str) -> Access:
-        _known_type(resource_type)
-        result = authorize(
-            request.headers.get("Authorization"), lookup_grant, resource_type, interaction, base
-        )
-        # For the sandbox's access log, which names the client of every request.
-        request.environ[CLIENT_ID_ENVIRON_KEY] = result.grant.client_id
-        return result
+    guard = Guard(lookup_grant, base)
+    access = guard.access
 
     @bp.before_request
     def query_must_be_utf8() -> None:
@@ -101,58 +97,7 @@ def create_fhir_blueprint(
         return _fhir_response(orjson.dumps(capability_statement(settings)))
 
     def search(resource_type: str, params: list[tuple[str, str]]) -> Response:
-        granted = access(resource_type, "s")
-        query = parse_search(resource_type, params, base)
-        restrict = granted.clauses()
-        if query.summary_count:
-            (total,) = store.query(*query.count_sql(restrict))[0]
-            bundle: dict[str, Any] = {
-                "resourceType": "Bundle",
-                "id": str(uuid.uuid4()),
-                "meta": {"lastUpdated": _now()},
-                "type": "searchset",
-                "total": total,
-                "link": [{"relation": "self", "url": query.link(base)}],
-            }
-            return _fhir_response(orjson.dumps(bundle))
-        rows = store.query(*query.page_sql(restrict))
-        links = [
-            {
-                "relation": "self",
-                "url": query.link(
-                    base,
-                    None
-                    if query.cursor is None
-                    else query.cursor_after(query.cursor[1], query.cursor[0]),
-                ),
-            }
-        ]
-        if len(rows) > query.count:
-            rows = rows[: query.count]
-            last_seq, last_date = rows[-1][0], rows[-1][1]
-            links.append(
-                {
-                    "relation": "next",
-                    "url": query.link(base, query.cursor_after(last_seq, last_date)),
-                }
-            )
-        prefix = f"{base}/{resource_type}/"
-        bundle = {
-            "resourceType": "Bundle",
-            "id": str(uuid.uuid4()),
-            "meta": {"lastUpdated": _now()},
-            "type": "searchset",
-            "link": links,
-            "entry": [
-                {
-                    "fullUrl": prefix + rid,
-                    "resource": orjson.Fragment(body),
-                    "search": {"mode": "match"},
-                }
-                for _, _, rid, body in rows
-            ],
-        }
-        return _fhir_response(orjson.dumps(bundle))
+        return searchset.search(store, guard, resource_type, params)
 
     @bp.get("/<resource_type>")
     def search_get(resource_type: str) -> Response:
@@ -168,16 +113,6 @@ def create_fhir_blueprint(
         params = list(request.args.items(multi=True)) + list(request.form.items(multi=True))
         return search(resource_type, params)
 
-    @bp.get("/<resource_type>/<resource_id>/_history/<version_id>")
-    def vread(resource_type: str, resource_id: str, version_id: str) -> Response:
-        """Every resource here has exactly version 1 (the ``Location`` of a create)."""
-        response = read(resource_type, resource_id)
-        if version_id != "1":
-            raise FHIRError(
-                404, f"{resource_type}/{resource_id} has no version {version_id[:16]!r}"
-            )
-        return response
-
     @bp.get("/<resource_type>/<resource_id>")
     def read(resource_type: str, resource_id: str) -> Response:
         granted = access(resource_type, "r")
@@ -187,18 +122,32 @@ def create_fhir_blueprint(
         stored = store.read_stored(resource_type, resource_id)
         visible = stored is not None and _visible(store, granted, stored.seq)
         if stored is None or not visible:
+            gone = store_deleted(store, granted, resource_id)
+            if gone is not None:
+                raise FHIRError(410, f"{resource_type}/{resource_id} was deleted (version {gone})")
             raise FHIRError(
                 404, f"{resource_type}/{resource_id} is not known or not visible to this token"
             )
-        return _fhir_response(stored.json, ETag='W/"1"')
+        meta = orjson.loads(stored.json).get("meta") or {}
+        tag = versions.etag(int(meta.get("versionId") or 1))
+        if tag in _etags(request.headers.get("If-None-Match")):
+            return _fhir_response(b"", 304, ETag=tag)
+        headers = {"ETag": tag}
+        if isinstance(meta.get("lastUpdated"), str):
+            headers["Last_Modified"] = http_date(meta["lastUpdated"])
+        return _fhir_response(stored.json, 200, **headers)
+
+    create_resource = writes.register(bp, store, guard)
+    history.register(bp, store, guard)
+    bundles.register(bp, store, guard)
+    operations.register(bp, store, guard)
+    terminology.register(bp, guard)
 
     @bp.post("/<resource_type>")
     def create(resource_type: str) -> Response:
         _known_type(resource_type)
         if resource_type != "AuditEvent":
-            raise FHIRError(
-                405, f"create is not supported for {resource_type}", headers={"Allow": "GET"}
-            )
+            return create_resource(resource_type)
         granted = access(resource_type, "c")
         if request.mimetype not in _JSON_TYPES:
             raise FHIRError(415, "send the AuditEvent as application/fhir+json")
@@ -210,7 +159,7 @@ def create_fhir_blueprint(
         resource = _parse_audit_event(body)
         patient = _audit_patient(resource)
         if granted.patient_only and (
-            patient != granted.grant.patient or _named_patients(resource) != {granted.grant.patient}
+            patient != granted.grant.patient or named_patients(resource) != {granted.grant.patient}
         ):
             raise FHIRError(
                 403,
@@ -230,15 +179,41 @@ def create_fhir_blueprint(
             405, f"{request.method} is not supported here", headers={"Allow": "GET, POST"}
         )
 
-    @bp.route("/<resource_type>/<resource_id>", methods=["PUT", "DELETE", "PATCH", "POST"])
+    @bp.post("/<resource_type>/<resource_id>")
     def instance_not_allowed(resource_type: str, resource_id: str) -> Response:
         raise FHIRError(
             405,
-            f"{request.method} is not supported: this server is read-only",
-            headers={"Allow": "GET"},
+            "POST is not supported on a resource: PUT updates it, PATCH patches it",
+            headers={"Allow": "GET, PUT, PATCH, DELETE"},
         )
 
     return bp
+
+
+def _etags(header: str | None) -> set[str]:
+    """The entity tags of an ``If-None-Match`` header (weak or strong, as weak ones)."""
+    if not header:
+        return set()
+    tags = set()
+    for part in header.split(","):
+        text = part.strip()
+        if text.startswith('"'):
+            text = "W/" + text
+        tags.add(text)
+    return tags
+
+
+def store_deleted(store: FHIRStore, granted: Access, resource_id: str) -> int | None:
+    """The deletion version of a resource the token could see before it was deleted."""
+    rows = store.query(
+        "SELECT version, method, patient, json FROM history WHERE type = ? AND id = ? "
+        "ORDER BY version DESC LIMIT 1",
+        (granted.resource_type, resource_id),
+    )
+    if not rows or rows[0][1] != "DELETE":
+        return None
+    version, _, patient, body = rows[0]
+    return int(version) if granted.permits(orjson.loads(body), patient) else None
 
 
 def _require_utf8(encoded: bytes, where: str) -> None:
@@ -293,33 +268,6 @@ def _parse_audit_event(body: bytes) -> dict[str, Any]:
     if problems:
         raise FHIRError(400, "invalid AuditEvent: " + "; ".join(problems))
     return resource
-
-
-_PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([^/]+)(?:/_history/[^/]+)?$")
-
-
-def _named_patients(resource: Any) -> set[str | None]:
-    """Every patient a resource names: Patient references anywhere, relative or absolute.
-
-    A contained Patient counts as an unknown patient (``None``), so that a
-    patient-scoped token cannot slip another person into its event that way.
-    """
-    found: set[str | None] = set()
-    stack = [resource]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            reference = item.get("reference")
-            if isinstance(reference, str):
-                match = _PATIENT_REFERENCE.search(reference)
-                if match:
-                    found.add(match.group(1))
-            if item is not resource and item.get("resourceType") == "Patient":
-                found.add(None)
-            stack.extend(item.values())
-    return found
 
 
 def _audit_patient(resource: dict[str, Any]) -> str | None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..settings import SandboxSettings
+from . import includes
 from .search import DATE_SORTABLE, SEARCH_PARAMS
+from .writes import IMMUTABLE
 
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 SOFTWARE_VERSION = "0.1.0"
@@ -24,6 +26,23 @@ _GROUP: dict[str, Any] = {
     "interaction": [{"code": "read"}, {"code": "search-type"}],
     "operation": [{"name": "export", "definition": f"{BULK_OPERATIONS}/group-export"}],
 }
+FHIR_OPERATIONS = "http://hl7.org/fhir/OperationDefinition"
+#: Operations on a type (``$everything``, ``$lastn``), beside Bulk Data's.
+TYPE_OPERATIONS: dict[str, list[dict[str, str]]] = {
+    "Patient": [{"name": "everything", "definition": f"{FHIR_OPERATIONS}/Patient-everything"}],
+    "Observation": [{"name": "lastn", "definition": f"{FHIR_OPERATIONS}/Observation-lastn"}],
+}
+#: The terminology service over the codes of the synthetic data (:mod:`.terminology`).
+TERMINOLOGY: list[dict[str, Any]] = [
+    {
+        "type": "CodeSystem",
+        "operation": [{"name": "lookup", "definition": f"{FHIR_OPERATIONS}/CodeSystem-lookup"}],
+    },
+    {
+        "type": "ValueSet",
+        "operation": [{"name": "expand", "definition": f"{FHIR_OPERATIONS}/ValueSet-expand"}],
+    },
+]
 _KIND_TYPES = {
     "id": "token",
     "token": "token",
@@ -37,22 +56,35 @@ def capability_statement(settings: SandboxSettings) -> dict[str, Any]:
     """The server's CapabilityStatement (FHIR R4)."""
     auth = settings.auth_base_url
     resources = []
+    forward, backward = includes.declared()
     for resource_type, params in SEARCH_PARAMS.items():
-        interactions = [{"code": "read"}, {"code": "search-type"}]
-        if resource_type == "AuditEvent":
-            interactions.append({"code": "create"})
+        codes = ["read", "vread", "search-type", "history-instance", "history-type", "create"]
+        if resource_type not in IMMUTABLE:
+            codes[5:5] = ["update", "patch", "delete"]
         resource: dict[str, Any] = {
             "type": resource_type,
-            "interaction": interactions,
-            "versioning": "no-version",
-            "readHistory": False,
+            "interaction": [{"code": c} for c in codes],
+            "versioning": "versioned-update",
+            "readHistory": True,
             "updateCreate": False,
+            "conditionalCreate": resource_type not in IMMUTABLE,
+            "conditionalRead": "not-match",
+            "conditionalUpdate": False,
+            "conditionalDelete": "not-supported",
             "searchParam": [
                 {"name": name, "type": _KIND_TYPES[kind]} for name, kind in params.items()
             ],
         }
+        resource["searchParam"].append({"name": "_lastUpdated", "type": "date"})
         if resource_type in DATE_SORTABLE:
             resource["searchParam"].append({"name": "_sort", "type": "special"})
+        if forward[resource_type]:
+            resource["searchInclude"] = forward[resource_type]
+        if backward[resource_type]:
+            resource["searchRevInclude"] = backward[resource_type]
+        operations = TYPE_OPERATIONS.get(resource_type)
+        if operations:
+            resource["operation"] = operations
         resources.append(resource)
     return {
         "resourceType": "CapabilityStatement",
@@ -96,7 +128,8 @@ def capability_statement(settings: SandboxSettings) -> dict[str, Any]:
                         }
                     ],
                 },
-                "resource": [*resources, _GROUP],
+                "resource": [*resources, _GROUP, *TERMINOLOGY],
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
                 "operation": [
                     {"name": "export", "definition": f"{BULK_OPERATIONS}/export"},
                     {"name": "export", "definition": f"{BULK_OPERATIONS}/patient-export"},

@@ -17,7 +17,7 @@ Dates without a time are taken in UTC.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -56,12 +56,24 @@ SEARCH_PARAMS: dict[str, dict[str, Kind]] = {
         "code": "token",
     },
     "Practitioner": {"_id": "id", "name": "string", "identifier": "token"},
+    "RiskAssessment": {
+        "_id": "id",
+        "patient": "reference",
+        "subject": "reference",
+        "code": "token",
+        "date": "date",
+    },
     "AuditEvent": {"_id": "id"},
 }
 #: Types whose search results can be sorted by ``date``.
 DATE_SORTABLE = frozenset({"Observation", "Encounter"})
 #: Result parameters this server understands (``_cursor`` is its own paging cursor).
-CONTROL_PARAMS = ("_count", "_sort", "_summary", "_format", "_cursor")
+CONTROL_PARAMS = ("_count", "_sort", "_summary", "_elements", "_format", "_cursor")
+#: Include parameters (each may carry ``:iterate``); resolved by :mod:`.includes`.
+INCLUDE_PARAMS = ("_include", "_revinclude")
+#: ``_summary`` values served (``count`` answers with ``Bundle.total`` alone).
+SUMMARY_VALUES = ("true", "text", "data", "count", "false")
+_ELEMENT = re.compile(r"^[a-z][A-Za-z0-9]{0,63}$")
 MODIFIERS: dict[Kind, frozenset[str]] = {
     "id": frozenset(),
     "token": frozenset(),
@@ -100,6 +112,16 @@ class Clause:
 FALSE = Clause("0")
 
 
+@dataclass(frozen=True)
+class Subquery:
+    """``outer IN (SELECT inner FROM resources r WHERE r.type = target AND filter ...)``."""
+
+    target_type: str
+    outer: str
+    inner: str
+    filter: Clause
+
+
 @dataclass
 class SearchRequest:
     """A parsed search: filters, sort, page size and position."""
@@ -114,6 +136,36 @@ class SearchRequest:
     cursor: tuple[int | None, int] | None = None
     #: The parameters as received, without ``_cursor``, for ``self``/``next`` links.
     link_params: list[tuple[str, str]] = field(default_factory=list)
+    #: ``(parameter, iterate, value)`` of each ``_include``/``_revinclude``.
+    includes: list[tuple[str, bool, str]] = field(default_factory=list)
+    #: Top-level elements to keep (``_elements``), or None for all.
+    elements: list[str] | None = None
+    #: ``_summary`` other than count/false: ``true``, ``text`` or ``data``.
+    summary: str | None = None
+    #: Chained and ``_has`` parameters: conditions on another type's resources,
+    #: restricted by the token's scopes on that type before the search runs.
+    subqueries: list[Subquery] = field(default_factory=list)
+
+    def resolve(self, visibility: Callable[[str], Sequence[Clause]]) -> None:
+        """Turn :attr:`subqueries` into filters, each limited by ``visibility(type)``."""
+        for sub in self.subqueries:
+            inner = [
+                Clause("r.type = ?", (sub.target_type,)),
+                sub.filter,
+                *visibility(sub.target_type),
+            ]
+            args: list[object] = []
+            for c in inner:
+                args.extend(c.args)
+            where = " AND ".join(f"({c.sql})" for c in inner)
+            # The inner "resources r" shadows the outer one inside the sub-select.
+            self.filters.append(
+                Clause(
+                    f"{sub.outer} IN (SELECT {sub.inner} FROM resources r WHERE {where})",  # noqa: S608 (fixed fragments)
+                    tuple(args),
+                )
+            )
+        self.subqueries = []
 
     def _where(self, extra: Sequence[Clause]) -> tuple[str, list[object]]:
         clauses = [Clause("r.type = ?", (self.resource_type,)), *self.filters, *extra]
@@ -265,7 +317,68 @@ def _month_end(year: int, month: int) -> int:
     return _epoch(datetime(year, 12, 31)) + 86400  # also for 9999, where year + 1 cannot exist
 
 
-def _date_clause(value: str) -> Clause:
+def _any(clauses: list[Clause]) -> Clause:
+    """The OR of ``clauses``."""
+    if len(clauses) == 1:
+        return clauses[0]
+    args: list[object] = []
+    for c in clauses:
+        args.extend(c.args)
+    return Clause(" OR ".join(f"({c.sql})" for c in clauses), tuple(args))
+
+
+def _chain(resource_type: str, key: str, value: str, fhir_base: str) -> Subquery:
+    """``patient.name=x`` / ``subject:Patient.family=x``: a condition on the referenced Patient."""
+    reference, _, chained = key.partition(".")
+    name, _, target = reference.partition(":")
+    supported = SEARCH_PARAMS[resource_type]
+    if supported.get(name) != "reference":
+        raise FHIRError(
+            400,
+            f"chained parameter {key!r}: {name!r} is not a reference parameter of {resource_type}"
+            f" (chains here: {', '.join(n + '.<Patient parameter>' for n, k in supported.items() if k == 'reference') or 'none'})",
+        )
+    if target not in ("", "Patient"):
+        raise FHIRError(400, f"chained parameter {key!r}: {name} refers to Patients only here")
+    inner_name, _, modifier = chained.partition(":")
+    if "." in chained or inner_name not in SEARCH_PARAMS["Patient"]:
+        raise FHIRError(
+            400,
+            f"chained parameter {key!r}: {chained!r} is not a Patient search parameter "
+            f"(one level of chaining; supported: {', '.join(SEARCH_PARAMS['Patient'])})",
+        )
+    inner = filter_clause("Patient", inner_name, modifier or None, value, fhir_base)
+    return Subquery("Patient", "r.patient", "r.id", inner)
+
+
+def _has(resource_type: str, key: str, value: str, fhir_base: str) -> Subquery:
+    """``_has:Observation:patient:code=x`` on Patient: patients some such Observation refers to."""
+    parts = key.split(":")
+    if len(parts) < 4 or parts[0] != "_has":
+        raise FHIRError(400, f"{key!r}: write _has:<Type>:<reference parameter>:<parameter>")
+    _, source, reference, name = parts[:4]
+    modifier = parts[4] if len(parts) > 4 else None
+    if source not in SEARCH_PARAMS:
+        raise FHIRError(400, f"{key!r}: {source!r} is not a resource type this server has")
+    if SEARCH_PARAMS[source].get(reference) != "reference" or resource_type != "Patient":
+        raise FHIRError(
+            400,
+            f"{key!r}: here _has works on Patient searches, through a patient/subject "
+            f"reference of the other type (e.g. _has:Observation:patient:code=...)",
+        )
+    if name not in SEARCH_PARAMS[source] or name.startswith("_has"):
+        raise FHIRError(400, f"{key!r}: {name!r} is not a search parameter of {source}")
+    inner = filter_clause(source, name, modifier, value, fhir_base)
+    return Subquery(source, "r.id", "r.patient", inner)
+
+
+def _date_clause(value: str, start: str = "r.date_start", end: str = "r.date_end") -> Clause:
+    """A date search value compared with the range ``[start, end)`` (fixed column fragments)."""
+    clause = _date_clause_columns(value)
+    return Clause(clause.sql.replace("r.date_start", start).replace("r.date_end", end), clause.args)
+
+
+def _date_clause_columns(value: str) -> Clause:
     prefix = value[:2] if value[:2] in _PREFIXES else "eq"
     text = value[2:] if value[:2] in _PREFIXES else value
     if value[:2].isalpha() and value[:2] not in _PREFIXES and _DATE.match(value[2:]):
@@ -446,6 +559,30 @@ def parse_search(
                 request.link_params.append((key, value))
             continue
         name, _, modifier = key.partition(":")
+        if name in INCLUDE_PARAMS:
+            if modifier not in ("", "iterate"):
+                raise FHIRError(400, f"{name} takes only the :iterate modifier, not {modifier!r}")
+            request.includes.append((name, modifier == "iterate", value))
+            request.link_params.append((key, value))
+            continue
+        if name == "_lastUpdated":
+            if modifier:
+                raise FHIRError(400, "_lastUpdated takes no modifier")
+            clauses = [
+                _date_clause(v, "r.last_updated", "(r.last_updated + 1)")
+                for v in split_values(value)
+            ]
+            request.filters.append(_any(clauses))
+            request.link_params.append((key, value))
+            continue
+        if name.startswith("_has:") or key.startswith("_has:"):
+            request.subqueries.append(_has(resource_type, key, value, fhir_base))
+            request.link_params.append((key, value))
+            continue
+        if "." in key:
+            request.subqueries.append(_chain(resource_type, key, value, fhir_base))
+            request.link_params.append((key, value))
+            continue
         if name not in supported:
             hint = ", ".join([*supported, *CONTROL_PARAMS[:-1]])
             raise FHIRError(
@@ -470,8 +607,20 @@ def parse_search(
         summary = _single("_summary", control["_summary"])
         if summary == "count":
             request.summary_count = True
+        elif summary in ("true", "text", "data"):
+            request.summary = summary
         elif summary != "false":
-            raise FHIRError(400, f"_summary={summary!r} is not supported; use count or false")
+            raise FHIRError(
+                400, f"_summary={summary!r} is not supported; use {', '.join(SUMMARY_VALUES)}"
+            )
+    if "_elements" in control:
+        names = [n.strip() for n in ",".join(control["_elements"]).split(",") if n.strip()]
+        bad = [n for n in names if not _ELEMENT.match(n)]
+        if bad or not names:
+            raise FHIRError(
+                400, f"_elements takes top-level element names (e.g. code,subject), not {bad[:3]}"
+            )
+        request.elements = names
     if "_sort" in control:
         sort = _single("_sort", control["_sort"])
         if sort not in ("date", "-date"):

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 #: Bump when the schema or the generator's output changes: stores built by an
 #: older version are then regenerated instead of served with stale layout.
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 _BATCH = 20_000
 #: Upper bound for LIMIT/OFFSET values (far above any store, far below 2**63).
 _MAX_ROWS = 2**40
@@ -52,6 +52,19 @@ CREATE TABLE resources (
     patient TEXT,
     date_start INTEGER,
     date_end INTEGER,
+    json BLOB NOT NULL,
+    -- Unix seconds of meta.lastUpdated (the generated data's is synthetic.LAST_UPDATED)
+    last_updated INTEGER NOT NULL DEFAULT 1751328000
+);
+-- Every version the server wrote (see .versions); generated resources enter on their first change.
+CREATE TABLE history (
+    hseq INTEGER PRIMARY KEY AUTOINCREMENT,
+    type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    patient TEXT,
+    method TEXT NOT NULL,  -- POST, PUT, PATCH or DELETE (json is then the deleted version)
+    last_updated INTEGER NOT NULL,
     json BLOB NOT NULL
 );
 CREATE TABLE tokens (
@@ -69,6 +82,10 @@ CREATE INDEX ix_resources_type_patient ON resources (type, patient, seq);
 CREATE INDEX ix_resources_type_patient_date ON resources (type, patient, date_start, seq);
 CREATE INDEX ix_resources_type_date ON resources (type, date_start, seq);
 CREATE INDEX ix_tokens_param_value ON tokens (param, value, seq);
+CREATE INDEX ix_resources_patient_seq ON resources (patient, seq);
+CREATE INDEX ix_resources_type_updated ON resources (type, last_updated, seq);
+CREATE UNIQUE INDEX ix_history_type_id ON history (type, id, version);
+CREATE INDEX ix_history_type_hseq ON history (type, hseq);
 """
 
 
@@ -226,27 +243,46 @@ class FHIRStore:
 
     # -- writes --------------------------------------------------------------
 
-    def create(self, resource: dict[str, Any], *, patient: str | None = None) -> tuple[str, bytes]:
-        """Store a new resource under a server-assigned id; returns ``(id, json)``.
+    @contextlib.contextmanager
+    def write_transaction(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection inside ``BEGIN IMMEDIATE``: committed on success, else rolled back.
 
-        Any ``id`` or ``meta`` the client sent is replaced: ids are the server's.
+        IMMEDIATE takes SQLite's write lock at once, so two writers never both
+        read version N and both write N+1 (the If-Match check is then exact).
         """
-        resource_id = str(uuid.uuid4())
-        now = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        resource = {**resource, "id": resource_id, "meta": {"versionId": "1", "lastUpdated": now}}
-        body = orjson.dumps(resource)
         conn = self._connect()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(
-                "INSERT INTO resources (type, id, patient, date_start, date_end, json) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (resource["resourceType"], resource_id, patient, int(time.time()), None, body),
-            )
+            yield conn
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    def create(self, resource: dict[str, Any], *, patient: str | None = None) -> tuple[str, bytes]:
+        """Store a new resource under a server-assigned id; returns ``(id, json)``.
+
+        Any ``id`` or ``meta`` the client sent is replaced: ids are the server's.
+        The resource is not indexed for search beyond its type, id and patient
+        (AuditEvents, searched by ``_id`` only).
+        """
+        resource_id = str(uuid.uuid4())
+        now = time.time()
+        stamp = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds")
+        stamp = stamp.replace("+00:00", "Z")
+        resource = {**resource, "id": resource_id, "meta": {"versionId": "1", "lastUpdated": stamp}}
+        body = orjson.dumps(resource)
+        with self.write_transaction() as conn:
+            conn.execute(
+                "INSERT INTO resources (type, id, patient, date_start, date_end, json, last_updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (resource["resourceType"], resource_id, patient, int(now), None, body, int(now)),
+            )
+            conn.execute(
+                "INSERT INTO history (type, id, version, patient, method, last_updated, json) "
+                "VALUES (?, ?, 1, ?, 'POST', ?, ?)",
+                (resource["resourceType"], resource_id, patient, int(now), body),
+            )
         return resource_id, body
 
 
@@ -292,7 +328,11 @@ def build_database(
                 )
                 token_rows.extend((seq, p, s or "", v) for p, s, v in row.tokens)
                 counts[row.resource_type] = counts.get(row.resource_type, 0) + 1
-            conn.executemany("INSERT INTO resources VALUES (?, ?, ?, ?, ?, ?, ?)", resource_rows)
+            conn.executemany(
+                "INSERT INTO resources (seq, type, id, patient, date_start, date_end, json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                resource_rows,
+            )
             conn.executemany("INSERT INTO tokens VALUES (?, ?, ?, ?)", token_rows)
         conn.executemany("INSERT INTO meta VALUES (?, ?)", sorted(meta.items()))
         conn.execute("COMMIT")

@@ -55,3 +55,7 @@ def patient2_token(
     assert token["patient"] == "patient-00002"
     secret_scan.add(token["access_token"])
     return token
+
+
+# A writable sandbox per module for the write, history and operation tests.
+from .ops_fixtures import ops  # noqa: E402, F401

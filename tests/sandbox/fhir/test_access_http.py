@@ -74,16 +74,33 @@ def test_read_unknown_and_malformed_ids(http: httpx.Client, system_token: dict[s
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
+    ("method", "path", "needed"),
     [
-        ("PUT", "/fhir/Patient/patient-00001"),
-        ("DELETE", "/fhir/Patient/patient-00001"),
-        ("PATCH", "/fhir/Observation/patient-00001-obs-00001"),
-        ("DELETE", "/fhir/Patient"),
-        ("POST", "/fhir/Patient"),
+        ("PUT", "/fhir/Patient/patient-00001", "system/Patient.u"),
+        ("DELETE", "/fhir/Patient/patient-00001", "system/Patient.d"),
+        ("PATCH", "/fhir/Observation/patient-00001-obs-00001", "system/Observation.u"),
+        ("POST", "/fhir/Patient", "system/Patient.c"),
     ],
 )
-def test_writes_other_than_auditevent_are_405(
+def test_writes_need_write_scopes(
+    http: httpx.Client, system_token: dict[str, Any], method: str, path: str, needed: str
+) -> None:
+    response = http.request(
+        method, path, headers=bearer(system_token), json={"resourceType": "Patient"}
+    )
+    assert response.status_code == 403
+    assert needed in outcome_text(response)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("DELETE", "/fhir/Patient"),
+        ("PUT", "/fhir/Observation"),
+        ("POST", "/fhir/Patient/patient-00001"),
+    ],
+)
+def test_writes_without_a_meaning_are_405(
     http: httpx.Client, system_token: dict[str, Any], method: str, path: str
 ) -> None:
     response = http.request(

@@ -356,7 +356,7 @@ def test_post_search_equals_get(http: httpx.Client, system_token: dict[str, Any]
         ("Observation", {"_count": "-1"}, "_count must be a whole number"),
         ("Observation", {"_count": "ten"}, "_count must be a whole number"),
         ("Observation", [("_count", "5"), ("_count", "6")], "_count may be given only once"),
-        ("Observation", {"_summary": "text"}, "_summary='text' is not supported"),
+        ("Observation", {"_summary": "short"}, "_summary='short' is not supported"),
         ("Observation", {"_cursor": "s1' OR 1=1"}, "follow the next link"),
         ("Observation", {"_cursor": "s9999999999999999999"}, "follow the next link"),
         ("Observation", {"_sort": "date", "_cursor": "s12"}, "follow the next link"),

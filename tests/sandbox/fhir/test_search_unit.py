@@ -104,7 +104,11 @@ def test_values_are_bound_never_spliced() -> None:
     ("resource_type", "params", "status", "message"),
     [
         ("Observation", [("foo", "1")], 400, "unknown search parameter 'foo'"),
-        ("Observation", [("subject.name", "x")], 400, "unknown search parameter"),
+        ("Observation", [("code.name", "x")], 400, "not a reference parameter"),
+        ("Observation", [("subject.name.family", "x")], 400, "one level of chaining"),
+        ("Patient", [("_has:Observation:code:code", "x")], 400, "_has works on Patient"),
+        ("Observation", [("_include:recurse", "Observation:patient")], 400, ":iterate"),
+        ("Observation", [("_elements", "code,Bad")], 400, "_elements"),
         ("Patient", [("name:exact", "x")], 400, "modifier ':exact'"),
         ("Observation", [("access_token", "abc")], 400, "Authorization header"),
         ("Observation", [("_format", "xml")], 406, "JSON only"),

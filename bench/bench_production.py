@@ -1,0 +1,298 @@
+"""Production load: 200 concurrent EHR launches, then the token API for 200 users at 500 req/s.
+
+One real sandbox EHR (auto-approve, access tokens living ``LIFETIME`` s) and one
+real JupyterHub with the SMARTAuthenticator, on the hub database named by
+``BENCH_DB`` (``sqlite``, the default, or ``postgresql`` when the test harness can
+start a PostgreSQL server; see ``hub_db_url`` below).
+
+1. *Launches*: ``LAUNCHES`` EHR launches start at the same moment, each a browser
+   of its own (cookie jar) walking every hop by plain HTTP: the EHR's
+   ``/ehr/launch`` -> hub ``/hub/oauth_login`` -> sandbox authorize (auto-approve)
+   -> hub ``/hub/oauth_callback`` (code exchange, id_token, audit, session).
+   Printed: how many completed (goal: all), launches/s over the whole burst,
+   p50/p99 of one launch's duration. Every launch becomes its own hub user (a
+   bench-only ``username_mapper``: the sandbox has four practitioners).
+2. *Token API*: each of the ``USERS`` users' API token asks for its SMART token,
+   open loop at ``RATE`` requests/s for ``SECONDS`` s, round-robin over users,
+   sent to the hub's internal API address (as notebooks do). Access tokens expire
+   during the run, so each user's token is refreshed several times. Printed:
+   achieved rate, p50/p99/max latency, errors (goal 0), refreshes the hub made
+   (its ``jupyterhub_smart_refreshes_total`` metric and the EHR's token requests)
+   against the access-token changes the clients saw: exactly one refresh per
+   expiry per user means refreshes == changes for every user.
+
+Run: ``python -m bench production`` (``BENCH_DB=postgresql`` for PostgreSQL).
+The machine's load is printed before and after: other processes skew latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urljoin
+
+import httpx
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ["PATH"] = f"{ROOT / 'node_modules' / '.bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+
+from hub_process import Hub, run_hub  # noqa: E402
+from sandbox_process import SandboxProcess, free_port, run_sandbox  # noqa: E402
+
+LAUNCHES = 200
+USERS = 200
+RATE = 500
+SECONDS = 60.0
+LIFETIME = 20  # seconds; the hub refreshes in the last half: ~6 refreshes per user per minute
+
+BENCH_CONFIG = """
+import itertools
+_bench_names = itertools.count()
+# bench only: every sign-in is a user of its own (the sandbox has four practitioners)
+c.SMARTAuthenticator.username_mapper = lambda iss, fhir_user, claims: (
+    "bench-user-%04d" % next(_bench_names)
+)
+c.JupyterHub.log_level = "INFO"
+"""
+
+
+async def _launch(sandbox: SandboxProcess, hub: Hub, patient: str) -> float:
+    """One EHR launch in a browser of its own; its duration in seconds."""
+    url = str(
+        httpx.URL(
+            sandbox.origin + "/ehr/launch",
+            params={"app": f"{hub.url}/hub/oauth_login", "patient": patient},
+        )
+    )
+    began = time.perf_counter()
+    async with httpx.AsyncClient(timeout=300) as browser:
+        for _ in range(10):
+            response = await browser.get(url)
+            if response.status_code != 302:
+                raise RuntimeError(f"launch stopped at {response.status_code} {response.url.path}")
+            if response.url.path == "/hub/oauth_callback":
+                return time.perf_counter() - began
+            url = urljoin(str(response.url), response.headers["location"])
+    raise RuntimeError("launch: too many redirects")
+
+
+async def _burst(sandbox: SandboxProcess, hub: Hub, patients: list[str]) -> list[float | str]:
+    async def one(n: int) -> float | str:
+        try:
+            return await _launch(sandbox, hub, patients[n % len(patients)])
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"[:200]
+
+    return await asyncio.gather(*(one(n) for n in range(LAUNCHES)))
+
+
+async def _token_load(
+    url: str, tokens: list[str]
+) -> tuple[list[float], int, float, dict[int, list[str]]]:
+    """Open loop over users: (latencies ms, errors, achieved req/s, tokens seen per user).
+
+    A lean HTTP/1.1 client on asyncio streams, keep-alive (see bench_token_api: httpx
+    costs more CPU per request than the hub on two cores).
+    """
+    parts = httpx.URL(url)
+    host, port = parts.host, parts.port or 80
+    requests = [
+        (
+            f"GET {parts.raw_path.decode()} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Authorization: token {token}\r\nAccept: application/json\r\n\r\n"
+        ).encode()
+        for token in tokens
+    ]
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    opened: list[asyncio.StreamWriter] = []
+    latencies: list[float] = []
+    seen: dict[int, list[str]] = collections.defaultdict(list)
+    errors = 0
+
+    async def one(user: int) -> None:
+        nonlocal errors
+        began = time.perf_counter()
+        writer = None
+        try:
+            if idle:
+                reader, writer = idle.pop()
+            else:
+                reader, writer = await asyncio.open_connection(host, port)
+                opened.append(writer)
+            writer.write(requests[user])
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            if length is None:
+                raise ValueError("no Content-Length")
+            body = await reader.readexactly(int(length.group(1)))
+        except (OSError, EOFError, ValueError, asyncio.IncompleteReadError):
+            errors += 1
+            if writer is not None:
+                writer.close()
+            return
+        idle.append((reader, writer))
+        if not head.startswith(b"HTTP/1.1 200 "):
+            errors += 1
+            return
+        latencies.append((time.perf_counter() - began) * 1000)
+        access = orjson.loads(body)["access_token"]
+        if not seen[user] or seen[user][-1] != access:
+            seen[user].append(access)
+
+    total = int(RATE * SECONDS)
+    tasks = []
+    start = time.perf_counter()
+    for i in range(total):
+        delay = start + i / RATE - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i % len(tokens))))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - start
+    for writer in opened:
+        writer.close()
+    return latencies, errors, total / elapsed, seen
+
+
+def _metric(hub: Hub, name: str, **labels: str) -> float:
+    text = httpx.get(
+        f"{hub.url}/hub/metrics", headers={"Authorization": f"token {hub.admin_token}"}
+    ).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def _token_posts(sandbox: SandboxProcess) -> int:
+    return len(re.findall(r"POST /auth/token 200", sandbox.log_text()))
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _machine() -> str:
+    one, five, _ = os.getloadavg()
+    return f"machine: {os.cpu_count()} CPUs, load average {one:.1f} (1 min) {five:.1f} (5 min)"
+
+
+def hub_db_url(work: Path) -> tuple[str, str]:
+    """(label, extra hub config) for the database named by BENCH_DB."""
+    wanted = os.environ.get("BENCH_DB", "sqlite")
+    if wanted == "sqlite":
+        return "SQLite", ""
+    raise SystemExit(f"BENCH_DB={wanted!r}: only 'sqlite' is available in this harness")
+
+
+def main() -> None:
+    print(_machine())
+    with tempfile.TemporaryDirectory(prefix="bench-production-") as tmp:
+        work = Path(os.environ.get("BENCH_WORKDIR") or tmp)
+        db_label, db_config = hub_db_url(work)
+        port = free_port()
+        client = {
+            "client_id": "hub-bench",
+            "type": "public",
+            "redirect_uris": [f"http://127.0.0.1:{port}/hub/oauth_callback"],
+        }
+        with run_sandbox(
+            work / "sandbox",
+            [client],
+            patients=20,
+            extra_args=["--access-token-lifetime", str(LIFETIME)],
+        ) as sandbox:
+            issuers = {sandbox.iss: {"client_id": "hub-bench"}}
+            options = {"max_pending_logins_per_client": 10 * LAUNCHES}
+            with run_hub(
+                work / "hub",
+                issuers,
+                port=port,
+                authenticator=options,
+                extra=BENCH_CONFIG + db_config,
+            ) as hub:
+                page = httpx.get(sandbox.origin + "/ehr", timeout=60).text
+                patients = list(dict.fromkeys(re.findall(r'name="patient" value="([^"]+)"', page)))
+                print(f"hub database: {db_label}")
+
+                # 1. launches
+                began = time.perf_counter()
+                results = asyncio.run(_burst(sandbox, hub, patients))
+                wall = time.perf_counter() - began
+                durations = [r for r in results if isinstance(r, float)]
+                failures = collections.Counter(r for r in results if isinstance(r, str))
+                print(
+                    f"{LAUNCHES} concurrent EHR launches: {len(durations)} completed "
+                    f"(goal: all), {LAUNCHES / wall:.1f} launches/s over {wall:.1f} s; "
+                    f"one launch p50 {1000 * statistics.median(durations):.0f} ms, "
+                    f"p99 {1000 * _pct(durations, 0.99):.0f} ms"
+                )
+                for failure, count in failures.most_common(5):
+                    print(f"  failed x{count}: {failure}")
+
+                # 2. token API: one API token per user
+                with hub.api(hub.admin_token) as api:
+                    names = sorted(
+                        u["name"]
+                        for u in api.get("/users").json()
+                        if u["name"].startswith("bench-user-")
+                    )[:USERS]
+                tokens = [hub.user_token(name) for name in names]
+                hub_port = json.loads((hub.workdir / "settings.json").read_text())["hub_port"]
+                internal = f"http://127.0.0.1:{hub_port}/hub/api/smart/token"
+                refreshed = _metric(hub, "jupyterhub_smart_refreshes_total", outcome="success")
+                failed = _metric(hub, "jupyterhub_smart_refreshes_total", outcome="failed")
+                posts = _token_posts(sandbox)
+                log_start = len(hub.log_text())
+                latencies, errors, achieved, seen = asyncio.run(_token_load(internal, tokens))
+                time.sleep(1.0)  # the sandbox's request log lands after its answers
+                refreshes = (
+                    _metric(hub, "jupyterhub_smart_refreshes_total", outcome="success") - refreshed
+                )
+                refresh_failures = (
+                    _metric(hub, "jupyterhub_smart_refreshes_total", outcome="failed") - failed
+                )
+                changes = sum(len(tokens_seen) - 1 for tokens_seen in seen.values())
+                per_user = collections.Counter(
+                    re.findall(
+                        r"Refreshed the SMART access token of (bench-user-\d+)",
+                        hub.log_text()[log_start:],
+                    )
+                )
+                mismatched = [
+                    name
+                    for n, name in enumerate(names)
+                    if per_user[name] != max(0, len(seen[n]) - 1)
+                ]
+                ehr_posts = _token_posts(sandbox) - posts
+                print(
+                    f"token API, {len(tokens)} users, {RATE} req/s offered for {SECONDS:g} s: "
+                    f"achieved {achieved:.0f} req/s, {len(latencies)} ok, {errors} errors "
+                    f"(goal 0); latency p50 {statistics.median(latencies):.1f} ms, "
+                    f"p99 {_pct(latencies, 0.99):.1f} ms, max {max(latencies):.1f} ms"
+                )
+                print(
+                    f"refreshes: {refreshes:.0f} by the hub ({refresh_failures:.0f} failed), "
+                    f"{ehr_posts} token requests at the EHR, {changes} access-token changes "
+                    f"seen by the clients (goal: refreshes == changes, one per expiry per user; "
+                    f"about {len(tokens) * SECONDS / (LIFETIME / 2):.0f} expected); users whose "
+                    f"refresh count differs from their token changes: {len(mismatched)} (goal 0)"
+                )
+                print(_machine())
+
+
+if __name__ == "__main__":
+    main()

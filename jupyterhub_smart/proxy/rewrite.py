@@ -1,0 +1,73 @@
+"""Rewriting the EHR's base URL to the proxy's, in a body that is never held whole.
+
+Paging works unchanged through the proxy only if ``Bundle.link[].url``,
+``entry[].fullUrl`` and ``Location`` point at the proxy, not at the EHR (which
+the kernel holds no token for). A Bundle can be 100 MB, so it is not parsed:
+the proxy substitutes the bytes of the FHIR base URL in JSON bodies as they
+stream, wherever they stand (links, fullUrls, absolute references), and only
+where the base is followed by ``/``, ``?``, ``#``, ``"`` or the end (so
+``.../fhir2`` stays). The cost is one C-level regex pass per chunk; the memory
+is one chunk plus the base URL's length, carried from one chunk to the next so
+a URL split across two chunks is still found. A server that escapes ``/`` as
+``\\/`` in JSON is not rewritten (none of the EHRs we know does).
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["BodyRewriter", "rewrite_text"]
+
+
+def _pattern(base: bytes, at_end: bool) -> re.Pattern[bytes]:
+    follow = rb'(?=[/?#"]|$)' if at_end else rb'(?=[/?#"])'
+    return re.compile(re.escape(base) + follow)
+
+
+def rewrite_text(text: str, base: str, replacement: str) -> str:
+    """``text`` with the base URL (followed by ``/ ? # "`` or the end) replaced."""
+    if not base:
+        return text
+    return re.sub(re.escape(base) + r'(?=[/?#"]|$)', lambda _m: replacement, text)
+
+
+class BodyRewriter:
+    """Feed chunks, get rewritten chunks; :meth:`finish` returns what was held back."""
+
+    def __init__(self, base: str, replacement: str) -> None:
+        self._base = base.encode("utf-8")
+        self._replacement = replacement.encode("utf-8")
+        self._inner = _pattern(self._base, at_end=False)
+        self._final = _pattern(self._base, at_end=True)
+        self._keep = len(self._base)
+        self._carry = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The part of ``carry + chunk`` that is decided, rewritten.
+
+        A match starting before ``len(buf) - len(base)`` has its following
+        byte in the buffer, so the regex decides it here; anything later waits
+        for the next chunk.
+        """
+        buf = self._carry + chunk if self._carry else chunk
+        limit = len(buf) - self._keep
+        if limit <= 0:
+            self._carry = buf
+            return b""
+        out: list[bytes] = []
+        pos = 0
+        for match in self._inner.finditer(buf, 0, len(buf)):
+            if match.start() >= limit:
+                break
+            out.append(buf[pos : match.start()])
+            out.append(self._replacement)
+            pos = match.end()
+        cut = max(pos, limit)
+        out.append(buf[pos:cut])
+        self._carry = buf[cut:]
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """The held-back tail, rewritten (the body has ended)."""
+        tail, self._carry = self._carry, b""
+        return self._final.sub(lambda _m: self._replacement, tail)
