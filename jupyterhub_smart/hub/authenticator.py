@@ -48,7 +48,9 @@ from .audit_budget import AuditBudget
 from .audit_handlers import audit_handlers
 from .audit_page import audit_page_handlers
 from .audit_review import AuditReviewSettings
+from .audit_settings import AuditSettings
 from .backoff import RefreshBackoff
+from .database import DatabaseHealth
 from .ehr import EHRConnections
 from .errors import MissingPatient
 from .framing import allow_framing, frame_ancestor_origins
@@ -76,7 +78,7 @@ __all__ = ["SMARTAuthenticator"]
 DEFAULT_SCOPE = ["openid", "fhirUser", "launch", "launch/patient", "offline_access", "patient/*.rs"]
 
 
-class SMARTAuthenticator(AuditReviewSettings, FHIRAccessOptions, OAuthenticator):
+class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, OAuthenticator):
     """Sign users in with SMART on FHIR App Launch (EHR launch and standalone launch)."""
 
     login_service = Unicode(
@@ -380,6 +382,7 @@ class SMARTAuthenticator(AuditReviewSettings, FHIRAccessOptions, OAuthenticator)
             total=10 * self.unauthenticated_audit_records,
         )
         self.trail = HubTrail(self._open_audit_log, self.log, budget)
+        self.database_health = DatabaseHealth(self.trail, self.log)
         watch_audit(self.trail)
         self.inactivity = (
             InactivityLogoff(self, self.inactivity_timeout, self.log)
@@ -433,7 +436,8 @@ class SMARTAuthenticator(AuditReviewSettings, FHIRAccessOptions, OAuthenticator)
 
     def _open_audit_log(self) -> AuditLog:
         path = Path(self.audit_log_path).absolute()
-        sinks = build_sinks(self.audit_sinks, path.parent) if self.audit_sinks else []
+        configs = [*self.audit_sinks, *self.audit_syslog_sinks()]
+        sinks = build_sinks(configs, path.parent) if configs else []
         alerts = self.alert_sink()
         audit_log = AuditLog(path, sinks=[*sinks, alerts])
         alerts.attach(audit_log)
@@ -604,8 +608,15 @@ class SMARTAuthenticator(AuditReviewSettings, FHIRAccessOptions, OAuthenticator)
             )
             return None
         state = model.get("auth_state") or {}
+        access_token = state.get("access_token")
         await self.trail.event(
             "login-succeeded",
+            # the salted hash ties this sign-in to the token's later use (BALP OAuth pattern)
+            token_hash=(
+                self.trail.token_hash(access_token)
+                if isinstance(access_token, str) and access_token
+                else None
+            ),
             username=model["name"],
             fhir_user=state.get("fhirUser"),
             issuer=issuer,
