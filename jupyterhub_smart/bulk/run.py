@@ -36,6 +36,7 @@ from .output import apply_replacements, deleted_ids, ids_of_run
 from .poll import poll
 from .result import ExportResult
 from .state import ExportState, FileState, StateFile, default_lock_dir, server_lock
+from .tls import TLSOnlyAuth, require_tls
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def _run(
         state.status_url = kickoff(http, auth, fhir_url, spec, deadline=deadline)
         state.status = "kicked-off"
         state_file.save(state)  # kept: `--resume --trust-origin ORIGIN` can still follow it
-    check_status_url(state.status_url, fhir_url, options.trusted_origins)
+    check_status_url(state.status_url, fhir_url, options.trusted_origins, auth)
     lock = threading.Lock()
 
     def refresh() -> None:
@@ -222,7 +223,9 @@ def _run(
     return ExportResult(options.out, summary)
 
 
-def check_status_url(url: str | None, fhir_url: str, trusted: frozenset[str]) -> None:
+def check_status_url(
+    url: str | None, fhir_url: str, trusted: frozenset[str], auth: httpx.Auth | None = None
+) -> None:
     """Refuse a status URL off the kick-off's origin (and the trusted ones) before it gets a token.
 
     The status URL comes from the server's ``Content-Location``; polling it, and
@@ -232,6 +235,8 @@ def check_status_url(url: str | None, fhir_url: str, trusted: frozenset[str]) ->
     """
     if url is None:
         return
+    if isinstance(auth, TLSOnlyAuth):  # plain http says so first (it is refused either way)
+        require_tls(url, "status URL", auth.allow_insecure_http)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise BulkError("the status URL (Content-Location) is not an absolute http(s) URL")
@@ -252,7 +257,7 @@ def _take_manifest(
     deadline: float,
 ) -> None:
     assert state.status_url is not None
-    check_status_url(state.status_url, fhir_url, options.trusted_origins)
+    check_status_url(state.status_url, fhir_url, options.trusted_origins, auth)
     first = poll(http, auth, state.status_url, deadline=deadline, on_progress=options.on_progress)
     pages = manifest_mod.fetch_pages(http, auth, first, fhir_url, options.trusted_origins)
     files = manifest_mod.files_of(pages, fhir_url, options.trusted_origins)
@@ -360,7 +365,7 @@ def _cancel(
         or state.status not in ("kicked-off", "downloading")
     ):
         raise BulkError(f"{options.out} holds no running export to cancel")
-    check_status_url(state.status_url, fhir_url, options.trusted_origins)
+    check_status_url(state.status_url, fhir_url, options.trusted_origins, auth)
     if not _delete(http, auth, state.status_url):
         raise BulkError("the server did not accept the DELETE of the export job")
     state.status = "cancelled"
