@@ -256,6 +256,7 @@ class SMARTAuditPageHandler(SMARTPageHandler):
         html = await self.render_smart(
             "smart_audit.html",
             no_spawner_check=True,  # the reader may be a service (no spawner)
+            audit_denied=status == 403,
             audit_error=error,
             audit_filters=raw,
             audit_rows=data.get("rows") or [],

@@ -48,6 +48,7 @@ from .audit_handlers import audit_handlers
 from .audit_page import audit_page_handlers
 from .audit_review import AuditReviewSettings
 from .audit_settings import AuditSettings
+from .database import DatabaseHealth
 from .ehr import EHRConnections
 from .errors import MissingPatient
 from .framing import allow_framing, frame_ancestor_origins
@@ -358,6 +359,7 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
             total=10 * self.unauthenticated_audit_records,
         )
         self.trail = HubTrail(self._open_audit_log, self.log, budget)
+        self.database_health = DatabaseHealth(self.trail, self.log)
         watch_audit(self.trail)
         self.inactivity = (
             InactivityLogoff(self, self.inactivity_timeout, self.log)

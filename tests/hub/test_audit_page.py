@@ -1,9 +1,9 @@
 """``/hub/smart/audit`` and the alert rules in a real JupyterHub process.
 
-The hub runs the audit endpoint (notebook reports, ``POST /hub/api/smart/audit``)
-with the audit page and the alert sink wired in as SMARTAuthenticator wires
-them (:class:`AuditReviewSettings`), so events reach the log the way a
-notebook's do. A privacy officer holds ``custom:smart:audit-read`` through
+The hub (``hub_process.AUDIT_REVIEW_CONFIG``) runs the audit endpoint (notebook
+reports, ``POST /hub/api/smart/audit``) with the audit page and the alert sink
+wired in as SMARTAuthenticator wires them (:class:`AuditReviewSettings`), so
+events reach the log the way a notebook's do. A privacy officer holds ``custom:smart:audit-read`` through
 ``load_roles``; a webhook receiver on loopback answers 500 once, then 200.
 """
 
@@ -18,45 +18,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from hub_process import Hub, run_hub
+from hub_process import AUDIT_REVIEW_CONFIG, Hub, run_hub
 
 from jupyterhub_smart.audit.verify import expand_paths, iter_verified
 
 pytestmark = pytest.mark.slow  # a real JupyterHub process per module
-
-EXTRA = """
-from jupyterhub_smart.hub.audit_page import audit_page_handlers
-from jupyterhub_smart.hub.audit_review import AuditReviewSettings
-from jupyterhub_smart.hub.scopes import define_smart_scopes
-
-define_smart_scopes()
-
-
-class ReviewTestAuthenticator(AuditReviewSettings, AuditTestAuthenticator):
-    audit_log_path = cfg["audit_path"]
-
-    def get_audit_log(self):
-        if AuditTestAuthenticator._audit_log is None:
-            alerts = self.alert_sink()
-            log = AuditLog(cfg["audit_path"], sinks=[alerts])
-            alerts.attach(log)
-            AuditTestAuthenticator._audit_log = log
-        return AuditTestAuthenticator._audit_log
-
-    def get_handlers(self, app):
-        return super().get_handlers(app) + audit_page_handlers
-
-
-c.JupyterHub.authenticator_class = ReviewTestAuthenticator
-c.ReviewTestAuthenticator.audit_alert_patient_limit = 3
-c.ReviewTestAuthenticator.audit_alert_refused_limit = 2
-c.ReviewTestAuthenticator.audit_alert_webhook = cfg["authenticator"]["webhook"]
-c.Authenticator.admin_users = {"chief"}
-c.JupyterHub.load_roles = [
-    {"name": "admin", "services": ["test-admin"]},
-    {"name": "privacy-officer", "scopes": ["custom:smart:audit-read"], "users": ["officer"]},
-]
-"""
 
 
 class Receiver(BaseHTTPRequestHandler):
@@ -94,7 +60,9 @@ def webhook() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> Iterator[Hub]:
     with run_hub(
-        tmp_path_factory.mktemp("audit-page"), authenticator={"webhook": webhook}, extra=EXTRA
+        tmp_path_factory.mktemp("audit-page"),
+        authenticator={"webhook": webhook},
+        extra=AUDIT_REVIEW_CONFIG,
     ) as running:
         yield running
 
