@@ -99,7 +99,7 @@ def test_a_status_url_on_another_origin_gets_no_request_and_no_token(
         stranger.replies["/status"] = (202, {"Retry-After": "0"}, b"")
         ehr.replies["/fhir/$export"] = (202, {"Content-Location": f"{stranger.origin}/status"}, b"")
         with pytest.raises(
-            bulk.BulkError, match="status URL .* not on the FHIR server's origin"
+            bulk.BulkError, match=r"status URL .* not on the FHIR server's origin"
         ) as e:
             run(ehr, tmp_path)
         assert stranger.requests == []  # no poll, no DELETE: the token never left for it
