@@ -127,6 +127,10 @@ INTERACTION_KINDS: dict[str, Kind] = {
     "update": _UPDATE,
     "patch": _UPDATE,
     "delete": _DELETE,
+    # A batch or transaction Bundle holds interactions of every kind: BALP has no
+    # pattern for the whole (a server audits each entry as its own interaction).
+    "batch": _PLAIN,
+    "transaction": _PLAIN,
 }
 
 #: Hub action -> kind (``data-access`` goes through :data:`INTERACTION_KINDS`).
@@ -146,6 +150,8 @@ KINDS: dict[str, Kind] = {
     "token-revocation-failed": _TOKEN,
     "issuer-refused": _PLAIN,
     "audit-recovered": _PLAIN,
+    "database-unavailable": _PLAIN,
+    "database-recovered": _PLAIN,
     # A Bulk Data kick-off is the $export operation: a query of the FHIR server.
     "bulk-export": _QUERY,
 }

@@ -186,10 +186,26 @@ action(type="omfile" file="{self.output}" template="audit" flushOnTXEnd="on")
             try:
                 for port in (self.tls_port, self.tcp_port):
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
+                if self._udp_bound():
+                    return
             except OSError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise RuntimeError("rsyslogd did not start listening")
+
+    def _udp_bound(self) -> bool:
+        """A datagram to a port nobody has bound comes back as ICMP 'port unreachable'."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("127.0.0.1", self.udp_port))
+            probe.settimeout(0.2)
+            probe.send(b"<14>1 - - readiness-probe - - - ready")
+            try:
+                probe.recv(1)
+            except ConnectionRefusedError:
+                return False
+            except TimeoutError:
+                return True
+            return True
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
