@@ -16,6 +16,7 @@ runs each client in a fresh process against the same server, one after another
 
 Per client: resources/s (wall clock from the first request to the last frame),
 client CPU seconds, peak memory of the process. Imports happen before the clock.
+``BENCH_CLIENTS`` (e.g. ``ours-everything,ours-per-type``) picks the clients.
 """
 
 from __future__ import annotations
@@ -124,8 +125,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         process, iss = _start_sandbox(Path(tmp), observations, secret)
         try:
-            available = [c for c in CLIENTS if _installed(MODULE[c])]
-            for missing in sorted(set(CLIENTS) - set(available)):
+            wanted = os.environ.get("BENCH_CLIENTS", ",".join(CLIENTS)).split(",")
+            available = [c for c in CLIENTS if c in wanted and _installed(MODULE[c])]
+            for missing in sorted(set(CLIENTS) & set(wanted) - set(available)):
                 print(f"{missing}: its library is not installed; skipped")
             runs: dict[str, list[dict[str, Any]]] = {c: [] for c in available}
             for _ in range(repeat):
