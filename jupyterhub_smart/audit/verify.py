@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -263,8 +264,6 @@ def iter_verified(files: list[Path], report: Report | None = None) -> Iterator[E
 _Summary = tuple[str, int, str, str, bool] | str
 #: Lines handed to a worker at a time.
 _BATCH_LINES = 2000
-#: Logs smaller than this are checked in this process (starting workers costs more).
-PARALLEL_MIN_BYTES = 64 * 1024 * 1024
 
 
 def _summaries(lines: list[bytes]) -> list[_Summary]:
@@ -298,7 +297,10 @@ def _verify_parallel(ordered: list[Path], report: Report, workers: int) -> None:
     batches are in flight, so memory stays bounded.
     """
     chain = _Chain(report)
-    ctx = multiprocessing.get_context("spawn")  # no fork of a threaded process
+    # fork when this process runs one thread (quick, and it does not re-import the
+    # calling script); spawn otherwise, since forking a threaded process is unsafe
+    single = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if single else "spawn")
     pool = ProcessPoolExecutor(workers, mp_context=ctx)
     pending: deque[tuple[Path, int, Future[list[_Summary]] | None, bytes]] = deque()
 
@@ -337,19 +339,16 @@ def _verify_parallel(ordered: list[Path], report: Report, workers: int) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def verify(paths: Iterable[str | os.PathLike[str]], workers: int | None = None) -> Report:
+def verify(paths: Iterable[str | os.PathLike[str]], workers: int = 1) -> Report:
     """Verify the log made of ``paths``; return a :class:`Report` or raise :class:`ChainBroken`.
 
-    ``workers``: processes checking lines (default: one per CPU for logs of at
-    least :data:`PARALLEL_MIN_BYTES`, else this process alone); the verdict is
-    the same either way.
+    ``workers``: processes checking lines (default 1: this process alone). More
+    only pays on a machine with idle cores and a large log; the verdict is the
+    same either way.
     """
     paths = list(paths)
     files = expand_paths(paths)
     report = Report(torn_files=torn_files(paths))
-    if workers is None:
-        size = sum(f.stat().st_size for f in files)
-        workers = (os.cpu_count() or 1) if size >= PARALLEL_MIN_BYTES else 1
     if workers > 1:
         ordered = sorted(files, key=_order_key)
         report.files = ordered
