@@ -109,6 +109,8 @@ class Hub:
     log_path: Path
     process: subprocess.Popen[bytes]
     crypt_key: str = field(repr=False, default="")
+    #: Port of the hub's own API (what services and servers connect to).
+    hub_port: int = 0
 
     @property
     def login_url(self) -> str:
@@ -192,6 +194,7 @@ def run_hub(
     audit_path: Path | None = None,
     timeout: float = 120.0,
     expect_failure: bool = False,
+    hub_port: int | None = None,
 ) -> Iterator[Hub]:
     """Run JupyterHub until the block ends: the SMARTAuthenticator for ``issuers``,
     or (``issuers=None``) the audit endpoint alone on the DummyAuthenticator."""
@@ -208,7 +211,7 @@ def run_hub(
                 "authenticator": dict(authenticator or {}),
                 "url": url,
                 "port": port,
-                "hub_port": free_port(),
+                "hub_port": hub_port or free_port(),
                 "proxy_api_port": free_port(),
                 "workdir": str(workdir),
                 "audit_path": str(audit_path),
@@ -239,6 +242,7 @@ def run_hub(
         env=env,
     )
     hub = Hub(url, port, admin_token, workdir, audit_path, log_path, process, key)
+    hub.hub_port = json.loads(settings.read_text())["hub_port"]
     try:
         deadline = time.monotonic() + timeout
         while not expect_failure:
