@@ -16,7 +16,7 @@ JH_PREVIOUS_DIR := $(VENV)/jupyterhub-$(JH_PREVIOUS)
 export PATH := $(CURDIR)/$(BIN):$(CURDIR)/node_modules/.bin:$(PATH)
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test test-jupyterhub5 lint unit docs bench browser clean
+.PHONY: demo test test-jupyterhub5 lint unit docs bench browser rsyslog clean postgresql test-postgresql
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,9 +42,13 @@ lint: $(STAMP)
 browser:
 	@bash .ci/install-chromium
 
+## rsyslog: Debian's rsyslog + rsyslog-gnutls for the ATNA syslog sink tests (apt when root)
+rsyslog:
+	@bash .ci/install-rsyslog
+
 ## test: lint, docs, every test (unit, integration against real processes, end to end),
-## then the hub suite again on JupyterHub 5.5
-test: $(STAMP) $(CHP) $(VENV)/.installed-spark lint docs browser
+## then the hub suite again on JupyterHub 5.5 and PostgreSQL
+test: $(STAMP) $(CHP) $(VENV)/.installed-spark lint docs browser rsyslog postgresql
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-jupyterhub5
 
@@ -57,10 +61,23 @@ $(JH_PREVIOUS_DIR)/.installed: $(STAMP)
 	$(BIN)/python -m pip install --quiet --no-deps --upgrade --target $(JH_PREVIOUS_DIR) jupyterhub==$(JH_PREVIOUS)
 	touch $@
 
-## test-jupyterhub5: the hub suite on JupyterHub 5.5 (part of `make test`)
-test-jupyterhub5: $(STAMP) $(CHP) $(JH_PREVIOUS_DIR)/.installed
-	PYTHONPATH=$(CURDIR)/$(JH_PREVIOUS_DIR) SMART_EXPECT_JUPYTERHUB=$(JH_PREVIOUS) \
-		$(BIN)/python -m pytest tests/hub $(PYTEST_ARGS)
+## test-jupyterhub5: the hub suite on JupyterHub 5.5 and PostgreSQL, what Zero to JupyterHub
+## deployments run (part of `make test`; the first pass is JupyterHub 6 on SQLite)
+test-jupyterhub5: $(STAMP) $(CHP) $(JH_PREVIOUS_DIR)/.installed postgresql
+	PYTHONPATH=$(CURDIR)/$(JH_PREVIOUS_DIR) SMART_EXPECT_JUPYTERHUB=$(JH_PREVIOUS) SMART_TEST_DB=postgresql \
+		$(BIN)/python -m pytest $(HUB_SUITE) $(PYTEST_ARGS)
+
+# PostgreSQL: the tests start their own servers (tests/pg_process.py) from Debian's package.
+# The hub suite: tests/hub and the audit tests that run a hub.
+HUB_SUITE := tests/hub tests/audit/test_hub_events.py tests/audit/test_handlers.py tests/audit/test_trail_e2e.py
+
+## postgresql: Debian's postgresql for the hub tests on PostgreSQL (apt-get install when missing)
+postgresql:
+	@bash .ci/install-postgresql
+
+## test-postgresql: the hub suite on the current JupyterHub and PostgreSQL (not in `make test`)
+test-postgresql: $(STAMP) $(CHP) postgresql
+	SMART_TEST_DB=postgresql $(BIN)/python -m pytest $(HUB_SUITE) $(PYTEST_ARGS)
 
 ## docs: build the documentation, warnings as errors
 docs: $(STAMP)

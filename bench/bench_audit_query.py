@@ -37,6 +37,8 @@ from jupyterhub_smart.audit.verify import iter_verified
 USERS = 2_000
 PATIENTS = 50_000
 ISS = "https://ehr.example.org/fhir"
+#: Bytes one generated event takes in the log (measured: ~1.7 kB a line).
+BYTES_PER_EVENT = 1800
 TYPES = ("Observation", "Condition", "MedicationRequest", "Encounter", "Patient")
 
 
@@ -83,6 +85,13 @@ def generate(directory: Path, total: int) -> Path:
     done = directory / "complete"
     if done.exists():
         return path
+    need = total * BYTES_PER_EVENT * 1.3  # the log, and the index beside it
+    free = shutil.disk_usage(directory.parent).free
+    if free < need:
+        raise SystemExit(
+            f"bench audit_query: {total:,} events need about {need / 1e9:.0f} GB in "
+            f"{directory.parent}, {free / 1e9:.0f} GB free; use --events or --cache"
+        )
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     started = time.perf_counter()

@@ -2,8 +2,9 @@
 
 ``run_hub`` writes a ``jupyterhub_config.py`` (settings from a JSON file, so no
 value is pasted into Python source), starts ``python -m jupyterhub`` on free
-loopback ports with ``JUPYTERHUB_CRYPT_KEY`` set and SQLite in the work
-directory, waits for the API to answer, and keeps the hub's log in a file. The
+loopback ports with ``JUPYTERHUB_CRYPT_KEY`` set and its database (SQLite in the
+work directory, or a fresh PostgreSQL database when ``SMART_TEST_DB=postgresql``:
+:mod:`pg_process`), waits for the API to answer, and keeps the hub's log in a file. The
 log, the audit trail and the database go to the session's secret scan
 (``leak_scan``), and so does every secret the hub and the browser handle. With ``issuers`` the hub runs the
 SMARTAuthenticator; without, JupyterHub's DummyAuthenticator extended with the
@@ -36,6 +37,7 @@ from cryptography.fernet import Fernet, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from leak_scan import hub_wrote, saw
+from pg_process import HubDatabase, new_database, shared_server, test_database
 from sandbox_process import SandboxProcess, free_port
 
 COMMON_CONFIG = """
@@ -46,7 +48,7 @@ c.JupyterHub.port = cfg["port"]
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = cfg["hub_port"]
 c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:%d" % cfg["proxy_api_port"]
-c.JupyterHub.db_url = "sqlite:///" + cfg["workdir"] + "/jupyterhub.sqlite"
+c.JupyterHub.db_url = cfg["db_url"]
 c.JupyterHub.cookie_secret_file = cfg["workdir"] + "/cookie_secret"
 c.JupyterHub.pid_file = cfg["workdir"] + "/jupyterhub.pid"
 c.JupyterHub.redirect_to_server = False
@@ -97,6 +99,45 @@ c.Authenticator.allow_all = True
 """
 
 
+#: Extra config for ``run_hub(issuers=None)``: the audit page and the alert rules wired in as
+#: SMARTAuthenticator wires them; ``officer`` holds custom:smart:audit-read, ``chief`` is an
+#: admin; ``authenticator={"webhook": URL}`` (may be "") sets the alert webhook; alert
+#: limits: 3 distinct patients, 2 refused tokens.
+AUDIT_REVIEW_CONFIG = """
+from jupyterhub_smart.hub.audit_page import audit_page_handlers
+from jupyterhub_smart.hub.audit_review import AuditReviewSettings
+from jupyterhub_smart.hub.scopes import define_smart_scopes
+
+define_smart_scopes()
+
+
+class ReviewTestAuthenticator(AuditReviewSettings, AuditTestAuthenticator):
+    audit_log_path = cfg["audit_path"]
+
+    def get_audit_log(self):
+        if AuditTestAuthenticator._audit_log is None:
+            alerts = self.alert_sink()
+            log = AuditLog(cfg["audit_path"], sinks=[alerts])
+            alerts.attach(log)
+            AuditTestAuthenticator._audit_log = log
+        return AuditTestAuthenticator._audit_log
+
+    def get_handlers(self, app):
+        return super().get_handlers(app) + audit_page_handlers
+
+
+c.JupyterHub.authenticator_class = ReviewTestAuthenticator
+c.ReviewTestAuthenticator.audit_alert_patient_limit = 3
+c.ReviewTestAuthenticator.audit_alert_refused_limit = 2
+c.ReviewTestAuthenticator.audit_alert_webhook = cfg["authenticator"].get("webhook", "")
+c.Authenticator.admin_users = {"chief"}
+c.JupyterHub.load_roles = [
+    {"name": "admin", "services": ["test-admin"]},
+    {"name": "privacy-officer", "scopes": ["custom:smart:audit-read"], "users": ["officer"]},
+]
+"""
+
+
 @dataclass
 class Hub:
     """A running hub: its URL, admin token, files and process."""
@@ -108,6 +149,7 @@ class Hub:
     audit_path: Path
     log_path: Path
     process: subprocess.Popen[bytes]
+    database: HubDatabase
     crypt_key: str = field(repr=False, default="")
     #: Port of the hub's own API (what services and servers connect to).
     hub_port: int = 0
@@ -122,7 +164,8 @@ class Hub:
 
     @property
     def db_path(self) -> Path:
-        return self.workdir / "jupyterhub.sqlite"
+        """The SQLite file, or (PostgreSQL) the dump written when the hub stops."""
+        return self.database.file_in(self.workdir)
 
     def api(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"token {token}"} if token else {}
@@ -194,11 +237,16 @@ def run_hub(
     audit_path: Path | None = None,
     timeout: float = 120.0,
     expect_failure: bool = False,
+    database: HubDatabase | None = None,
     hub_port: int | None = None,
 ) -> Iterator[Hub]:
     """Run JupyterHub until the block ends: the SMARTAuthenticator for ``issuers``,
-    or (``issuers=None``) the audit endpoint alone on the DummyAuthenticator."""
+    or (``issuers=None``) the audit endpoint alone on the DummyAuthenticator.
+
+    ``database``: the hub's database (pass the same one again to restart a hub on
+    it); by default a new one, of the kind ``SMART_TEST_DB`` names."""
     workdir.mkdir(parents=True, exist_ok=True)
+    database = database or default_database(workdir)
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     admin_token = secrets.token_hex(24)
@@ -216,6 +264,7 @@ def run_hub(
                 "workdir": str(workdir),
                 "audit_path": str(audit_path),
                 "admin_token": admin_token,
+                "db_url": database.url,
             }
         )
     )
@@ -231,7 +280,7 @@ def run_hub(
     key = secrets.token_hex(32) if crypt_key is None else crypt_key
     saw(key, kind="crypt key")
     saw(admin_token, kind="hub API token")
-    hub_wrote(log_path, audit_path, workdir / "jupyterhub.sqlite")
+    hub_wrote(log_path, audit_path, database.file_in(workdir))
     if key:
         env["JUPYTERHUB_CRYPT_KEY"] = key
     process = subprocess.Popen(
@@ -241,7 +290,7 @@ def run_hub(
         stderr=subprocess.STDOUT,
         env=env,
     )
-    hub = Hub(url, port, admin_token, workdir, audit_path, log_path, process, key)
+    hub = Hub(url, port, admin_token, workdir, audit_path, log_path, process, database, key)
     hub.hub_port = json.loads(settings.read_text())["hub_port"]
     try:
         deadline = time.monotonic() + timeout
@@ -264,6 +313,14 @@ def run_hub(
                 process.kill()
                 process.wait(timeout=10)
         log.close()
+        database.dump_for_scan(hub.db_path)
+
+
+def default_database(workdir: Path) -> HubDatabase:
+    """A new hub database: SQLite in ``workdir``, or PostgreSQL when SMART_TEST_DB says so."""
+    if test_database() == "postgresql":
+        return new_database(shared_server())
+    return HubDatabase("sqlite:///" + str(workdir / "jupyterhub.sqlite"))
 
 
 def open_sealed(crypt_key: str, sealed: str) -> str:

@@ -19,6 +19,7 @@ from .events import (
 from .log import AuditBacklogFull, AuditLog, AuditUnavailable
 from .policy import record_or_refuse
 from .sinks import FHIRSink, build_sinks
+from .syslog import SyslogSink
 
 __all__ = [
     "FAIL_CLOSED_ACTIONS",
@@ -26,6 +27,7 @@ __all__ = [
     "AuditLog",
     "AuditUnavailable",
     "FHIRSink",
+    "SyslogSink",
     "build_sinks",
     "data_access_event",
     "hub_event",

@@ -92,6 +92,14 @@ HUB_ACTIONS: dict[str, tuple[dict[str, str], dict[str, str] | None, str]] = {
     "bulk-export": (_REST, None, "E"),
     # Written by the log itself, about itself.
     "audit-recovered": (_SECURITY_ALERT, None, "E"),
+    # The hub database stopped answering (once per outage) and answers again (how long).
+    "database-unavailable": (_SECURITY_ALERT, None, "E"),
+    "database-recovered": (_SECURITY_ALERT, None, "E"),
+    # Alert rules (audit/alerts.py) that fired; every alert action starts with "alert".
+    "alert-patient-spread": (_SECURITY_ALERT, None, "E"),
+    "alert-out-of-context": (_SECURITY_ALERT, None, "E"),
+    "alert-refused-tokens": (_SECURITY_ALERT, None, "E"),
+    "alert-new-address": (_SECURITY_ALERT, None, "E"),
 }
 
 OUTCOMES = {"success": "0", "failure": "4"}
@@ -559,6 +567,13 @@ INTERACTIONS: dict[str, str] = {
     "search-system": "E",
     "operation": "E",
     "capabilities": "R",
+    # writes a notebook made (FHIR restful-interaction codes; AuditEvent.action C/U/D/E)
+    "create": "C",
+    "update": "U",
+    "patch": "U",
+    "delete": "D",
+    "transaction": "E",
+    "batch": "E",
 }
 
 

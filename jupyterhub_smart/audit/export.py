@@ -1,10 +1,12 @@
 """Turn audit records into FHIR R4 AuditEvent resources and Bundles.
 
 Records are stored already shaped like AuditEvents (see :mod:`.events`), so
-conversion only adds what the log kept separately: ``resourceType``, an ``id``
+conversion adds what the log kept separately: ``resourceType``, an ``id``
 derived from the log and seq, ``recorded`` from ``time``, and an extension
 carrying the chain fields so an auditor can tie every exported resource back to
-its line (and re-check it) in the original log.
+its line (and re-check it) in the original log. Then :func:`.balp.conform`
+moves fields to where the IHE BALP profile for the event's kind wants them and
+names that profile in ``meta.profile``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import IO, Any
 
 import orjson
 
+from .balp import conform
+
 #: Extension with the record's place in the hash chain.
 CHAIN_EXTENSION = "urn:jupyterhub-smart:audit-chain"
 _CHAIN_FIELDS = ("log_id", "seq", "time", "prev", "hash", "deferred")
@@ -25,7 +29,7 @@ _NAMESPACE = uuid.UUID("6f1e2b1c-5f1a-4d3e-9a58-5d0c7b1f4e21")
 
 
 def to_audit_event(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The FHIR R4 AuditEvent resource for one log record."""
+    """The FHIR R4 AuditEvent resource for one log record, shaped after IHE BALP."""
     resource: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "id": f"{record['log_id']}-{record['seq']}",
@@ -46,7 +50,7 @@ def to_audit_event(record: Mapping[str, Any]) -> dict[str, Any]:
         chain.append({"url": "deferred-since", "valueDateTime": deferred.get("since")})
         chain.append({"url": "deferred-error", "valueString": deferred.get("error")})
     resource["extension"] = [{"url": CHAIN_EXTENSION, "extension": chain}]
-    return resource
+    return conform(resource)
 
 
 def _entry(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -178,13 +178,11 @@ def _open_bytes(path: Path) -> IO[bytes]:
 
 
 def _first_seq(path: Path) -> int | None:
-    """The ``seq`` of a file's first line (None for an empty file); RecordError if not a record."""
+    """The ``seq`` of a file's first complete line (None: none yet); RecordError if not a record."""
     with _open_bytes(path) as handle:
         first = handle.readline(MAX_LINE_BYTES + 1)
-    if not first:
-        return None
     if not first.endswith(b"\n"):
-        raise RecordError("its first line is incomplete")
+        return None  # empty, or its first line still being written: nothing to index yet
     seq = parse_line(first[:-1])["seq"]
     assert isinstance(seq, int)
     return seq
@@ -275,20 +273,30 @@ class AuditIndex:
         self.index_path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.index_path.exists()
         self.db = sqlite3.connect(self.index_path, timeout=busy_timeout, isolation_level=None)
-        if fresh:
-            with contextlib.suppress(OSError):
-                os.chmod(self.index_path, 0o600)  # it names patients, like the log
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
-        version = self._meta("version")
-        if version is None:
-            self._set_meta("version", SCHEMA_VERSION)
-        elif version != SCHEMA_VERSION:
+        try:
+            if fresh:
+                with contextlib.suppress(OSError):
+                    os.chmod(self.index_path, 0o600)  # it names patients, like the log
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+            version = self._meta("version")
+            if version is None:
+                self._set_meta("version", SCHEMA_VERSION)
+            elif version != SCHEMA_VERSION:
+                raise IndexMismatch(
+                    f"the index {self.index_path} has format {version}, this version reads "
+                    f"{SCHEMA_VERSION}: delete it (it is rebuilt from the log)"
+                )
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
             raise IndexMismatch(
-                f"the index {self.index_path} has format {version}, this version reads "
-                f"{SCHEMA_VERSION}: delete it (it is rebuilt from the log)"
-            )
+                f"the index {self.index_path} cannot be used ({exc}): delete it (it is rebuilt "
+                "from the log), or choose another with --index"
+            ) from None
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -330,14 +338,20 @@ class AuditIndex:
         indexed, :class:`FileNotFoundError` when the log is not there.
         """
         files = self._discover()
-        self.db.execute("BEGIN IMMEDIATE")
         try:
-            added = self._update(files)
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
-        self.db.executescript(_INDEXES)  # after a first build's bulk insert: much faster
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                added = self._update(files)
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+            self.db.executescript(_INDEXES)  # after a first build's bulk insert: much faster
+        except sqlite3.DatabaseError as exc:
+            raise IndexMismatch(
+                f"the index {self.index_path} cannot be used ({exc}): delete it (it is rebuilt "
+                "from the log), or choose another with --index"
+            ) from None
         return added
 
     def _discover(self) -> list[_LogFile]:
@@ -431,8 +445,16 @@ class AuditIndex:
                 continue
             # Compressed since, or changed in a way an append does not explain: every
             # line must still be the one indexed.
-            head_seq, head_hash, n = self._reverify_file(lf, last_seq)
-            added += n
+            if self._reverify_file(lf, last_seq):
+                row = self.db.execute(
+                    "SELECT covered FROM files WHERE first_seq = ?", (lf.first_seq,)
+                ).fetchone()
+                head_seq, head_hash, n = self._index_file(
+                    lf, int(row[0]), last_seq + 1, self._hash_of(last_seq).hex(), new_file=False
+                )
+                added += n
+            else:
+                head_seq, head_hash = self.head
         return added
 
     def _drop_retired(
@@ -597,8 +619,11 @@ class AuditIndex:
             self._set_meta("head_hash", prev_hex)
         return new_head, prev_hex, added
 
-    def _reverify_file(self, lf: _LogFile, last_seq: int) -> tuple[int, str, int]:
-        """Read a changed (e.g. newly compressed) file in full against the indexed hashes."""
+    def _reverify_file(self, lf: _LogFile, last_seq: int) -> bool:
+        """Read a changed (e.g. newly compressed) file in full against the indexed hashes.
+
+        True when the file holds lines past the indexed ones (to be indexed next).
+        """
         stored = self.db.execute(
             "SELECT seq, hash FROM events WHERE file_seq = ? ORDER BY seq", (lf.first_seq,)
         )
@@ -607,11 +632,13 @@ class AuditIndex:
         covered = 0
         last_offset = 0
         seen = lf.first_seq - 1
+        more = False
         with _open_bytes(lf.path) as handle:
             for pos, line in self._lines(handle, 0):
                 item = next(expected, None)
                 if item is None:
-                    break  # lines past what was indexed: a compressed file cannot grow
+                    more = True  # written after the last update
+                    break
                 seq, digest = item
                 if sha256(line).digest() != bytes(digest):
                     raise IndexMismatch(
@@ -641,8 +668,7 @@ class AuditIndex:
                 lf.first_seq,
             ),
         )
-        head_seq, head_hash = self.head
-        return head_seq, head_hash, 0
+        return more
 
     # ------------------------------------------------------------- reading back
     def lines(self, seqs: Iterable[int]) -> Iterator[tuple[int, bytes]]:

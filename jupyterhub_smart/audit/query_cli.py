@@ -26,27 +26,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from .index import AuditIndex, IndexMismatch
-from .query import Filters, Match, parse_time, search
+from .query import ROW_FIELDS, Filters, Match, parse_time, search
 
 EXIT_OK, EXIT_BROKEN, EXIT_USAGE = 0, 1, 2
 
-#: Columns of the table and CSV outputs.
-CSV_COLUMNS = (
-    "seq",
-    "time",
-    "action",
-    "outcome",
-    "user",
-    "fhir_user",
-    "address",
-    "patient",
-    "issuer",
-    "server",
-    "resource_type",
-    "interaction",
-    "count",
-    "description",
-)
+#: Columns of the CSV output: the record's seq, its filter columns, its description.
+CSV_COLUMNS = ("seq", *ROW_FIELDS, "description")
 _OUTCOME = {"0": "success", "4": "failure", "8": "failure (server)", "12": "failure (major)"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 

@@ -7,7 +7,8 @@ the hub restarting meanwhile, so:
 
 1. The log's writer hands each durable batch to :meth:`FHIRSink.accept`, which
    writes it to a *spool* file (``<spool>/<first>-<last seq>-<log id>.jsonl``, one
-   AuditEvent per line) and fsyncs it before the log acknowledges the batch.
+   AuditEvent per line) and fsyncs it before the log acknowledges the batch
+   (:mod:`.spool`, shared with the syslog sink).
 2. A sender thread POSTs spooled resources in order to ``{url}/AuditEvent``,
    rewriting the spool file as lines are delivered and deleting it when empty.
 3. Connection errors, timeouts, 401 (token expired: fetched again), 408, 429
@@ -27,8 +28,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
-import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ import httpx
 import orjson
 
 from .export import to_audit_event
+from .spool import REJECTED, RETRY, SENT, SpoolingSink
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,16 @@ SINK_KEYS = frozenset(
         "max_backoff",
     }
 )
+SYSLOG_KEYS = frozenset(
+    {"type", "url", "spool_dir", "ca_file", "cert_file", "key_file", "server_name"}
+    | {"facility", "msgid", "timeout", "max_backoff"}
+)
 
 
-class FHIRSink:
+class FHIRSink(SpoolingSink):
     """Spool every audit record and POST it to a FHIR server as an AuditEvent."""
+
+    kind = "fhir"
 
     def __init__(
         self,
@@ -79,99 +85,25 @@ class FHIRSink:
             raise ValueError("FHIR sink url must be an http(s) URL of a FHIR base")
         if token_url and not (client_id and client_secret):
             raise ValueError("FHIR sink: token_url needs client_id and client_secret")
+        super().__init__(spool_dir, initial_backoff=initial_backoff, max_backoff=max_backoff)
         self.url = url.rstrip("/")
-        self.spool = Path(spool_dir)
-        self.rejected = self.spool / "rejected"
-        self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.token_url = token_url
         self.client_id = client_id
         self._client_secret = client_secret
         self.scope = scope
-        self.initial_backoff = initial_backoff
-        self.max_backoff = max_backoff
         self._http = httpx.Client(timeout=timeout, transport=transport)
         self._token: str | None = None
         self._token_expires = 0.0
-        self._failing_since: float | None = None
-        self._last_warning = 0.0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="audit-fhir-sink", daemon=True)
-        self._thread.start()
+        self._start()
 
     def __repr__(self) -> str:  # never shows the secret
         return f"FHIRSink({self.url!r}, spool={str(self.spool)!r})"
 
-    # ------------------------------------------------------------ from the log
-    def accept(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Spool a durable batch (called by the log's writer thread, before it acknowledges)."""
-        if not records:
-            return
-        # The log id keeps a new log (same seq numbers) from overwriting an old spool.
-        name = f"{records[0]['seq']:012d}-{records[-1]['seq']:012d}-{records[0]['log_id']}.jsonl"
-        data = b"".join(orjson.dumps(to_audit_event(r)) + b"\n" for r in records)
-        _atomic_write(self.spool / name, data)
-        self._wake.set()
+    def _encode(self, record: Mapping[str, Any]) -> bytes:
+        return orjson.dumps(to_audit_event(record))
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Stop sending; what is not delivered stays spooled for the next start."""
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout)
+    def _closed(self) -> None:
         self._http.close()
-
-    def pending(self) -> int:
-        """Resources waiting in the spool.
-
-        The sender thread deletes a spool file once it is delivered, possibly
-        between listing the spool and reading the file: such a file counts as 0.
-        """
-        count = 0
-        for spooled in self._spooled():
-            try:
-                count += len(spooled.read_bytes().splitlines())
-            except FileNotFoundError:
-                continue
-        return count
-
-    # ------------------------------------------------------------ sender thread
-    def _spooled(self) -> list[Path]:
-        return sorted(p for p in self.spool.glob("*.jsonl") if not p.name.startswith("."))
-
-    def _run(self) -> None:
-        backoff = self.initial_backoff
-        while not self._stop.is_set():
-            try:
-                delivered_all = self._drain()
-            except Exception:
-                log.exception("Audit FHIR sink %s: unexpected error; will retry", self.url)
-                delivered_all = False
-            if delivered_all:
-                backoff = self.initial_backoff
-                self._wake.wait()
-            else:
-                self._wake.wait(backoff * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, self.max_backoff)
-            self._wake.clear()
-
-    def _drain(self) -> bool:
-        """Send spooled resources in order; False if the server is unreachable now."""
-        for path in self._spooled():
-            lines = path.read_bytes().splitlines()
-            while lines:
-                outcome = "retry" if self._stop.is_set() else self._send(lines[0])
-                if outcome == "retry":
-                    _atomic_write(path, b"".join(line + b"\n" for line in lines))
-                    return False
-                if outcome == "rejected":
-                    self.rejected.mkdir(exist_ok=True, mode=0o700)
-                    with (self.rejected / path.name).open("ab") as out:
-                        out.write(lines[0] + b"\n")
-                lines.pop(0)
-                if len(lines) % 50 == 0 and lines:  # bound re-sends after a crash
-                    _atomic_write(path, b"".join(line + b"\n" for line in lines))
-            path.unlink()
-        return True
 
     def _send(self, line: bytes) -> str:
         """POST one resource: ``"sent"``, ``"retry"`` or ``"rejected"``."""
@@ -189,12 +121,10 @@ class FHIRSink:
                 type(exc).__name__,
                 seq,
             )
-            return "retry"
+            return RETRY
         if response.status_code in (200, 201):
-            if self._failing_since is not None:
-                log.info("Audit FHIR sink %s reachable again; delivering the spool", self.url)
-                self._failing_since = None
-            return "sent"
+            self._delivered()
+            return SENT
         if response.status_code in RETRYABLE:
             if response.status_code == 401:
                 self._token = None
@@ -204,7 +134,7 @@ class FHIRSink:
                 response.status_code,
                 seq,
             )
-            return "retry"
+            return RETRY
         log.error(
             "Audit FHIR sink %s refused AuditEvent %s with %d; kept in %s",
             self.url,
@@ -212,16 +142,7 @@ class FHIRSink:
             response.status_code,
             self.rejected,
         )
-        return "rejected"
-
-    def _warn(self, message: str, *args: object) -> None:
-        """Warn when delivery starts failing, then at most once a minute (no log flood)."""
-        now = time.monotonic()
-        if self._failing_since is None or now - self._last_warning >= 60:
-            log.warning(message, *args)
-            self._last_warning = now
-        if self._failing_since is None:
-            self._failing_since = now
+        return REJECTED
 
     def _bearer(self) -> str | None:
         if not self.token_url:
@@ -251,47 +172,53 @@ class _TokenError(Exception):
     """Could not get a token for the sink (message never holds the secret)."""
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def build_sinks(configs: Sequence[Mapping[str, Any]], default_spool_dir: Path) -> list[FHIRSink]:
+def build_sinks(
+    configs: Sequence[Mapping[str, Any]], default_spool_dir: Path
+) -> list[SpoolingSink]:
     """Sinks from the authenticator's ``audit_sinks`` setting; ``ValueError`` names what is wrong.
 
     Each entry: ``{"type": "fhir", "url": FHIR_BASE, "token_url": ..., "client_id": ...,
     "client_secret" or "client_secret_file": ..., "scope": "system/AuditEvent.c",
-    "spool_dir": DIR (default: next to the log)}``.
+    "spool_dir": DIR (default: next to the log)}``, or ``{"type": "syslog", "url":
+    "tls://HOST:6514", "ca_file": ..., "cert_file": ..., "key_file": ..., "server_name": ...,
+    "facility": 10, "msgid": "IHE+FHIR", "spool_dir": ...}`` (:mod:`.syslog`).
     """
-    sinks = []
+    from .syslog import SyslogSink
+
+    sinks: list[SpoolingSink] = []
     for index, config in enumerate(configs):
         if not isinstance(config, Mapping):
             raise ValueError(f"audit_sinks[{index}] must be a dict")
-        unknown = sorted(set(config) - SINK_KEYS)
+        kind = config.get("type")
+        allowed = SYSLOG_KEYS if kind == "syslog" else SINK_KEYS
+        unknown = sorted(set(config) - allowed)
         if unknown:
             raise ValueError(f"audit_sinks[{index}]: unknown key(s) {', '.join(unknown)}")
-        if config.get("type") != "fhir":
-            raise ValueError(f"audit_sinks[{index}]: type must be 'fhir'")
+        if kind not in ("fhir", "syslog"):
+            raise ValueError(f"audit_sinks[{index}]: type must be 'fhir' or 'syslog'")
         if not isinstance(config.get("url"), str):
             raise ValueError(f"audit_sinks[{index}]: url (the FHIR base URL) is required")
+        spool = Path(config.get("spool_dir") or default_spool_dir / f"sink-{index}")
+        if kind == "syslog":
+            sinks.append(
+                SyslogSink(
+                    config["url"],
+                    spool,
+                    ca_file=config.get("ca_file"),
+                    cert_file=config.get("cert_file"),
+                    key_file=config.get("key_file"),
+                    server_name=config.get("server_name"),
+                    facility=int(config.get("facility", 10)),
+                    msgid=str(config.get("msgid", "IHE+FHIR")),
+                    timeout=float(config.get("timeout", 10.0)),
+                    max_backoff=float(config.get("max_backoff", 300.0)),
+                )
+            )
+            continue
         secret = config.get("client_secret")
         secret_file = config.get("client_secret_file")
         if secret_file:
             secret = Path(secret_file).read_text(encoding="utf-8").strip()
-        spool = Path(config.get("spool_dir") or default_spool_dir / f"sink-{index}")
         sinks.append(
             FHIRSink(
                 config["url"],

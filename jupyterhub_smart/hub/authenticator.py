@@ -45,6 +45,10 @@ from ..smart.scopes import missing_scopes, require_scopes
 from ..smart.tokens import exchange_code
 from .audit_budget import AuditBudget
 from .audit_handlers import audit_handlers
+from .audit_page import audit_page_handlers
+from .audit_review import AuditReviewSettings
+from .audit_settings import AuditSettings
+from .database import DatabaseHealth
 from .ehr import EHRConnections
 from .errors import MissingPatient
 from .framing import allow_framing, frame_ancestor_origins
@@ -71,7 +75,7 @@ __all__ = ["SMARTAuthenticator"]
 DEFAULT_SCOPE = ["openid", "fhirUser", "launch", "launch/patient", "offline_access", "patient/*.rs"]
 
 
-class SMARTAuthenticator(FHIRAccessOptions, OAuthenticator):
+class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, OAuthenticator):
     """Sign users in with SMART on FHIR App Launch (EHR launch and standalone launch)."""
 
     login_service = Unicode(
@@ -355,6 +359,7 @@ class SMARTAuthenticator(FHIRAccessOptions, OAuthenticator):
             total=10 * self.unauthenticated_audit_records,
         )
         self.trail = HubTrail(self._open_audit_log, self.log, budget)
+        self.database_health = DatabaseHealth(self.trail, self.log)
         watch_audit(self.trail)
         self.inactivity = (
             InactivityLogoff(self, self.inactivity_timeout, self.log)
@@ -400,8 +405,12 @@ class SMARTAuthenticator(FHIRAccessOptions, OAuthenticator):
 
     def _open_audit_log(self) -> AuditLog:
         path = Path(self.audit_log_path).absolute()
-        sinks = build_sinks(self.audit_sinks, path.parent) if self.audit_sinks else []
-        return AuditLog(path, sinks=sinks)
+        configs = [*self.audit_sinks, *self.audit_syslog_sinks()]
+        sinks = build_sinks(configs, path.parent) if configs else []
+        alerts = self.alert_sink()
+        audit_log = AuditLog(path, sinks=[*sinks, alerts])
+        alerts.attach(audit_log)
+        return audit_log
 
     def get_audit_log(self) -> AuditLog:
         """The hub's one AuditLog, opened on first use (POST /hub/api/smart/audit writes to it)."""
@@ -438,6 +447,7 @@ class SMARTAuthenticator(FHIRAccessOptions, OAuthenticator):
             (r"/api/smart/token", SMARTTokenAPIHandler),
             (r"/smart/jwks\.json", SMARTJWKSHandler),
             *audit_handlers,
+            *audit_page_handlers,
             *health_handlers,
         ]
 
@@ -563,8 +573,15 @@ class SMARTAuthenticator(FHIRAccessOptions, OAuthenticator):
             )
             return None
         state = model.get("auth_state") or {}
+        access_token = state.get("access_token")
         await self.trail.event(
             "login-succeeded",
+            # the salted hash ties this sign-in to the token's later use (BALP OAuth pattern)
+            token_hash=(
+                self.trail.token_hash(access_token)
+                if isinstance(access_token, str) and access_token
+                else None
+            ),
             username=model["name"],
             fhir_user=state.get("fhirUser"),
             issuer=issuer,

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ..audit import AuditUnavailable
 from ..smart.errors import SMARTError, TokenEndpointError
 from ..smart.fingerprint import fingerprint_matches
@@ -38,6 +40,7 @@ from .metrics import REFRESHES
 from .sealed import SEALED_KEY, RefreshTokenSeal, SealBroken
 from .tokenstate import AuthStateCache, expires_within, with_refreshed, without_tokens
 from .trail import HubTrail, reference
+from .unsaved import UnsavedTokens
 
 __all__ = ["ForcedRefresh", "ForcedRefreshLimiter", "TokenRefresher"]
 
@@ -123,6 +126,8 @@ class TokenRefresher:
         # logout dropping them. A refresh that finds its refresh token gone when it gets
         # the lock lost the race to a logout, and stores nothing.
         self._storing: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        #: Refreshed tokens the database did not take (an outage): used and retried (:mod:`.unsaved`).
+        self.unsaved = UnsavedTokens(self.store, self._storing.__getitem__, log)
 
     async def refresh_user(self, user: Any) -> bool | dict[str, Any]:
         """JupyterHub's refresh_user answer: True, ``{"auth_state": ...}`` or False.
@@ -132,6 +137,7 @@ class TokenRefresher:
         again (refresh refused with invalid_grant, no refresh token left, or
         their EHR is no longer configured).
         """
+        name = user.name  # read before a refresh whose failed write expires the user's row
         state = await self.load(user)
         if not isinstance(state, Mapping) or not state.get("access_token"):
             return True
@@ -154,6 +160,8 @@ class TokenRefresher:
                 "Refreshed the SMART tokens of %s but the audit trail is unavailable", user.name
             )
             return True
+        if self.unsaved.get(name) is not None:
+            return True  # the database is not taking writes: .unsaved stores it when it does
         # JupyterHub stores what this returns: sealed, like every write of auth_state.
         return {"auth_state": self.seal.seal(fresh) if self.seal is not None else fresh}
 
@@ -170,7 +178,7 @@ class TokenRefresher:
         RefreshRateLimited, or another SMARTError when the EHR is unavailable
         and the current token does not last long enough (or was refused).
         """
-        state = await self.auth_states.get(user)
+        state = self.unsaved.get(user.name) or await self.auth_states.get(user)
         if not isinstance(state, Mapping) or not state.get("access_token"):
             raise ReauthenticationRequired("No SMART tokens for this user: sign in again.")
         if await self._removed_issuer(user, state):
@@ -212,6 +220,9 @@ class TokenRefresher:
         one) leaves the state without a refresh token: the user signs in again
         once the access token expires.
         """
+        unsaved = self.unsaved.get(user.name)
+        if unsaved is not None:
+            return unsaved  # newer than the database's (an outage): see .unsaved
         state = await user.get_auth_state()
         if not isinstance(state, Mapping):
             return None
@@ -230,6 +241,7 @@ class TokenRefresher:
     async def store(self, user: Any, state: Mapping[str, Any]) -> None:
         """Save ``state`` with its refresh token sealed (:mod:`.sealed`)."""
         await user.save_auth_state(self.seal.seal(state) if self.seal is not None else dict(state))
+        self.unsaved.drop(user.name)
 
     async def forget_tokens(self, user: Any, state: Mapping[str, Any]) -> None:
         """Store ``state`` without its credentials and drop the user's decrypted copy."""
@@ -346,6 +358,10 @@ class TokenRefresher:
         ``rejected``: forced because the FHIR server refused the token with this
         SHA-256 (refresh even though it has not expired, unless it was replaced).
         """
+        # What the database holds now, and the name: after a failed write the session is
+        # rolled back, and reading the user's attributes would ask the database again.
+        base = getattr(user, "encrypted_auth_state", None)
+        name = user.name
         state = dict(await self.load(user) or {})
         token = state.get("access_token")
         refused = (
@@ -399,18 +415,31 @@ class TokenRefresher:
             )
             raise
         async with self._storing[user.name]:
-            stored = await self.load(user)
-            current = stored.get("refresh_token") if isinstance(stored, Mapping) else None
-            if current == refresh_token:
+            try:
+                stored = await self.load(user)
+                current = stored.get("refresh_token") if isinstance(stored, Mapping) else None
+                if current == refresh_token:
+                    state = with_refreshed(state, response)
+                    await self.store(user, state)
+            except SQLAlchemyError as exc:
+                # The EHR may have spent the old refresh token: keep the new ones (.unsaved).
+                user.db.rollback()
                 state = with_refreshed(state, response)
-                await self.store(user, state)
+                self.unsaved.keep(name, user, state, base if isinstance(base, bytes) else None)
+                current = refresh_token
+                self.log.error(
+                    "Refreshed the SMART tokens of %s but the hub database did not take them "
+                    "(%s): kept in memory until it does",
+                    name,
+                    type(exc).__name__,
+                )
         if current != refresh_token:  # a logout dropped the tokens, or a new sign-in replaced them
             REFRESHES.labels("discarded").inc()
             return await self._discard_refresh(user, state, response.refresh_token, stored)
         REFRESHES.labels("success").inc()
         await self.trail.event(
             "token-refreshed",
-            username=user.name,
+            username=name,
             fhir_user=state.get("fhirUser"),
             issuer=iss,
             patient=reference("Patient", state.get("patient")),
@@ -418,7 +447,7 @@ class TokenRefresher:
             token_hash=self.trail.token_hash(response.access_token),
             description=forced.strip(" ()") or None,
         )
-        self.log.info("Refreshed the SMART access token of %s%s", user.name, forced)
+        self.log.info("Refreshed the SMART access token of %s%s", name, forced)
         return state
 
     async def _discard_refresh(

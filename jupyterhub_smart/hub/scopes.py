@@ -9,6 +9,11 @@ user's EHR access. Two custom scopes (JupyterHub >= 3) draw that line:
 * ``custom:smart:token`` for ``GET /hub/api/smart/token``;
 * ``custom:smart:audit`` for ``POST /hub/api/smart/audit``.
 
+A third, ``custom:smart:audit-read``, opens the audit page ``/hub/smart/audit``
+(who accessed which patient's data) to people who are not hub admins, such as
+a privacy officer: no role has it by default; an admin grants it in
+``load_roles``. Admins (the ``admin-ui`` scope) see the page without it.
+
 The authenticator defines them and grants them, filtered to the user, to the
 ``user`` role (so personal tokens, which inherit, have them) and the
 ``server`` role (so each server's own token has them). An OAuth client (a
@@ -25,6 +30,7 @@ from jupyterhub import orm
 from jupyterhub import scopes as jupyterhub_scopes
 
 __all__ = [
+    "AUDIT_READ_SCOPE",
     "AUDIT_SCOPE",
     "SMART_SCOPES",
     "TOKEN_SCOPE",
@@ -36,6 +42,7 @@ __all__ = [
 
 TOKEN_SCOPE = "custom:smart:token"  # noqa: S105 (a scope name, not a secret)
 AUDIT_SCOPE = "custom:smart:audit"
+AUDIT_READ_SCOPE = "custom:smart:audit-read"
 
 #: Definitions as JupyterHub's custom_scopes takes them; the description is the consent text.
 SMART_SCOPES: dict[str, dict[str, Any]] = {
@@ -47,6 +54,11 @@ SMART_SCOPES: dict[str, dict[str, Any]] = {
     },
     AUDIT_SCOPE: {
         "description": "Report FHIR requests to the hub's audit trail in your name.",
+    },
+    AUDIT_READ_SCOPE: {
+        "description": (
+            "Read the hub's audit trail: who accessed which patient's data, when and how."
+        ),
     },
 }
 

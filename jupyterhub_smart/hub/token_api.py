@@ -18,6 +18,7 @@ from jupyterhub.utils import url_path_join
 from ..audit import AuditUnavailable
 from ..smart.errors import SMARTError
 from .clients import client_address
+from .database import RETRY_AFTER, DatabaseHealth, SQLAlchemyError
 from .errors import ReauthenticationRequired, RefreshRateLimited
 from .inactivity import record_activity
 from .metrics import TOKEN_API_SECONDS
@@ -98,7 +99,46 @@ class SMARTTokenAPIHandler(APIHandler):
         token = get_token() if callable(get_token) else None
         return token is not None and getattr(token, "user", None) is not None
 
+    _database_error: SQLAlchemyError | None = None
+
+    async def get_current_user(self) -> Any:
+        """JupyterHub's lookup of the caller, noting a database failure (answered 503 in get)."""
+        try:
+            return await super().get_current_user()
+        except SQLAlchemyError as exc:
+            self._database_error = exc
+            raise  # JupyterHub's prepare() logs it and rolls its session back
+
     async def get(self) -> None:
+        health: DatabaseHealth = self.authenticator.database_health
+        if self._database_error is not None:
+            await health.failed(self._database_error)
+            self._database_unavailable()
+            return
+        try:
+            await health.succeeded()
+            await self._answer()
+        except SQLAlchemyError as exc:
+            self.db.rollback()
+            # The rollback expired the user's row: the request log must not read it again.
+            self._jupyterhub_user = None
+            await health.failed(exc)
+            self._database_unavailable()
+
+    def _database_unavailable(self) -> None:
+        """503 with Retry-After: the hub cannot look up the caller or their tokens right now."""
+        self.set_header("Retry-After", str(RETRY_AFTER))
+        self._json(
+            503,
+            {
+                "error": "database_unavailable",
+                "message": "The hub's database is not answering; retry in a moment.",
+                "retry_after": RETRY_AFTER,
+            },
+        )
+
+    async def _answer(self) -> None:
+        """The token API's answer once the caller has been looked up (see the class)."""
         user = self.current_user
         if user is None and self._token_owner_must_reauthenticate():
             self._json(

@@ -23,6 +23,12 @@ from typing import Any
 import httpx
 
 from ..smart.fhir_rules import is_fhir_id, is_resource_type, is_search_param_name
+from . import everything as _everything
+from . import lastn as _lastn
+from . import terminology as _terminology
+from . import versions as _versions
+from . import writes as _writes
+from .capabilities import Capabilities, CapabilityCache
 from .context import PatientBanner, SMARTContext
 from .errors import FHIRError, NoPatientInContext
 from .events import DataAccessEvent, EventSink, emit, event_patient
@@ -36,6 +42,7 @@ from .http import (
 )
 from .scopecheck import check_scopes
 from .search import DEFAULT_MAX_PAGES, AsyncSearchResult, SearchResult
+from .searchcontrols import check_params, include_params, range_params
 from .tokens import TokenInfo, TokenProvider
 
 __all__ = ["AsyncSMARTClient", "SMARTClient", "search_params"]
@@ -81,16 +88,20 @@ def search_params(
     if params is not None:
         items.extend(params.items() if isinstance(params, Mapping) else params)
     items.extend(kwargs.items())
-    out = []
+    out: list[tuple[str, str]] = []
     for name, value in items:
         if not is_search_param_name(name):
             raise ValueError(f"{str(name)[:80]!r} is not a search parameter name")
         if value is None:
             continue
+        if name in ("_lastUpdated", "_since"):
+            out.extend(range_params(name, value))  # a list is a range: each value its own
+            continue
         text = _value(value)
         if text == "":
             raise ValueError(f"search parameter {name!r} has an empty value")
         out.append((name, text))
+    check_params(out)
     return out
 
 
@@ -127,6 +138,10 @@ class _Core:
         #: The token of the last request (its launch context names the patient of
         #: a refused request's event, which has no response to carry it).
         self._last_token: TokenInfo | None = None
+        #: ETag and body of recent reads (conditional re-reads, :mod:`.versions`).
+        self.etags = _versions.ETagCache()
+        #: Terminology answers of this session (:mod:`.terminology`).
+        self.terminology = _terminology.TerminologyCache()
 
     def _context(self, info: TokenInfo) -> SMARTContext:
         return SMARTContext.from_token(info, self.default_base)
@@ -195,11 +210,11 @@ class _Core:
         if self.event_sink is None:
             return
         data = fetched.data
-        if action == "search":
+        if data.get("resourceType") == "Bundle":
             entries = data.get("entry")
             count = len(entries) if isinstance(entries, list) else 0
         else:
-            count = 1 if action == "read" else 0
+            count = 1 if action in ("read", "vread") else 0
         emit(
             self.event_sink,
             DataAccessEvent(
@@ -304,6 +319,12 @@ class SMARTClient(_Core):
             allow_http=allow_http,
             max_response_bytes=max_response_bytes,
         )
+        self._capabilities = CapabilityCache(lambda: self.http.get("metadata").data)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """The server's CapabilityStatement, read at first use and kept (``GET metadata``)."""
+        return self._capabilities.get()
 
     # -- context ---------------------------------------------------------------------
     @property
@@ -325,29 +346,76 @@ class SMARTClient(_Core):
 
     # -- FHIR ------------------------------------------------------------------------
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
-        """``GET [base]/{type}/{id}``: the resource as a dict (FHIRError 404 if unknown)."""
+        """``GET [base]/{type}/{id}``: the resource as a dict (FHIRError 404 if unknown).
+
+        Conditional: a re-read sends the last ``ETag`` (``If-None-Match``) and an
+        unchanged resource costs one ``304 Not Modified``.
+        """
         _check_type(resource_type)
         _check_id(resource_id)
         self._check(self.provider.get(), resource_type, "r", resource_id=resource_id)
-        try:
-            fetched = self.http.get(f"{resource_type}/{resource_id}")
-        except FHIRError as exc:
-            self._emit_refused(exc, "read", resource_type, resource_id=resource_id)
-            raise
-        self._emit(fetched, "read", resource_type, resource_id=resource_id)
-        return fetched.data
+        return _versions.conditional_read(self, resource_type, resource_id)
+
+    def vread(self, resource_type: str, resource_id: str, version: str | int) -> dict[str, Any]:
+        """``GET [base]/{type}/{id}/_history/{version}``: one version of a resource."""
+        return _versions.vread(self, resource_type, resource_id, version)
+
+    def history(
+        self,
+        resource_type: str,
+        id: str | None = None,
+        since: str | date | datetime | None = None,
+    ) -> _versions.HistoryResult:
+        """Versions of one resource (``id``) or of a type, newest first, changed since ``since``.
+
+        ``.to_pandas()`` flattens every version present; ``.changes()`` lists
+        each version with its method (POST, PUT, DELETE) and time.
+        """
+        return _versions.history(self, resource_type, id, since)
+
+    def everything(
+        self,
+        patient: str | None = None,
+        since: str | date | datetime | None = None,
+        types: Iterable[str] | None = None,
+    ) -> _everything.EverythingResult:
+        """The patient's whole record (``Patient/$everything``); ``.to_frames()`` per type.
+
+        ``patient`` defaults to the launched patient; ``since`` keeps what
+        changed since then; ``types`` limits the resource types.
+        """
+        return _everything.everything(self, patient, since, types)
 
     def search(
         self,
         resource_type: str,
         params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
         *,
+        include: Iterable[str] | None = None,
+        revinclude: Iterable[str] | None = None,
+        include_iterate: Iterable[str] | None = None,
+        revinclude_iterate: Iterable[str] | None = None,
         progress: bool | None = None,
         **kwargs: Any,
     ) -> SearchResult:
-        """A lazy search: ``for r in ...``, ``len(...)``, ``.to_pandas()``, ``.to_arrow()``."""
+        """A lazy search: ``for r in ...``, ``len(...)``, ``.to_pandas()``, ``.to_frames()``.
+
+        ``include=["Observation:encounter"]`` / ``revinclude=["Observation:patient"]``
+        add the referenced (referring) resources: they never mix into the
+        match frame; ``.to_frames()`` gives one frame per type. Search
+        controls go as keyword arguments (``_sort="-date"``, ``_elements=[...]``,
+        ``_summary="data"``, ``_lastUpdated=("ge2025-01-01", "lt2025-02-01")``);
+        chained and ``_has`` parameters in ``params={"patient.family": ...}``.
+        """
         _check_type(resource_type)
-        pairs = self._search_params(params, kwargs)
+        extra = include_params(include, revinclude, include_iterate, revinclude_iterate)
+        pairs = self._search_params(
+            [*(params.items() if isinstance(params, Mapping) else params or []), *extra], kwargs
+        )
+        if extra:
+            capabilities = self.capabilities
+            for name, value in extra:
+                capabilities.require_include(resource_type, value, name.startswith("_revinclude"))
         self._check(self.provider.get(), resource_type, "s", pairs)
         return SearchResult(
             self._search_get(resource_type, pairs),
@@ -381,17 +449,21 @@ class SMARTClient(_Core):
         category: str | None = None,
         patient: str | None = None,
         progress: bool | None = None,
+        lastn: int | None = None,
     ) -> SearchResult:
         """The patient's Observations as a time series (oldest first), one row per value.
 
         ``code`` is a LOINC code (``"8867-4"`` heart rate, ``"85354-9"`` blood
         pressure panel, ``"29463-7"`` weight) or ``system|code``, or a list of
         them; ``since``/``until`` bound ``effective``; ``patient`` defaults to
-        the launched patient.
+        the launched patient. ``lastn=N`` keeps the N most recent per code
+        (``$lastn`` where the server declares it; ``result.meta`` says which).
         """
         info = self.provider.get()
         params = self._observation_params(info, code, since, until, category, patient)
         self._check(info, "Observation", "s", params)
+        if lastn is not None:
+            return _lastn.observations_lastn(self, info, params, lastn, progress)
         return SearchResult(
             self._search_get("Observation", params),
             "Observation",
@@ -399,6 +471,75 @@ class SMARTClient(_Core):
             progress=self.progress if progress is None else progress,
             max_pages=self.max_pages,
         )
+
+    # -- writes ----------------------------------------------------------------------
+    def create(
+        self,
+        resource: Mapping[str, Any],
+        *,
+        if_none_exist: str | Mapping[str, Any] | None = None,
+        prefer: str = "representation",
+    ) -> dict[str, Any]:
+        """``POST`` a new resource; returns it as stored (server id and version).
+
+        ``if_none_exist`` (``"identifier=sys|123"`` or a dict) makes it
+        conditional: an existing match is returned instead of a duplicate.
+        """
+        return _writes.create(self, resource, if_none_exist, prefer)
+
+    def update(
+        self,
+        resource: Mapping[str, Any],
+        *,
+        if_match: str | int | None = _writes.AUTO,
+        prefer: str = "representation",
+    ) -> dict[str, Any]:
+        """``PUT`` a changed resource, only if nobody changed it since (``If-Match``).
+
+        By default the lock is the resource's own ``meta.versionId``: a stale
+        copy fails with a 412 FHIRError instead of overwriting another change.
+        ``if_match=None`` writes unconditionally.
+        """
+        return _writes.update(self, resource, if_match, prefer)
+
+    def patch(
+        self,
+        resource_type: str,
+        resource_id: str,
+        operations: list[dict[str, Any]],
+        *,
+        if_match: str | int | None = None,
+        prefer: str = "representation",
+    ) -> dict[str, Any]:
+        """Apply a JSON Patch (``[{"op": "replace", "path": "/status", "value": ...}]``)."""
+        return _writes.patch(self, resource_type, resource_id, operations, if_match, prefer)
+
+    def delete(
+        self, resource_type: str, resource_id: str, *, if_match: str | int | None = None
+    ) -> None:
+        """``DELETE`` a resource (optionally only at version ``if_match``)."""
+        _writes.delete(self, resource_type, resource_id, if_match)
+
+    def transaction(
+        self, bundle_or_entries: Mapping[str, Any] | Iterable[Mapping[str, Any]]
+    ) -> _writes.BundleResult:
+        """All entries or none; per-entry results. An entry refused fails the whole with FHIRError."""
+        return _writes.send_bundle(self, bundle_or_entries, "transaction")
+
+    def batch(
+        self, bundle_or_entries: Mapping[str, Any] | Iterable[Mapping[str, Any]]
+    ) -> _writes.BundleResult:
+        """Each entry on its own; ``result.failed`` lists the entries that failed."""
+        return _writes.send_bundle(self, bundle_or_entries, "batch")
+
+    # -- terminology -----------------------------------------------------------------
+    def lookup(self, system: str, code: str) -> dict[str, Any]:
+        """A code's display and name (``CodeSystem/$lookup``), cached for the session."""
+        return _terminology.lookup(self, system, code)
+
+    def expand(self, valueset_url: str, filter: str | None = None) -> list[dict[str, Any]]:
+        """A ValueSet's codes, optionally filtered (``ValueSet/$expand``), cached for the session."""
+        return _terminology.expand(self, valueset_url, filter)
 
     def bulk_export(self, out: str, **kwargs: Any) -> Any:
         """A Bulk Data export with this session's own token, into Parquet under ``out``.

@@ -21,9 +21,11 @@ __all__ = [
     "IncompleteSearchWarning",
     "NoPatientInContext",
     "NotInSMARTHub",
+    "OperationNotDeclared",
     "ReauthenticationRequired",
     "SMARTNotebookError",
     "ScopeNotGranted",
+    "TerminologyUnavailable",
     "TokenUnavailable",
     "UnsafeURL",
 ]
@@ -197,6 +199,23 @@ class ScopeNotGranted(SMARTNotebookError):
         super().__init__(message)
         self.needed = list(needed)
         self.granted = list(granted)
+
+
+class OperationNotDeclared(SMARTNotebookError):
+    """The FHIR server's CapabilityStatement does not declare this interaction or operation.
+
+    Raised before sending: ``declared`` lists what the server does declare
+    for that resource type (or at system level), so the researcher can pick
+    one of those or ask the EHR's team.
+    """
+
+    def __init__(self, message: str, *, declared: Sequence[str]) -> None:
+        super().__init__(message)
+        self.declared = list(declared)
+
+
+class TerminologyUnavailable(OperationNotDeclared):
+    """The FHIR server declares no terminology service (``$lookup``/``$expand``)."""
 
 
 class NotInSMARTHub(SMARTNotebookError):

@@ -38,7 +38,7 @@ import logging
 import random
 import time
 from collections.abc import Generator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlencode, urljoin, urlsplit
@@ -111,12 +111,18 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Fetched:
-    """A successful response, parsed, and the token (with its context) it was read with."""
+    """A successful response, parsed, and the token (with its context) it was read with.
+
+    ``data`` is ``{}`` for an answer without a body (204, 304, ``Prefer:
+    return=minimal``); ``headers`` keeps ``ETag``, ``Location`` and
+    ``Last-Modified`` (lower-cased names).
+    """
 
     data: dict[str, Any]
     url: str
     status: int
     token: TokenInfo
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -294,7 +300,7 @@ class _Capped:
         return _buffered(self.response, bytes(self.body))
 
 
-def fhir_error(response: httpx.Response, url: str) -> FHIRError:
+def fhir_error(response: httpx.Response, url: str, method: str = "GET") -> FHIRError:
     """A :class:`FHIRError` for an error response, carrying the OperationOutcome's diagnostics."""
     status = response.status_code
     try:
@@ -303,14 +309,19 @@ def fhir_error(response: httpx.Response, url: str) -> FHIRError:
         body = None
     diagnostics, outcome = _diagnostics(body)
     detail = "; ".join(diagnostics) if diagnostics else _HINTS.get(status, "")
-    message = f"GET {url} failed: HTTP {status} {response.reason_phrase}".rstrip()
+    message = f"{method} {url} failed: HTTP {status} {response.reason_phrase}".rstrip()
     if detail:
         message += f": {detail}"
     return FHIRError(message, status=status, url=url, diagnostics=diagnostics, outcome=outcome)
 
 
 def parse_json(response: httpx.Response, url: str) -> dict[str, Any]:
-    """The JSON object of a 2xx response, or a :class:`FHIRError` saying it is not one."""
+    """The JSON object of a 2xx response, or a :class:`FHIRError` saying it is not one.
+
+    An answer without a body (204, 304, a write with ``Prefer: return=minimal``) is ``{}``.
+    """
+    if not response.content and response.status_code in (201, 200, 204, 304):
+        return {}
     try:
         data = orjson.loads(response.content)
     except orjson.JSONDecodeError as exc:
@@ -345,6 +356,8 @@ class _Invalidate:
 class _Send:
     url: str
     headers: dict[str, str]
+    method: str = "GET"
+    content: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -396,21 +409,31 @@ class _Policy:
         return require_tls(base, self.allow_http)
 
     def flow(
-        self, path_or_url: str, params: Params
+        self,
+        path_or_url: str,
+        params: Params,
+        method: str = "GET",
+        content: bytes | None = None,
+        extra_headers: Mapping[str, str] | None = None,
     ) -> Generator[_Step, Any, tuple[httpx.Response, str, TokenInfo]]:
+        """One request's life. POST and PATCH are not idempotent: they are retried only
+        when the server cannot have acted on them (a refused connection, a 429)."""
         info: TokenInfo = yield _NEED_TOKEN
         url = _target(path_or_url, params, self.base_of(info))
+        idempotent = method not in ("POST", "PATCH")
         changes = 0  # new tokens tried after a 401 (at most MAX_TOKEN_CHANGES)
         attempt = 0
         while True:
-            headers = {"Authorization": f"Bearer {info.access_token}"}
+            headers = {**(extra_headers or {}), "Authorization": f"Bearer {info.access_token}"}
             try:
-                response: httpx.Response = yield _Send(url, headers)
+                response: httpx.Response = yield _Send(url, headers, method, content)
             except httpx.TransportError as exc:
-                if attempt < self.retry.max_retries:
+                resendable = idempotent or isinstance(exc, httpx.ConnectError)
+                if resendable and attempt < self.retry.max_retries:
                     delay = self.retry.backoff_delay(attempt)
                     log.warning(
-                        "FHIR GET %s: %s; retry %d/%d in %.1f s",
+                        "FHIR %s %s: %s; retry %d/%d in %.1f s",
+                        method,
                         url,
                         type(exc).__name__,
                         attempt + 1,
@@ -435,7 +458,8 @@ class _Policy:
                 if fresh.access_token != info.access_token:
                     changes += 1
                     log.info(
-                        "FHIR GET %s: 401, retrying with a new access token (%d/%d)",
+                        "FHIR %s %s: 401, retrying with a new access token (%d/%d)",
+                        method,
                         url,
                         changes,
                         MAX_TOKEN_CHANGES,
@@ -443,10 +467,11 @@ class _Policy:
                     check_on_base(url, self.base_of(fresh))
                     info = fresh
                     continue
-            if status in self.retry.retry_statuses and attempt < self.retry.max_retries:
+            retryable = status in self.retry.retry_statuses and (idempotent or status == 429)
+            if retryable and attempt < self.retry.max_retries:
                 asked = parse_retry_after(response.headers.get("Retry-After"))
                 if asked is not None and asked > self.retry.max_retry_after:
-                    error = fhir_error(response, url)
+                    error = fhir_error(response, url, method)
                     raise FHIRError(
                         f"{error} (the server asks to retry in {asked:.0f} s, longer than "
                         f"max_retry_after={self.retry.max_retry_after:.0f} s: try again later)",
@@ -457,7 +482,8 @@ class _Policy:
                     )
                 delay = asked if asked is not None else self.retry.backoff_delay(attempt)
                 log.warning(
-                    "FHIR GET %s: HTTP %d; retry %d/%d in %.1f s%s",
+                    "FHIR %s %s: HTTP %d; retry %d/%d in %.1f s%s",
+                    method,
                     url,
                     status,
                     attempt + 1,
@@ -469,8 +495,16 @@ class _Policy:
                 attempt += 1
                 continue
             if status >= 400:
-                raise fhir_error(response, url)
+                raise fhir_error(response, url, method)
             return response, url, info
+
+
+_KEPT_HEADERS = ("etag", "location", "last-modified", "content-location")
+
+
+def _fetched(response: httpx.Response, url: str, info: TokenInfo) -> Fetched:
+    headers = {k: response.headers[k] for k in _KEPT_HEADERS if k in response.headers}
+    return Fetched(parse_json(response, url), url, response.status_code, info, headers)
 
 
 def _headers(user_agent: str) -> dict[str, str]:
@@ -513,9 +547,23 @@ class FHIRHTTP:
             limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
         )
 
-    def get(self, path_or_url: str, params: Params = None) -> Fetched:
+    def get(
+        self, path_or_url: str, params: Params = None, headers: Mapping[str, str] | None = None
+    ) -> Fetched:
         """GET a FHIR path (``"Patient/123"``) or an absolute URL on the base; parsed JSON."""
-        flow = self.policy.flow(path_or_url, params)
+        return self.request("GET", path_or_url, params, headers=headers)
+
+    def request(
+        self,
+        method: str,
+        path_or_url: str,
+        params: Params = None,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Fetched:
+        """Any FHIR interaction (``PUT Observation/1`` with a body...); parsed JSON or ``{}``."""
+        flow = self.policy.flow(path_or_url, params, method, content, headers)
         value: Any = None
         error: BaseException | None = None
         while True:
@@ -523,7 +571,7 @@ class FHIRHTTP:
                 step = flow.throw(error) if error is not None else flow.send(value)
             except StopIteration as stop:
                 response, url, info = stop.value
-                return Fetched(parse_json(response, url), url, response.status_code, info)
+                return _fetched(response, url, info)
             value, error = None, None
             if isinstance(step, _Send):
                 try:
@@ -538,7 +586,9 @@ class FHIRHTTP:
                 time.sleep(step.seconds)
 
     def _fetch(self, step: _Send) -> httpx.Response:
-        request = self._client.build_request("GET", step.url, headers=step.headers)
+        request = self._client.build_request(
+            step.method, step.url, headers=step.headers, content=step.content
+        )
         response = self._client.send(request, stream=True)
         try:
             body = _Capped(response, step.url, self.max_response_bytes)
@@ -591,7 +641,7 @@ class AsyncFHIRHTTP:
                 step = flow.throw(error) if error is not None else flow.send(value)
             except StopIteration as stop:
                 response, url, info = stop.value
-                return Fetched(parse_json(response, url), url, response.status_code, info)
+                return _fetched(response, url, info)
             value, error = None, None
             if isinstance(step, _Send):
                 try:
@@ -606,7 +656,9 @@ class AsyncFHIRHTTP:
                 await asyncio.sleep(step.seconds)
 
     async def _fetch(self, step: _Send) -> httpx.Response:
-        request = self._client.build_request("GET", step.url, headers=step.headers)
+        request = self._client.build_request(
+            step.method, step.url, headers=step.headers, content=step.content
+        )
         response = await self._client.send(request, stream=True)
         try:
             body = _Capped(response, step.url, self.max_response_bytes)

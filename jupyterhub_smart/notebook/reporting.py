@@ -59,6 +59,14 @@ INTERACTIONS = {
     "search": "search-type",
     "count": "search-type",
     "operation": "operation",
+    "history-instance": "history-instance",
+    "history-type": "history-type",
+    "create": "create",
+    "update": "update",
+    "patch": "patch",
+    "delete": "delete",
+    "transaction": "transaction",
+    "batch": "batch",
 }
 
 

@@ -26,7 +26,8 @@ an :class:`IncompleteSearchWarning` naming both numbers, or an
 truncated frame.
 
 Only entries with ``search.mode`` ``match`` (or none) of the searched type
-become rows; ``_include``-d resources are available through :meth:`pages`.
+become rows of ``to_pandas()``: ``_include``-d resources never mix into the
+match frame. ``to_frames()`` gives one frame per type, included types too.
 An OperationOutcome with mode ``outcome`` (a server's warning) is logged.
 """
 
@@ -116,6 +117,55 @@ def iter_matches(bundle: dict[str, Any], resource_type: str, url: str) -> Iterat
                         url,
                         str(issue.get("diagnostics") or issue.get("code"))[:300],
                     )
+
+
+def included(bundle: dict[str, Any], url: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(type, resource)`` of each entry a server added with ``search.mode`` ``include``."""
+    for entry in bundle.get("entry") or []:
+        search = entry.get("search") if isinstance(entry, dict) else None
+        if not isinstance(search, dict) or search.get("mode") != "include":
+            continue
+        resource = entry.get("resource")
+        if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+            raise FHIRError(
+                f"GET {url}: malformed Bundle: an included entry has no resource", url=url
+            )
+        yield resource["resourceType"], resource
+
+
+def build_frames(
+    first_type: str,
+    pages: Iterator[tuple[dict[str, Any], str, bool]],
+    typed: Callable[[dict[str, Any], str], Iterator[tuple[str, dict[str, Any]]]],
+) -> dict[str, pd.DataFrame]:
+    """Frames per resource type from pages, each with a ``key`` column (``Type/id``).
+
+    A resource included by several pages (the Encounter of Observations on two
+    pages) is one row set, not one per page.
+    """
+    builders = {first_type: TableBuilder(first_type)} if first_type else {}
+    seen: set[tuple[str, Any]] = set()
+    with gc_paused():
+        for bundle, url, _more in pages:
+            batch: dict[str, list[dict[str, Any]]] = {}
+            for kind, resource in typed(bundle, url):
+                rid = resource.get("id")
+                if rid is not None:
+                    if (kind, rid) in seen:
+                        continue
+                    seen.add((kind, rid))
+                batch.setdefault(kind, []).append(resource)
+            for kind, resources in batch.items():
+                if kind not in builders:
+                    builders[kind] = TableBuilder(kind)
+                builders[kind].add(resources)
+    frames = {}
+    for kind, builder in builders.items():
+        frame = builder.to_pandas()
+        if "id" in frame.columns:
+            frame.insert(0, "key", (kind + "/") + frame["id"])
+        frames[kind] = frame
+    return frames
 
 
 def next_link(bundle: dict[str, Any], url: str) -> str | None:
@@ -243,6 +293,8 @@ class _Base:
         params: list[tuple[str, str]],
         progress: bool | None,
         max_pages: int,
+        path: str | None = None,
+        action: str = "search",
     ) -> None:
         if isinstance(max_pages, bool) or not isinstance(max_pages, int) or max_pages < 1:
             raise ValueError("max_pages must be a whole number of at least 1")
@@ -251,6 +303,12 @@ class _Base:
         self.progress = progress
         #: Pages read at most before the search stops with an error.
         self.max_pages = max_pages
+        #: Where the first page is (``Observation``, ``Patient/x/$everything``...).
+        self.path = path or resource_type
+        #: The action its data-access events report (``search``, ``operation``...).
+        self.action = action
+        #: How the result was obtained, where there was a choice (``observations(lastn=)``).
+        self.meta: dict[str, Any] = {}
         self._count: int | None = None
 
     def _count_params(self) -> list[tuple[str, str]]:
@@ -274,8 +332,10 @@ class SearchResult(_Base):
         prefetch: bool = True,
         strict: bool = False,
         max_pages: int = DEFAULT_MAX_PAGES,
+        path: str | None = None,
+        action: str = "search",
     ) -> None:
-        super().__init__(resource_type, params, progress, max_pages)
+        super().__init__(resource_type, params, progress, max_pages, path, action)
         self._get = get
         #: Fetch the next page while the current one is processed.
         self.prefetch = prefetch
@@ -295,7 +355,7 @@ class SearchResult(_Base):
         N+1 while this process flattens page N: on a 100-page search that
         hides most of the server's time. At most one page is fetched ahead.
         """
-        fetched = self._get(self.resource_type, self.params, "search")
+        fetched = self._get(self.path, self.params, self.action)
         seen = {fetched.url}
         tally = _Tally()
         pool: ThreadPoolExecutor | None = None
@@ -308,12 +368,14 @@ class SearchResult(_Base):
                 if link is not None and self.prefetch:
                     if pool is None:
                         pool = ThreadPoolExecutor(1, thread_name_prefix="fhir-page")
-                    ahead = pool.submit(self._get, link, None, "search")
+                    ahead = pool.submit(self._get, link, None, self.action)
                 yield bundle, fetched.url, link is not None
                 if link is None:
                     tally.finish(fetched.url, self.strict if strict is None else strict)
                     return
-                fetched = ahead.result() if ahead is not None else self._get(link, None, "search")
+                fetched = (
+                    ahead.result() if ahead is not None else self._get(link, None, self.action)
+                )
         finally:
             if pool is not None:
                 # no waiting: an interrupted search (Ctrl-C in a notebook) returns at once; a
@@ -322,7 +384,29 @@ class SearchResult(_Base):
 
     def _resource_pages(self) -> Iterator[list[dict[str, Any]]]:
         for bundle, url, _more in self._walk():
-            yield bundle_entries(bundle, self.resource_type, url)
+            yield list(self._page_resources(bundle, url))
+
+    def _page_resources(self, bundle: dict[str, Any], url: str) -> Iterator[dict[str, Any]]:
+        """The resources of one page that are this result's rows (the matches)."""
+        return iter_matches(bundle, self.resource_type, url)
+
+    def _typed_entries(
+        self, bundle: dict[str, Any], url: str
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(type, resource)`` of the matches and of the ``_include``-d resources of a page."""
+        for resource in self._page_resources(bundle, url):
+            yield self.resource_type, resource
+        yield from included(bundle, url)
+
+    def to_frames(self, *, strict: bool | None = None) -> dict[str, pd.DataFrame]:
+        """One DataFrame per resource type: the matches, and each included type.
+
+        Each frame is flattened by its type's built-in view and gets a ``key``
+        column (``Encounter/123``) to join on: e.g.
+        ``frames["Observation"].merge(frames["Encounter"], left_on="encounter", right_on="key")``.
+        The searched type always has a frame (empty if nothing matched).
+        """
+        return build_frames(self.resource_type, self._walk(strict), self._typed_entries)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for resources in self._resource_pages():
@@ -368,7 +452,7 @@ class SearchResult(_Base):
                 for n, (bundle, url, more) in enumerate(self._walk(strict)):
                     if n == 0:
                         bar = _progress_bar(enabled, more, self._safe_count)
-                    added = builder.add(iter_matches(bundle, self.resource_type, url))
+                    added = builder.add(self._page_resources(bundle, url))
                     if bar is not None:
                         bar.update(added)
         finally:

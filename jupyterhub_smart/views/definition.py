@@ -97,6 +97,8 @@ class CompiledView:
     name: str | None
     _where: list[tuple[str, Evaluator]] = field(repr=False)
     _produce: Producer = field(repr=False)
+    #: The validated ViewDefinition JSON (the Arrow engine compiles it again column-wise).
+    definition: Mapping[str, Any] | None = field(default=None, repr=False)
 
     def rows(self, resource: Mapping[str, Any]) -> list[Row]:
         """The rows ``resource`` gives (none if it is of another type or fails ``where``).
@@ -152,7 +154,7 @@ def compile_view(view: Any) -> CompiledView:
         _append_columns(columns, select_columns, f"select[{i}]")
         producers.append(produce)
     where = _where(view.get("where"), constants)
-    return CompiledView(resource, columns, name, where, _product(producers))
+    return CompiledView(resource, columns, name, where, _product(producers), view)
 
 
 def _append_columns(columns: list[Column], new: list[Column], element: str) -> None:

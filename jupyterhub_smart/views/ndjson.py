@@ -109,6 +109,11 @@ class NdjsonReader:
                 continue
             yield resource
 
+    def check(self, name: str, chunk: list[tuple[int, bytes]], positions: list[int]) -> None:
+        """Count the lines at ``positions`` of a chunk that are not JSON objects (not kept)."""
+        for _ in self.parse(name, [chunk[i] for i in positions]):
+            pass
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for name, chunk in self.chunks(1024):
             yield from self.parse(name, chunk)

@@ -51,7 +51,7 @@ def test_hub_event_refuses_bad_arguments(kwargs: dict, message: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"interaction": "delete"}, "interaction must be one of"),
+        ({"interaction": "expunge"}, "interaction must be one of"),
         ({"resource_type": "observation"}, "resource type name"),
         ({"resource_type": "Patient", "resource_id": "a/b"}, "FHIR id"),
         ({"search_params": ["code=1234-5"]}, "NAMES"),

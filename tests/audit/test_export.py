@@ -77,7 +77,10 @@ def test_export_validates_against_r4(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert chain["seq"]["valueInteger"] == 1
     search = data["entry"][-2]["resource"]
     assert search["action"] == "E"
-    detail = {d["type"]: d["valueString"] for d in search["entity"][-1]["detail"]}
+    # BALP's query entity has no detail: what it has no element for sits in an extension
+    query = search["entity"][-1]
+    assert query["role"]["code"] == "24" and "detail" not in query
+    detail = {e["url"]: e["valueString"] for e in query["extension"][0]["extension"]}
     assert detail == {
         "interaction": "search-type",
         "search-parameter-names": "_count,code,date",

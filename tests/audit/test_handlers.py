@@ -84,7 +84,7 @@ def test_identity_in_the_body_is_refused(hub: Hub, alice: str) -> None:
     [
         ({"events": [{**SEARCH, "search_params": ["code=8480-6"]}]}, 400, "events[0]: search"),
         ({"events": [{**SEARCH, "query": "code=8480-6"}]}, 400, "unknown field(s) query"),
-        ({"events": [{**SEARCH, "interaction": "delete"}]}, 400, "interaction must be one of"),
+        ({"events": [{**SEARCH, "interaction": "expunge"}]}, 400, "interaction must be one of"),
         ({"events": [{**SEARCH, "count": "12"}]}, 400, "count must be"),
         ({"events": [{**SEARCH, "patient": "Patient/1 OR 1=1"}]}, 400, "Patient reference"),
         ({"events": [SEARCH, "x"]}, 400, "events[1] must be an object"),

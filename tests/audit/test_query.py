@@ -226,6 +226,10 @@ def test_usage_errors(tmp_path: Path, log: Path, cli: Callable[..., Result]) -> 
     assert bad_date.returncode == 2 and "ISO 8601" in bad_date.stderr
     no_patient = cli("report", log)
     assert no_patient.returncode == 2
+    not_an_index = tmp_path / "notes.txt"
+    not_an_index.write_text("these are not the droids\n" * 100)
+    wrong = cli("query", log, "--index", not_an_index)
+    assert wrong.returncode == 1 and "cannot be used" in wrong.stderr
 
 
 def test_report_lists_disclosures_and_escapes_hostile_values(
@@ -295,3 +299,30 @@ def test_report_lists_disclosures_and_escapes_hostile_values(
     ]
     assert rows[0]["user"] == HOSTILE
     assert rows[3]["user"] == "'=cmd|' /C calc'!A0"  # a formula is shown as text
+
+
+def test_oldest_files_may_go_a_middle_one_may_not(log: Path, cli: Callable[..., Result]) -> None:
+    assert len(query(cli, log)) == 120
+    files = sorted((p for p in log_files(log) if p != log), key=lambda p: p.name)
+    oldest_gone = int(files[1].name.split(".")[2]) - 1  # last seq of the oldest file
+    files[0].unlink()  # retention removed the oldest (compressed) file
+    kept = [r["seq"] for r in query(cli, log)]
+    assert kept == list(range(oldest_gone + 1, 121))
+    with AuditIndex(log) as index:
+        assert index.first_seq == oldest_gone + 1
+    # A fresh index over the retained files starts at the first retained record.
+    assert [r["seq"] for r in query(cli, log, "--index", str(log.parent / "fresh.sqlite"))] == kept
+    files[2].unlink()  # a file in the middle: never retention
+    result = cli("query", log)
+    assert result.returncode == 1 and "deleted out of order" in result.stderr
+
+
+def test_a_touched_live_file_is_read_again_and_then_followed(
+    log: Path, cli: Callable[..., Result]
+) -> None:
+    assert len(query(cli, log)) == 120
+    os.utime(log)  # same bytes, new time: every indexed line is compared again
+    assert len(query(cli, log)) == 120
+    write_events(log, 120, 2)
+    os.utime(log, ns=(0, 0))
+    assert [r["seq"] for r in query(cli, log)][-3:] == [120, 121, 122]

@@ -177,7 +177,10 @@ def _record(seq: int) -> dict:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"type": "syslog", "url": "http://x"}, "type must be 'fhir'"),
+        ({"type": "kafka", "url": "http://x"}, "type must be 'fhir' or 'syslog'"),
+        ({"type": "syslog", "url": "http://x"}, "tls://HOST:PORT"),
+        ({"type": "syslog", "url": "tls://x", "ca_file": "/nonexistent"}, "not a readable file"),
+        ({"type": "syslog", "url": "tcp://x", "password": "p"}, "unknown key(s) password"),
         ({"type": "fhir"}, "url (the FHIR base URL) is required"),
         ({"type": "fhir", "url": "http://x", "password": "p"}, "unknown key(s) password"),
         ({"type": "fhir", "url": "ftp://x"}, "http(s) URL"),

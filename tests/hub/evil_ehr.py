@@ -73,6 +73,10 @@ class EvilEHR:
     #: Lifetime of the access tokens it issues (short ones make a refresh come due).
     expires_in: int = 3600
     received: list[dict[str, str]] = field(default_factory=list)
+    #: When set: a refresh request waits for this event (and ``held`` says one is waiting),
+    #: so a test can act between the EHR's rotation of a refresh token and the hub's answer.
+    hold: threading.Event | None = None
+    held: threading.Event = field(default_factory=threading.Event)
     issued: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
 
@@ -219,6 +223,10 @@ def run_evil_ehr(port: int) -> Iterator[EvilEHR]:
             saw(form["authorization"].partition(" ")[2], kind="client credentials")
             if ehr.mode == "token_timeout":
                 time.sleep(ehr.token_delay or 4.0)
+            hold = ehr.hold
+            if hold is not None and form.get("grant_type") == "refresh_token":
+                ehr.held.set()
+                hold.wait(timeout=60)
             with suppress(BrokenPipeError, ConnectionResetError):
                 self._send(*ehr.token_response())
 

@@ -1,16 +1,23 @@
-"""What an admin changes between two hub starts: a signing-key rotation, a removed EHR.
+"""Hub restarts: what an admin changes between two starts, and a hub killed mid-session.
 
 One real sandbox registers the hub as a ``private_key_jwt`` client by its JWK
 Set URL (``/hub/smart/jwks.json``), which it fetches, caches, and fetches again
 when an assertion names a ``kid`` it does not know. The hub is restarted on the
 same address with the same database and crypt key, each run with its own log
 and audit trail (the secrets test reads them all).
+
+A second sandbox (the hub as a public client) serves the sessions that a hub
+stopped with SIGTERM or killed with SIGKILL must keep, on SQLite and on a
+real PostgreSQL (:mod:`pg_process`): there the audit trail is one file across
+the restarts, and its chain must go on and verify.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
+import signal
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,17 +27,27 @@ from typing import Any
 import httpx
 import jupyterhub
 import pytest
-from hub_process import Browser, Hub, ehr_launch, patient_ids, run_hub
+from hub_process import (
+    Browser,
+    Hub,
+    default_database,
+    ehr_launch,
+    launch_until_callback,
+    patient_ids,
+    run_hub,
+)
+from pg_process import HubDatabase, new_database, run_postgres
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
+from jupyterhub_smart.audit.verify import verify
 from jupyterhub_smart.hub.published_keys import PRIVATE_MEMBERS
 from jupyterhub_smart.smart.keys import write_key_pair
 
 from .conftest import sandbox_client
 
 SHARED = """
-c.JupyterHub.db_url = "sqlite:///{shared}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = "{shared}/cookie_secret"
+c.ConfigurableHTTPProxy.pid_file = "{shared}/proxy.pid"
 """
 
 
@@ -41,7 +58,9 @@ class Site:
     sandbox: SandboxProcess
     keys: Path
     crypt_key: str
+    database: HubDatabase
     runs: int = 0
+    audit_path: Path | None = None  # None: each run its own trail
 
     @contextmanager
     def hub(
@@ -50,7 +69,7 @@ class Site:
         published: list[str] | None = None,
         expect_failure: bool = False,
     ) -> Iterator[Hub]:
-        """The hub, (re)started on the same port, database and crypt key."""
+        """The hub, (re)started on the same port, database, cookie secret and crypt key."""
         self.runs += 1
         extra = SHARED.format(shared=self.work)
         options = {"published_jwks": published} if published is not None else {}
@@ -62,6 +81,8 @@ class Site:
             extra=extra,
             crypt_key=self.crypt_key,
             expect_failure=expect_failure,
+            database=self.database,
+            audit_path=self.audit_path,
         ) as hub:
             yield hub
 
@@ -87,7 +108,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         jwks_uri=f"{hub_url}/hub/smart/jwks.json",
     )
     with run_sandbox(work / "sandbox", [client]) as sandbox:
-        yield Site(work, port, sandbox, work / "keys", secrets.token_hex(32))
+        yield Site(
+            work, port, sandbox, work / "keys", secrets.token_hex(32), default_database(work)
+        )
 
 
 def _login(site: Site, hub: Hub) -> str:
@@ -180,3 +203,80 @@ def test_removed_ehr_gets_no_token_after_the_restart(site: Site) -> None:
         refused = [r for r in records if r["subtype"][0]["code"] == "reauthentication-required"]
         assert len(refused) == 1 and refused[0]["agent"][0]["altId"] == name
         assert hub.alive()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def session_site(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Site]:
+    """A hub (public client of its own sandbox) to restart, on SQLite or PostgreSQL."""
+    work = tmp_path_factory.mktemp(f"restart-{request.param}")
+    port = free_port()
+    client = sandbox_client("hub-restart", f"http://127.0.0.1:{port}", type="public")
+    with run_sandbox(work / "sandbox", [client]) as sandbox:
+        key, trail = secrets.token_hex(32), work / "audit.jsonl"
+        if request.param == "sqlite":
+            database = HubDatabase("sqlite:///" + str(work / "jupyterhub.sqlite"))
+            yield Site(work, port, sandbox, work / "keys", key, database, audit_path=trail)
+        else:
+            with run_postgres() as server:
+                database = new_database(server)
+                yield Site(work, port, sandbox, work / "keys", key, database, audit_path=trail)
+
+
+def _token_api(hub: Hub, token: str, **params: str) -> httpx.Response:
+    return httpx.get(
+        f"{hub.url}/hub/api/smart/token",
+        params=params,
+        headers={"Authorization": f"token {token}"},
+        timeout=30,
+    )
+
+
+def _stop(hub: Hub, sig: signal.Signals) -> None:
+    hub.process.send_signal(sig)
+    hub.process.wait(timeout=60)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_restart_keeps_every_session(session_site: Site, sig: signal.Signals) -> None:
+    """Stop the hub mid-session: its users stay signed in, notebooks get tokens at once,
+    a sign-in waiting at the EHR completes or is told to start again, the trail goes on."""
+    site = session_site
+    issuers = {site.sandbox.iss: {"client_id": "hub-restart", "client_auth": "public"}}
+    patients = patient_ids(site.sandbox)
+    with Browser() as signed_in, Browser() as pending:
+        with site.hub(issuers) as hub:
+            answer = ehr_launch(signed_in, site.sandbox, hub, patients[0])
+            assert answer.status_code == 302, answer.text[:2000]
+            name = signed_in.get(f"{hub.url}/hub/api/user").json()["name"]
+            notebook = hub.user_token(name)
+            before = _token_api(hub, notebook)
+            assert before.status_code == 200, before.text
+            # a second sign-in, at the EHR's consent step when the hub goes away
+            callback = launch_until_callback(pending, site.sandbox, hub, patients[1])
+            _stop(hub, sig)
+        with site.hub(issuers) as hub:
+            # no one signed out: the browser's cookie and the notebook's token still work
+            whoami = signed_in.get(f"{hub.url}/hub/api/user")
+            assert whoami.status_code == 200 and whoami.json()["name"] == name
+            after = _token_api(hub, notebook)
+            assert after.status_code == 200, after.text
+            assert after.json()["fhir_base_url"] == before.json()["fhir_base_url"]
+            # the stored (sealed) refresh token still opens: a forced refresh rotates it
+            rejected = hashlib.sha256(after.json()["access_token"].encode()).hexdigest()
+            forced = _token_api(hub, notebook, rejected=rejected)
+            assert forced.status_code == 200, forced.text
+            assert forced.json()["access_token"] != after.json()["access_token"]
+            # the sign-in that waited at the EHR: never a 500
+            finished = pending.get(callback)
+            assert finished.status_code in (302, 400), finished.text[:2000]
+            if finished.status_code == 400:
+                assert "Launch the app again from the EHR" in finished.text
+            assert hub.alive()
+    assert site.audit_path is not None
+    report = verify([site.audit_path])
+    records = [json.loads(line) for line in site.audit_path.read_text().splitlines()]
+    actions = [r["subtype"][0]["code"] for r in records]
+    assert report.records == len(records) and actions.count("token-refreshed") >= 1

@@ -36,7 +36,9 @@ def test_only_names_leave_the_kernel() -> None:
         "patient": "p9",
     }
     assert "E11.9" not in orjson.dumps(report).decode()
-    assert to_report(Event(action="delete")) is None
+    assert to_report(Event(action="expunge")) is None
+    deleted = to_report(Event(action="delete", resource_id="c1"))
+    assert deleted is not None and deleted["interaction"] == "delete"
 
 
 def test_what_the_hub_would_refuse_is_left_out_not_the_whole_batch() -> None:

@@ -74,6 +74,7 @@ def _down_then_back(world: ProxyWorld) -> None:
         },
         crypt_key=world.hub.crypt_key,
         hub_port=world.hub.hub_port,
+        database=world.hub.database,
     ):
         wait_for_proxy(world.proxy_root)
         deadline = time.monotonic() + 90

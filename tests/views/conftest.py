@@ -25,12 +25,16 @@ class Rows(list):  # type: ignore[type-arg]
     __hash__ = None  # type: ignore[assignment]
 
 
-@pytest.fixture
-def rows() -> Callable[..., Rows]:
-    """``rows(view, resources)``: the view's rows as dicts, equal to a list with them in any order."""
+@pytest.fixture(params=["python", "auto"])
+def rows(request: pytest.FixtureRequest) -> Callable[..., Rows]:
+    """``rows(view, resources)``: the view's rows as dicts, equal to a list with them in any order.
+
+    Run on each engine: ``auto`` is the Arrow engine wherever it covers the view.
+    """
 
     def run(view: dict[str, Any], resources: list[dict[str, Any]]) -> Rows:
-        return Rows(sorted(views.run(view, resources).to_pylist(), key=_key))
+        table = views.run(view, resources, engine=request.param)
+        return Rows(sorted(table.to_pylist(), key=_key))
 
     return run
 

@@ -53,6 +53,7 @@ def value(path: str, resource: dict[str, Any] | None = None, **column: Any) -> A
     }
     rows = views.run(view, [resource]).to_pylist()
     assert len(rows) == 1
+    assert views.run(view, [resource], engine="auto").to_pylist() == rows  # Arrow where it can
     return rows[0]["v"]
 
 

@@ -1,0 +1,106 @@
+"""The alert rules, one record at a time, and the sink that records what fires."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from jupyterhub_smart.audit import AuditLog, data_access_event, hub_event
+from jupyterhub_smart.audit.alerts import AlertRules, AlertSink, Evaluator
+
+from .helpers import records, wait_for
+
+T0 = datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc)
+
+
+def at(event: dict, minutes: float) -> dict[str, Any]:
+    """An event as the log writes it: with its time (the rules read only what is logged)."""
+    return {**event, "time": (T0 + timedelta(minutes=minutes)).isoformat()}
+
+
+def login(user: str, address: str, patient: str | None = None, scopes: str = "patient/*.rs"):  # type: ignore[no-untyped-def]
+    return hub_event(
+        "login-succeeded",
+        username=user,
+        patient=patient,
+        client_address=address,
+        scopes_granted=scopes.split(),
+    )
+
+
+def read(user: str, patient: str, status: int = 200) -> dict:
+    return data_access_event(
+        interaction="read",
+        resource_type="Observation",
+        status=status,
+        username=user,
+        patient=patient,
+    )
+
+
+def kinds(alerts: list) -> list[str]:  # type: ignore[type-arg]
+    return [a.action for a in alerts]
+
+
+def test_distinct_patients_within_the_window() -> None:
+    rules = Evaluator(AlertRules(patient_limit=2, patient_window=600))
+    assert kinds(rules.evaluate(at(read("u", "Patient/1"), 0))) == []
+    assert kinds(rules.evaluate(at(read("u", "Patient/1"), 1))) == []  # same patient again
+    assert kinds(rules.evaluate(at(read("u", "Patient/2"), 2))) == []
+    assert kinds(rules.evaluate(at(read("u", "Patient/3"), 3))) == ["alert-patient-spread"]
+    assert kinds(rules.evaluate(at(read("u", "Patient/4"), 4))) == []  # quiet for the window
+    assert kinds(rules.evaluate(at(read("v", "Patient/9"), 4))) == []  # per user
+    # Past the window the old patients no longer count.
+    assert kinds(rules.evaluate(at(read("w", "Patient/1"), 0))) == []
+    assert kinds(rules.evaluate(at(read("w", "Patient/2"), 1))) == []
+    assert kinds(rules.evaluate(at(read("w", "Patient/3"), 20))) == []
+    refused = Evaluator(AlertRules(patient_limit=1))
+    assert kinds(refused.evaluate(at(read("u", "Patient/1", status=403), 0))) == []
+    assert kinds(refused.evaluate(at(read("u", "Patient/2", status=403), 0))) == []
+
+
+def test_out_of_context_only_with_user_level_scopes() -> None:
+    rules = Evaluator(AlertRules(patient_limit=0))
+    rules.evaluate(at(login("doc", "10.0.0.1", "Patient/a", "launch user/*.rs"), 0))
+    assert kinds(rules.evaluate(at(read("doc", "Patient/a"), 1))) == []
+    [alert] = rules.evaluate(at(read("doc", "Patient/b"), 2))
+    assert alert.action == "alert-out-of-context" and alert.patient == "Patient/b"
+    assert "Patient/a" in alert.description
+    rules.evaluate(at(login("nurse", "10.0.0.2", "Patient/a", "launch patient/*.rs"), 0))
+    assert kinds(rules.evaluate(at(read("nurse", "Patient/b"), 1))) == []  # EHR-enforced
+    assert kinds(rules.evaluate(at(read("stranger", "Patient/b"), 1))) == []  # no launch seen
+
+
+def test_refused_tokens_and_new_addresses() -> None:
+    rules = Evaluator(AlertRules(patient_limit=0, refused_limit=3, refused_window=60))
+    failed = hub_event("refresh-failed", outcome="failure", username="doc")
+    assert kinds(rules.evaluate(at(failed, 0))) == []
+    assert kinds(rules.evaluate(at(read("doc", "Patient/1", status=401), 0.5))) == []
+    assert kinds(rules.evaluate(at(failed, 5))) == []  # the first two are out of the window
+    assert kinds(rules.evaluate(at(failed, 5.1))) == []
+    assert kinds(rules.evaluate(at(failed, 5.2))) == ["alert-refused-tokens"]
+
+    assert kinds(rules.evaluate(at(login("doc", "10.0.0.1"), 0))) == []  # the baseline
+    assert kinds(rules.evaluate(at(login("doc", "10.0.0.1"), 1))) == []
+    [alert] = rules.evaluate(at(login("doc", "192.0.2.7"), 2))
+    assert alert.action == "alert-new-address" and alert.client_address == "192.0.2.7"
+    assert "10.0.0.1" in alert.description
+    off = Evaluator(AlertRules(new_address=False))
+    off.evaluate(at(login("doc", "10.0.0.1"), 0))
+    assert kinds(off.evaluate(at(login("doc", "192.0.2.7"), 1))) == []
+
+
+def test_the_sink_records_alerts_in_the_log_and_alerts_set_off_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = AlertSink(AlertRules(patient_limit=1))
+    with AuditLog(path, sinks=[sink]) as log:
+        sink.attach(log)
+        log.record_sync(read("doc", "Patient/1"))
+        log.record_sync(read("doc", "Patient/2"))
+        wait_for(lambda: len(records(path)) == 3, "the alert record")
+        log.record_sync(read("doc", "Patient/3"))
+    actions = [r["subtype"][0]["code"] for r in records(path)]
+    assert actions == ["data-access", "data-access", "alert-patient-spread", "data-access"]
+    alert = records(path)[2]
+    assert alert["agent"][0]["altId"] == "doc" and alert["type"]["code"] == "110113"
