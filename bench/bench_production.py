@@ -2,15 +2,16 @@
 
 One real sandbox EHR (auto-approve, access tokens living ``LIFETIME`` s) and one
 real JupyterHub with the SMARTAuthenticator, on the hub database named by
-``BENCH_DB`` (``sqlite``, the default, or ``postgresql`` when the test harness can
-start a PostgreSQL server; see ``hub_db_url`` below).
+``BENCH_DB``: ``sqlite`` (the default) or ``postgresql`` (a server the test harness
+starts from the machine's PostgreSQL, ``make postgresql``).
 
 1. *Launches*: ``LAUNCHES`` EHR launches start at the same moment, each a browser
    of its own (cookie jar) walking every hop by plain HTTP: the EHR's
    ``/ehr/launch`` -> hub ``/hub/oauth_login`` -> sandbox authorize (auto-approve)
    -> hub ``/hub/oauth_callback`` (code exchange, id_token, audit, session).
    Printed: how many completed (goal: all), launches/s over the whole burst,
-   p50/p99 of one launch's duration. Every launch becomes its own hub user (a
+   p50/p99 of one launch's duration. The hub's readiness probe runs first, so the
+   EHR's SMART configuration is cached, as on a hub Kubernetes has probed. Every launch becomes its own hub user (a
    bench-only ``username_mapper``: the sandbox has four practitioners).
 2. *Token API*: each of the ``USERS`` users' API token asks for its SMART token,
    open loop at ``RATE`` requests/s for ``SECONDS`` s, round-robin over users,
@@ -50,10 +51,10 @@ os.environ["PATH"] = f"{ROOT / 'node_modules' / '.bin'}{os.pathsep}{os.environ.g
 from hub_process import Hub, run_hub  # noqa: E402
 from sandbox_process import SandboxProcess, free_port, run_sandbox  # noqa: E402
 
-LAUNCHES = 200
-USERS = 200
-RATE = 500
-SECONDS = 60.0
+LAUNCHES = int(os.environ.get("BENCH_LAUNCHES", 200))
+USERS = LAUNCHES
+RATE = int(os.environ.get("BENCH_RATE", 500))
+SECONDS = float(os.environ.get("BENCH_SECONDS", 60))
 LIFETIME = 20  # seconds; the hub refreshes in the last half: ~6 refreshes per user per minute
 
 BENCH_CONFIG = """
@@ -76,7 +77,11 @@ async def _launch(sandbox: SandboxProcess, hub: Hub, patient: str) -> float:
         )
     )
     began = time.perf_counter()
-    async with httpx.AsyncClient(timeout=300) as browser:
+    # No idle keep-alive connections: the sandbox (waitress) accepts 100 connections at
+    # once, and 200 idle browsers would hold them while the hub's back-channel requests
+    # to the same EHR wait (a real EHR's front end accepts far more).
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as browser:
         for _ in range(10):
             response = await browser.get(url)
             if response.status_code != 302:
@@ -98,9 +103,12 @@ async def _burst(sandbox: SandboxProcess, hub: Hub, patients: list[str]) -> list
 
 
 async def _token_load(
-    url: str, tokens: list[str]
-) -> tuple[list[float], int, float, dict[int, list[str]]]:
-    """Open loop over users: (latencies ms, errors, achieved req/s, tokens seen per user).
+    url: str, tokens: list[str], seen: dict[int, list[str]]
+) -> tuple[list[float], collections.Counter[str], float]:
+    """Open loop over users: (latencies ms, errors by kind, achieved req/s).
+
+    ``seen[user]`` starts with the user's access token before the load and gets
+    each new one a client receives.
 
     A lean HTTP/1.1 client on asyncio streams, keep-alive (see bench_token_api: httpx
     costs more CPU per request than the hub on two cores).
@@ -117,11 +125,9 @@ async def _token_load(
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     opened: list[asyncio.StreamWriter] = []
     latencies: list[float] = []
-    seen: dict[int, list[str]] = collections.defaultdict(list)
-    errors = 0
+    errors: collections.Counter[str] = collections.Counter()
 
     async def one(user: int) -> None:
-        nonlocal errors
         began = time.perf_counter()
         writer = None
         try:
@@ -136,14 +142,14 @@ async def _token_load(
             if length is None:
                 raise ValueError("no Content-Length")
             body = await reader.readexactly(int(length.group(1)))
-        except (OSError, EOFError, ValueError, asyncio.IncompleteReadError):
-            errors += 1
+        except (OSError, EOFError, ValueError, asyncio.IncompleteReadError) as exc:
+            errors[type(exc).__name__] += 1
             if writer is not None:
                 writer.close()
             return
         idle.append((reader, writer))
         if not head.startswith(b"HTTP/1.1 200 "):
-            errors += 1
+            errors[f"{head[9:12].decode()} {orjson.loads(body).get('error')}"] += 1
             return
         latencies.append((time.perf_counter() - began) * 1000)
         access = orjson.loads(body)["access_token"]
@@ -162,7 +168,7 @@ async def _token_load(
     elapsed = time.perf_counter() - start
     for writer in opened:
         writer.close()
-    return latencies, errors, total / elapsed, seen
+    return latencies, errors, total / elapsed
 
 
 def _metric(hub: Hub, name: str, **labels: str) -> float:
@@ -190,19 +196,20 @@ def _machine() -> str:
     return f"machine: {os.cpu_count()} CPUs, load average {one:.1f} (1 min) {five:.1f} (5 min)"
 
 
-def hub_db_url(work: Path) -> tuple[str, str]:
-    """(label, extra hub config) for the database named by BENCH_DB."""
+def hub_database() -> str:
+    """The hub database named by BENCH_DB: run_hub starts PostgreSQL (tests/pg_process.py)."""
     wanted = os.environ.get("BENCH_DB", "sqlite")
-    if wanted == "sqlite":
-        return "SQLite", ""
-    raise SystemExit(f"BENCH_DB={wanted!r}: only 'sqlite' is available in this harness")
+    if wanted not in ("sqlite", "postgresql"):
+        raise SystemExit(f"BENCH_DB={wanted!r}: 'sqlite' or 'postgresql'")
+    os.environ["SMART_TEST_DB"] = wanted
+    return {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[wanted]
 
 
 def main() -> None:
     print(_machine())
     with tempfile.TemporaryDirectory(prefix="bench-production-") as tmp:
         work = Path(os.environ.get("BENCH_WORKDIR") or tmp)
-        db_label, db_config = hub_db_url(work)
+        db_label = hub_database()
         port = free_port()
         client = {
             "client_id": "hub-bench",
@@ -216,17 +223,30 @@ def main() -> None:
             extra_args=["--access-token-lifetime", str(LIFETIME)],
         ) as sandbox:
             issuers = {sandbox.iss: {"client_id": "hub-bench"}}
-            options = {"max_pending_logins_per_client": 10 * LAUNCHES}
+            # BENCH_HTTP_TIMEOUT: seconds the hub waits on the EHR (default 10, as in
+            # production); the sandbox shares the machine's cores with the hub and the load
+            options = {
+                "max_pending_logins_per_client": 10 * LAUNCHES,
+                "http_timeout": float(os.environ.get("BENCH_HTTP_TIMEOUT", 10)),
+            }
             with run_hub(
                 work / "hub",
                 issuers,
                 port=port,
                 authenticator=options,
-                extra=BENCH_CONFIG + db_config,
+                extra=BENCH_CONFIG,
             ) as hub:
                 page = httpx.get(sandbox.origin + "/ehr", timeout=60).text
                 patients = list(dict.fromkeys(re.findall(r'name="patient" value="([^"]+)"', page)))
-                print(f"hub database: {db_label}")
+                print(f"hub database: {db_label}; http_timeout {options['http_timeout']:g} s")
+                # the readiness probe fetches the EHR's SMART configuration, as Kubernetes'
+                # probes do before traffic arrives: the burst does not wait on one discovery
+                for _ in range(600):
+                    health = httpx.get(f"{hub.url}/hub/api/smart/health", timeout=60)
+                    if health.status_code == 200:
+                        break
+                    time.sleep(0.1)
+                print(f"/hub/api/smart/health before the burst: {health.status_code}")
 
                 # 1. launches
                 began = time.perf_counter()
@@ -256,8 +276,11 @@ def main() -> None:
                 refreshed = _metric(hub, "jupyterhub_smart_refreshes_total", outcome="success")
                 failed = _metric(hub, "jupyterhub_smart_refreshes_total", outcome="failed")
                 posts = _token_posts(sandbox)
+                seen = {
+                    n: [hub.rest_auth_state(name)["access_token"]] for n, name in enumerate(names)
+                }
                 log_start = len(hub.log_text())
-                latencies, errors, achieved, seen = asyncio.run(_token_load(internal, tokens))
+                latencies, errors, achieved = asyncio.run(_token_load(internal, tokens, seen))
                 time.sleep(1.0)  # the sandbox's request log lands after its answers
                 refreshes = (
                     _metric(hub, "jupyterhub_smart_refreshes_total", outcome="success") - refreshed
@@ -273,17 +296,18 @@ def main() -> None:
                     )
                 )
                 mismatched = [
-                    name
-                    for n, name in enumerate(names)
-                    if per_user[name] != max(0, len(seen[n]) - 1)
+                    name for n, name in enumerate(names) if per_user[name] != len(seen[n]) - 1
                 ]
                 ehr_posts = _token_posts(sandbox) - posts
                 print(
                     f"token API, {len(tokens)} users, {RATE} req/s offered for {SECONDS:g} s: "
-                    f"achieved {achieved:.0f} req/s, {len(latencies)} ok, {errors} errors "
-                    f"(goal 0); latency p50 {statistics.median(latencies):.1f} ms, "
+                    f"achieved {achieved:.0f} req/s, {len(latencies)} ok, "
+                    f"{sum(errors.values())} errors (goal 0); latency "
+                    f"p50 {statistics.median(latencies):.1f} ms, "
                     f"p99 {_pct(latencies, 0.99):.1f} ms, max {max(latencies):.1f} ms"
                 )
+                for kind, count in errors.most_common():
+                    print(f"  error x{count}: {kind}")
                 print(
                     f"refreshes: {refreshes:.0f} by the hub ({refresh_failures:.0f} failed), "
                     f"{ehr_posts} token requests at the EHR, {changes} access-token changes "

@@ -5,7 +5,9 @@ NDJSON files of ``BENCH_VIEWS_MB`` megabytes (default ``50,200``), then runs,
 each in a fresh process, one after another on the same file:
 
 * **ours**: ``jupyterhub-smart view run Observation FILE --out X.parquet``
-  (streaming, one record batch at a time);
+  (streaming, one record batch at a time; ``--engine auto`` = the Arrow engine);
+* **python**: the same command with ``--engine python`` (the compiled-closure
+  engine, resource by resource: the previous default);
 * **duckdb**: the same command with ``--engine duckdb`` (the view as one
   DuckDB query; CPU seconds include DuckDB's threads);
 * **pandas**: ``pandas.read_json(FILE, lines=True)``, ``pandas.json_normalize``
@@ -86,6 +88,16 @@ def _ours(source: str, out: str) -> int:
     return int(pq.ParquetFile(out).metadata.num_rows)
 
 
+def _python(source: str, out: str) -> int:
+    import pyarrow.parquet as pq
+
+    from jupyterhub_smart.cli import main
+
+    command = ["view", "run", "Observation", source, "--out", out, "--engine", "python"]
+    assert main(command) == 0
+    return int(pq.ParquetFile(out).metadata.num_rows)
+
+
 def _duckdb(source: str, out: str) -> int:
     import pyarrow.parquet as pq
 
@@ -108,9 +120,10 @@ def _pandas(source: str, out: str) -> int:
     return len(flat)
 
 
-WORKERS = {"ours": _ours, "duckdb": _duckdb, "pandas": _pandas}
+WORKERS = {"ours": _ours, "python": _python, "duckdb": _duckdb, "pandas": _pandas}
 IMPORTS = {
-    "ours": ("pyarrow", "pyarrow.parquet", "jupyterhub_smart.views"),
+    "ours": ("pyarrow", "pyarrow.parquet", "pyarrow.json", "jupyterhub_smart.views.vector"),
+    "python": ("pyarrow", "pyarrow.parquet", "jupyterhub_smart.views"),
     "duckdb": ("pyarrow", "pyarrow.parquet", "jupyterhub_smart.views", "duckdb"),
     "pandas": ("pandas", "pyarrow"),
 }
@@ -189,6 +202,9 @@ def _fhirpath_baseline(source: Path, limit: int) -> None:
 def main() -> None:
     sizes = [int(s) for s in os.environ.get("BENCH_VIEWS_MB", "50,200").split(",")]
     limit = int(os.environ.get("BENCH_VIEWS_FHIRPATH", "5000"))
+    # the peers (python, duckdb, pandas) only on files up to this size: pandas holds a whole
+    # 1 GB file in about 12 GB of memory, and the slower engines take minutes there
+    peers_max = int(os.environ.get("BENCH_VIEWS_PEERS_MAX_MB", "0")) or max(sizes)
     results: dict[int, dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -198,6 +214,8 @@ def main() -> None:
             megabytes = source.stat().st_size / 1e6
             results[size] = {}
             for name in WORKERS:
+                if name != "ours" and size > peers_max:
+                    continue
                 run = _run(name, source, folder / f"{name}.parquet")
                 run["mb"] = megabytes
                 run["resources"] = count
@@ -216,10 +234,19 @@ def main() -> None:
             )
     print()
     for size, runs in results.items():
-        ours, pandas = runs["ours"], runs["pandas"]
+        if "pandas" not in runs:
+            continue
+        ours, pandas, python = runs["ours"], runs["pandas"], runs["python"]
         print(
-            f"{size} MB: ours {pandas['wall'] / ours['wall']:.1f}x faster than pandas, "
+            f"{size} MB: ours (arrow engine) {pandas['wall'] / ours['wall']:.1f}x faster than pandas "
+            f"(CPU {pandas['cpu'] / ours['cpu']:.1f}x less), {ours['mb'] / ours['wall']:.0f} MB/s "
+            f"({ours['mb'] / ours['cpu']:.0f} MB per CPU second), "
             f"peak memory {ours['peak_mib'] / pandas['peak_mib']:.2f} of pandas'"
+        )
+        print(
+            f"{size} MB: ours vs the closure engine (--engine python): "
+            f"{python['wall'] / ours['wall']:.1f}x faster (CPU {python['cpu'] / ours['cpu']:.1f}x less); "
+            f"the closure engine vs pandas: {pandas['wall'] / python['wall']:.1f}x"
         )
         duck = runs["duckdb"]
         print(
@@ -234,8 +261,9 @@ def main() -> None:
             f"{small['peak_mib']:.0f} MiB ({large['peak_mib'] / small['peak_mib']:.2f}x for "
             f"{sizes[-1] / sizes[0]:.0f}x the data)"
         )
-        pandas_small, pandas_large = results[sizes[0]]["pandas"], results[sizes[-1]]["pandas"]
-        print(f"pandas, the same: {pandas_large['peak_mib'] / pandas_small['peak_mib']:.2f}x")
+        if "pandas" in results[sizes[-1]]:
+            pandas_small, pandas_large = results[sizes[0]]["pandas"], results[sizes[-1]]["pandas"]
+            print(f"pandas, the same: {pandas_large['peak_mib'] / pandas_small['peak_mib']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -372,6 +372,17 @@ class Browser:
             _saw_secrets_in(location(response))
         return response
 
+    def logout(self, hub_url: str) -> httpx.Response:
+        """Sign out as a user does: open ``/hub/logout``, then submit its form (POST, ``_xsrf``).
+
+        Returns the answer to the POST.
+        """
+        page = self.get(f"{hub_url}/hub/logout")
+        assert page.status_code == 200, page.text[:1000]
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+        assert xsrf, page.text[:2000]
+        return self.client.post(f"{hub_url}/hub/logout", data={"_xsrf": xsrf.group(1)})
+
     def follow(self, url: str, *, stop_at: str | None = None, max_hops: int = 12) -> httpx.Response:
         """GET ``url`` and follow redirects; stop before requesting a URL starting with ``stop_at``.
 
@@ -401,21 +412,42 @@ def patient_ids(sandbox: SandboxProcess) -> list[str]:
     return list(dict.fromkeys(re.findall(r'name="patient" value="([^"]+)"', page)))
 
 
-def launch_until_callback(browser: Browser, sandbox: SandboxProcess, hub: Hub, patient: str) -> str:
+def practitioner_ids(sandbox: SandboxProcess) -> list[str]:
+    """The practitioners the sandbox's EHR page offers to launch as."""
+    page = httpx.get(sandbox.origin + "/ehr", timeout=30).text
+    select = page.split('name="practitioner"', 1)[1].split("</select>", 1)[0]
+    return [p for p in dict.fromkeys(re.findall(r'<option value="([^"]*)"', select)) if p]
+
+
+def launch_until_callback(
+    browser: Browser,
+    sandbox: SandboxProcess,
+    hub: Hub,
+    patient: str,
+    practitioner: str | None = None,
+) -> str:
     """EHR launch by plain HTTP up to the hub's callback: sandbox /ehr/launch -> hub ->
     authorize. Returns the callback URL the EHR redirects to, not yet requested, so a
-    test can send it, replay it, or hand it to another browser."""
-    start = httpx.URL(
-        sandbox.origin + "/ehr/launch", params={"app": hub.login_url, "patient": patient}
-    )
+    test can send it, replay it, or hand it to another browser. ``practitioner``: sign
+    in as that one (the sandbox approves as them only with ``--auto-approve``)."""
+    params = {"app": hub.login_url, "patient": patient}
+    if practitioner is not None:
+        params["practitioner"] = practitioner
+    start = httpx.URL(sandbox.origin + "/ehr/launch", params=params)
     hop = browser.follow(str(start), stop_at=hub.callback_url)
     assert hop.status_code == 302, hop.text[:2000]
     return location(hop)
 
 
-def ehr_launch(browser: Browser, sandbox: SandboxProcess, hub: Hub, patient: str) -> httpx.Response:
+def ehr_launch(
+    browser: Browser,
+    sandbox: SandboxProcess,
+    hub: Hub,
+    patient: str,
+    practitioner: str | None = None,
+) -> httpx.Response:
     """EHR launch by plain HTTP: sandbox /ehr/launch -> hub -> authorize -> callback.
 
     Returns the hub's answer to the callback (not followed further).
     """
-    return browser.get(launch_until_callback(browser, sandbox, hub, patient))
+    return browser.get(launch_until_callback(browser, sandbox, hub, patient, practitioner))

@@ -127,6 +127,10 @@ INTERACTION_KINDS: dict[str, Kind] = {
     "update": _UPDATE,
     "patch": _UPDATE,
     "delete": _DELETE,
+    # A batch or transaction Bundle holds interactions of every kind: BALP has no
+    # pattern for the whole (a server audits each entry as its own interaction).
+    "batch": _PLAIN,
+    "transaction": _PLAIN,
 }
 
 #: Hub action -> kind (``data-access`` goes through :data:`INTERACTION_KINDS`).

@@ -55,6 +55,10 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_BATCH = 1024  #: events per group commit at most
 _ROTATED = re.compile(r"\.(\d{12})$")
 _TAIL_CHUNK = 64 * 1024
+#: Most bytes after the last valid record that start-up sets aside as a torn tail: one line
+#: as long as ``audit verify`` accepts (its ``MAX_LINE_BYTES``). A crash cuts at most one
+#: line short; more is not a crash, and start-up refuses it instead of reading it whole.
+MAX_TORN_BYTES = 1024 * 1024
 
 
 class AuditUnavailable(RuntimeError):
@@ -581,9 +585,12 @@ def _scan_tail(fd: int, size: int) -> tuple[int, dict[str, Any] | None, bytes]:
     """Offset just after the last valid line, that record and its bytes.
 
     Reads backwards in growing chunks so that opening a large log costs only
-    its tail. Everything after the returned offset is torn or invalid.
+    its tail. Everything after the returned offset is torn or invalid, and at
+    most :data:`MAX_TORN_BYTES` long: past that, OSError (EIO) says so, having
+    read no more than twice that (the tail and the longest valid line before it).
     """
-    start = max(0, size - _TAIL_CHUNK)
+    floor = max(0, size - 2 * MAX_TORN_BYTES - 2)
+    start = max(floor, size - _TAIL_CHUNK)
     while True:
         data = os.pread(fd, size - start, start)
         end = len(data)
@@ -592,9 +599,13 @@ def _scan_tail(fd: int, size: int) -> tuple[int, dict[str, Any] | None, bytes]:
             nl = data.rfind(b"\n", 0, end)
             if nl < 0:
                 break
+            if size - (start + nl + 1) > MAX_TORN_BYTES:
+                raise _oversized_tail(size)
             line_start = data.rfind(b"\n", 0, nl) + 1
-            if line_start == 0 and start > 0:
+            if line_start == 0 and start > floor:
                 break  # this line may begin before the chunk: read more
+            if line_start == 0 and start > 0:
+                raise _oversized_tail(size)  # a line longer than any record: not a crash
             try:
                 record = parse_line(data[line_start:nl])
             except RecordError:
@@ -603,9 +614,21 @@ def _scan_tail(fd: int, size: int) -> tuple[int, dict[str, Any] | None, bytes]:
                     break
                 continue
             return start + nl + 1, record, data[line_start:nl]
+        if size - start > MAX_TORN_BYTES and (start == 0 or start == floor):
+            raise _oversized_tail(size)
         if start == 0:
             return 0, None, b""
-        start = max(0, start - 4 * (size - start))
+        start = max(floor, start - 4 * (size - start))
+
+
+def _oversized_tail(size: int) -> OSError:
+    return OSError(
+        errno.EIO,
+        f"the last {MAX_TORN_BYTES:,} bytes of the {size:,}-byte audit file hold no complete "
+        "valid record: more than a crash can tear (at most one line); the file is left as "
+        "it is. Check it with `jupyterhub-smart audit verify`, then move the damaged file "
+        "aside before the hub starts again",
+    )
 
 
 def _first_record(fd: int) -> dict[str, Any] | None:

@@ -30,6 +30,7 @@ from urllib.parse import urljoin
 import httpx
 import orjson
 
+from ..views.vector import Fallback
 from .errors import BulkError, Interrupted
 from .manifest import origin
 from .output import TypeConverter, ViewWriter, remove_parts, write_part
@@ -248,6 +249,8 @@ class _Chunk:
         self.f = f
         self.expected = f.type if f.kind == "output" else _EXPECTED[f.kind]
         self.resources: list[tuple[dict[str, Any], bytes]] = []
+        #: lines of an output file, checked at commit (by the Arrow engine when it can)
+        self.raw: list[bytes] = []
         self.invalid: list[bytes] = []
         self.size = 0
         self.converter = TypeConverter(f.type) if f.kind == "output" else None
@@ -258,6 +261,16 @@ class _Chunk:
         ]
 
     def lines(self, lines: list[bytes]) -> None:
+        if self.converter is not None:
+            for line in lines:
+                if line.strip():
+                    self.raw.append(line)
+            self.size = len(self.raw)
+            return
+        self.check(lines)
+
+    def check(self, lines: list[bytes]) -> None:
+        """Parse and check each line: resources to :attr:`resources`, the rest to :attr:`invalid`."""
         for line in lines:
             if not line.strip():
                 continue
@@ -294,13 +307,7 @@ class _Chunk:
         os.fsync(handle.fileno())
         prefix = self.d.part_prefix(f)
         name = f"{prefix}{f.chunks:05d}.parquet"
-        if self.converter is not None and self.resources:
-            write_part(self.d.out / "parquet" / f.type / name, self.converter.batch(self.resources))
-            plain = [r for r, _ in self.resources]
-            for view in self.views:
-                batch = view.batch(plain)
-                if batch is not None:
-                    write_part(self.d.out / "views" / view.name / name, batch)
+        resources = self.convert(name) if self.converter is not None and self.raw else 0
         if self.invalid:
             path = (
                 self.d.out
@@ -312,7 +319,6 @@ class _Chunk:
             tmp = path.with_name(f".{path.name}.tmp")
             tmp.write_bytes(b"\n".join(self.invalid) + b"\n")
             os.replace(tmp, path)
-        resources = len(self.resources) if f.kind == "output" else 0
         f.raw_bytes = written
         f.lines += self.size
         f.invalid += len(self.invalid)
@@ -321,4 +327,39 @@ class _Chunk:
             f.done = True
         self.d.state_file.save(self.d.state)
         self.d.progress.add(resources=resources, files=1 if final else 0)
-        self.resources, self.invalid, self.size = [], [], 0
+        self.resources, self.invalid, self.raw, self.size = [], [], [], 0
+
+    def convert(self, name: str) -> int:
+        """Write the Parquet parts of the chunk's lines; returns how many resources they hold.
+
+        All lines valid: the Arrow engine converts them in one go. Otherwise (or
+        where it does not read them exactly) each line is checked and the valid
+        ones go through the closure engine.
+        """
+        assert self.converter is not None
+        f = self.f
+        try:
+            batch = self.converter.lines_batch(self.raw)
+        except Fallback:
+            raw, self.raw, self.size = self.raw, [], 0
+            self.check(raw)
+            self.raw = raw
+            if self.resources:
+                write_part(
+                    self.d.out / "parquet" / f.type / name, self.converter.batch(self.resources)
+                )
+            plain = [r for r, _ in self.resources]
+            for view in self.views:
+                batch = view.batch(plain)
+                if batch is not None:
+                    write_part(self.d.out / "views" / view.name / name, batch)
+            return len(self.resources)
+        write_part(self.d.out / "parquet" / f.type / name, batch)
+        for view in self.views:
+            try:
+                view_batch = view.lines_batch(self.raw)
+            except Fallback:
+                view_batch = view.batch([orjson.loads(line) for line in self.raw])
+            if view_batch is not None:
+                write_part(self.d.out / "views" / view.name / name, view_batch)
+        return len(self.raw)

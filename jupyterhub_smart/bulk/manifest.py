@@ -46,6 +46,12 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
+def on_trusted_origin(url: str, fhir_url: str, trusted: frozenset[str]) -> bool:
+    """Whether ``url`` is on the FHIR server's origin or a trusted one (ports compared explicit)."""
+    here = origin(url)
+    return here == origin(fhir_url) or here in {origin(t) for t in trusted}
+
+
 def check_url(url: Any, fhir_url: str, trusted: frozenset[str], what: str) -> str:
     """``url`` if it is absolute and on the FHIR server's origin or a trusted one; else BulkError."""
     if not isinstance(url, str) or not url:
@@ -53,7 +59,7 @@ def check_url(url: Any, fhir_url: str, trusted: frozenset[str], what: str) -> st
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise BulkError(f"the manifest's {what} URL {url[:120]!r} is not absolute; refusing it")
-    if origin(url) != origin(fhir_url) and origin(url) not in trusted:
+    if not on_trusted_origin(url, fhir_url, trusted):
         raise BulkError(
             f"the manifest's {what} URL is on {origin(url)}, not on the FHIR server's origin "
             f"{origin(fhir_url)}; refusing to send it a token (trust it with --trust-origin)"

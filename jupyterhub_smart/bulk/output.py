@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,6 +38,7 @@ from .. import views
 from ..views import builtin
 from ..views.definition import Column, CompiledView
 from ..views.table import TableConverter
+from ..views.vector import Fallback, VectorView, try_compile, vector_batch
 
 _EXTRA = [
     Column(name="resource_id", type="string", collection=False, element="resource_id"),
@@ -45,14 +47,22 @@ _EXTRA = [
 
 
 class TypeConverter:
-    """Resources of one type to Arrow batches: the built-in view's columns + id + raw JSON."""
+    """Resources of one type to Arrow batches: the built-in view's columns + id + raw JSON.
+
+    :meth:`lines_batch` converts raw NDJSON lines with the views' Arrow engine
+    (no per-resource Python); :meth:`batch` converts parsed resources with the
+    closure engine, for chunks the Arrow engine hands back. Both give the same
+    rows.
+    """
 
     def __init__(self, resource_type: str) -> None:
         try:
             definition = builtin.load(resource_type)
         except KeyError:
             definition = builtin.generic(resource_type)
+        self.resource_type = resource_type
         self.view: CompiledView = views.compile_view(definition)
+        self.vector: VectorView | None = try_compile(self.view)[0]
         self.width = len(self.view.columns)
         self.converter = TableConverter([*self.view.columns, *_EXTRA])
 
@@ -67,6 +77,45 @@ class TypeConverter:
             rows.extend(tuple(row) + extra for row in produced)
         return self.converter.batch(rows)
 
+    def lines_batch(self, lines: Sequence[bytes]) -> pa.RecordBatch:
+        """The batch of NDJSON ``lines``, every one a resource of this type with a string id.
+
+        Raises :class:`~jupyterhub_smart.views.vector.Fallback` when a line is
+        not that (the caller then checks the lines one by one) or when the
+        Arrow engine does not read them exactly (the caller uses :meth:`batch`).
+        """
+        if self.vector is None:
+            raise Fallback("the view is not covered by the Arrow engine")
+        resources, index = self.vector.read(lines)
+        if len(index) != len(lines):
+            raise Fallback("a line of another type")
+        kinds = resources.field("resourceType")
+        ids = resources.field("id")
+        if (
+            ids.null_count
+            or kinds.null_count
+            or not pc.all(pc.equal(kinds, self.resource_type)).as_py()
+        ):
+            raise Fallback("a line that is not a resource of this type with an id")
+        try:
+            raw = pa.array(lines, type=pa.binary()).cast(pa.string())
+        except pa.ArrowInvalid as exc:
+            raise Fallback(str(exc)) from None
+        parent, arrays, warnings = self.vector.rows(resources)
+        missing = np.setdiff1d(np.arange(len(lines), dtype=np.int64), parent, assume_unique=False)
+        if len(missing):  # a resource without rows keeps one row: its id and JSON
+            everything = np.concatenate([parent, missing])
+            order = pa.array(np.argsort(everything, kind="stable"))
+            arrays = [
+                pa.concat_arrays([a, pa.nulls(len(missing), a.type)]).take(order) for a in arrays
+            ]
+            parent = everything[order.to_numpy()]
+        taken = pa.array(parent)
+        for name, count in warnings.items():
+            self.converter.warnings[name] = self.converter.warnings.get(name, 0) + count
+        columns = [*arrays, ids.take(taken), raw.take(taken)]
+        return pa.RecordBatch.from_arrays(columns, schema=self.converter.schema())
+
 
 class ViewWriter:
     """A user's ViewDefinition (``--view``), applied to the resources of its type."""
@@ -74,11 +123,18 @@ class ViewWriter:
     def __init__(self, name: str, definition: Mapping[str, Any]) -> None:
         self.name = name
         self.view = views.compile_view(definition)
+        self.vector: VectorView | None = try_compile(self.view)[0]
         self.converter = TableConverter(self.view.columns)
 
     def batch(self, resources: Sequence[dict[str, Any]]) -> pa.RecordBatch | None:
         rows = [tuple(r) for resource in resources for r in self.view.rows(resource)]
         return self.converter.batch(rows) if rows else None
+
+    def lines_batch(self, lines: Sequence[bytes]) -> pa.RecordBatch | None:
+        """The view's rows of checked NDJSON ``lines``; raises ``Fallback`` as :class:`TypeConverter`."""
+        if self.vector is None:
+            raise Fallback("the view is not covered by the Arrow engine")
+        return vector_batch(self.vector, lines, self.converter)
 
 
 def write_part(path: Path, batch: pa.RecordBatch) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -35,6 +36,7 @@ from .output import apply_replacements, deleted_ids, ids_of_run
 from .poll import poll
 from .result import ExportResult
 from .state import ExportState, FileState, StateFile, default_lock_dir, server_lock
+from .tls import TLSOnlyAuth, require_tls
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def run_export(
     ):
         previous = state_file.load()
         if options.cancel:
-            return _cancel(http, auth, previous, state_file, options)
+            return _cancel(http, auth, fhir_url, previous, state_file, options)
         unfinished = previous is not None and previous.status in ("kicked-off", "downloading")
         if unfinished and not options.resume:
             raise BulkError(
@@ -148,7 +150,8 @@ def _run(
         options.audit("bulk-export-started", "success", _audit_details(state))
         state.status_url = kickoff(http, auth, fhir_url, spec, deadline=deadline)
         state.status = "kicked-off"
-        state_file.save(state)
+        state_file.save(state)  # kept: `--resume --trust-origin ORIGIN` can still follow it
+    check_status_url(state.status_url, fhir_url, options.trusted_origins, auth)
     lock = threading.Lock()
 
     def refresh() -> None:
@@ -220,6 +223,31 @@ def _run(
     return ExportResult(options.out, summary)
 
 
+def check_status_url(
+    url: str | None, fhir_url: str, trusted: frozenset[str], auth: httpx.Auth | None = None
+) -> None:
+    """Refuse a status URL off the kick-off's origin (and the trusted ones) before it gets a token.
+
+    The status URL comes from the server's ``Content-Location``; polling it, and
+    DELETE, send the bearer token, which only the FHIR server's origin (or one
+    the user trusts with ``--trust-origin``) may receive. The message names the
+    origin only: a path or query could hold a signature.
+    """
+    if url is None:
+        return
+    if isinstance(auth, TLSOnlyAuth):  # plain http says so first (it is refused either way)
+        require_tls(url, "status URL", auth.allow_insecure_http)
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise BulkError("the status URL (Content-Location) is not an absolute http(s) URL")
+    if not manifest_mod.on_trusted_origin(url, fhir_url, trusted):
+        raise BulkError(
+            f"the status URL (Content-Location) is on {manifest_mod.origin(url)}, not on the FHIR "
+            f"server's origin {manifest_mod.origin(fhir_url)}; refusing to send it a token "
+            "(trust it with --trust-origin)"
+        )
+
+
 def _take_manifest(
     http: httpx.Client,
     auth: httpx.Auth,
@@ -229,6 +257,7 @@ def _take_manifest(
     deadline: float,
 ) -> None:
     assert state.status_url is not None
+    check_status_url(state.status_url, fhir_url, options.trusted_origins, auth)
     first = poll(http, auth, state.status_url, deadline=deadline, on_progress=options.on_progress)
     pages = manifest_mod.fetch_pages(http, auth, first, fhir_url, options.trusted_origins)
     files = manifest_mod.files_of(pages, fhir_url, options.trusted_origins)
@@ -325,6 +354,7 @@ def _delete(http: httpx.Client, auth: httpx.Auth, status_url: str) -> bool:
 def _cancel(
     http: httpx.Client,
     auth: httpx.Auth,
+    fhir_url: str,
     state: ExportState | None,
     state_file: StateFile,
     options: RunOptions,
@@ -335,6 +365,7 @@ def _cancel(
         or state.status not in ("kicked-off", "downloading")
     ):
         raise BulkError(f"{options.out} holds no running export to cancel")
+    check_status_url(state.status_url, fhir_url, options.trusted_origins, auth)
     if not _delete(http, auth, state.status_url):
         raise BulkError("the server did not accept the DELETE of the export job")
     state.status = "cancelled"

@@ -147,13 +147,13 @@ class SMARTAuditHandler(APIHandler):
             raise web.HTTPError(403, "authentication required: send the notebook's API token")
         if not isinstance(user, User):
             raise web.HTTPError(403, "only a user's own token can report data access")
-        if not self.has_scope(f"{AUDIT_SCOPE}!user={user.name}"):
-            raise web.HTTPError(403, missing_scope_message(AUDIT_SCOPE))
         withdrawn = getattr(self.authenticator, "access_withdrawn", None)
         reason = await withdrawn(user) if withdrawn is not None else None
         if reason is not None:
             await self.authenticator.withdraw_access(user, reason)
             raise web.HTTPError(403, f"This user is {reason}: no audit reports in their name.")
+        if not self.has_scope(f"{AUDIT_SCOPE}!user={user.name}"):
+            raise web.HTTPError(403, missing_scope_message(AUDIT_SCOPE))
         limits = self._limits()
         if len(self.request.body) > limits.max_body_bytes:
             raise web.HTTPError(

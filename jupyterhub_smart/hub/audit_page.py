@@ -2,9 +2,10 @@
 
 The same filters as ``jupyterhub-smart audit query`` (patient, user, issuer,
 kind, time), newest first and paginated; the chain's status (the head the index
-verified on this request, the writer's head, the last signed checkpoint when
-one is configured); a per-patient view (who accessed this patient) and a
-per-user view (which patients this user touched); CSV export of a search.
+verified on this request, the writer's head, the last signed checkpoint from the
+checkpoint file or, without one, from the trail's ``audit-checkpoint`` records);
+a per-patient view (who accessed this patient) and a per-user view (which
+patients this user touched); CSV export of a search.
 
 Who may see it: holders of the ``admin-ui`` scope (hub admins) or of
 ``custom:smart:audit-read`` (:mod:`.scopes`), which an admin grants to a
@@ -101,6 +102,29 @@ def _last_checkpoint(path: str) -> dict[str, Any] | None:
     return {k: claims.get(k) for k in ("seq", "hash", "time", "iat") if k in claims}
 
 
+#: Kinds of trail record that carry a signed checkpoint (the JWS in three ``jws-*`` details).
+CHECKPOINT_ACTIONS = ("audit-checkpoint", "audit-retention")
+
+
+def _checkpoint_in_trail(index: AuditIndex) -> dict[str, Any] | None:
+    """The claims of the newest checkpoint recorded in the trail itself, if any."""
+    found = next(search(index, Filters(types=CHECKPOINT_ACTIONS), limit=1, newest_first=True), None)
+    if found is None:
+        return None
+    for entity in found.record.get("entity") or ():
+        detail = {d.get("type"): d.get("valueString") for d in entity.get("detail") or ()}
+        payload = detail.get("jws-payload")
+        if isinstance(payload, str) and payload:
+            try:
+                claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            except (ValueError, orjson.JSONDecodeError):
+                break
+            if isinstance(claims, Mapping):
+                shown = {k: claims.get(k) for k in ("seq", "hash", "time", "iat") if k in claims}
+                return {**shown, "record": found.seq}
+    return {"error": f"the checkpoint recorded at seq {found.seq} could not be read"}
+
+
 def _gather(
     log_path: Path, index_path: Path | None, query: PageQuery, writer_head: tuple[int, str] | None
 ) -> dict[str, Any]:
@@ -132,6 +156,7 @@ def _gather(
             by_patient = index.db.execute(sql, args).fetchall()
         head_seq, head_hash = index.head
         return {
+            "trail_checkpoint": _checkpoint_in_trail(index),
             "rows": rows,
             "total": total,
             "by_user": by_user,
@@ -222,6 +247,7 @@ class SMARTAuditPageHandler(SMARTPageHandler):
             )
         except FileNotFoundError:
             data = {"rows": [], "total": 0, "by_user": None, "by_patient": None, "chain": None}
+            data["trail_checkpoint"] = None
         except IndexMismatch as exc:
             self.log.error("Audit page: the log does not verify against its index: %s", exc)
             await self._answer(
@@ -252,6 +278,8 @@ class SMARTAuditPageHandler(SMARTPageHandler):
 
         checkpoint_file = getattr(self.authenticator, "audit_checkpoint_file", "") or ""
         checkpoint = _last_checkpoint(checkpoint_file) if checkpoint_file else None
+        if checkpoint is None:
+            checkpoint = data.get("trail_checkpoint")
         self.set_status(status)
         html = await self.render_smart(
             "smart_audit.html",

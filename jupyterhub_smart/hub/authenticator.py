@@ -25,6 +25,7 @@ lives in its own modules:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from inspect import isawaitable
 from pathlib import Path
@@ -48,6 +49,7 @@ from .audit_handlers import audit_handlers
 from .audit_page import audit_page_handlers
 from .audit_review import AuditReviewSettings
 from .audit_settings import AuditSettings
+from .backoff import RefreshBackoff
 from .database import DatabaseHealth
 from .ehr import EHRConnections
 from .errors import MissingPatient
@@ -69,6 +71,7 @@ from .token_api import SMARTTokenAPIHandler
 from .tokenstate import new_auth_state
 from .trail import HubTrail, client_fields, reference
 from .username import colliding_issuers, default_username
+from .withdrawal import withdraw_at_start_up
 
 __all__ = ["SMARTAuthenticator"]
 
@@ -135,6 +138,26 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
         further reports within this interval do not reach the EHR: the token API answers 429
         with Retry-After (or reauthentication_required again when the last forced refresh was
         refused). Bounds what a buggy or hostile client can make the hub ask of the EHR.""",
+    )
+
+    refresh_backoff_initial = Float(
+        5.0,
+        min=0.001,
+        config=True,
+        help="""Seconds the hub waits, after a failed refresh at an EHR, before it asks that
+        EHR again. The wait doubles with each failure in a row, up to refresh_backoff_max, and
+        ends with the first refresh that works. An outage (no answer, a timeout, a 5xx) holds
+        back the whole EHR; other failures hold back that user alone. Meanwhile the token API
+        hands out a still-valid access token, or answers 503 with Retry-After, and each wait
+        is one `refresh-failed` audit record counting the requests it turned away.""",
+    )
+
+    refresh_backoff_max = Float(
+        300.0,
+        min=0.001,
+        config=True,
+        help="""Longest wait in seconds between two refresh attempts at a failing EHR (see
+        refresh_backoff_initial).""",
     )
 
     username_mapper = Callable(
@@ -315,8 +338,8 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
         if clashes:
             raise ValueError(
                 "SMARTAuthenticator.issuers: the default usernames of these EHRs' users would "
-                "be the same (the issuer part of a username is lower-cased, '/' becomes '-', "
-                "and it keeps 120 characters): "
+                "be the same (the issuer part of a username is lower-cased and '/' becomes "
+                "'-'): "
                 + "; ".join(f"{a!r} and {b!r}" for a, b in clashes)
                 + ". Set SMARTAuthenticator.username_mapper to a mapping that keeps them apart."
             )
@@ -373,9 +396,17 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
             forced_interval=self.forced_refresh_interval,
             log=self.log,
             seal=RefreshTokenSeal(CryptKeeper.instance().keys) if self.enable_auth_state else None,
+            backoff=self._refresh_backoff(),
         )
         if self.fhir_access == "proxy" and hasattr(self.parent, "services"):
             register_proxy_service(self, self.parent)  # before JupyterHub reads its services
+
+    def _refresh_backoff(self) -> RefreshBackoff:
+        if self.refresh_backoff_max < self.refresh_backoff_initial:
+            raise ValueError(
+                "SMARTAuthenticator.refresh_backoff_max must be at least refresh_backoff_initial"
+            )
+        return RefreshBackoff(self.refresh_backoff_initial, self.refresh_backoff_max)
 
     def _note_refused_setting(self, change: Mapping[str, Any]) -> None:
         name = change["name"]
@@ -442,6 +473,10 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
         if self.inactivity is not None:
             self._check_activity_resolution(app)
             self.inactivity.start(app)
+        # JupyterHub has loaded its users (and applied blocked_users) before this call.
+        self._start_up_withdrawal = asyncio.get_running_loop().create_task(
+            withdraw_at_start_up(self, app)
+        )
         return [
             *super().get_handlers(app),
             (r"/api/smart/token", SMARTTokenAPIHandler),
@@ -635,11 +670,14 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
             allowed = await allowed
         return None if allowed else "no longer allowed on this hub (allowed_users, allow rules)"
 
-    async def withdraw_access(self, user: Any, reason: str) -> None:
-        """Revoke the user's EHR grant, drop the stored tokens and record why (once)."""
+    async def withdraw_access(self, user: Any, reason: str) -> bool:
+        """Revoke the user's EHR grant, drop the stored tokens and record why (once).
+
+        False when the user held no tokens (nothing to withdraw, nothing recorded).
+        """
         state = await self.refresher.load(user)
         if state is None or not holds_tokens(state):
-            return
+            return False
         grant = await self.refresher.end_grant(user, revoke=True)
         self.log.warning("EHR access of %s withdrawn: %s", user.name, reason)
         await self.trail.event(
@@ -650,6 +688,7 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
             fhir_user=state.get("fhirUser"),
             issuer=state.get("iss"),
         )
+        return True
 
     async def delete_user(self, user: Any) -> None:
         """JupyterHub deletes the user: their EHR grant is revoked and recorded first."""

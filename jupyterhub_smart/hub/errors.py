@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..smart.errors import SMARTError
 
 __all__ = [
+    "EHRUnavailable",
     "MissingPatient",
     "PendingLoginError",
     "PendingLoginsFull",
@@ -64,6 +65,20 @@ class RefreshRateLimited(SMARTError):
 
     status = 429
     error = "refresh_rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+
+class EHRUnavailable(SMARTError):
+    """A refresh failed, or is held back after one (:mod:`.backoff`); retry later.
+
+    ``retry_after``: whole seconds until the hub asks the EHR again.
+    """
+
+    status = 503
+    error = "ehr_unavailable"
 
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)

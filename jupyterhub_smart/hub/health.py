@@ -7,12 +7,15 @@ at least one configured EHR nobody can sign in. So:
 
 * ``GET /hub/api/smart/health``: no authentication, no details (a probe, or
   anyone, learns only ready or not): 200 ``{"status": "ready"}``, or 503
-  ``{"status": "unavailable"}`` while the audit log is failing closed or no
-  issuer's discovery has ever succeeded;
+  ``{"status": "unavailable"}`` while the audit log is failing closed, no
+  issuer's discovery has ever succeeded, or the hub database does not answer
+  (``SELECT 1``, through :class:`.database.DatabaseHealth`, which records the
+  outage in the audit trail);
 * ``GET /hub/api/smart/health/detail``: the same status code, with which of
-  the two holds, per issuer the last discovery error, and the audit log's
-  failure (errno name) and backlog; only for holders of ``admin:users`` (the
-  hub's admins and the services given the admin role), 401/403 otherwise.
+  these holds, per issuer the last discovery error, the audit log's failure
+  (errno name) and backlog, and the database error's class; only for holders
+  of ``admin:users`` (the hub's admins and the services given the admin role),
+  401/403 otherwise.
 
 Discovery normally happens at the first sign-in. A hub nobody has signed in to
 yet would never become ready, so a probe that finds no issuer discovered
@@ -102,8 +105,11 @@ class Readiness:
         """True once some configured issuer's discovery has succeeded."""
         return any(state.succeeded_at is not None for state in self.issuers.values())
 
-    async def check(self) -> tuple[bool, dict[str, Any]]:
-        """(ready, detail); starts discovery when none has succeeded yet (see module doc)."""
+    async def check(self, *, database_ok: bool = True) -> tuple[bool, dict[str, Any]]:
+        """(ready, detail); starts discovery when none has succeeded yet (see module doc).
+
+        ``database_ok``: whether the hub database answered the caller's probe.
+        """
         if not self.discovered:
             await self._probe_discovery()
         log = self._audit_log()
@@ -113,6 +119,8 @@ class Readiness:
             reasons.append("audit_log_failing")
         if not self.discovered:
             reasons.append("no_issuer_discovered")
+        if not database_ok:
+            reasons.append("database_unavailable")
         detail: dict[str, Any] = {
             "status": "unavailable" if reasons else "ready",
             "reasons": reasons,
@@ -123,6 +131,7 @@ class Readiness:
                 "backlog_events": log.backlog if log is not None else 0,
             },
             "issuers": {iss: state.as_json() for iss, state in self.issuers.items()},
+            "database": {"available": database_ok},
         }
         return not reasons, detail
 
@@ -151,8 +160,12 @@ class SMARTHealthHandler(APIHandler):
         """GET only; nothing to protect."""
 
     async def get(self) -> None:
-        ready, _ = await self.authenticator.readiness.check()
+        ready, _ = await self._check()
         self._answer(ready, {"status": "ready" if ready else "unavailable"})
+
+    async def _check(self) -> tuple[bool, dict[str, Any]]:
+        database_ok = await self.authenticator.database_health.probe(self.db)
+        return await self.authenticator.readiness.check(database_ok=database_ok)
 
     def _answer(self, ready: bool, body: dict[str, Any]) -> None:
         self.set_status(200 if ready else 503)
@@ -182,7 +195,8 @@ class SMARTHealthDetailHandler(SMARTHealthHandler):
                 )
             )
             return
-        ready, detail = await self.authenticator.readiness.check()
+        ready, detail = await self._check()
+        detail["database"]["last_error"] = self.authenticator.database_health.last_error
         self._answer(ready, detail)
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "TOKEN_API_SECONDS",
     "AuditCollector",
     "login_outcome",
+    "markdown_table",
     "watch_audit",
 ]
 
@@ -91,6 +92,17 @@ def login_outcome(status: int) -> str:
     return "failed"
 
 
+#: Gauges :class:`AuditCollector` reports, with their help text.
+AUDIT_GAUGES = {
+    "jupyterhub_smart_audit_log_writable": "1 while the audit log accepts writes, 0 while it "
+    "fails closed (sign-ins and tokens refused; see the hub's log).",
+    "jupyterhub_smart_audit_backlog_events": "Audit events waiting to be written: queued, or "
+    "held in memory while the log's disk fails.",
+    "jupyterhub_smart_audit_sink_spool_bytes": "Bytes of audit records spooled for the audit "
+    "sinks (e.g. a FHIR server), not delivered yet; grows while a sink's server is unreachable.",
+}
+
+
 class AuditCollector(Collector):
     """Audit log state read at scrape time: writable, events held in memory, sinks' spools.
 
@@ -110,28 +122,18 @@ class AuditCollector(Collector):
         log = getattr(trail, "opened_log", None)
         if log is None:  # not opened yet: nothing was recorded, nothing is held
             return
-        yield GaugeMetricFamily(
-            "jupyterhub_smart_audit_log_writable",
-            "1 while the audit log accepts writes, 0 while it fails closed (see the hub's log).",
-            value=1 if log.healthy else 0,
-        )
-        yield GaugeMetricFamily(
-            "jupyterhub_smart_audit_backlog_events",
-            "Audit events waiting to be written: queued, or held in memory while the log's "
-            "disk fails.",
-            value=log.backlog,
-        )
         spooled = 0
         for sink in log.sinks:
             spool = getattr(sink, "spool", None)
             if isinstance(spool, Path):
                 spooled += _spool_bytes(spool)
-        yield GaugeMetricFamily(
-            "jupyterhub_smart_audit_sink_spool_bytes",
-            "Bytes of audit records spooled for the audit sinks (e.g. a FHIR server), not "
-            "delivered yet; grows while a sink's server is unreachable.",
-            value=spooled,
-        )
+        values = {
+            "jupyterhub_smart_audit_log_writable": 1 if log.healthy else 0,
+            "jupyterhub_smart_audit_backlog_events": log.backlog,
+            "jupyterhub_smart_audit_sink_spool_bytes": spooled,
+        }
+        for name, help_text in AUDIT_GAUGES.items():
+            yield GaugeMetricFamily(name, help_text, value=values[name])
 
 
 def _spool_bytes(spool: Path) -> int:
@@ -155,3 +157,19 @@ REGISTRY.register(_AUDIT)
 def watch_audit(trail: Any) -> None:
     """Report the audit state of ``trail`` on ``/hub/metrics``."""
     _AUDIT.watch(trail)
+
+
+def markdown_table() -> str:
+    """The metrics as a Markdown table (docs/production.md is built with it)."""
+    rows = ["| Metric | Type | Labels | Meaning |", "| --- | --- | --- | --- |"]
+    for metric in (LOGINS, REFRESHES, TOKEN_API_SECONDS, AUDIT_WRITE_SECONDS, DISCOVERY_FAILURES):
+        [family] = metric.describe()
+        labels = ", ".join(f"`{label}`" for label in metric._labelnames) or "none"
+        if family.type == "counter":
+            name = f"`{family.name}_total`"
+        else:  # a histogram: _bucket (with le), _sum and _count
+            name = f"`{family.name}_bucket`, `_sum`, `_count`"
+        rows.append(f"| {name} | {family.type} | {labels} | {family.documentation} |")
+    for gauge, help_text in AUDIT_GAUGES.items():
+        rows.append(f"| `{gauge}` | gauge | none | {help_text} |")
+    return "\n".join(rows)

@@ -11,6 +11,9 @@ token, JupyterHub's ``refresh_user`` and the token API, with one policy:
   (:class:`ForcedRefreshLimiter`);
 * an EHR outage never signs a user out (the stored tokens are kept for a
   retry); ``invalid_grant`` and friends do (the grant is over);
+* after a failed refresh the EHR is not asked again until a back-off period
+  has passed (:mod:`.backoff`): callers get the still-valid token, or 503 with
+  ``Retry-After``, and each period is one audit record with a count;
 * a user whose EHR the admin removed gets no token any more, and that is
   recorded once per user and issuer.
 
@@ -34,8 +37,9 @@ from ..smart.errors import SMARTError, TokenEndpointError
 from ..smart.fingerprint import fingerprint_matches
 from ..smart.singleflight import SingleFlight
 from ..smart.tokens import refresh_access_token, revoke_token
+from .backoff import BackoffPeriod, RefreshBackoff, is_outage
 from .ehr import EHRConnections
-from .errors import ReauthenticationRequired, RefreshRateLimited
+from .errors import EHRUnavailable, ReauthenticationRequired, RefreshRateLimited
 from .metrics import REFRESHES
 from .sealed import SEALED_KEY, RefreshTokenSeal, SealBroken
 from .tokenstate import AuthStateCache, expires_within, with_refreshed, without_tokens
@@ -106,8 +110,12 @@ class TokenRefresher:
         forced_interval: float,
         log: logging.Logger,
         seal: RefreshTokenSeal | None = None,
+        backoff: RefreshBackoff | None = None,
     ) -> None:
         self.ehr = ehr
+        #: Holds refreshes back after a failure, per issuer (outage) or per user there.
+        self.backoff = backoff or RefreshBackoff(5.0, 300.0)
+        self._reporting: set[asyncio.Task[None]] = set()
         #: Seals the refresh token inside auth_state (None: auth_state is not kept).
         self.seal = seal
         self.trail = trail
@@ -199,6 +207,8 @@ class TokenRefresher:
                 return await self._forced_too_soon(user, rejected, last)
             self.forced.started(user.name, rejected)
         try:
+            if not self.flight.in_flight(user.name):
+                self._hold_back(user, state)
             return await self.flight.run(
                 user.name, lambda: self._refresh(user, rejected=rejected if forced else None)
             )
@@ -212,6 +222,70 @@ class TokenRefresher:
             if isinstance(current, Mapping) and not expires_within(current, 0):
                 return dict(current)  # still valid, just short: better than nothing
             raise
+
+    def _hold_back(self, user: Any, state: Mapping[str, Any]) -> None:
+        """Raise EHRUnavailable while the user's EHR, or this user there, is in back-off."""
+        iss = state.get("iss")
+        if not isinstance(iss, str):
+            return
+        for key in (iss, _user_key(iss, user.name)):
+            period = self.backoff.waiting(key)
+            if period is not None:
+                retry_after = self.backoff.retry_after(period)
+                raise EHRUnavailable(
+                    f"A refresh at the EHR failed moments ago ({period.reason}); the hub asks "
+                    f"the EHR again in {retry_after} s.",
+                    retry_after=retry_after,
+                )
+
+    def _backed_off(self, iss: str, user: Any, exc: SMARTError) -> BackoffPeriod:
+        """Start the next back-off period after ``exc``; the count of the last one is recorded."""
+        outage = is_outage(exc)
+        key = iss if outage else _user_key(iss, user.name)
+        period, previous = self.backoff.failed(key, str(exc))
+        username = None if outage else user.name
+        self._record_later(previous, iss, username, delay=0)
+        self._record_later(period, iss, username, delay=period.delay)
+        return period
+
+    def _backoff_ended(self, iss: str, user: Any) -> None:
+        """A refresh at ``iss`` worked: no more back-off there; the counts are recorded."""
+        self._record_later(self.backoff.succeeded(iss), iss, None, delay=0)
+        mine = self.backoff.succeeded(_user_key(iss, user.name))
+        self._record_later(mine, iss, user.name, delay=0)
+
+    def _record_later(
+        self, period: BackoffPeriod | None, iss: str, username: str | None, *, delay: float
+    ) -> None:
+        """Record the calls ``period`` turned away once it ends (nothing if there were none)."""
+        if period is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def record() -> None:
+            task = loop.create_task(self._record_held_back(period, iss, username))
+            self._reporting.add(task)
+            task.add_done_callback(self._reporting.discard)
+
+        loop.call_later(delay, record)
+
+    async def _record_held_back(
+        self, period: BackoffPeriod, iss: str, username: str | None
+    ) -> None:
+        refused = RefreshBackoff.close(period)
+        if not refused:
+            return
+        await self.trail.event(
+            "refresh-failed",
+            outcome="failure",
+            description=(
+                f"back-off of {period.delay:g} s after {period.failures} failed refresh(es) in "
+                f"a row ({period.reason}): {refused} request(s) for a fresh token answered "
+                "without asking the EHR"
+            ),
+            username=username,
+            issuer=iss,
+        )
 
     async def load(self, user: Any) -> dict[str, Any] | None:
         """The user's auth_state as the hub works on it (refresh token opened, :mod:`.sealed`).
@@ -405,15 +479,26 @@ class TokenRefresher:
                     "The EHR no longer accepts this session: sign in again.", recorded=True
                 ) from None
             REFRESHES.labels("failed").inc()
-            self.log.error("Refresh for %s failed, keeping the session: %s", user.name, exc)
+            period = self._backed_off(iss, user, exc)
+            self.log.error(
+                "Refresh for %s failed, keeping the session; asking %s again in %g s: %s",
+                user.name,
+                "this EHR" if is_outage(exc) else "for this user",
+                period.delay,
+                exc,
+            )
             await self.trail.event(
                 "refresh-failed",
                 outcome="failure",
-                description=str(exc) + forced,
+                description=f"{exc}{forced}; next attempt in {period.delay:g} s",
                 username=user.name,
                 issuer=iss,
             )
-            raise
+            raise EHRUnavailable(
+                f"{exc} The hub asks the EHR again in {period.delay:g} s.",
+                retry_after=period.delay,
+            ) from None
+        self._backoff_ended(iss, user)
         async with self._storing[user.name]:
             try:
                 stored = await self.load(user)
@@ -486,3 +571,8 @@ class TokenRefresher:
             fhir_user=state.get("fhirUser"),
             issuer=state.get("iss"),
         )
+
+
+def _user_key(iss: str, name: str) -> str:
+    """The back-off key of one user at one EHR (a newline is in neither)."""
+    return f"{iss}\n{name}"

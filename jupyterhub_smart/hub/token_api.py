@@ -19,7 +19,7 @@ from ..audit import AuditUnavailable
 from ..smart.errors import SMARTError
 from .clients import client_address
 from .database import RETRY_AFTER, DatabaseHealth, SQLAlchemyError
-from .errors import ReauthenticationRequired, RefreshRateLimited
+from .errors import EHRUnavailable, ReauthenticationRequired, RefreshRateLimited
 from .inactivity import record_activity
 from .metrics import TOKEN_API_SECONDS
 from .proxy_mode import is_proxy_request
@@ -167,6 +167,19 @@ class SMARTTokenAPIHandler(APIHandler):
                 {"error": "forbidden", "message": "Only a user's own API token gets SMART tokens."},
             )
             return
+        # Before the scope check: JupyterHub takes a blocked user's roles (and so the
+        # scope) away, and the answer should say why.
+        withdrawn = await self.authenticator.access_withdrawn(user)
+        if withdrawn is not None:
+            await self.authenticator.withdraw_access(user, withdrawn)
+            self._json(
+                403,
+                {
+                    "error": "access_withdrawn",
+                    "message": f"This user is {withdrawn}: no EHR access.",
+                },
+            )
+            return
         proxy = self.authenticator.fhir_access == "proxy"
         if proxy and not is_proxy_request(self, self.authenticator.fhir_proxy_service_name):
             self.log.warning("Token API: %s asked for an EHR token in proxy mode", user.name)
@@ -188,17 +201,6 @@ class SMARTTokenAPIHandler(APIHandler):
                     "error": "insufficient_scope",
                     "scope": TOKEN_SCOPE,
                     "message": missing_scope_message(TOKEN_SCOPE),
-                },
-            )
-            return
-        withdrawn = await self.authenticator.access_withdrawn(user)
-        if withdrawn is not None:
-            await self.authenticator.withdraw_access(user, withdrawn)
-            self._json(
-                403,
-                {
-                    "error": "access_withdrawn",
-                    "message": f"This user is {withdrawn}: no EHR access.",
                 },
             )
             return
@@ -242,6 +244,16 @@ class SMARTTokenAPIHandler(APIHandler):
             self.set_header("Retry-After", str(exc.retry_after))
             self._json(
                 429,
+                {"error": exc.error, "message": str(exc), "retry_after": exc.retry_after},
+            )
+            return
+        except EHRUnavailable as exc:
+            # The refresh that failed logged it as an ERROR; the calls held back after it
+            # are counted into one audit record per back-off period (.backoff).
+            self.log.info("Token API for %s: %s", user.name, exc)
+            self.set_header("Retry-After", str(exc.retry_after))
+            self._json(
+                503,
                 {"error": exc.error, "message": str(exc), "retry_after": exc.retry_after},
             )
             return

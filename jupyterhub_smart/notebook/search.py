@@ -138,7 +138,7 @@ def build_frames(
     pages: Iterator[tuple[dict[str, Any], str, bool]],
     typed: Callable[[dict[str, Any], str], Iterator[tuple[str, dict[str, Any]]]],
 ) -> dict[str, pd.DataFrame]:
-    """Frames per resource type from pages, each with a ``key`` column (``Type/id``).
+    """Frames per resource type from pages; each ends with a ``key`` column (``Type/id``).
 
     A resource included by several pages (the Encounter of Observations on two
     pages) is one row set, not one per page.
@@ -162,8 +162,8 @@ def build_frames(
     frames = {}
     for kind, builder in builders.items():
         frame = builder.to_pandas()
-        if "id" in frame.columns:
-            frame.insert(0, "key", (kind + "/") + frame["id"])
+        if "id" in frame.columns:  # last, so that the view's columns keep their places
+            frame["key"] = (kind + "/") + frame["id"]
         frames[kind] = frame
     return frames
 

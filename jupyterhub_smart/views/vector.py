@@ -47,7 +47,14 @@ import pyarrow.json as pj
 
 from .compiler import _REFERENCE, Typed, type_name_of
 from .definition import Column, CompiledView, compile_view
-from .fhirtypes import CHOICE_ELEMENTS, COMPLEX_TYPES, PRIMITIVE_TYPES, normalize_type, subtypes
+from .fhirtypes import (
+    CHOICE_ELEMENTS,
+    COMPLEX_TYPES,
+    PRIMITIVE_TYPES,
+    RESOURCE_TYPES,
+    normalize_type,
+    subtypes,
+)
 from .parser import Node, parse
 from .table import TableConverter
 
@@ -103,6 +110,8 @@ class _Node:
         if self.kind in _PRIMITIVES:
             raise Unsupported(f"navigation below a {self.kind}")
         info = _elements().get(self.kind, {}).get(name)
+        if info is None and name == "resourceType" and self.kind in RESOURCE_TYPES:
+            info = ["string", False]
         if info is None:
             raise Unsupported(f"{self.kind}.{name} is not a FHIR R4 element")
         kind, is_list = info[0], info[1]

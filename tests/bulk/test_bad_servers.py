@@ -92,6 +92,33 @@ def test_cross_origin_redirect_drops_the_bearer_token(ehr: Scripted, tmp_path: P
         assert "authorization" not in at_store
 
 
+def test_a_status_url_on_another_origin_gets_no_request_and_no_token(
+    ehr: Scripted, tmp_path: Path
+) -> None:
+    with scripted_server() as stranger:
+        stranger.replies["/status"] = (202, {"Retry-After": "0"}, b"")
+        ehr.replies["/fhir/$export"] = (202, {"Content-Location": f"{stranger.origin}/status"}, b"")
+        with pytest.raises(
+            bulk.BulkError, match=r"status URL .* not on the FHIR server's origin"
+        ) as e:
+            run(ehr, tmp_path)
+        assert stranger.requests == []  # no poll, no DELETE: the token never left for it
+        assert TOKEN not in str(e.value) and "/status" not in str(e.value)
+        with pytest.raises(bulk.BulkError, match="not on the FHIR server's origin"):
+            bulk.export(
+                fhir_url=f"{ehr.origin}/fhir", out=tmp_path / "out", auth=StaticBearer(),
+                cancel=True, lock_dir=tmp_path / "locks",
+            )  # fmt: skip
+        assert stranger.requests == []
+        # trusted explicitly (the EHR's job service), it is polled with the token
+        manifest(ehr, [{"type": "Patient", "url": f"{ehr.origin}/files/p.ndjson", "count": 1}])
+        stranger.replies["/status"] = ehr.replies["/fhir/status"]
+        ehr.replies["/files/p.ndjson"] = (200, {}, lines(1))
+        result = run(ehr, tmp_path, resume=True, trusted_origins=[stranger.origin])
+        assert result.summary["resources"] == {"Patient": 1}
+        assert stranger.requests[0][2]["authorization"] == f"Bearer {TOKEN}"
+
+
 def test_no_token_when_the_manifest_says_none_is_needed(ehr: Scripted, tmp_path: Path) -> None:
     ehr.replies["/files/p.ndjson"] = (200, {}, lines(2))
     manifest(ehr, [{"type": "Patient", "url": f"{ehr.origin}/files/p.ndjson", "count": 2}])

@@ -15,6 +15,7 @@ import pytest
 from jupyterhub.crypto import CryptKeeper
 
 from jupyterhub_smart.hub import SMARTAuthenticator
+from jupyterhub_smart.hub.backoff import RefreshBackoff
 
 EHR = "https://ehr.example/fhir"
 
@@ -208,6 +209,8 @@ async def test_refresh_user_keeps_the_session_when_the_ehr_blinks(
 ) -> None:
     """A 5xx or network error never signs the user out; the state is kept for a retry."""
     auth, ehr = ehr_auth(mode)
+    now = [0.0]
+    auth.refresher.backoff = RefreshBackoff(5.0, 300.0, clock=lambda: now[0])
     user = FakeUser(_state(expires_in=expires_in))
     before = dict(user.state)
     result = await auth.refresh_user(user)
@@ -219,9 +222,14 @@ async def test_refresh_user_keeps_the_session_when_the_ehr_blinks(
     assert ehr.refreshes == 1
     assert "keeping the session" in caplog.text
     assert "old-refresh" not in caplog.text and "old-access" not in caplog.text
+    # at once again: the hub backs off and does not ask the EHR
+    await auth.refresh_user(user)
+    assert ehr.refreshes == 1
     # later, the EHR is back: the kept refresh token works
     ehr.mode = "good"
+    now[0] += 5.0
     assert isinstance(await auth.refresh_user(user), dict)
+    assert ehr.refreshes == 2
 
 
 async def test_refresh_user_invalid_grant_means_sign_in_again(

@@ -6,6 +6,7 @@ The probe URL answers without authentication and says nothing but ready or not;
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -64,6 +65,7 @@ def test_detail_is_for_admins_only(smart_env: SmartEnv) -> None:
     assert detail["audit_log"]["writable"] is True
     discovered = {iss for iss, state in detail["issuers"].items() if state["discovered"]}
     assert discovered == {smart_env.public.iss, smart_env.jwt.iss}
+    assert detail["database"] == {"available": True, "last_error": None}
 
 
 @pytest.mark.slow
@@ -129,3 +131,36 @@ def test_hub_is_unavailable_while_its_audit_log_fails_closed(tmp_path: Path) -> 
             filler.unlink()  # room again: the held records are written, the hub is ready
             wait_for(lambda: _health(hub).status_code == 200, "the audit log to recover", 120)
             assert _detail(hub, hub.admin_token).json()["audit_log"]["backlog_events"] == 0
+
+
+@pytest.mark.slow
+def test_hub_is_unavailable_while_its_database_does_not_answer(tmp_path: Path) -> None:
+    from pg_process import new_database, run_postgres
+
+    port = free_port()
+    client = sandbox_client("hub-health-db", f"http://127.0.0.1:{port}", type="public")
+    with run_sandbox(tmp_path / "sandbox", [client]) as sandbox, run_postgres() as postgres:
+        issuers = {sandbox.iss: {"client_id": "hub-health-db"}}
+        with run_hub(
+            tmp_path / "hub",
+            issuers,
+            port=port,
+            authenticator=ONE_BY_ONE,
+            database=new_database(postgres),
+        ) as hub:
+            _wait_for_status(hub, 200, "the sandbox is up")
+            assert _detail(hub, hub.admin_token).json()["database"]["available"] is True
+            postgres.stop()
+            try:
+                down = _wait_for_status(hub, 503, "the database stopped")
+                assert down.json() == {"status": "unavailable"}
+            finally:
+                postgres.start()
+            _wait_for_status(hub, 200, "the database is back")
+            actions = [
+                json.loads(line)["subtype"][0]["code"]
+                for line in hub.audit_path.read_text().splitlines()
+            ]
+            assert actions.index("database-unavailable") < actions.index("database-recovered")
+        log = hub.log_text()
+        assert "Traceback" not in log and " 500 GET /hub/api/smart/health" not in log

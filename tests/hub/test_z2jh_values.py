@@ -6,8 +6,9 @@ Zero to JupyterHub's jupyterhub_config.py loads ``hub.config`` with::
         # (drops the secrets it sets itself: cookie_secret, proxy auth_token, CryptKeeper.keys)
         c[app].update(cfg)
 
-then runs the ``hub.extraConfig`` snippets in key order, after setting
-``c.CryptKeeper.keys`` from the chart's own Secret. :data:`CHART_CONFIG` does the
+then runs the ``hub.extraConfig`` snippets in key order (this file has none), after
+setting ``c.CryptKeeper.keys`` from ``hub.existingSecret`` when it holds the key, else
+from the Secret the chart generates. :data:`CHART_CONFIG` does the
 same inside a real hub's configuration; only the addresses (ports, the sandbox as
 the EHR, TLS) and file paths are changed afterwards, by :data:`LOCAL_ADJUSTMENTS`.
 """
@@ -62,12 +63,24 @@ CLASSES: dict[str, type[Configurable]] = {
 
 CHART_CONFIG = """
 import json
+import os
 import yaml
 
 local = json.load(open(cfg["workdir"] + "/z2jh-local.json"))
 values = yaml.safe_load(open(local["values"]))
+
+
+def get_secret_value(key):
+    # the chart mounts hub.existingSecret and its own Secret; the first wins
+    for folder in (local["existing_secret_dir"], local["chart_secret_dir"]):
+        path = os.path.join(folder, key)
+        if os.path.exists(path):
+            return open(path).read()
+    raise KeyError(key)
+
+
 # What the chart's jupyterhub_config.py does with these values
-c.CryptKeeper.keys = local["chart_crypt_key"].split(";")
+c.CryptKeeper.keys = get_secret_value("hub.config.CryptKeeper.keys").split(";")
 for app, section in values["hub"].get("config", {}).items():
     if app == "JupyterHub":
         section.pop("proxy_auth_token", None)
@@ -160,16 +173,20 @@ def test_values_pass_the_charts_schema() -> None:
     values = _values()
     assert [error.message for error in validator.iter_errors(values)] == []
     misplaced = copy.deepcopy(values)
-    misplaced["hub"]["extraEnvs"] = misplaced["hub"].pop("extraEnv")
-    assert any("extraEnvs" in error.message for error in validator.iter_errors(misplaced))
+    misplaced["hub"]["existingSecrets"] = misplaced["hub"].pop("existingSecret")
+    misplaced["hub"]["db"]["type"] = "postgresql"
+    errors = [error.message for error in validator.iter_errors(misplaced)]
+    assert any("existingSecrets" in message for message in errors), errors
+    assert any("'postgresql' is not one of" in message for message in errors), errors
 
 
 def test_secrets_volumes_and_network_policy_are_where_the_config_expects_them() -> None:
     values = _values()
     hub = values["hub"]
     smart = hub["config"]["SMARTAuthenticator"]
-    crypt = hub["extraEnv"]["JUPYTERHUB_CRYPT_KEY"]["valueFrom"]["secretKeyRef"]
-    assert crypt["name"] and crypt["key"]
+    assert "extraConfig" not in hub  # hub.config only: no Python in the values
+    assert hub["existingSecret"]  # the crypt key and database password: the admin's Secret
+    assert "password" not in hub["db"] and "@" not in hub["db"]["url"].split("//")[1].split("@")[0]
     volumes = {volume["name"]: volume for volume in hub["extraVolumes"]}
     mounts = {mount["mountPath"]: mount["name"] for mount in hub["extraVolumeMounts"]}
     # each private key is a file of a mounted Secret
@@ -215,8 +232,15 @@ def test_a_hub_starts_from_the_values_and_signs_in_with_the_sandbox(tmp_path: Pa
         type="confidential-asymmetric",
         jwks_uri=f"{hub_url}/hub/smart/jwks.json",  # through the proxy, as through the ingress
     )
-    chart_crypt_key = secrets.token_hex(32)
-    saw(chart_crypt_key, kind="crypt key")
+    own_key, chart_key, env_key = (secrets.token_hex(32) for _ in range(3))
+    saw(own_key, chart_key, kind="crypt key")
+    secret_dirs = {
+        "existing_secret_dir": tmp_path / "existing-secret",
+        "chart_secret_dir": tmp_path / "chart-secret",
+    }
+    for folder, key in zip(secret_dirs.values(), (own_key, chart_key), strict=True):
+        folder.mkdir()
+        (folder / "hub.config.CryptKeeper.keys").write_text(key)
     with run_sandbox(tmp_path / "sandbox", [client]) as sandbox:
         workdir = tmp_path / "hub"
         workdir.mkdir()
@@ -224,7 +248,7 @@ def test_a_hub_starts_from_the_values_and_signs_in_with_the_sandbox(tmp_path: Pa
             json.dumps(
                 {
                     "values": str(VALUES),
-                    "chart_crypt_key": chart_crypt_key,
+                    **{name: str(folder) for name, folder in secret_dirs.items()},
                     "values_issuer": values_issuer,
                     "issuer": sandbox.iss,
                     "private_key_path": str(key_path),
@@ -233,9 +257,9 @@ def test_a_hub_starts_from_the_values_and_signs_in_with_the_sandbox(tmp_path: Pa
         )
         # the placeholder issuers only satisfy the harness; hub.config replaces them
         placeholder = {sandbox.iss: {"client_id": registration["client_id"]}}
-        with run_hub(
-            workdir, placeholder, port=port, extra=CHART_CONFIG + LOCAL_ADJUSTMENTS
-        ) as hub:
+        # JUPYTERHUB_CRYPT_KEY is set too, to show it is not what encrypts (see below)
+        extra = CHART_CONFIG + LOCAL_ADJUSTMENTS
+        with run_hub(workdir, placeholder, port=port, extra=extra, crypt_key=env_key) as hub:
             keys = httpx.get(f"{hub.url}/hub/smart/jwks.json", timeout=30).json()["keys"]
             assert [key["kid"] for key in keys] == [registration["key_id"]]
             with Browser() as browser:
@@ -251,12 +275,13 @@ def test_a_hub_starts_from_the_values_and_signs_in_with_the_sandbox(tmp_path: Pa
             )
             assert response.status_code == 200, response.text
             saw(response.json()["access_token"], kind="access token")
-            # auth_state is encrypted with JUPYTERHUB_CRYPT_KEY (hub.extraEnv), not the
-            # chart's generated key: the sealed refresh token opens with the first only
+            # auth_state is encrypted with the key of hub.existingSecret: not the chart's
+            # generated one, and not JUPYTERHUB_CRYPT_KEY (c.CryptKeeper.keys outranks it)
             sealed = hub.rest_auth_state(name)["sealed_refresh_token"]
-            assert open_sealed(hub.crypt_key, sealed)
-            with pytest.raises(InvalidToken):
-                open_sealed(chart_crypt_key, sealed)
+            assert open_sealed(own_key, sealed)
+            for other in (chart_key, env_key):
+                with pytest.raises(InvalidToken):
+                    open_sealed(other, sealed)
             assert hub.audit_path.read_text().count('"login-succeeded"') >= 1
             log = hub.log_text()
             assert "Traceback" not in log and " 500 GET" not in log

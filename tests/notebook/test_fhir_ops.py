@@ -117,7 +117,7 @@ def test_everything_into_frames_through_the_views(ehr: SandboxProcess) -> None:
     assert {"Patient", "Observation", "Encounter"} <= set(frames)
     assert list(frames["Patient"]["id"]) == [A]
     assert len(frames["Observation"]) == len(observations)
-    assert list(frames["Observation"].columns[:3]) == ["key", "id", "subject"]
+    assert list(frames["Observation"].columns) == [*observations.columns, "key"]
     assert set(frames["Observation"]["subject"]) == {f"Patient/{A}"}
     assert frames["Encounter"]["key"].str.startswith("Encounter/").all()
     pages = [e for e in events if e.action == "operation"]
