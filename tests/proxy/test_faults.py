@@ -115,6 +115,7 @@ def test_one_user_past_the_concurrency_limit_gets_429_with_retry_after(
     proxy_world: ProxyWorld,
 ) -> None:
     """The package's proxy lets 4 requests of a user be in flight; slow ones hold their slots."""
+
     def slow(_: int) -> httpx.Response:
         with proxy_world.client() as client:
             return client.get(f"Patient/{proxy_world.patient}", params={"x-fault": "slow"})
