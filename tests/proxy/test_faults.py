@@ -8,6 +8,7 @@ the proxy's trail: a failed request is recorded as a failure, with why.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -108,3 +109,21 @@ def test_an_ehr_that_stops_mid_answer_cuts_the_callers_answer(proxy_world: Proxy
             pass
     got = last_record_with(proxy_world, before)
     assert "broke off" in got["outcomeDesc"]
+
+
+def test_one_user_past_the_concurrency_limit_gets_429_with_retry_after(
+    proxy_world: ProxyWorld,
+) -> None:
+    """The package's proxy lets 4 requests of a user be in flight; slow ones hold their slots."""
+
+    def slow(_: int) -> httpx.Response:
+        with proxy_world.client() as client:
+            return client.get(f"Patient/{proxy_world.patient}", params={"x-fault": "slow"})
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(pool.map(slow, range(6)))
+    limited = [a for a in answers if a.status_code == 429]
+    assert limited, [a.status_code for a in answers]
+    assert all(a.headers["retry-after"] == "1" for a in limited)
+    assert limited[0].json()["error"] == "too_many_requests"
+    assert len(limited) <= 2 and all(a.status_code in (429, 504) for a in answers)
