@@ -156,9 +156,9 @@ def main() -> None:
         for name, r in results.items():
             if name != "ours-everything":
                 print(
-                    f"ours-everything vs {name}: {r['wall'] / ours['wall']:.2f}x the speed, "
-                    f"{r['cpu'] / ours['cpu']:.2f}x less CPU, peak memory "
-                    f"{ours['peak_mib'] / r['peak_mib']:.2f} of theirs"
+                    f"{name} takes {r['wall'] / ours['wall']:.2f}x the wall time and "
+                    f"{r['cpu'] / ours['cpu']:.2f}x the CPU of ours-everything, whose peak "
+                    f"memory is {ours['peak_mib'] / r['peak_mib']:.2f} of {name}'s"
                 )
     if len({r["resources"] for r in results.values()}) > 1:
         print("note: resource counts differ between clients")

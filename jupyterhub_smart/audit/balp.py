@@ -152,6 +152,8 @@ KINDS: dict[str, Kind] = {
     "audit-recovered": _PLAIN,
     "database-unavailable": _PLAIN,
     "database-recovered": _PLAIN,
+    "audit-checkpoint": _PLAIN,
+    "audit-retention": _PLAIN,
     # A Bulk Data kick-off is the $export operation: a query of the FHIR server.
     "bulk-export": _QUERY,
 }

@@ -33,6 +33,19 @@ def register(subparsers: Any) -> None:
         ),
     )
     verify.add_argument("paths", nargs="+", metavar="PATH")
+    verify.add_argument(
+        "--checkpoints",
+        action="append",
+        metavar="FILE|URL",
+        help="signed checkpoints (the hub's checkpoint file, or a SIEM/FHIR copy of the trail): "
+        "each must match the log, which catches a rewrite of the whole chain; repeatable",
+    )
+    verify.add_argument(
+        "--jwks",
+        metavar="FILE|URL",
+        help="the hub's public JWK Set that signed the checkpoints (e.g. "
+        "https://HUB/hub/smart/jwks.json); required with --checkpoints",
+    )
     verify.set_defaults(func=_verify)
 
     export = sub.add_parser(
@@ -53,10 +66,24 @@ def register(subparsers: Any) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
     from .verify import ChainBroken, verify
 
+    if args.checkpoints and not args.jwks:
+        print(
+            "audit verify: --checkpoints needs --jwks (the hub's public JWK Set)", file=sys.stderr
+        )
+        return EXIT_USAGE
     try:
-        report = verify(args.paths)
+        checkpoints = _load_checkpoints(args.checkpoints, args.jwks) if args.checkpoints else None
+    except CheckpointError as exc:
+        print(f"audit verify: FAILED: {exc}", file=sys.stderr)
+        return EXIT_BROKEN
+    except ValueError as exc:
+        print(f"audit verify: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = verify(args.paths, checkpoints)
     except FileNotFoundError as exc:
         print(f"audit verify: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -64,9 +91,20 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"audit verify: FAILED at {exc}", file=sys.stderr)
         return EXIT_BROKEN
     print(
-        f"audit verify: OK: {report.records} records, seq 1..{report.head_seq}, "
+        f"audit verify: OK: {report.records} records, seq {report.start_seq}..{report.head_seq}, "
         f"log {report.log_id}, {len(report.files)} file(s), head {report.head_hash}"
     )
+    if report.start_seq > 1:
+        print(
+            f"note: seq 1..{report.start_seq - 1} were deleted by retention; the retained start "
+            "is anchored by a signed checkpoint"
+        )
+    if checkpoints is not None:
+        last = report.last_checkpoint
+        print(
+            f"checkpoints: {report.checkpoints_checked} signed checkpoint(s) match the log"
+            + (f", the latest of seq {last[0]} signed {last[1]}" if last else "")
+        )
     if report.deferred:
         print(
             f"note: {report.deferred} record(s) were written late (deferred) because the disk "
@@ -74,10 +112,28 @@ def _verify(args: argparse.Namespace) -> int:
         )
     for torn in report.torn_files:
         print(f"note: a torn tail was set aside after a crash: {torn}")
-    print(
-        "note: the chain cannot show lines cut off the end; compare the head with a copy kept elsewhere"
-    )
+    if checkpoints is None:
+        print(
+            "note: the chain cannot show lines cut off the end, nor a rewrite of the whole chain; "
+            "verify with --checkpoints and --jwks, or compare the head with a copy kept elsewhere"
+        )
+    else:
+        print(
+            "note: records written after the latest checkpoint are covered by the chain only; "
+            "compare the head with a copy kept elsewhere"
+        )
     return EXIT_OK
+
+
+def _load_checkpoints(sources: list[str], jwks: str) -> list[Any]:
+    """Every checkpoint in ``sources``, its signature checked against ``jwks``."""
+    from .checkpoint import checkpoints_in, load_jwks, load_text, verify_all
+
+    keys = load_jwks(jwks)
+    tokens = [token for source in sources for token in checkpoints_in(load_text(source))]
+    if not tokens:
+        raise ValueError(f"no checkpoints found in {', '.join(sources)}")
+    return verify_all(tokens, keys)
 
 
 def _export(args: argparse.Namespace) -> int:

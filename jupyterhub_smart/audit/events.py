@@ -68,6 +68,7 @@ _SECURITY_ALERT = {"system": DCM, "code": "110113", "display": "Security Alert"}
 _REST = {"system": AUDIT_EVENT_TYPE, "code": "rest", "display": "RESTful Operation"}
 _LOGIN = {"system": DCM, "code": "110122", "display": "Login"}
 _LOGOUT = {"system": DCM, "code": "110123", "display": "Logout"}
+_AUDIT_LOG_USED = {"system": DCM, "code": "110101", "display": "Audit Log Used"}
 
 #: Every action the hub records: (event type, extra DICOM subtype or None, AuditEvent.action).
 HUB_ACTIONS: dict[str, tuple[dict[str, str], dict[str, str] | None, str]] = {
@@ -100,6 +101,10 @@ HUB_ACTIONS: dict[str, tuple[dict[str, str], dict[str, str] | None, str]] = {
     "alert-out-of-context": (_SECURITY_ALERT, None, "E"),
     "alert-refused-tokens": (_SECURITY_ALERT, None, "E"),
     "alert-new-address": (_SECURITY_ALERT, None, "E"),
+    # The hub signed the chain head (audit/checkpoint.py): the JWS travels in the details.
+    "audit-checkpoint": (_AUDIT_LOG_USED, None, "E"),
+    # Rotated files past retention were deleted; a signed checkpoint anchors the rest.
+    "audit-retention": (_AUDIT_LOG_USED, None, "D"),
 }
 
 OUTCOMES = {"success": "0", "failure": "4"}

@@ -33,6 +33,7 @@ import concurrent.futures
 import contextlib
 import errno
 import fcntl
+import gzip
 import logging
 import os
 import re
@@ -40,11 +41,11 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 
 from .chain import GENESIS, RecordError, parse_line, seal, sha256_hex
 from .events import hub_event, sanitize
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_BATCH = 1024  #: events per group commit at most
 _ROTATED = re.compile(r"\.(\d{12})$")
+_ROTATED_GZ = re.compile(r"\.(\d{12})\.gz$")
 _TAIL_CHUNK = 64 * 1024
 #: Most bytes after the last valid record that start-up sets aside as a torn tail: one line
 #: as long as ``audit verify`` accepts (its ``MAX_LINE_BYTES``). A crash cuts at most one
@@ -95,18 +97,34 @@ def utc_now() -> str:
 
 
 def rotated_files(path: Path) -> list[Path]:
-    """The rotated files of the log at ``path``, oldest first."""
-    found = []
+    """The rotated files of the log at ``path``, oldest first.
+
+    A rotated file may be gzip-compressed (``<name>.<seq>.gz``, see
+    :mod:`.retention`); read any of them with :func:`open_log_file`. When a
+    compression was cut short and both forms exist, the plain file is listed.
+    """
+    found: dict[str, Path] = {}
     if path.parent.is_dir():
         for candidate in path.parent.iterdir():
             name = candidate.name
-            if (
-                name.startswith(path.name + ".")
-                and _ROTATED.search(name)
-                and len(name) == len(path.name) + 13
+            if not name.startswith(path.name + "."):
+                continue
+            match = _ROTATED.search(name) or _ROTATED_GZ.search(name)
+            if match is None or len(name) != len(path.name) + 13 + (
+                3 if name.endswith(".gz") else 0
             ):
-                found.append(candidate)
-    return sorted(found, key=lambda p: p.name)
+                continue
+            seq = match.group(1)
+            if seq not in found or not name.endswith(".gz"):
+                found[seq] = candidate
+    return [found[seq] for seq in sorted(found)]
+
+
+def open_log_file(path: Path) -> BinaryIO:
+    """Open a log file for reading, plain or gzip-compressed (by its ``.gz`` name)."""
+    if path.name.endswith(".gz"):
+        return cast(BinaryIO, gzip.open(path, "rb"))
+    return path.open("rb")
 
 
 def _errno_name(exc: OSError) -> str:
@@ -131,6 +149,7 @@ class AuditLog:
         retry_interval: float = 1.0,
         max_retry_interval: float = 30.0,
         sinks: Iterable[Sink] = (),
+        on_rotate: Callable[[Path], None] | None = None,
     ) -> None:
         if max_bytes < 1024:
             raise ValueError("max_bytes must be at least 1024")
@@ -141,6 +160,8 @@ class AuditLog:
         self.retry_interval = retry_interval
         self.max_retry_interval = max_retry_interval
         self.sinks: list[Sink] = list(sinks)
+        #: Called on the writer thread with each newly rotated file (keep it quick).
+        self.on_rotate = on_rotate
 
         self._cond = threading.Condition()
         self._queue: deque[_Pending] = deque()
@@ -409,7 +430,7 @@ class AuditLog:
     def _rotate(self) -> None:
         assert self._fd is not None and self._file_first_seq is not None
         target = self.path.with_name(f"{self.path.name}.{self._file_first_seq:012d}")
-        if target.exists():
+        if target.exists() or target.with_name(target.name + ".gz").exists():
             raise OSError(errno.EEXIST, f"rotated audit file {target.name} already exists")
         os.close(self._fd)
         self._fd = None
@@ -418,6 +439,11 @@ class AuditLog:
         self._file_first_seq = None
         self._fsync_dir()
         log.info("Audit log rotated: %s (from seq %d)", target.name, int(target.suffix[1:]))
+        if self.on_rotate is not None:
+            try:
+                self.on_rotate(target)
+            except Exception:
+                log.exception("Audit log %s: the rotation hook failed", self.path)
 
     def _fsync_dir(self) -> None:
         dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -516,9 +542,7 @@ class AuditLog:
             if last is None:
                 rotated = rotated_files(self.path)
                 if rotated:
-                    with open(rotated[-1], "rb") as old:
-                        old_size = os.fstat(old.fileno()).st_size
-                        end, last, last_line = _scan_tail(old.fileno(), old_size)
+                    end, old_size, last, last_line = _tail_of_rotated(rotated[-1])
                     if last is None or end != old_size:
                         raise OSError(
                             errno.EIO,
@@ -629,6 +653,24 @@ def _oversized_tail(size: int) -> OSError:
         "it is. Check it with `jupyterhub-smart audit verify`, then move the damaged file "
         "aside before the hub starts again",
     )
+
+
+def _tail_of_rotated(path: Path) -> tuple[int, int, dict[str, Any] | None, bytes]:
+    """``_scan_tail`` of a rotated file, plain or compressed: (end, size, record, line)."""
+    if path.name.endswith(".gz"):
+        with gzip.open(path, "rb") as packed:
+            data = packed.read()
+        if not data.endswith(b"\n"):
+            return 0, len(data), None, b""
+        line = data[data.rfind(b"\n", 0, len(data) - 1) + 1 : -1]
+        try:
+            return len(data), len(data), parse_line(line), line
+        except RecordError:
+            return 0, len(data), None, b""
+    with open(path, "rb") as old:
+        size = os.fstat(old.fileno()).st_size
+        end, last, last_line = _scan_tail(old.fileno(), size)
+    return end, size, last, last_line
 
 
 def _first_record(fd: int) -> dict[str, Any] | None:

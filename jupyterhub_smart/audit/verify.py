@@ -19,14 +19,15 @@ import multiprocessing
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from .chain import GENESIS, RecordError, parse_line, sha256_hex
-from .log import _ROTATED, rotated_files
+from .checkpoint import Checkpoint
+from .log import _ROTATED, _ROTATED_GZ, open_log_file, rotated_files
 
 #: Longest line a verifier reads. The writer's records are a few kilobytes at
 #: most (free text is cut at 1,024 characters); a longer line is not an audit
@@ -57,6 +58,14 @@ class Report:
     files: list[Path] = field(default_factory=list)
     deferred: int = 0
     torn_files: list[Path] = field(default_factory=list)
+    #: First seq verified (above 1 when retention deleted the files before it).
+    start_seq: int = 1
+    #: Signed checkpoints of this log matched against its lines.
+    checkpoints_checked: int = 0
+    #: Signed checkpoints of seqs before the retained start (deleted, not checkable).
+    checkpoints_before_start: int = 0
+    #: The latest checkpoint checked: (seq, time).
+    last_checkpoint: tuple[int, str] | None = None
 
 
 @dataclass
@@ -73,7 +82,7 @@ def _is_log_file(path: Path) -> bool:
     name = path.name
     if name.endswith(".lock") or ".torn-" in name:
         return False
-    return name.endswith(".jsonl") or bool(_ROTATED.search(name))
+    return name.endswith(".jsonl") or bool(_ROTATED.search(name) or _ROTATED_GZ.search(name))
 
 
 def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
@@ -92,19 +101,20 @@ def expand_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
             found[path.resolve()] = None
         else:
             raise FileNotFoundError(f"no such audit log file or directory: {path}")
-    return list(found)
+    # A compression cut short leaves a file and its .gz twin: read the plain one.
+    return [p for p in found if not (p.name.endswith(".gz") and p.with_suffix("") in found)]
 
 
 def _order_key(path: Path) -> tuple[int, str]:
     """Order files by the seq of their first valid line (file names are only a hint)."""
     try:
-        with path.open("rb") as handle:
+        with open_log_file(path) as handle:
             first = handle.readline(MAX_LINE_BYTES + 1).rstrip(b"\n")
         if first:
             return parse_line(first)["seq"], path.name
     except (RecordError, OSError):
         pass
-    match = _ROTATED.search(path.name)
+    match = _ROTATED.search(path.name) or _ROTATED_GZ.search(path.name)
     if match:
         return int(match.group(1)), path.name
     return 2**62, path.name
@@ -154,8 +164,9 @@ class _Chain:
     """The links between lines: one log_id, seq without gaps, each prev the hash of the line
     before. Fed in order, one line at a time, by the sequential and the parallel reader."""
 
-    def __init__(self, report: Report) -> None:
+    def __init__(self, report: Report, anchors: Mapping[tuple[str, int], str] | None) -> None:
         self.report = report
+        self.anchors = anchors
         self.expected = 1
         self.prev_hash = GENESIS
         self.log_id = ""
@@ -180,11 +191,19 @@ class _Chain:
                 path,
                 lineno,
             )
+        if expected == 1 and seq > 1 and self.anchors:
+            anchored = self.anchors.get((log_id, seq - 1))
+            if anchored is not None and anchored == prev:
+                expected = self.expected = seq
+                self.prev_hash = anchored
+                self.report.start_seq = seq
         if seq != expected:
             if expected == 1:
                 reason = (
                     f"the log starts at seq {seq}: seq 1 to {seq - 1} missing "
-                    "(an earlier rotated file missing?)"
+                    "(an earlier rotated file missing? if retention deleted them, "
+                    "verify with --checkpoints and --jwks: a signed checkpoint "
+                    "anchors the retained start)"
                 )
             elif seq > expected:
                 reason = (
@@ -232,14 +251,24 @@ class _Chain:
         )
 
 
-def iter_verified(files: list[Path], report: Report | None = None) -> Iterator[Entry]:
-    """Yield every record in chain order; raise :class:`ChainBroken` at the first fault."""
+def iter_verified(
+    files: list[Path],
+    report: Report | None = None,
+    anchors: Mapping[tuple[str, int], str] | None = None,
+) -> Iterator[Entry]:
+    """Yield every record in chain order; raise :class:`ChainBroken` at the first fault.
+
+    ``anchors`` maps ``(log_id, seq)`` to a line hash vouched for elsewhere (a
+    signed checkpoint): a log whose earlier files were deleted by retention
+    may start at seq S when an anchor gives the hash of seq S-1, which the
+    first retained record's ``prev`` must equal.
+    """
     report = report if report is not None else Report()
     ordered = sorted(files, key=_order_key)
     report.files = ordered
-    chain = _Chain(report)
+    chain = _Chain(report, anchors)
     for path in ordered:
-        with path.open("rb") as handle:
+        with open_log_file(path) as handle:
             for lineno, line in enumerate(_lines(handle), start=1):
                 if line is _TOO_LONG or line is _TORN:
                     raise chain.unreadable(path, lineno, line)
@@ -296,7 +325,7 @@ def _verify_parallel(ordered: list[Path], report: Report, workers: int) -> None:
     reported is the one the sequential reader reports. At most ``2 * workers``
     batches are in flight, so memory stays bounded.
     """
-    chain = _Chain(report)
+    chain = _Chain(report, None)
     # fork when this process runs one thread (quick, and it does not re-import the
     # calling script); spawn otherwise, since forking a threaded process is unsafe
     single = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
@@ -315,7 +344,7 @@ def _verify_parallel(ordered: list[Path], report: Report, workers: int) -> None:
 
     try:
         for path in ordered:
-            with path.open("rb") as handle:
+            with open_log_file(path) as handle:
                 batch: list[bytes] = []
                 first = 1
                 for lineno, line in enumerate(_lines(handle), start=1):
@@ -339,23 +368,72 @@ def _verify_parallel(ordered: list[Path], report: Report, workers: int) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def verify(paths: Iterable[str | os.PathLike[str]], workers: int = 1) -> Report:
+def verify(
+    paths: Iterable[str | os.PathLike[str]],
+    checkpoints: Sequence[Checkpoint] | None = None,
+    workers: int = 1,
+) -> Report:
     """Verify the log made of ``paths``; return a :class:`Report` or raise :class:`ChainBroken`.
+
+    With ``checkpoints`` (verified signatures, see :mod:`.checkpoint`), every
+    checkpoint of this log must match the line hash at its seq, and the log
+    must reach the latest one: a whole-chain rewrite or a cut-off end fails.
 
     ``workers``: processes checking lines (default 1: this process alone). More
     only pays on a machine with idle cores and a large log; the verdict is the
-    same either way.
+    same either way. Checkpoints are matched in this process alone.
     """
     paths = list(paths)
     files = expand_paths(paths)
     report = Report(torn_files=torn_files(paths))
-    if workers > 1:
+    if workers > 1 and not checkpoints:
         ordered = sorted(files, key=_order_key)
         report.files = ordered
         _verify_parallel(ordered, report, workers)
-    else:
-        for _ in iter_verified(files, report):
-            pass
+        if report.records == 0:
+            raise ChainBroken(1, "no audit records found in the given files")
+        return report
+    anchors = {(c.log_id, c.seq): c.hash for c in checkpoints or ()}
+    wanted: dict[int, Checkpoint] | None = None
+    for entry in iter_verified(files, report, anchors):
+        if wanted is None:
+            wanted = {c.seq: c for c in checkpoints or () if c.log_id == report.log_id}
+        checkpoint = wanted.get(entry.record["seq"])
+        if checkpoint is not None:
+            if sha256_hex(entry.line) != checkpoint.hash:
+                raise ChainBroken(
+                    checkpoint.seq,
+                    f"the line differs from the hub's signed checkpoint of {checkpoint.time}: "
+                    "the chain was rewritten",
+                    entry.file,
+                    entry.lineno,
+                )
+            report.checkpoints_checked += 1
+            report.last_checkpoint = (checkpoint.seq, checkpoint.time)
     if report.records == 0:
         raise ChainBroken(1, "no audit records found in the given files")
+    if checkpoints:
+        _check_coverage(report, wanted or {}, checkpoints)
     return report
+
+
+def _check_coverage(
+    report: Report, wanted: Mapping[int, Checkpoint], checkpoints: Sequence[Checkpoint]
+) -> None:
+    """Every signed checkpoint of this log was inside the verified range."""
+    if not wanted:
+        others = sorted({c.log_id for c in checkpoints})
+        raise ChainBroken(
+            1,
+            f"none of the {len(checkpoints)} signed checkpoint(s) is for this log "
+            f"(log_id {report.log_id}; they name {', '.join(others)}): the log was "
+            "replaced, or the checkpoints are another hub's",
+        )
+    beyond = max(wanted)
+    if beyond > report.head_seq:
+        raise ChainBroken(
+            report.head_seq + 1,
+            f"the log ends at seq {report.head_seq} but the hub signed a checkpoint of seq "
+            f"{beyond} ({wanted[beyond].time}): records were cut off the end",
+        )
+    report.checkpoints_before_start = sum(1 for seq in wanted if seq < report.start_seq - 1)

@@ -8,9 +8,15 @@ configurations for :func:`jupyterhub_smart.audit.build_sinks`. See
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from traitlets import HasTraits, Integer, TraitError, Unicode, validate
+from traitlets import Bool, Float, HasTraits, Integer, TraitError, Unicode, default, validate
+
+from ..audit.checkpoint import Checkpointer
+from ..audit.log import AuditLog
+from ..audit.retention import Retention
+from ..smart.keys import load_private_key
 
 
 class AuditSettings(HasTraits):
@@ -63,6 +69,62 @@ class AuditSettings(HasTraits):
         Record Audit Event uses. Severity comes from each event (alerts highest).""",
     )
 
+    audit_checkpoint_interval = Float(
+        3600.0,
+        min=0.0,
+        config=True,
+        help="""Seconds between signed checkpoints of the audit chain head (seq, hash, time) as a
+        JWS, appended to audit_checkpoint_file and recorded in the trail (so every sink gets
+        it). `jupyterhub-smart audit verify --checkpoints FILE --jwks URL` then catches a
+        rewrite of the whole chain. 0: no periodic checkpoints.""",
+    )
+
+    audit_checkpoint_file = Unicode(
+        "",
+        config=True,
+        help="""File the signed checkpoints are appended to (one JWS a line). Default: next to
+        the log, `<audit_log_path>.checkpoints`. Keep a copy where the hub's administrators
+        cannot rewrite it (the sinks receive every checkpoint too).""",
+    )
+
+    @default("audit_checkpoint_file")
+    def _checkpoints_beside_the_log(self) -> str:
+        log_path = getattr(self, "audit_log_path", "") or "jupyterhub-smart-audit.jsonl"
+        return f"{Path(log_path).absolute()}.checkpoints"
+
+    audit_checkpoint_key_path = Unicode(
+        "",
+        config=True,
+        help="""PEM (or private JWK) file of the key that signs checkpoints (RS384 or ES384).
+        Empty: the private_key_path of the first issuer that has one; with none, no
+        checkpoints (and retention deletes nothing). Publish its public half (the hub's
+        jwks.json does for issuer keys, published_jwks for others).""",
+    )
+
+    audit_compress_rotated = Bool(
+        True,
+        config=True,
+        help="""gzip-compress rotated audit files (`<name>.<seq>.gz`); verify, export and the
+        writer read them as they are.""",
+    )
+
+    audit_retention_days = Float(
+        0.0,
+        min=0.0,
+        config=True,
+        help="""Delete rotated audit files older than this many days (0: keep them all). The
+        deletion is recorded (audit-retention) with a signed checkpoint that anchors the
+        retained start; it needs a checkpoint key.""",
+    )
+
+    audit_retention_bytes = Integer(
+        0,
+        min=0,
+        config=True,
+        help="""Delete the oldest rotated audit files while all files together are larger than
+        this many bytes (0: no limit). As audit_retention_days: recorded and anchored.""",
+    )
+
     @validate("audit_syslog_url")
     def _check_syslog_url(self, proposal: Any) -> str:
         url = str(proposal["value"])
@@ -91,3 +153,46 @@ class AuditSettings(HasTraits):
             if value:
                 config[key] = value
         return [config]
+
+    def audit_keepers(self, path: Path, issuer_key_paths: list[str]) -> AuditKeepers:
+        """The checkpointer and retention these settings describe, for the log at ``path``."""
+        key_path = self.audit_checkpoint_key_path or next(iter(issuer_key_paths), "")
+        checkpointer = None
+        if key_path:
+            checkpointer = Checkpointer(
+                load_private_key(key_path),
+                self.audit_checkpoint_interval,
+                self.audit_checkpoint_file or f"{path}.checkpoints",
+            )
+        retention = None
+        if self.audit_compress_rotated or self.audit_retention_days or self.audit_retention_bytes:
+            retention = Retention(
+                compress=self.audit_compress_rotated,
+                max_age_days=self.audit_retention_days,
+                max_bytes=self.audit_retention_bytes,
+                checkpointer=checkpointer,
+            )
+        return AuditKeepers(checkpointer, retention)
+
+
+class AuditKeepers:
+    """What keeps the log trustworthy over time: signed checkpoints, compression, retention."""
+
+    def __init__(self, checkpointer: Checkpointer | None, retention: Retention | None) -> None:
+        self.checkpointer = checkpointer
+        self.retention = retention
+
+    @property
+    def sinks(self) -> list[Any]:
+        """Listed among the log's sinks so that the log closes them."""
+        return [k for k in (self.checkpointer, self.retention) if k is not None]
+
+    def open(self, path: Path, sinks: list[Any]) -> AuditLog:
+        """Open the log with them attached."""
+        on_rotate = self.retention.rotated if self.retention is not None else None
+        audit_log = AuditLog(path, sinks=[*sinks, *self.sinks], on_rotate=on_rotate)
+        if self.checkpointer is not None:
+            self.checkpointer.attach(audit_log)
+        if self.retention is not None:
+            self.retention.attach(audit_log)
+        return audit_log

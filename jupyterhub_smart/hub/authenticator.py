@@ -439,7 +439,10 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
         configs = [*self.audit_sinks, *self.audit_syslog_sinks()]
         sinks = build_sinks(configs, path.parent) if configs else []
         alerts = self.alert_sink()
-        audit_log = AuditLog(path, sinks=[*sinks, alerts])
+        key_paths = [
+            r.private_key_path for r in self.ehr.policy.registrations() if r.private_key_path
+        ]
+        audit_log = self.audit_keepers(path, key_paths).open(path, [*sinks, alerts])
         alerts.attach(audit_log)
         return audit_log
 

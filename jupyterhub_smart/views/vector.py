@@ -288,6 +288,34 @@ class _Compiler:
         self.constants = constants
 
     def compile(self, node: Node, st: _Node | None) -> tuple[Eval, _Node | None]:
+        if node[0] in ("member", "call") and _from_resource(node):
+            return self.at_root(node)
+        return self.compile_here(node, st)
+
+    def at_root(self, node: Node) -> tuple[Eval, _Node | None]:
+        """``%resource.a.b...``: evaluated once over the resources, then given to each row.
+
+        Cheaper than copying whole resources to every row of a ``forEach``.
+        """
+        inner, result = self.compile_here(node, self.root)
+
+        def broadcast(space: _Space, focus: _Col) -> _Col:
+            root = _Space(space.root, np.arange(len(space.root), dtype=_I64), space.root, {})
+            col = inner(root, root.focus())
+            if space.values is space.root:
+                return col
+            counts = np.bincount(col.parent, minlength=len(space.root))
+            starts = np.zeros(len(counts), dtype=_I64)
+            np.cumsum(counts[:-1], out=starts[1:])
+            k = counts[space.res]
+            parent = np.repeat(np.arange(focus.n, dtype=_I64), k)
+            offsets = np.cumsum(k) - k
+            index = np.arange(len(parent), dtype=_I64) - np.repeat(offsets - starts[space.res], k)
+            return _Col(col.values.take(pa.array(index)), parent, focus.n)
+
+        return broadcast, result
+
+    def compile_here(self, node: Node, st: _Node | None) -> tuple[Eval, _Node | None]:
         kind = node[0]
         if kind == "this":
             return (lambda space, focus: focus), st
@@ -627,6 +655,13 @@ _REFERENCE_RE2 = _REFERENCE.pattern.replace("([A-Z]", "(?P<type>[A-Z]", 1).repla
 )
 
 
+def _from_resource(node: Node) -> bool:
+    """Whether a member/call chain starts at ``%resource`` (or ``%rootResource``, ``%context``)."""
+    while node[0] in ("member", "call") and node[1] is not None:
+        node = node[1]
+    return node[0] == "var" and node[1] in ("resource", "rootResource", "context")
+
+
 def _literal_of(node: Node, constants: Mapping[str, list[Any]]) -> Any:
     if node[0] == "lit" and len(node[1]) == 1:
         return node[1][0]
@@ -717,6 +752,8 @@ class _ViewCompiler:
         self.fhirpath = _Compiler(self.root, self.constants)
         self.columns: list[_Out] = []
         self.by_name = {c.name: c for c in view.columns}
+        #: per column, the FHIR kinds its paths give (undeclared columns take their values' type)
+        self.kinds: dict[str, set[str | None]] = {}
 
     def path(self, text: str, st: _Node) -> tuple[Eval, _Node | None]:
         return self.fhirpath.compile(parse(text), st)
@@ -740,7 +777,8 @@ class _ViewCompiler:
         if columns:
             outs = []
             for column in columns:
-                evaluate, _ = self.path(column["path"], inner_st)
+                evaluate, kind = self.path(column["path"], inner_st)
+                self.kinds.setdefault(column["name"], set()).add(kind.kind if kind else None)
                 outs.append(_Out(self.by_name[column["name"]], evaluate))
             width += len(outs)
             parts.append(self.column_block(outs))
@@ -945,6 +983,9 @@ class VectorView:
         warnings: dict[str, int] = {}
         arrays = []
         for column, array in zip(self.view.columns, rows.columns, strict=True):
+            if column.type is None:  # typed by the converter (see vector_batch)
+                arrays.append(array)
+                continue
             converted, bad = _convert_column(array, column)
             if bad:
                 warnings[column.name] = bad
@@ -963,14 +1004,22 @@ def compile_vector(view: Mapping[str, Any] | CompiledView) -> VectorView:
     if definition is None:
         raise Unsupported("a view compiled without its definition")
     for column in compiled.columns:
-        if column.type is None or column.type[:1].isupper():
-            raise Unsupported(f"column {column.name}: only primitive declared types")
+        if column.type is not None and column.type[:1].isupper():
+            raise Unsupported(f"column {column.name}: a complex type (JSON text)")
     builder = _ViewCompiler(compiled, definition)
     builder.root.child("id")
     producers = []
     for select in definition["select"]:
         produce, _ = builder.select(select, builder.root)
         producers.append(produce)
+    for column in compiled.columns:
+        kinds = builder.kinds.get(column.name, set()) - {None}
+        # an undeclared column is typed by its values: the same Arrow type only when the
+        # path's FHIR kind maps one to one (a JSON 5 under decimal is an int to the closures)
+        if column.type is None and not kinds <= {"boolean", "integer", "string"}:
+            raise Unsupported(f"column {column.name}: no declared type, values of kind {kinds}")
+        if column.type is None and len(kinds) > 1:
+            raise Unsupported(f"column {column.name}: no declared type, values of kinds {kinds}")
     where = [builder.path(w["path"], builder.root)[0] for w in definition.get("where") or []]
     schema = pa.schema([pa.field(n, c.arrow()) for n, c in sorted(builder.root.children.items())])
 
@@ -1006,6 +1055,7 @@ def vector_batch(
     """
     resources, index = vector.read(lines)
     parent, arrays, warnings = vector.rows(resources)
+    arrays = _undeclared(arrays, converter)
     if skipped is not None and len(index) != len(lines):
         kept = set(index.tolist())
         skipped([i for i in range(len(lines)) if i not in kept])
@@ -1014,6 +1064,49 @@ def vector_batch(
     if not len(parent):
         return None
     return pa.RecordBatch.from_arrays(arrays, schema=converter.schema())
+
+
+def _undeclared(arrays: list[pa.Array], converter: TableConverter) -> list[pa.Array]:
+    """Columns without a declared type, typed as the converter types them (by the first value).
+
+    The converter fixes such a column's type on the first batch with a value;
+    a later batch of another type raises :class:`Fallback` (the closure engine
+    converts it to the fixed type), before the converter is changed.
+    """
+    from .table import _loose
+
+    fixes: dict[int, pa.DataType] = {}
+    out = list(arrays)
+    for i, column in enumerate(converter.columns):
+        if column.type is not None:
+            continue
+        array = arrays[i]
+        fixed = converter._types[i]
+        if column.collection:
+            items = array.flatten()
+            kind = items.type
+            empty = items.null_count == len(items)
+        else:
+            kind = array.type
+            empty = array.null_count == len(array)
+        if empty:  # nothing to type by: as the converter, null (or [] once typed)
+            if fixed is None:
+                out[i] = pa.nulls(
+                    len(array), pa.list_(pa.string()) if column.collection else pa.string()
+                )
+            elif column.collection:
+                out[i] = array.cast(pa.list_(fixed))
+            else:
+                out[i] = pa.nulls(len(array), fixed)
+            continue
+        if fixed is None:
+            fixes[i] = kind
+        elif fixed != kind:
+            raise Fallback(f"column {column.name}: values of another type than before")
+    for i, kind in fixes.items():
+        converter._types[i] = kind
+        converter._converters[i] = _loose(kind)
+    return out
 
 
 #: A chunk of NDJSON: its lines, how to get its resources for the closure engine, and what to

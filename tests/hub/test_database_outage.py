@@ -83,6 +83,10 @@ def _token_api(hub: Hub, token: str, **params: str) -> httpx.Response:
     )
 
 
+def _health(hub: Hub) -> httpx.Response:
+    return httpx.get(f"{hub.url}/hub/api/smart/health", timeout=60)
+
+
 def _records(hub: Hub) -> list[dict[str, object]]:
     return [json.loads(line) for line in hub.audit_path.read_text().splitlines()]
 
@@ -105,7 +109,8 @@ def _until_ok(hub: Hub, token: str, timeout: float = 60.0) -> httpx.Response:
 @pytest.mark.slow
 def test_an_outage_under_load_answers_503_and_recovers_without_restart(env: OutageEnv) -> None:
     """503 with Retry-After while the database is down (never 500), 200 again after,
-    the same hub process throughout, and one record of the outage on the trail."""
+    the same hub process throughout, one record of the outage on the trail, and the
+    readiness probe unavailable meanwhile."""
     tokens = [_sign_in(env, f"load-{i}")[1] for i in range(4)]
     assert all(_token_api(env.hub, t).status_code == 200 for t in tokens)
     recorded_before = len(_records(env.hub))
@@ -129,8 +134,10 @@ def test_an_outage_under_load_answers_503_and_recovers_without_restart(env: Outa
             env.postgres.stop("fast")
             time.sleep(OUTAGE_SECONDS)  # the outage itself: its length is the test's subject
             during = list(answers)
+            probe_down = _health(env.hub)
             env.postgres.start()
             recovered = [_until_ok(env.hub, t) for t in tokens]
+            probe_up = _health(env.hub)
         finally:
             stop.set()
             for future in running:
@@ -144,6 +151,9 @@ def test_an_outage_under_load_answers_503_and_recovers_without_restart(env: Outa
         assert response.json()["error"] == "database_unavailable"
         assert "access_token" not in response.json()
     assert [r.status_code for r in recovered] == [200] * len(tokens)
+    # the readiness probe says so too, and nothing more
+    assert probe_down.status_code == 503 and probe_down.json() == {"status": "unavailable"}
+    assert probe_up.status_code == 200, probe_up.text
     assert env.hub.process.pid == pid and env.hub.alive()
     actions = _actions(_records(env.hub)[recorded_before:])
     assert actions.count("database-unavailable") == 1, actions
@@ -158,16 +168,14 @@ def test_tokens_rotated_while_the_database_is_down_are_not_lost(env: OutageEnv) 
     presents the spent refresh token again (which would make an EHR revoke the grant)."""
     env.ehr.expires_in = 2  # the token is due for a refresh after a second
     name, token = _sign_in(env, "rotated")
-    env.ehr.expires_in = 3600
-    first = _token_api(env.hub, token)
-    assert first.status_code == 200
+    env.ehr.hold, env.ehr.held = threading.Event(), threading.Event()  # refreshes wait from now
     spent = env.hub.auth_state(name)["refresh_token"]
     time.sleep(1.5)  # the access token (2 s) is now within the refresh leeway
-    env.ehr.hold, env.ehr.held = threading.Event(), threading.Event()
     with ThreadPoolExecutor(1) as pool:
         due = pool.submit(_token_api, env.hub, token)
-        assert env.ehr.held.wait(timeout=30), "the hub did not refresh"
+        assert env.ehr.held.wait(timeout=60), "the hub did not refresh"
         env.postgres.stop("fast")
+        env.ehr.expires_in = 3600  # the rotated tokens last: no further refresh comes due
         env.ehr.hold.set()  # the EHR answers: the refresh token is rotated now
         env.ehr.hold = None
         answer = due.result()

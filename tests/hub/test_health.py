@@ -63,8 +63,10 @@ def test_detail_is_for_admins_only(smart_env: SmartEnv) -> None:
     detail = admin.json()
     assert detail["status"] == "ready" and detail["reasons"] == []
     assert detail["audit_log"]["writable"] is True
-    discovered = {iss for iss, state in detail["issuers"].items() if state["discovered"]}
-    assert discovered == {smart_env.public.iss, smart_env.jwt.iss}
+    # every configured issuer is listed; the hub is ready once any one was discovered
+    # (by a probe, or by a sign-in of another test of the package's hub)
+    assert set(detail["issuers"]) == {smart_env.public.iss, smart_env.jwt.iss}
+    assert any(state["discovered"] for state in detail["issuers"].values())
     assert detail["database"] == {"available": True, "last_error": None}
 
 

@@ -127,6 +127,7 @@ def _corpus(max_length: int) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_default_usernames_are_injective_over_an_exhaustive_corpus() -> None:
     """Every string up to 4 characters over ALPHABET, as an id of several types and as a
     sub, at two issuers, plus ids around the 64-character limit: no two identities share
@@ -177,6 +178,7 @@ def test_decoding_refuses_what_encoding_never_writes(bad: str) -> None:
         decode_part(bad)
 
 
+@pytest.mark.slow
 def test_ids_differing_only_in_case_never_share_a_name() -> None:
     """Every upper/lower-case spelling of one 18-letter id: 262,144 users, 262,144 names
     (32 bits of a hash, as before, would give about eight pairs of them one name)."""
