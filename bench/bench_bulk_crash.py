@@ -7,10 +7,11 @@ each) within the suite's time budget; this benchmark does the 10 runs against
 a real sandbox and prints, per run, where the kill landed (lines committed
 then), how many kills it took and whether the result equals the clean run.
 
-Each run: one export, SIGKILLed at a moment drawn uniformly within the time a
-clean export took here (so the kill lands inside the export on a quiet or a
-loaded machine alike); then ``--resume``, itself killed again with probability
-1/2, until complete. Equality: every Parquet row of every type (sorted,
+Each run: one export, SIGKILLed as soon as its state file shows a number of
+committed lines drawn uniformly between 5 % and 95 % of the export (so every
+kill lands inside the download, on a quiet or a loaded machine alike); then
+``--resume``, itself killed again further on with probability 1/2, until
+complete. Equality: every Parquet row of every type (sorted,
 canonical JSON) and every NDJSON line equal to the clean run's. Exits 1 if
 any run differs. ``BENCH_CRASH_RUNS`` (default 10), ``BENCH_CRASH_PATIENTS``
 (default 40), ``BENCH_CRASH_SEED``.
@@ -64,14 +65,16 @@ def _status(out: Path) -> str | None:
         return None
 
 
-def _attempt(iss: str, key: Path, out: Path, workdir: Path, kill_after: float | None) -> bool:
-    """One CLI run (resuming when there is something to resume); True if it finished."""
+def _attempt(iss: str, key: Path, out: Path, workdir: Path, kill_at: int | None) -> bool:
+    """One CLI run (resuming when there is something to resume); True if it finished.
+
+    ``kill_at``: SIGKILL it as soon as that many lines are committed (None: let it finish).
+    """
     resume = ("--resume",) if _status(out) in ("kicked-off", "downloading") else ()
     process = _export(iss, key, out, workdir, *EXTRA, *resume)
-    if kill_after is not None:
-        deadline = time.monotonic() + kill_after
-        while time.monotonic() < deadline and process.poll() is None:
-            time.sleep(0.01)
+    if kill_at is not None:
+        while process.poll() is None and _progress(out) < kill_at:
+            time.sleep(0.005)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             process.wait()
@@ -107,16 +110,21 @@ def main() -> None:
                 out = workdir / f"run-{run}"
                 kills = attempts = 0
                 first_kill_at = None
-                kill_after: float | None = rng.uniform(0.05, 0.95) * clean_s
+                kill_at: int | None = int(rng.uniform(0.05, 0.95) * total)
                 while _status(out) != "complete":
-                    finished = _attempt(iss, key, out, workdir, kill_after)
+                    finished = _attempt(iss, key, out, workdir, kill_at)
                     attempts += 1
                     if not finished:
                         kills += 1
                         if first_kill_at is None:
                             first_kill_at = _progress(out) / total
-                    # the resume itself is killed again half of the time, early or late
-                    kill_after = rng.uniform(0.05, 0.95) * clean_s if rng.random() < 0.5 else None
+                    # the resume itself is killed again half of the time, further on
+                    done = _progress(out)
+                    kill_at = (
+                        rng.randint(done + 1, total)
+                        if rng.random() < 0.5 and done < total
+                        else None
+                    )
                 equal = all(
                     (_rows(out, t), _lines(out, t)) == expected[t] for t in TYPES.split(",")
                 )

@@ -90,6 +90,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="sandbox access-token lifetime in seconds (small values show refresh at work)",
     )
     parser.add_argument(
+        "--fhir-access",
+        choices=("token", "proxy"),
+        default="token",
+        help="how notebooks reach the FHIR server: short-lived tokens from the hub (token), or "
+        "only through the hub's auditing FHIR proxy, with no EHR token in kernels (proxy)",
+    )
+    parser.add_argument(
         "--auto-approve",
         action="store_true",
         help="skip the sandbox's sign-in and consent pages (scripts and tests)",
@@ -195,6 +202,8 @@ def write_hub_config(
     proxy_api_port: int,
     iss: str,
     key_path: Path,
+    fhir_access: str = "token",
+    fhir_proxy_port: int = 0,
 ) -> Path:
     """The demo's ``jupyterhub_config.py``: what an admin would write, plus demo conveniences.
 
@@ -269,6 +278,12 @@ def copy_demo_notebooks(spawner):
 
 c.Spawner.pre_spawn_hook = copy_demo_notebooks
 '''
+    if fhir_access == "proxy":
+        config += f"""
+# FHIR proxy mode: kernels hold no EHR token; the hub's proxy forwards and records each request.
+c.SMARTAuthenticator.fhir_access = "proxy"
+c.SMARTAuthenticator.fhir_proxy_url = "http://{host}:{fhir_proxy_port}"
+"""
     path = state / "jupyterhub_config.py"
     path.write_text(config)
     return path
@@ -493,6 +508,8 @@ def _run(args: argparse.Namespace) -> int:
                 proxy_api_port=free_port(args.host),
                 iss=iss,
                 key_path=key_path,
+                fhir_access=args.fhir_access,
+                fhir_proxy_port=free_port(args.host),
             )
             print("Starting JupyterHub with SMARTAuthenticator...")
             sys.stdout.flush()

@@ -151,6 +151,8 @@ class Hub:
     process: subprocess.Popen[bytes]
     database: HubDatabase
     crypt_key: str = field(repr=False, default="")
+    #: Port of the hub's own API (what services and servers connect to).
+    hub_port: int = 0
 
     @property
     def login_url(self) -> str:
@@ -236,6 +238,7 @@ def run_hub(
     timeout: float = 120.0,
     expect_failure: bool = False,
     database: HubDatabase | None = None,
+    hub_port: int | None = None,
 ) -> Iterator[Hub]:
     """Run JupyterHub until the block ends: the SMARTAuthenticator for ``issuers``,
     or (``issuers=None``) the audit endpoint alone on the DummyAuthenticator.
@@ -256,7 +259,7 @@ def run_hub(
                 "authenticator": dict(authenticator or {}),
                 "url": url,
                 "port": port,
-                "hub_port": free_port(),
+                "hub_port": hub_port or free_port(),
                 "proxy_api_port": free_port(),
                 "workdir": str(workdir),
                 "audit_path": str(audit_path),
@@ -288,6 +291,7 @@ def run_hub(
         env=env,
     )
     hub = Hub(url, port, admin_token, workdir, audit_path, log_path, process, database, key)
+    hub.hub_port = json.loads(settings.read_text())["hub_port"]
     try:
         deadline = time.monotonic() + timeout
         while not expect_failure:

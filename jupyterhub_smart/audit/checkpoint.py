@@ -200,10 +200,30 @@ def verify_token(token: str, keys: KeySet) -> Checkpoint:
     return checkpoint
 
 
+def _signed_by(token: str, keys: KeySet) -> bool:
+    """Whether the token names a key of ``keys`` (a SIEM's feed holds other hubs' too)."""
+    try:
+        kid = jws.extract_compact(token.encode("ascii")).headers().get("kid")
+        keys.get_by_kid(kid)
+    except (JoseError, ValueError, KeyError, TypeError, UnicodeError):
+        return False
+    return True
+
+
 def verify_all(tokens: Iterable[str], keys: KeySet) -> list[Checkpoint]:
-    """Every checkpoint verified (the first bad one raises), de-duplicated, by seq."""
+    """The checkpoints signed by a key of ``keys``, verified, de-duplicated, by seq.
+
+    A checkpoint naming another key is another hub's and is left out; one that
+    names a key of ``keys`` but whose signature does not verify raises.
+    """
     seen: dict[tuple[str, int], Checkpoint] = {}
-    for index, token in enumerate(tokens, start=1):
+    tokens = list(tokens)
+    ours = [token for token in tokens if _signed_by(token, keys)]
+    if tokens and not ours:
+        raise CheckpointError(
+            f"none of the {len(tokens)} checkpoint(s) is signed by a key of the given JWK Set"
+        )
+    for index, token in enumerate(ours, start=1):
         try:
             checkpoint = verify_token(token, keys)
         except CheckpointError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Float, HasTraits, Integer, TraitError, Unicode, validate
+from traitlets import Bool, Float, HasTraits, Integer, TraitError, Unicode, default, validate
 
 from ..audit.checkpoint import Checkpointer
 from ..audit.log import AuditLog
@@ -82,10 +82,15 @@ class AuditSettings(HasTraits):
     audit_checkpoint_file = Unicode(
         "",
         config=True,
-        help="""File the signed checkpoints are appended to (one JWS a line). Empty: next to the
-        log, `<audit_log_path>.checkpoints`. Keep a copy where the hub's administrators cannot
-        rewrite it (the sinks receive every checkpoint too).""",
+        help="""File the signed checkpoints are appended to (one JWS a line). Default: next to
+        the log, `<audit_log_path>.checkpoints`. Keep a copy where the hub's administrators
+        cannot rewrite it (the sinks receive every checkpoint too).""",
     )
+
+    @default("audit_checkpoint_file")
+    def _checkpoints_beside_the_log(self) -> str:
+        log_path = getattr(self, "audit_log_path", "") or "jupyterhub-smart-audit.jsonl"
+        return f"{Path(log_path).absolute()}.checkpoints"
 
     audit_checkpoint_key_path = Unicode(
         "",

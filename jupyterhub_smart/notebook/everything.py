@@ -55,9 +55,6 @@ class EverythingResult(SearchResult):
     def to_pandas(self, *args: Any, **kwargs: Any) -> pd.DataFrame:
         raise TypeError("a patient's record holds many resource types: use .to_frames()[type]")
 
-    def count(self) -> int:
-        raise TypeError("$everything has no _summary=count: use len(result.to_frames()[type])")
-
 
 def everything(
     client: SMARTClient,

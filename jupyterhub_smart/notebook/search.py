@@ -413,9 +413,19 @@ class SearchResult(_Base):
             yield from resources
 
     def count(self) -> int:
-        """Number of matches, from the server (``_summary=count``); cached."""
+        """Number of matches, from the server (``_summary=count``); cached.
+
+        A result that is not a plain search (history, ``$everything``,
+        ``$lastn``) has no ``_summary=count``: its pages are read and counted.
+        """
         if self._count is None:
-            self._count = _total(self._get(self.resource_type, self._count_params(), "count"))
+            if self.path != self.resource_type:
+                self._count = sum(
+                    sum(1 for _ in self._page_resources(bundle, url))
+                    for bundle, url, _more in self._walk()
+                )
+            else:
+                self._count = _total(self._get(self.resource_type, self._count_params(), "count"))
         return self._count
 
     def __len__(self) -> int:

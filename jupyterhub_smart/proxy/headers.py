@@ -1,7 +1,7 @@
 """Header allow-lists, both ways: only what FHIR needs crosses the proxy.
 
-Towards the EHR: content negotiation, conditional-request and ``Prefer``
-headers; never the caller's ``Authorization`` (the proxy sets the EHR token),
+Towards the EHR: content negotiation, conditional-request, ``Prefer`` and
+``Range`` (Bulk Data file downloads) headers; never the caller's ``Authorization`` (the proxy sets the EHR token),
 cookies, ``Host`` or forwarding headers a kernel could use to pose as someone
 else. Towards the caller: the FHIR metadata headers (``ETag``,
 ``Last-Modified``, ``Location`` and ``Content-Location`` rewritten to the
@@ -28,6 +28,7 @@ REQUEST_HEADERS = frozenset(
         "if-modified-since",
         "if-none-exist",
         "prefer",
+        "range",
         "x-request-id",
     }
 )
@@ -46,6 +47,8 @@ RESPONSE_HEADERS = frozenset(
         "cache-control",
         "x-request-id",
         "link",
+        "accept-ranges",
+        "content-range",
     }
 )
 

@@ -288,6 +288,34 @@ class _Compiler:
         self.constants = constants
 
     def compile(self, node: Node, st: _Node | None) -> tuple[Eval, _Node | None]:
+        if node[0] in ("member", "call") and _from_resource(node):
+            return self.at_root(node)
+        return self.compile_here(node, st)
+
+    def at_root(self, node: Node) -> tuple[Eval, _Node | None]:
+        """``%resource.a.b...``: evaluated once over the resources, then given to each row.
+
+        Cheaper than copying whole resources to every row of a ``forEach``.
+        """
+        inner, result = self.compile_here(node, self.root)
+
+        def broadcast(space: _Space, focus: _Col) -> _Col:
+            root = _Space(space.root, np.arange(len(space.root), dtype=_I64), space.root, {})
+            col = inner(root, root.focus())
+            if space.values is space.root:
+                return col
+            counts = np.bincount(col.parent, minlength=len(space.root))
+            starts = np.zeros(len(counts), dtype=_I64)
+            np.cumsum(counts[:-1], out=starts[1:])
+            k = counts[space.res]
+            parent = np.repeat(np.arange(focus.n, dtype=_I64), k)
+            offsets = np.cumsum(k) - k
+            index = np.arange(len(parent), dtype=_I64) - np.repeat(offsets - starts[space.res], k)
+            return _Col(col.values.take(pa.array(index)), parent, focus.n)
+
+        return broadcast, result
+
+    def compile_here(self, node: Node, st: _Node | None) -> tuple[Eval, _Node | None]:
         kind = node[0]
         if kind == "this":
             return (lambda space, focus: focus), st
@@ -625,6 +653,13 @@ class _Compiler:
 _REFERENCE_RE2 = _REFERENCE.pattern.replace("([A-Z]", "(?P<type>[A-Z]", 1).replace(
     "/([A-Za-z0-9", "/(?P<id>[A-Za-z0-9", 1
 )
+
+
+def _from_resource(node: Node) -> bool:
+    """Whether a member/call chain starts at ``%resource`` (or ``%rootResource``, ``%context``)."""
+    while node[0] in ("member", "call") and node[1] is not None:
+        node = node[1]
+    return node[0] == "var" and node[1] in ("resource", "rootResource", "context")
 
 
 def _literal_of(node: Node, constants: Mapping[str, list[Any]]) -> Any:

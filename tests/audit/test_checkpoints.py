@@ -17,7 +17,7 @@ import pytest
 
 from jupyterhub_smart.audit import AuditLog
 from jupyterhub_smart.audit.chain import GENESIS, seal, sha256_hex
-from jupyterhub_smart.audit.checkpoint import Checkpointer, checkpoints_in
+from jupyterhub_smart.audit.checkpoint import Checkpointer, checkpoints_in, sign
 from jupyterhub_smart.audit.log import rotated_files
 from jupyterhub_smart.audit.retention import Retention
 from jupyterhub_smart.cli import main
@@ -103,6 +103,14 @@ def test_checkpoints_signed_by_another_key_or_for_another_log_are_refused(
     _, stranger = _keys(tmp_path, "stranger")
     args = ["audit", "verify", str(path), "--checkpoints", str(checkpoints), "--jwks"]
     assert main([*args, str(stranger)]) == 1
+    assert "none of the 2 checkpoint(s) is signed by a key of" in capsys.readouterr().err
+    # a checkpoint that names the hub's key but carries another signature is refused
+    header, payload, _ = checkpoints.read_text().splitlines()[0].split(".")
+    _, _, signature = sign_other(tmp_path).split(".")
+    forged = tmp_path / "forged.jws"
+    forged.write_text(f"{header}.{payload}.{signature}\n")
+    jwks = tmp_path / "hub-jwks.json"
+    assert main([*args[:4], str(forged), "--jwks", str(jwks)]) == 1
     assert "signature does not verify" in capsys.readouterr().err
     other_path, other_checkpoints, other_jwks = _signed_log(tmp_path / "other")
     assert (
@@ -110,6 +118,12 @@ def test_checkpoints_signed_by_another_key_or_for_another_log_are_refused(
     )
     assert "none of the 2 signed checkpoint(s) is for this log" in capsys.readouterr().err
     assert other_path.exists()
+
+
+def sign_other(where: Path) -> str:
+    """A checkpoint signed by a key that is not the hub's."""
+    other = generate_private_key("ES384")
+    return sign(other, log_id="0" * 32, seq=1, hash="0" * 64, time="2026-01-01T00:00:00+00:00")
 
 
 def test_checkpoint_sources_and_usage_errors(

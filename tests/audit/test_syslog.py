@@ -17,9 +17,12 @@ import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
 
 from jupyterhub_smart.audit import AuditLog, SyslogSink, build_sinks, data_access_event, hub_event
+from jupyterhub_smart.audit.checkpoint import Checkpointer
 from jupyterhub_smart.audit.events import ACTION_SYSTEM
 from jupyterhub_smart.audit.syslog import format_message, severity
 from jupyterhub_smart.audit.verify import verify
+from jupyterhub_smart.cli import main
+from jupyterhub_smart.smart.keys import generate_private_key, public_jwks
 
 from . import rsyslog_process
 from .helpers import event, wait_for
@@ -241,3 +244,25 @@ def test_a_spool_in_the_log_directory_never_sends_or_deletes_the_log(
     assert verify([path]).head_seq == 3
     wait_for(lambda: len(_received(up, log_id)) == 3, "3 messages")
     assert all(h[2] == "IHE+FHIR" for h, _ in _received(up, log_id))
+
+
+def test_checkpoints_reach_the_siem_and_verify_from_its_copy(
+    up: rsyslog_process.Rsyslog, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A signed checkpoint goes to every sink; the SIEM's copy serves `verify --checkpoints`."""
+    key = generate_private_key("ES384")
+    jwks = tmp_path / "jwks.json"
+    jwks.write_bytes(orjson.dumps(public_jwks([key])))
+    keeper = Checkpointer(key, 0)
+    path = tmp_path / "audit.jsonl"
+    with AuditLog(path, sinks=[_tls_sink(up, tmp_path / "spool"), keeper]) as log:
+        keeper.attach(log)
+        for i in range(3):
+            log.record_sync(event(i))
+        keeper.checkpoint()
+        log_id = log.log_id
+        wait_for(lambda: len(_received(up, log_id)) == 4, "the events and the checkpoint")
+    # the receiver's file holds other tests' logs and checkpoints too: only ours count
+    args = ["audit", "verify", str(path), "--checkpoints", str(up.output), "--jwks", str(jwks)]
+    assert main(args) == 0
+    assert "1 signed checkpoint(s) match the log" in capsys.readouterr().out

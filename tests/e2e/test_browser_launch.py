@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,18 @@ import httpx
 import pytest
 from demo.runner import DemoProcess, run_demo
 from playwright import sync_api
+
+from .lab import (
+    CHROMIUM_FLAGS,
+    SLOW_MS,
+    chromium_or_skip,
+    launch,
+    patient_rows,
+    run_all,
+    run_new_cell,
+    scroll_to_top,
+    wait_for_notebook,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -52,27 +63,11 @@ DOCS_SHOTS = {
     "07-context-patient-b": "notebook-new-launch.png",
     "09-reauthentication": "notebook-reauthentication.png",
 }
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-#: Generous: the first JupyterLab start on a loaded two-core machine is slow.
-SLOW_MS = 150_000
 
 
 @pytest.fixture(scope="module")
 def chromium_path() -> str:
-    path = shutil.which("chromium")
-    if path is None:
-        pytest.skip(
-            "Debian's chromium is not installed (`make test` installs it as root via "
-            ".ci/install-chromium; or `apt-get install -y chromium`)"
-        )
-    return path
+    return chromium_or_skip()
 
 
 @pytest.fixture(scope="module")
@@ -109,25 +104,6 @@ def _save_small_png(source: Path, target: Path) -> None:
         image.convert("RGB").quantize(colors=256).save(target, optimize=True)
 
 
-def _patient_rows(page: Any) -> list[tuple[str, str]]:
-    """(name, id) of each patient on the EHR page."""
-    rows = []
-    for row in page.locator("table tr").filter(has=page.locator("button", has_text="Launch")).all():
-        first = row.locator("td").first
-        patient_id = first.locator("code").inner_text().strip()
-        name = first.inner_text().replace(patient_id, "").strip()
-        rows.append((name, patient_id))
-    return rows
-
-
-def _launch(page: Any, patient_id: str) -> None:
-    """Press Launch on the patient's row (the form carries the patient id)."""
-    row = page.locator("table tr").filter(
-        has=page.locator(f'input[name="patient"][value="{patient_id}"]')
-    )
-    row.get_by_role("button", name="Launch").click()
-
-
 def _sign_in_and_consent(
     page: Any, shots: Shots | None, hub_url: str, decision: str = "Approve"
 ) -> None:
@@ -153,51 +129,6 @@ def _sign_in_and_consent(
     raise AssertionError(f"the sandbox's pages did not lead back to the hub: {page.url}")
 
 
-def _wait_for_notebook(page: Any) -> None:
-    """JupyterLab is up with patient-vitals.ipynb open and its kernel idle."""
-    expect = sync_api.expect
-    page.wait_for_url(re.compile(r"/lab/tree/patient-vitals\.ipynb"), timeout=SLOW_MS)
-    expect(page.locator(".jp-NotebookPanel:visible .jp-Cell").first).to_be_visible(timeout=SLOW_MS)
-    # The status bar names the kernel once it is connected, and says Idle once it is ready.
-    kernel = page.get_by_role("button", name="Python 3 (ipykernel) | Idle")
-    expect(kernel).to_be_visible(timeout=SLOW_MS)
-    # The demo turned JupyterLab's "fetch news from the internet?" question off.
-    expect(page.get_by_text("get notified about official Jupyter news")).to_have_count(0)
-
-
-def _scroll_to_top(page: Any) -> None:
-    """JupyterLab renders only the cells in view: scroll up to read the first outputs."""
-    outer = page.locator(".jp-NotebookPanel:visible .jp-WindowedPanel-outer")
-    outer.evaluate("element => { element.scrollTop = 0; }")
-
-
-def _run_all(page: Any) -> None:
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
-
-
-def _run_new_cell(page: Any, code: str) -> Any:
-    """Add a code cell at the end of the notebook, type ``code``, run it; return the cell."""
-    cells = page.locator(".jp-NotebookPanel:visible .jp-Notebook .jp-Cell")
-    count = cells.count()
-    if cells.last.locator(".cm-content").inner_text().strip():
-        cells.last.locator(".jp-InputArea-prompt").click()
-        page.keyboard.press("Escape")
-        page.keyboard.press("b")
-        sync_api.expect(cells).to_have_count(count + 1)
-        count += 1
-    # else: Shift+Enter on the last cell left an empty one below it; use that.
-    new = cells.nth(count - 1)
-    new.locator(".cm-content").click()
-    page.keyboard.type(code)
-    page.keyboard.press("Shift+Enter")
-    sync_api.expect(new.locator(".jp-InputArea-prompt")).to_have_text(
-        re.compile(r"\[\d+\]"), timeout=SLOW_MS
-    )
-    new.scroll_into_view_if_needed()
-    return new
-
-
 def test_declined_consent_is_a_clear_page(demo: DemoProcess, chromium_path: str) -> None:
     """Deny on the EHR's consent page: the hub says so in words (403), and offers to retry."""
     expect = sync_api.expect
@@ -208,7 +139,7 @@ def test_declined_consent_is_a_clear_page(demo: DemoProcess, chromium_path: str)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(demo.ehr_url)
-            _launch(page, _patient_rows(page)[-1][1])
+            launch(page, patient_rows(page)[-1][1])
             with page.expect_response(lambda r: "/hub/oauth_callback" in r.url) as callback:
                 _sign_in_and_consent(page, None, demo.hub_url, decision="Deny")
             assert callback.value.status == 403
@@ -237,42 +168,42 @@ def test_ehr_launch_to_notebook_new_patient_and_revocation(
             # 1. The EHR's patient list; Launch for patient A.
             page.goto(demo.ehr_url)
             expect(page.get_by_role("heading", name="Patients")).to_be_visible()
-            patients = _patient_rows(page)
+            patients = patient_rows(page)
             assert len(patients) == 5
             (name_a, id_a), (name_b, id_b) = patients[0], patients[1]
             shots.take(page, "01-ehr-patients")
-            _launch(page, id_a)
+            launch(page, id_a)
 
             # 2. Sign in as a practitioner and approve, on the sandbox's own pages.
             _sign_in_and_consent(page, shots, demo.hub_url)
 
             # 3. JupyterLab opens the demo notebook; run it all.
-            _wait_for_notebook(page)
+            wait_for_notebook(page)
             shots.take(page, "04-jupyterlab")
-            _run_all(page)
+            run_all(page)
             plot = page.locator(".jp-OutputArea-output img").first
             expect(plot).to_be_visible(timeout=SLOW_MS)
             summary = page.locator(".jp-OutputArea-output", has_text="heart rate readings")
             expect(summary).to_be_visible(timeout=SLOW_MS)
             # (Run All stops at the first error: the last cell's summary means none failed.)
-            _scroll_to_top(page)
+            scroll_to_top(page)
             first_output = page.locator(".jp-NotebookPanel:visible .jp-OutputArea").first
             expect(first_output).to_contain_text(f"Patient:     {id_a}")
             plot.scroll_into_view_if_needed()
             shots.take(page, "05-vitals-plotted")
-            banner = _run_new_cell(page, "fhir.patient_banner()")
+            banner = run_new_cell(page, "fhir.patient_banner()")
             expect(banner.locator(".jp-OutputArea-output")).to_contain_text(name_a.split()[-1])
             shots.take(page, "06-patient-a-banner")
 
             # 4. A new EHR launch for patient B, in another tab, while the server keeps running.
             ehr = context.new_page()
             ehr.goto(demo.ehr_url)
-            _launch(ehr, id_b)
+            launch(ehr, id_b)
             _sign_in_and_consent(ehr, None, demo.hub_url)
-            _wait_for_notebook(ehr)
+            wait_for_notebook(ehr)
             ehr.close()
             page.bring_to_front()
-            cell = _run_new_cell(
+            cell = run_new_cell(
                 page,
                 "now = connect()\n"
                 'print("first launch:", context.patient, "| now:", now.context.patient)\n'
@@ -302,7 +233,7 @@ def test_ehr_launch_to_notebook_new_patient_and_revocation(
             # (`now`, the client of the latest launch: `fhir` still caches patient A's token,
             # whose report the hub answers with B's token, refused in turn, and the client
             # retries a 401 only once: FHIRError first, ReauthenticationRequired on the next.)
-            cell = _run_new_cell(page, 'now.observations(code="8867-4").to_pandas()')
+            cell = run_new_cell(page, 'now.observations(code="8867-4").to_pandas()')
             error = cell.locator(".jp-OutputArea")
             expect(error).to_contain_text("ReauthenticationRequired")
             expect(error).to_contain_text("Your EHR session has ended")

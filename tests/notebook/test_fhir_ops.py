@@ -125,6 +125,7 @@ def test_everything_into_frames_through_the_views(ehr: SandboxProcess) -> None:
         len(f["id"].unique()) for f in frames.values()
     )
     with client(ehr, "launch/patient openid fhirUser patient/*.rs") as fhir:
+        assert len(fhir.everything(types=["Observation"])) == len(observations["id"].unique())
         only = fhir.everything(types=["Condition", "Patient"]).to_frames()
         assert set(only) <= {"Condition", "Patient"}
         recent = fhir.everything(since="2030-01-01").to_frames()
@@ -200,6 +201,7 @@ def test_history_vread_and_a_reread_that_costs_one_304(ehr: SandboxProcess) -> N
         changed = fhir.update({**created, "valueQuantity": {"value": 72, "unit": "beats/minute"}})
         assert changed["meta"]["versionId"] == "2"
         history = fhir.history("Observation", created["id"])
+        assert len(history) == 2
         changes = history.changes()
         assert list(changes["method"]) == ["PUT", "POST"] and list(changes["version"]) == ["2", "1"]
         frame = history.to_pandas()
@@ -331,7 +333,7 @@ def test_observations_lastn_uses_the_server_or_says_it_did_not(ehr: SandboxProce
     with client(ehr, "launch/patient openid fhirUser patient/*.rs") as fhir:
         server = fhir.observations(code=["8867-4", "29463-7"], lastn=2)
         served = sorted(o["id"] for o in server)
-        assert server.meta == {"lastn": 2, "source": "server"}
+        assert server.meta == {"lastn": 2, "source": "server"} and len(server) == len(served)
     with client(
         ehr, "launch/patient openid fhirUser patient/*.rs", transport=Counting(hide=("lastn",))
     ) as fhir:

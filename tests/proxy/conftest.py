@@ -1,115 +1,15 @@
-"""One hub in FHIR proxy mode for the package, in front of a sandbox behind a fault-injecting front.
-
-``proxy_world``: the front (:mod:`.ehr_front`), a sandbox whose public URL is
-the front's, and a JupyterHub with ``fhir_access = "proxy"`` that started the
-proxy as its managed service. One practitioner has signed in by EHR launch;
-``token`` is one of their personal JupyterHub API tokens.
-"""
+"""The package's hub in FHIR proxy mode (see :mod:`.world`), shared by its test modules."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit
 
-import httpx
 import pytest
-from hub_process import Browser, Hub, ehr_launch, patient_ids, run_hub
-from leak_scan import hub_wrote
-from sandbox_process import SandboxProcess, free_port, run_sandbox
 
-from jupyterhub_smart.smart.issuer_key import issuer_key
-
-from .ehr_front import Front, run_front
-
-#: Seconds the proxy waits for the EHR in these tests (the "slow" fault waits longer).
-EHR_TIMEOUT = 3.0
-
-
-@dataclass
-class ProxyWorld:
-    hub: Hub
-    sandbox: SandboxProcess
-    front: Front
-    proxy_root: str  # http://127.0.0.1:PORT/services/smart-fhir/
-    user: str
-    token: str
-    patient: str
-
-    @property
-    def base(self) -> str:
-        """The proxy URL of the sandbox's FHIR base."""
-        return self.proxy_root + issuer_key(self.sandbox.iss)
-
-    @property
-    def audit_path(self) -> Path:
-        return self.hub.workdir / "jupyterhub-smart-audit.proxy.jsonl"
-
-    def client(self, token: str | None = None) -> httpx.Client:
-        token = self.token if token is None else token
-        headers = {"Authorization": f"token {token}"} if token else {}
-        return httpx.Client(base_url=self.base, headers=headers, timeout=60, trust_env=False)
-
-
-def wait_for_proxy(root: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(root, timeout=2, trust_env=False).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the FHIR proxy at {root} did not start")
-        time.sleep(0.2)
-
-
-def signed_in_user(hub: Hub, sandbox: SandboxProcess, patient: str) -> str:
-    with Browser() as browser:
-        answer = ehr_launch(browser, sandbox, hub, patient)
-        assert answer.status_code == 302, answer.text[:1000]
-    users = httpx.get(
-        f"{hub.url}/hub/api/users", headers={"Authorization": f"token {hub.admin_token}"}
-    ).json()
-    suffix = f"-{urlsplit(sandbox.iss).port}-fhir"
-    names = [u["name"] for u in users if u["name"].endswith(suffix)]
-    assert names, users
-    return str(names[0])
+from .world import ProxyWorld, running_world
 
 
 @pytest.fixture(scope="package")
 def proxy_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyWorld]:
-    work = tmp_path_factory.mktemp("proxy-world")
-    hub_port, proxy_port = free_port(), free_port()
-    sandbox_port, front_port, other_port = free_port(), free_port(), free_port()
-    client = {
-        "client_id": "hub-public",
-        "type": "public",
-        "redirect_uris": [f"http://127.0.0.1:{hub_port}/hub/oauth_callback"],
-    }
-    with (
-        run_front(front_port, f"http://127.0.0.1:{sandbox_port}", other_port) as front,
-        run_sandbox(
-            work / "sandbox",
-            [client],
-            port=sandbox_port,
-            extra_args=["--public-url", front.origin],
-        ) as sandbox,
-    ):
-        issuers = {sandbox.iss: {"client_id": "hub-public", "client_auth": "public"}}
-        options = {
-            "fhir_access": "proxy",
-            "fhir_proxy_url": f"http://127.0.0.1:{proxy_port}",
-            "fhir_proxy_timeout": EHR_TIMEOUT,
-            "fhir_proxy_max_concurrent": 4,
-        }
-        with run_hub(work / "hub", issuers, port=hub_port, authenticator=options) as hub:
-            hub_wrote(work / "hub" / "jupyterhub-smart-audit.proxy.jsonl")
-            root = f"http://127.0.0.1:{proxy_port}/services/smart-fhir/"
-            wait_for_proxy(root)
-            patient = patient_ids(sandbox)[0]
-            user = signed_in_user(hub, sandbox, patient)
-            token = hub.user_token(user)
-            yield ProxyWorld(hub, sandbox, front, root, user, token, patient)
+    with running_world(tmp_path_factory.mktemp("proxy-world")) as world:
+        yield world

@@ -46,7 +46,6 @@ HOP = {
     "upgrade",
     "host",
     "content-length",
-    "content-encoding",
 }
 
 

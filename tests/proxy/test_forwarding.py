@@ -6,56 +6,9 @@ front -> proxy -> test, and the proxy's trail is read back from its file.
 
 from __future__ import annotations
 
-import json
-import time
-from typing import Any
-
 import httpx
 
-from jupyterhub_smart.audit.events import RESTFUL_INTERACTION
-
-from .conftest import ProxyWorld
-
-
-def proxy_records(world: ProxyWorld) -> list[dict[str, Any]]:
-    lines = world.audit_path.read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]
-    return [
-        r
-        for r in records
-        if any(
-            d.get("valueString") == "fhir-proxy"
-            for e in r.get("entity", [])
-            for d in e.get("detail", [])
-        )
-    ]
-
-
-def details(record: dict[str, Any]) -> dict[str, str]:
-    return {
-        d["type"]: d["valueString"] for e in record.get("entity", []) for d in e.get("detail", [])
-    }
-
-
-def interaction(record: dict[str, Any]) -> str:
-    return next(c["code"] for c in record["subtype"] if c["system"] == RESTFUL_INTERACTION)
-
-
-def patients(record: dict[str, Any]) -> set[str]:
-    return {
-        e["what"]["reference"]
-        for e in record.get("entity", [])
-        if e.get("role", {}).get("code") == "1" and "what" in e
-    }
-
-
-def wait_records(world: ProxyWorld, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """The proxy's records once there are ``count`` (the record precedes the last bytes)."""
-    deadline = time.monotonic() + timeout
-    while len(records := proxy_records(world)) < count:
-        assert time.monotonic() < deadline, f"{len(records)} records, expected {count}"
-        time.sleep(0.05)
-    return records
+from .world import ProxyWorld, details, interaction, patients, proxy_records, wait_records
 
 
 def test_a_search_pages_through_the_proxy_with_rewritten_links(proxy_world: ProxyWorld) -> None:

@@ -253,3 +253,16 @@ def test_issuer_keys_are_readable_and_distinct() -> None:
     assert issuer_key("https://EHR.example.org:8443/r4/fhir") == "ehr-example-org-8443-r4-fhir"
     with pytest.raises(ValueError, match="alike"):
         issuer_keys(["https://ehr.example/r4", "https://ehr.example/R4"])
+
+
+def test_scan_reads_pretty_printed_json_too() -> None:
+    """A server that indents its JSON: the regular-expression path counts the same."""
+    base = "https://ehr.example/fhir"
+    pretty = orjson.dumps(orjson.loads(_bundle(base, 12)), option=orjson.OPT_INDENT_2)
+    patient = orjson.dumps({"resourceType": "Patient", "id": "p9"}, option=orjson.OPT_INDENT_2)
+    for body, count, patients in ((pretty, 12, {"p0", "p1", "p2"}), (patient, 1, {"p9"})):
+        scanner = BodyScanner("application/fhir+json")
+        for i in range(0, len(body), 100):
+            scanner.feed(body[i : i + 100])
+        assert scanner.finish() == count
+        assert scanner.patients == patients

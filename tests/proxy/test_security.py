@@ -13,8 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from .conftest import ProxyWorld
-from .test_forwarding import details, proxy_records, wait_records
+from .world import ProxyWorld, details, proxy_records, wait_records
 
 
 def raw_status(world: ProxyWorld, target: str, token: str | None = None) -> int:
