@@ -22,6 +22,7 @@ some minutes writing them) or ``python -m bench.bench_audit_query --events 50000
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import statistics
@@ -32,7 +33,7 @@ from pathlib import Path
 from jupyterhub_smart.audit import AuditLog, data_access_event, hub_event
 from jupyterhub_smart.audit.index import AuditIndex, log_files
 from jupyterhub_smart.audit.query import Filters, search
-from jupyterhub_smart.audit.verify import iter_verified
+from jupyterhub_smart.audit.verify import iter_verified, verify
 
 USERS = 2_000
 PATIENTS = 50_000
@@ -133,6 +134,19 @@ def main() -> None:
     files = log_files(path)
     size = sum(f.stat().st_size for f in files)
     print(f"log: {args.events:,} events, {len(files)} files, {size / 1e9:.2f} GB in {cache}")
+
+    # audit verify over the whole log: one process, then the per-line checks in workers.
+    workers = max(2, os.cpu_count() or 1)
+    rates = {}
+    for n in (1, workers):
+        started = time.perf_counter()
+        report = verify([path], workers=n)
+        rates[n] = report.records / (time.perf_counter() - started)
+    print(
+        f"audit verify: {rates[1]:,.0f} events/s in one process, {rates[workers]:,.0f} events/s "
+        f"with {workers} workers ({rates[workers] / rates[1]:.2f}x; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+    )
 
     index_path = cache / "bench.index.sqlite"
     for stale in cache.glob("bench.index.sqlite*"):

@@ -65,6 +65,33 @@ def seal(fields: Mapping[str, Any]) -> tuple[dict[str, Any], bytes]:
     return record, canonical(record)
 
 
+def _hash_member(claimed: str) -> bytes | None:
+    """The bytes ``"hash":"<claimed>",`` when ``claimed`` serialises without escapes."""
+    if len(claimed) != 64 or not claimed.isascii() or not claimed.isalnum():
+        return None
+    return b'"hash":"' + claimed.encode() + b'",'
+
+
+def body_bytes(line: bytes, claimed: str) -> bytes | None:
+    """``canonical(record without hash)`` cut out of a canonical ``line``, or None.
+
+    ``line`` must already be known to equal ``canonical(record)`` and
+    ``claimed`` to be ``record["hash"]``. Then the line is ``{`` + the members
+    in sorted key order joined by ``,`` + ``}``, each member serialised on its
+    own, and ``hash`` is never the last key (``log_id``, ``prev``, ``seq`` and
+    ``time`` sort after it), so the top-level member appears as exactly
+    ``"hash":"<claimed>",``; removing it leaves the canonical body. Inside a
+    JSON string every ``"`` is escaped, so those bytes can only be an object's
+    ``hash`` key with that value: when they occur once, that occurrence is the
+    top-level member. Otherwise (a nested ``hash`` with the same value, or a
+    value that would need escaping) the caller serialises the body instead.
+    """
+    member = _hash_member(claimed)
+    if member is None or line.count(member) != 1:
+        return None
+    return line.replace(member, b"", 1)
+
+
 def parse_line(line: bytes) -> dict[str, Any]:
     """Parse one line (without newline) and check it against its own ``hash``.
 
@@ -87,9 +114,13 @@ def parse_line(line: bytes) -> dict[str, Any]:
         if not isinstance(record[key], str):
             raise RecordError(f"{key} is not a string")
     claimed = record["hash"]
-    body = {k: v for k, v in record.items() if k != "hash"}
-    if sha256_hex(canonical(body)) != claimed:
+    canonical_line = canonical(record) == line
+    # A canonical line holds the canonical body: cut it out rather than serialise again.
+    body = body_bytes(line, claimed) if canonical_line else None
+    if body is None:
+        body = canonical({k: v for k, v in record.items() if k != "hash"})
+    if sha256_hex(body) != claimed:
         raise RecordError("hash does not match the record's content (edited or corrupted)")
-    if canonical(record) != line:
+    if not canonical_line:
         raise RecordError("line is not in canonical form (edited after writing)")
     return record

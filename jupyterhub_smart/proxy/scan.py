@@ -7,10 +7,10 @@ passes (a chunk plus a 1 KiB carry in memory).
 
 * a Bundle (JSON): one resource per ``"resource": {`` (Bundle entries); a
   single resource: one; NDJSON (Bulk Data files): one per non-empty line;
-* patients: every JSON string that is a reference to ``Patient/<id>``
-  (``subject``, ``patient``, ``beneficiary``... whatever the field, relative or
-  absolute, with or without ``_history``), which includes the ``fullUrl`` of a
-  Patient entry, and every Patient resource's own ``id`` when
+* patients: every ``Patient/<id>`` in the body: references (``subject``,
+  ``patient``, ``beneficiary``... whatever the field, relative or absolute), the
+  ``fullUrl`` of a Patient entry, and (rarely) the same text in a narrative,
+  which errs towards naming a patient too many, never too few; and every Patient resource's own ``id`` when
   ``"resourceType": "Patient"`` directly precedes it (how FHIR servers
   serialise). A Patient compartment is defined by such references, so this is
   the compartment membership of what was returned, read without parsing.
@@ -23,9 +23,8 @@ import re
 __all__ = ["BodyScanner"]
 
 _ENTRY = re.compile(rb'"resource"\s{0,8}:\s{0,8}\{')
-#: A literal prefix, so the regex engine jumps between candidates at C speed; whether
-#: a candidate is a reference (``"Patient/1"``, ``".../Patient/1"``, ``.../_history/2``)
-#: is decided by its neighbouring bytes in :meth:`BodyScanner._scan`.
+#: A literal prefix, so the regex engine jumps between candidates at C speed; ids are
+#: collected with ``findall`` and deduplicated as a set, never visited one by one.
 _PATIENT_REF = re.compile(rb"Patient/([A-Za-z0-9.\-]{1,64})")
 _PATIENT_SELF = re.compile(
     rb'"resourceType"\s{0,8}:\s{0,8}"Patient"\s{0,8},\s{0,8}"id"\s{0,8}:\s{0,8}"([A-Za-z0-9.\-]{1,64})"'
@@ -37,6 +36,8 @@ _PATIENT_SELF_COMPACT = b'"resourceType":"Patient","id":"'
 _ID = re.compile(rb"[A-Za-z0-9.\-]{1,64}")
 _KEEP = 1024  # longer than any match above
 MAX_PATIENTS = 1000
+#: Distinct ids remembered to skip repeats (about 8 MB at most).
+MAX_SEEN = 100_000
 
 
 class BodyScanner:
@@ -59,6 +60,7 @@ class BodyScanner:
         self._bundle: bool | None = None
         #: Serialised without spaces after ':' and ',' (decided on the first bytes).
         self._compact: bool | None = None
+        self._seen: set[bytes] = set()
         self._any = False
         self.patients: set[str] = set()
         self.patients_omitted = 0
@@ -75,12 +77,10 @@ class BodyScanner:
             self.patients_omitted += 1
 
     def _scan(self, buf: bytes, limit: int) -> None:
-        for match in _PATIENT_REF.finditer(buf):
-            start, end = match.span()
-            if start >= limit:
-                break
-            if buf[start - 1 : start] in (b'"', b"/") and buf[end : end + 1] in (b'"', b"/"):
-                self._patient(match.group(1))
+        for pid in set(_PATIENT_REF.findall(buf, 0, limit)) - self._seen:
+            if len(self._seen) < MAX_SEEN:  # bounded memory; past it repeats may be counted
+                self._seen.add(pid)
+            self._patient(pid)
         if self._compact:
             marker = _PATIENT_SELF_COMPACT
             end = limit + len(marker) - 1  # a marker starting before limit
@@ -120,6 +120,10 @@ class BodyScanner:
             head = buf[:4096]
             self._compact = not re.search(rb'"\s*:\s+|"\s+:|,\s+"', head)
         limit = max(0, len(buf) - _KEEP)
+        # No Patient reference may straddle the cut (its id would be read short).
+        straddling = buf.rfind(b"Patient/", max(0, limit - 80), limit)
+        if straddling >= 0:
+            limit = straddling
         self._scan(buf, limit)
         self._carry = buf[limit:]
 

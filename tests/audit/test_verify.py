@@ -298,3 +298,65 @@ def test_oversized_first_line_is_refused_in_bounded_memory(tmp_path: Path) -> No
     exit_code, peak_kb = done.stdout.split()[1], int(done.stdout.split()[3])
     assert exit_code == "1"
     assert peak_kb / 1024 < 100, f"peak memory {peak_kb / 1024:.0f} MB for one 300 MB line"
+
+
+@pytest.mark.parametrize("block", [1, 97, 1000])
+def test_lines_split_across_read_blocks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, block: int
+) -> None:
+    """Lines straddling the verifier's read blocks: the same verdicts at the same seq."""
+    from jupyterhub_smart.audit import verify as verify_module
+
+    monkeypatch.setattr(verify_module, "_BLOCK", block)
+    path = make_log(tmp_path, 5)
+    pristine = lines(path)
+    code, out = run_verify(capsys, path)
+    assert code == 0 and "OK: 5 records, seq 1..5" in out, out
+    data = list(pristine)
+    data[2] = data[2].replace(b'"user2"', b'"mallory"')
+    rewrite(path, data)
+    code, out = run_verify(capsys, path)
+    assert code == 1 and "FAILED at seq 3: hash does not match" in out, out
+    rewrite(path, [*pristine, pristine[0][:-1]])
+    code, out = run_verify(capsys, path)
+    assert code == 1 and "FAILED at seq 6: truncated line" in out, out
+    rewrite(path, pristine)
+    monkeypatch.setattr(verify_module, "MAX_LINE_BYTES", min(map(len, pristine)) - 2)
+    code, out = run_verify(capsys, path)
+    assert code == 1 and "FAILED at seq 1: line 1 is longer than" in out, out
+
+
+def test_parallel_verify_gives_the_sequential_verdicts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines checked by worker processes in small batches: the same report, the same first fault."""
+    from jupyterhub_smart.audit import verify as verify_module
+
+    monkeypatch.setattr(verify_module, "_BATCH_LINES", 2)
+    path = make_log(tmp_path / "a", 9)
+    other = make_log(tmp_path / "b", 9)
+    pristine, foreign = lines(path), lines(other)
+
+    def verdict(workers: int) -> tuple[object, ...]:
+        try:
+            r = verify_module.verify([path], workers=workers)
+        except verify_module.ChainBroken as exc:
+            return ("broken", exc.seq, exc.reason, exc.line)
+        return ("ok", r.records, r.head_seq, r.head_hash, r.log_id, r.deferred)
+
+    edited = list(pristine)
+    edited[4] = edited[4].replace(b'"user4"', b'"mallory"')
+    cases = {
+        "intact": pristine,
+        "edited": edited,
+        "deleted": pristine[:3] + pristine[4:],
+        "swapped": [*pristine[:5], pristine[6], pristine[5], *pristine[7:]],
+        "spliced": [*pristine[:6], foreign[6], *pristine[7:]],
+        "torn": [*pristine, pristine[0][:-1]],
+        "not json": [*pristine[:7], b"{not json\n", *pristine[8:]],
+    }
+    for name, data in cases.items():
+        rewrite(path, data)
+        sequential = verdict(1)
+        assert verdict(2) == sequential, name
+        assert sequential[0] == ("ok" if name == "intact" else "broken"), (name, sequential)

@@ -294,6 +294,7 @@ def _command(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_command_arrow_engine_equals_python_on_gzip_and_bad_lines(tmp_path, sandbox_resources):
     source = _write(tmp_path / "in.ndjson.gz", sandbox_resources)
     broken = _write(
