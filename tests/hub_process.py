@@ -316,10 +316,21 @@ def run_hub(
         database.dump_for_scan(hub.db_path)
 
 
+#: PostgreSQL databases by the work folder of the hub that made them (see default_database).
+_POSTGRES_BY_WORKDIR: dict[Path, HubDatabase] = {}
+
+
 def default_database(workdir: Path) -> HubDatabase:
-    """A new hub database: SQLite in ``workdir``, or PostgreSQL when SMART_TEST_DB says so."""
+    """The hub database of ``workdir``: SQLite in it, or PostgreSQL when SMART_TEST_DB says so.
+
+    As with the SQLite file, a hub started again in the same folder (a restart) finds
+    the same database.
+    """
     if test_database() == "postgresql":
-        return new_database(shared_server())
+        key = workdir.resolve()
+        if key not in _POSTGRES_BY_WORKDIR:
+            _POSTGRES_BY_WORKDIR[key] = new_database(shared_server())
+        return _POSTGRES_BY_WORKDIR[key]
     return HubDatabase("sqlite:///" + str(workdir / "jupyterhub.sqlite"))
 
 
