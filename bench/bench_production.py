@@ -53,6 +53,8 @@ os.environ["PATH"] = f"{ROOT / 'node_modules' / '.bin'}{os.pathsep}{os.environ.g
 from hub_process import Hub, run_hub  # noqa: E402
 from sandbox_process import SandboxProcess, free_port, run_sandbox  # noqa: E402
 
+from bench.keepalive import KeepAlivePool, get_request  # noqa: E402
+
 LAUNCHES = int(os.environ.get("BENCH_LAUNCHES", 200))
 USERS = LAUNCHES
 RATE = int(os.environ.get("BENCH_RATE", 500))
@@ -110,46 +112,20 @@ async def _token_load(
     """Open loop over users: (latencies ms, errors by kind, achieved req/s).
 
     ``seen[user]`` starts with the user's access token before the load and gets
-    each new one a client receives.
-
-    A lean HTTP/1.1 client on asyncio streams, keep-alive (see bench_token_api: httpx
-    costs more CPU per request than the hub on two cores).
+    each new one a client receives. Sent with :class:`bench.keepalive.KeepAlivePool`.
     """
-    parts = httpx.URL(url)
-    host, port = parts.host, parts.port or 80
-    requests = [
-        (
-            f"GET {parts.raw_path.decode()} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Authorization: token {token}\r\nAccept: application/json\r\n\r\n"
-        ).encode()
-        for token in tokens
-    ]
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    opened: list[asyncio.StreamWriter] = []
+    pool = KeepAlivePool(url)
+    requests = [get_request(url, token) for token in tokens]
     latencies: list[float] = []
     errors: collections.Counter[str] = collections.Counter()
 
     async def one(user: int) -> None:
         began = time.perf_counter()
-        writer = None
         try:
-            if idle:
-                reader, writer = idle.pop()
-            else:
-                reader, writer = await asyncio.open_connection(host, port)
-                opened.append(writer)
-            writer.write(requests[user])
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-            if length is None:
-                raise ValueError("no Content-Length")
-            body = await reader.readexactly(int(length.group(1)))
-        except (OSError, EOFError, ValueError, asyncio.IncompleteReadError) as exc:
+            head, body = await pool.send(requests[user])
+        except (OSError, EOFError, ValueError) as exc:
             errors[type(exc).__name__] += 1
-            if writer is not None:
-                writer.close()
             return
-        idle.append((reader, writer))
         if not head.startswith(b"HTTP/1.1 200 "):
             errors[f"{head[9:12].decode()} {orjson.loads(body).get('error')}"] += 1
             return
@@ -168,8 +144,7 @@ async def _token_load(
         tasks.append(asyncio.create_task(one(i % len(tokens))))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
-    for writer in opened:
-        writer.close()
+    pool.close()
     return latencies, errors, total / elapsed
 
 

@@ -53,6 +53,8 @@ os.environ["PATH"] = f"{ROOT / 'node_modules' / '.bin'}{os.pathsep}{os.environ.g
 from hub_process import Hub, run_hub  # noqa: E402
 from sandbox_process import SandboxProcess, free_port, run_sandbox  # noqa: E402
 
+from bench.keepalive import KeepAlivePool, get_request  # noqa: E402
+
 LIFETIME = 30  # seconds; the hub refreshes in the last half of it
 CROWD = 200
 RATES = (100, 200, 300, 400, 500, 700, 1000)  # offered requests/s; the issue asks for 500
@@ -102,44 +104,22 @@ async def _crowd(url: str, token: str) -> list[httpx.Response]:
 async def _open_loop(url: str, token: str, rate: int) -> tuple[list[float], int, float]:
     """(latencies of successful requests in ms, errors, achieved requests/s).
 
-    A lean HTTP/1.1 client on raw asyncio streams with keep-alive connections
-    (a new one whenever none is idle): httpx spent 3 to 10 ms of CPU per
-    request here, more than the hub, and on two cores the load generator
-    became what was measured.
+    Sent with :class:`bench.keepalive.KeepAlivePool` (httpx cost more CPU per
+    request than the hub on two cores).
     """
-    parts = httpx.URL(url)
-    host, port = parts.host, parts.port or 80
-    request = (
-        f"GET {parts.raw_path.decode()} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Authorization: token {token}\r\nAccept: application/json\r\n\r\n"
-    ).encode()
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-    opened: list[asyncio.StreamWriter] = []
+    pool = KeepAlivePool(url)
+    request = get_request(url, token)
     latencies: list[float] = []
     errors = 0
 
     async def one() -> None:
         nonlocal errors
         began = time.perf_counter()
-        writer = None
         try:
-            if idle:
-                reader, writer = idle.pop()
-            else:
-                reader, writer = await asyncio.open_connection(host, port)
-                opened.append(writer)
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
-            if length is None:
-                raise ValueError("no Content-Length")
-            body = await reader.readexactly(int(length.group(1)))
-        except (OSError, EOFError, ValueError, asyncio.IncompleteReadError):
+            head, body = await pool.send(request)
+        except (OSError, EOFError, ValueError):
             errors += 1
-            if writer is not None:
-                writer.close()
             return
-        idle.append((reader, writer))
         if head.startswith(b"HTTP/1.1 200 ") and b'"access_token"' in body:
             latencies.append((time.perf_counter() - began) * 1000)
         else:
@@ -156,8 +136,7 @@ async def _open_loop(url: str, token: str, rate: int) -> tuple[list[float], int,
         tasks.append(asyncio.create_task(one()))
     await asyncio.gather(*tasks)
     elapsed = time.perf_counter() - start
-    for writer in opened:
-        writer.close()
+    pool.close()
     return latencies, errors, total / elapsed
 
 
