@@ -10,30 +10,19 @@ exponentially with full jitter, so parallel clients do not poll in lockstep.
 from __future__ import annotations
 
 import random
-import time
-from email.utils import parsedate_to_datetime
 
 import orjson
+
+from ..smart.retry_after import retry_after_seconds
 
 #: Shortest wait between two polls, whatever the server says.
 MIN_WAIT = 0.2
 
 
 def retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value; ``None`` if absent or unreadable."""
-    if value is None:
-        return None
-    text = value.strip()
-    if text.isascii() and text.isdigit():
-        return max(MIN_WAIT, float(text))
-    try:
-        moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        return None
-    current = time.time() if now is None else now
-    return max(MIN_WAIT, moment.timestamp() - current)
+    """Seconds to wait from a ``Retry-After`` value, at least :data:`MIN_WAIT`; ``None`` if absent or unreadable."""
+    seconds = retry_after_seconds(value, now)
+    return None if seconds is None else max(MIN_WAIT, seconds)
 
 
 class Backoff:

@@ -33,13 +33,11 @@ Rules this module enforces:
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import unquote, urlencode, urljoin, urlsplit
 
@@ -48,6 +46,7 @@ import orjson
 
 from ..smart.errors import safe_text
 from ..smart.fhir_rules import is_loopback_host
+from ..smart.retry_after import retry_after_seconds as parse_retry_after
 from .errors import FHIRConnectionError, FHIRError, UnsafeURL
 from .tokens import TokenInfo, TokenProvider
 
@@ -123,23 +122,6 @@ class Fetched:
     status: int
     token: TokenInfo
     headers: Mapping[str, str] = field(default_factory=dict)
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date); None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    current = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc)
-    return max(0.0, (when - current).total_seconds())
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

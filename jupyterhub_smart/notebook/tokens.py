@@ -39,6 +39,7 @@ import orjson
 
 from ..smart.errors import safe_text
 from ..smart.fingerprint import access_token_fingerprint
+from ..smart.retry_after import retry_after_seconds
 from .errors import ReauthenticationRequired, TokenUnavailable
 
 __all__ = [
@@ -358,6 +359,12 @@ class HubTokenProvider(CachingTokenProvider):
     ``?rejected=<SHA-256 of the refused token>`` until the hub hands out
     another token, so the hub refreshes now (or says to sign in again) rather
     than returning the same token until it expires.
+
+    A 502/503/504 (the hub restarting, its database or the EHR out) is retried
+    ``retries`` times. A ``Retry-After`` up to ``max_retry_after`` seconds is
+    waited out, so a kernel rides through a short outage; a longer one is
+    raised at once as :class:`TokenUnavailable` saying when to try again,
+    rather than blocking a cell for minutes.
     """
 
     def __init__(
@@ -367,6 +374,7 @@ class HubTokenProvider(CachingTokenProvider):
         *,
         timeout: float = 30.0,
         retries: int = 2,
+        max_retry_after: float = 60.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         super().__init__()
@@ -379,6 +387,9 @@ class HubTokenProvider(CachingTokenProvider):
             raise TokenUnavailable("JUPYTERHUB_API_TOKEN is empty; restart your server")
         self.url = url
         self._retries = retries
+        #: The longest ``Retry-After`` of a 502/503/504 that is waited out here; a longer
+        #: one (the hub's per-EHR back-off can reach minutes) is an error saying when.
+        self._max_retry_after = max_retry_after
         #: SHA-256 of the token the FHIR server refused, until the hub gives another one.
         self._rejected: str | None = None
         self._http = httpx.Client(
@@ -426,7 +437,10 @@ class HubTokenProvider(CachingTokenProvider):
                     f"({type(exc).__name__}); is the hub running? Try again in a minute."
                 ) from None
             if response.status_code in (502, 503, 504) and attempt < self._retries:
-                time.sleep(0.5 * 2**attempt)
+                asked = retry_after_seconds(response.headers.get("Retry-After"))
+                if asked is not None and asked > self._max_retry_after:
+                    break
+                time.sleep(asked if asked is not None else 0.5 * 2**attempt)
                 continue
             break
         assert response is not None
@@ -476,6 +490,10 @@ class HubTokenProvider(CachingTokenProvider):
                 f"no token API at {self.url} (404): this hub does not run jupyterhub-smart's "
                 "SMARTAuthenticator, or you are not signed in through an EHR"
             )
+        asked = retry_after_seconds(response.headers.get("Retry-After"))
+        when = (
+            f"try again in {math.ceil(asked)} s" if asked is not None else "try again in a minute"
+        )
         raise TokenUnavailable(
-            f"the hub's token API at {self.url} answered HTTP {status}{said}; try again in a minute"
+            f"the hub's token API at {self.url} answered HTTP {status}{said}; {when}"
         )

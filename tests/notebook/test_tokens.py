@@ -334,3 +334,40 @@ def test_ehr_unavailable_is_retried_then_says_what_the_hub_said() -> None:
     with pytest.raises(TokenUnavailable, match=r"HTTP 503 \(the hub says: The EHR's token"):
         provider.get()
     assert api.calls == 2
+
+
+def test_hub_outage_waits_what_retry_after_asks_then_gets_the_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = FakeTokenAPI(secret("api"))
+    outage = [json_response(503, {"error": "database_unavailable"}, {"Retry-After": "7"})]
+    waits: list[float] = []
+    monkeypatch.setattr("jupyterhub_smart.notebook.tokens.time.sleep", waits.append)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        api.answer = None  # the outage is over after this answer
+        return outage.pop()
+
+    api.answer = answer
+    provider = HubTokenProvider(HUB_API, api.api_token, transport=api.transport(), retries=2)
+    assert provider.get().access_token == api.tokens[-1]
+    assert waits == [7.0] and api.calls == 2
+
+
+def test_hub_back_off_longer_than_the_limit_is_an_error_saying_when(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = FakeTokenAPI(secret("api"))
+    api.answer = lambda request: json_response(
+        503,
+        {"error": "ehr_unavailable", "message": "The EHR is not answering."},
+        {"Retry-After": "300"},
+    )
+    waits: list[float] = []
+    monkeypatch.setattr("jupyterhub_smart.notebook.tokens.time.sleep", waits.append)
+    provider = HubTokenProvider(
+        HUB_API, api.api_token, transport=api.transport(), retries=2, max_retry_after=60
+    )
+    with pytest.raises(TokenUnavailable, match=r"HTTP 503 .*; try again in 300 s"):
+        provider.get()
+    assert waits == [] and api.calls == 1
