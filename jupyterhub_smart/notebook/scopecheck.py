@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..smart.fhir_rules import PATIENT_SEARCH_PARAMS, parse_reference
-from ..smart.scopes import find_covering, parse_scope
+from ..smart.scopes import find_covering, satisfied_restrictions
 from .errors import ScopeNotGranted
 
 __all__ = ["check_scopes"]
@@ -61,23 +61,6 @@ def _targets_other_patient(
     return any(_patient_id(v) != patient for value in named for v in value.split(","))
 
 
-def _restrictions(
-    granted: Sequence[str], params: Sequence[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """The v2 restrictions a request satisfies, including ``system|code`` forms it implies."""
-    satisfied = [(k, v) for k, v in params if "," not in v]
-    for scope_text in granted:
-        try:
-            scope = parse_scope(scope_text)
-        except ValueError:
-            continue
-        for name, value in scope.params:
-            code = value.rsplit("|", 1)[-1]
-            if any(k == name and v in (value, code) for k, v in satisfied):
-                satisfied.append((name, value))
-    return satisfied
-
-
 def check_scopes(
     granted: Sequence[str],
     resource_type: str,
@@ -99,7 +82,9 @@ def check_scopes(
         resource_type, interaction, params, resource_id, patient
     )
     contexts = ("user", "system") if other else ("patient", "user", "system")
-    if find_covering(granted, contexts, resource_type, interaction, _restrictions(granted, params)):
+    if find_covering(
+        granted, contexts, resource_type, interaction, satisfied_restrictions(granted, params)
+    ):
         return
     letter = "rs" if interaction == "s" else interaction
     needed = [f"{c}/{resource_type}.{letter}" for c in contexts]

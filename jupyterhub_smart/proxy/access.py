@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 from ..smart.fhir_rules import is_fhir_id, is_resource_type
-from ..smart.scopes import find_covering, parse_scope
+from ..smart.scopes import find_covering, parse_scope, satisfied_restrictions
 from .errors import ProxyError
 
 __all__ = ["READ_ONLY_OPERATIONS", "FHIRRequest", "check_scopes", "classify"]
@@ -184,30 +184,15 @@ def classify(method: str, segments: Sequence[str], query: str) -> FHIRRequest:
     raise _not_fhir(path)
 
 
-def _restrictions(
-    granted: Sequence[str], params: Sequence[tuple[str, str]]
-) -> list[tuple[str, str]]:
-    """The v2 restrictions a search satisfies, with the ``system|code`` forms it implies."""
-    satisfied = [(k, v) for k, v in params if "," not in v]
-    for text in granted:
-        try:
-            scope = parse_scope(text)
-        except ValueError:
-            continue
-        for name, value in scope.params:
-            code = value.rsplit("|", 1)[-1]
-            if any(k == name and v in (value, code) for k, v in satisfied):
-                satisfied.append((name, value))
-    return satisfied
-
-
 def check_scopes(granted: Sequence[str], request: FHIRRequest) -> str | None:
     """The granted scope that allows ``request`` (None if none is needed); 403 otherwise."""
     if not request.needs:
         return None
     rtype = request.resource_type or "*"
     satisfied = (
-        _restrictions(granted, request.params) if request.interaction == "search-type" else []
+        satisfied_restrictions(granted, request.params)
+        if request.interaction == "search-type"
+        else []
     )
     for letter in request.needs:
         if rtype == "*":

@@ -34,6 +34,7 @@ __all__ = [
     "parse_scope",
     "parse_scopes",
     "require_scopes",
+    "satisfied_restrictions",
     "scope_covers",
 ]
 
@@ -228,3 +229,26 @@ def find_covering(
             ):
                 return scope
     return None
+
+
+def satisfied_restrictions(
+    granted: Iterable[str], params: Iterable[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The v2 restrictions (``?category=...``) a request's parameters satisfy, for :func:`find_covering`.
+
+    A parameter with one value satisfies itself; a comma-separated value (an OR
+    search) satisfies nothing, since some of its results may fall outside the
+    restriction. A granted restriction written ``system|code`` is also satisfied
+    by the bare ``code`` the request names, so it is added in the granted form.
+    """
+    satisfied = [(k, v) for k, v in params if "," not in v]
+    for text in granted:
+        try:
+            scope = parse_scope(text)
+        except ValueError:
+            continue
+        for name, value in scope.params:
+            code = value.rsplit("|", 1)[-1]
+            if any(k == name and v in (value, code) for k, v in satisfied):
+                satisfied.append((name, value))
+    return satisfied

@@ -12,6 +12,7 @@ from jupyterhub_smart.smart.scopes import (
     parse_scope,
     parse_scopes,
     require_scopes,
+    satisfied_restrictions,
     scope_covers,
 )
 
@@ -184,3 +185,20 @@ def test_find_covering_prefers_context_order() -> None:
     granted = ["user/Observation.rs", "patient/Observation.rs"]
     first = find_covering(granted, ("patient", "user"), "Observation", "r")
     assert first is not None and first.context == "patient"
+
+
+def test_satisfied_restrictions_are_single_values_and_the_granted_system_code_form() -> None:
+    granted = [
+        "patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
+        "not a scope",
+    ]
+    lab = "http://terminology.hl7.org/CodeSystem/observation-category|laboratory"
+    assert satisfied_restrictions(granted, [("category", "laboratory")]) == [
+        ("category", "laboratory"),
+        ("category", lab),
+    ]
+    # an OR search may return vital signs too: it satisfies no restriction
+    assert satisfied_restrictions(granted, [("category", "laboratory,vital-signs")]) == []
+    searched = satisfied_restrictions(granted, [("category", "laboratory")])
+    assert find_covering(granted, "patient", "Observation", "s", searched)
+    assert not find_covering(granted, "patient", "Observation", "s", [("category", "laboratory")])
