@@ -29,7 +29,7 @@ from .fhirtypes import (
     normalize_type,
     subtypes,
 )
-from .parser import FhirPathSyntaxError, Node, parse
+from .parser import FhirPathSyntaxError, Node, parse, union_operands
 
 __all__ = [
     "CompileError",
@@ -435,14 +435,7 @@ class _Compiler:
         The union's de-duplication never removes its first item, so evaluating
         the operands lazily gives the same result without building the union.
         """
-        operands: list[Node] = []
-        pending = [node]
-        while pending:
-            current = pending.pop()
-            if current[:2] == ("bin", "|"):
-                pending.extend([current[3], current[2]])
-            else:
-                operands.append(current)
+        operands = union_operands(node)
         compiled = [self.compile(operand) for operand in operands]
 
         def first(focus: Collection, env: Env) -> Collection:

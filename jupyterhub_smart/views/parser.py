@@ -24,7 +24,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["FhirPathSyntaxError", "Node", "parse"]
+__all__ = ["FhirPathSyntaxError", "Node", "parse", "union_operands"]
 
 Node = tuple[Any, ...]
 
@@ -288,3 +288,20 @@ def parse(text: str) -> Node:
     if kind != "end":
         raise FhirPathSyntaxError(f"unexpected {value!r} after a complete expression")
     return node
+
+
+def union_operands(node: Node) -> list[Node]:
+    """The operands of a chain of ``|`` unions, left to right (``a | b | c`` -> ``[a, b, c]``).
+
+    Engines use it for ``(a | b).first()``: the union's de-duplication never
+    removes its first item, so the first non-empty operand gives the answer.
+    """
+    operands: list[Node] = []
+    pending = [node]
+    while pending:
+        current = pending.pop()
+        if current[:2] == ("bin", "|"):
+            pending.extend([current[3], current[2]])
+        else:
+            operands.append(current)
+    return operands

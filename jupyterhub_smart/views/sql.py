@@ -31,7 +31,7 @@ from typing import Any
 
 from .definition import Column, compile_view
 from .fhirtypes import CHOICE_ELEMENTS, normalize_type, subtypes
-from .parser import Node, parse
+from .parser import Node, parse, union_operands
 from .table import _INTEGER
 
 __all__ = ["SqlView", "Unsupported", "compile_sql"]
@@ -271,14 +271,7 @@ class _Expr:
     def call(self, node: Node, focus: str, single: str | None) -> str:
         _, base_node, name, args = node
         if name == "first" and not args and base_node is not None and base_node[:2] == ("bin", "|"):
-            operands: list[Node] = []
-            pending = [base_node]
-            while pending:
-                current = pending.pop()
-                if current[:2] == ("bin", "|"):
-                    pending.extend([current[3], current[2]])
-                else:
-                    operands.append(current)
+            operands = union_operands(base_node)
             result = "[]::JSON[]"
             for operand in reversed(operands):
                 later = result

@@ -55,7 +55,7 @@ from .fhirtypes import (
     normalize_type,
     subtypes,
 )
-from .parser import Node, parse
+from .parser import Node, parse, union_operands
 from .table import TableConverter
 
 __all__ = [
@@ -472,14 +472,7 @@ class _Compiler:
         return of_type, children[0]
 
     def first_of_union(self, node: Node, st: _Node | None) -> tuple[Eval, _Node | None]:
-        operands: list[Node] = []
-        pending = [node]
-        while pending:
-            current = pending.pop()
-            if current[:2] == ("bin", "|"):
-                pending.extend([current[3], current[2]])
-            else:
-                operands.append(current)
+        operands = union_operands(node)
         compiled = [self.compile(operand, st) for operand in operands]
         kinds = {s.kind for _, s in compiled if s is not None}
         if len(kinds) > 1 and not kinds <= {"integer", "decimal"}:
