@@ -256,6 +256,21 @@ def send(
     return fetched
 
 
+def _may_write(
+    client: SMARTClient,
+    resource_type: str,
+    action: str,
+    resource: Mapping[str, Any] | None = None,
+    resource_id: str | None = None,
+) -> None:
+    """Refuse locally what the server does not declare or the granted scopes do not allow."""
+    client.capabilities.require_interaction(resource_type, action)
+    info = client.provider.get()
+    client._last_token = info
+    if client.check_scopes:
+        check_write(info.scopes, resource_type, action, info.patient, resource, resource_id)
+
+
 def create(
     client: SMARTClient,
     resource: Mapping[str, Any],
@@ -274,11 +289,7 @@ def create(
             headers["If-None-Exist"] = if_none_exist
         else:
             headers["If-None-Exist"] = urlencode(search_params(if_none_exist, {}))
-    client.capabilities.require_interaction(resource_type, "create")
-    info = client.provider.get()
-    client._last_token = info
-    if client.check_scopes:
-        check_write(info.scopes, resource_type, "create", info.patient, resource)
+    _may_write(client, resource_type, "create", resource)
     fetched = send(
         client,
         "create",
@@ -323,11 +334,7 @@ def update(
     if if_match == AUTO:
         if_match = (resource.get("meta") or {}).get("versionId")
     headers = {**_prefer(prefer), **_if_match(if_match)}
-    client.capabilities.require_interaction(resource_type, "update")
-    info = client.provider.get()
-    client._last_token = info
-    if client.check_scopes:
-        check_write(info.scopes, resource_type, "update", info.patient, resource)
+    _may_write(client, resource_type, "update", resource)
     fetched = send(
         client,
         "update",
@@ -357,11 +364,7 @@ def patch(
     _check_id(resource_id)
     body = check_patch(operations)
     headers = {**_prefer(prefer), **_if_match(if_match)}
-    client.capabilities.require_interaction(resource_type, "patch")
-    info = client.provider.get()
-    client._last_token = info
-    if client.check_scopes:
-        check_write(info.scopes, resource_type, "patch", info.patient, resource_id=resource_id)
+    _may_write(client, resource_type, "patch", resource_id=resource_id)
     fetched = send(
         client,
         "patch",
@@ -383,11 +386,7 @@ def delete(
 
     _check_type(resource_type)
     _check_id(resource_id)
-    client.capabilities.require_interaction(resource_type, "delete")
-    info = client.provider.get()
-    client._last_token = info
-    if client.check_scopes:
-        check_write(info.scopes, resource_type, "delete", info.patient, resource_id=resource_id)
+    _may_write(client, resource_type, "delete", resource_id=resource_id)
     send(
         client,
         "delete",
