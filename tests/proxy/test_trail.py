@@ -15,8 +15,13 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
+
+from jupyterhub_smart.audit import AuditLog, hub_event
+from jupyterhub_smart.proxy.access import FHIRRequest
+from jupyterhub_smart.proxy.records import Outcome, proxy_event
 
 from .world import ProxyWorld, details, proxy_records, wait_records
 
@@ -90,3 +95,29 @@ def test_a_revoked_jupyterhub_token_stops_at_the_proxy_within_seconds(
             time.sleep(0.2)
     assert answer.status_code == 401, answer.text
     assert token not in answer.text
+
+
+def test_a_search_across_patients_is_in_each_patients_accounting(tmp_path: Path) -> None:
+    """A proxy record naming three patients is found by ``--patient`` for each of them."""
+    path = tmp_path / "audit.jsonl"
+    request = FHIRRequest("GET", "search-type", "Observation", params=(("code", "8867-4"),))
+    outcome = Outcome(status=200, count=3, patients=("a", "b", "c"))
+    event = proxy_event(
+        request,
+        outcome,
+        username="dr-who",
+        fhir_user="Practitioner/1",
+        issuer="https://ehr.example/fhir",
+        client_address="127.0.0.1",
+        user_agent=None,
+        scope="user/Observation.rs",
+    )
+    with AuditLog(str(path)) as audit_log:
+        audit_log.record_sync(hub_event("login-succeeded", username="dr-who"))
+        seq = audit_log.record_sync(event)
+    for patient in ("a", "Patient/b", "c"):
+        found = json.loads(_audit("query", str(path), "--patient", patient, "--format", "json"))
+        assert [r["seq"] for r in found] == [seq], patient
+        report = _audit("report", str(path), "--patient", patient, "--format", "csv")
+        assert [r["seq"] for r in csv.DictReader(io.StringIO(report))] == [str(seq)]
+    assert json.loads(_audit("query", str(path), "--patient", "d", "--format", "json")) == []
