@@ -104,10 +104,8 @@ class Filters:
             names = patient_candidates(self.patient)
             marks = ", ".join("?" * len(names))
             # A record naming several patients is in event_patients under each of them.
-            parts.append(
-                f"(patient IN ({marks}) OR seq IN "
-                f"(SELECT seq FROM event_patients WHERE patient IN ({marks})))"
-            )
+            inner = f"SELECT seq FROM event_patients WHERE patient IN ({marks})"  # noqa: S608
+            parts.append(f"(patient IN ({marks}) OR seq IN ({inner}))")
             args += [*names, *names]
         if self.user:
             parts.append("(user = ? OR fhir_user = ?)")
