@@ -179,9 +179,8 @@ async def test_a_killed_hub_takes_back_the_unsaved_tokens_from_an_encrypted_file
     served = await again.refresher.fresh_auth_state(user, min_validity=300)
     assert served["access_token"] == fresh["access_token"]
     await _until(lambda: not list((tmp_path / "unsaved").iterdir()), "never stored")
-    assert again.refresher.open_state(user.name, user.state)["refresh_token"] == (
-        fresh["refresh_token"]
-    )
+    stored = again.refresher.open_state(user.name, user.state)
+    assert stored["refresh_token"] == fresh["refresh_token"]
     assert ehr.refreshes == 1 and ehr.revoked == []
 
 
