@@ -55,10 +55,11 @@ __all__ = [
     "IndexRow",
     "default_index_path",
     "log_files",
+    "patients_of",
     "row_of",
 ]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 #: Bytes read from a log file at a time while indexing.
 _CHUNK = 8 * 1024 * 1024
 #: Rows handed to SQLite per executemany.
@@ -98,6 +99,13 @@ CREATE TABLE IF NOT EXISTS events (
     interaction TEXT,
     count INTEGER
 );
+-- Patients of records that name more than one (a FHIR proxy search across patients):
+-- events.patient holds one of them, this table every one.
+CREATE TABLE IF NOT EXISTS event_patients (
+    patient TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (patient, seq)
+) WITHOUT ROWID;
 """
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS events_patient ON events (patient, seq) WHERE patient IS NOT NULL;
@@ -252,6 +260,17 @@ def row_of(record: Mapping[str, Any]) -> tuple[Any, ...]:
         interaction,
         count,
     )
+
+
+def patients_of(record: Mapping[str, Any]) -> list[str]:
+    """Every patient a record names (entities in the Patient role), in order, once each."""
+    found = [
+        ref
+        for entity in record.get("entity") or ()
+        if (entity.get("role") or {}).get("code") == "1"
+        and isinstance(ref := (entity.get("what") or {}).get("reference"), str)
+    ]
+    return list(dict.fromkeys(found))
 
 
 class AuditIndex:
@@ -474,6 +493,7 @@ class AuditIndex:
             raise IndexMismatch("none of the indexed log files are there any more")
         cutoff = remaining[0]
         self.db.execute("DELETE FROM events WHERE seq < ?", (cutoff,))
+        self.db.execute("DELETE FROM event_patients WHERE seq < ?", (cutoff,))
         self.db.executemany("DELETE FROM files WHERE first_seq = ?", [(g,) for g in gone])
 
     def _hash_of(self, seq: int) -> bytes:
@@ -529,6 +549,7 @@ class AuditIndex:
         sha256 = hashlib.sha256
         loads = orjson.loads
         rows: list[tuple[Any, ...]] = []
+        patient_rows: list[tuple[str, int]] = []
         last_line = b""
         last_offset = offset
         covered = offset
@@ -575,14 +596,20 @@ class AuditIndex:
                 digest = sha256(line).digest()
                 prev_hex = digest.hex()
                 rows.append((seq, lf.first_seq, pos, len(line), digest, *row_of(record)))
+                if line.count(b'"Patient/') > 1:  # cheap test before looking for several
+                    named = patients_of(record)
+                    if len(named) > 1:
+                        patient_rows += [(p, seq) for p in named]
                 expected = seq + 1
                 last_line, last_offset = line, pos
                 covered = pos + len(line) + 1
                 if len(rows) >= _BATCH:
                     self.db.executemany(insert, rows)
                     rows.clear()
+                    self._insert_patients(patient_rows)
         if rows:
             self.db.executemany(insert, rows)
+        self._insert_patients(patient_rows)
         if last_line:
             try:
                 parse_line(last_line)  # the last line is covered by no later prev: self-check
@@ -618,6 +645,13 @@ class AuditIndex:
             self._set_meta("head_seq", str(new_head))
             self._set_meta("head_hash", prev_hex)
         return new_head, prev_hex, added
+
+    def _insert_patients(self, rows: list[tuple[str, int]]) -> None:
+        if rows:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO event_patients (patient, seq) VALUES (?, ?)", rows
+            )
+            rows.clear()
 
     def _reverify_file(self, lf: _LogFile, last_seq: int) -> bool:
         """Read a changed (e.g. newly compressed) file in full against the indexed hashes.
