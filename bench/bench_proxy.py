@@ -92,13 +92,14 @@ def _page_all(client: httpx.Client, first: str) -> tuple[int, list[float]]:
 
 
 def _cpu(pids: dict[str, int]) -> dict[str, float]:
-    """CPU seconds (user + system) each process has used so far."""
+    """CPU seconds each process has used so far: ``name`` user + system, ``name sys`` system."""
     import psutil
 
     out = {}
     for name, pid in pids.items():
         times = psutil.Process(pid).cpu_times()
         out[name] = times.user + times.system
+        out[f"{name} sys"] = times.system
     return out
 
 
@@ -140,7 +141,7 @@ def _paging(hub: Hub, sandbox: SandboxProcess, proxy_root: str) -> None:
             count, times = _page_all(client, url)
             results[name].append((count, time.perf_counter() - started, times))
             after = _cpu(pids)
-            for process in pids:
+            for process in after:
                 spent = after[process] - before[process]
                 cpu[name][process] = cpu[name].get(process, 0.0) + spent
     direct.close()
