@@ -4,9 +4,11 @@ A FHIR server takes 50-200 ms per page, and that wait, not parsing, dominates
 a search. So the pager (a thread for the sync client, a task for the async
 one) reads each page's ``next`` link straight from the bytes it received and
 sends the next request at once; parsing and flattening happen in the caller
-meanwhile. It stays exactly one page ahead: the request for page N+1 goes out
-when the caller takes page N (at once when the caller is already waiting for
-it), so at most two pages are held at a time.
+meanwhile. The request for page N+1 goes out as soon as page N has arrived;
+when the caller falls behind, the pager holds one page for it and waits
+before fetching another, so at most three pages are held at a time (the
+caller's, the one waiting for it, the one in flight) and a slow page of
+flattening does not stall the requests.
 
 Finding the link before parsing: servers write ``resourceType``, ``type``,
 ``total`` and ``link`` before the large ``entry`` array, so
@@ -293,7 +295,7 @@ class _Walk:
 
 
 class SyncPager(_Walk):
-    """Pages of one search, fetched by a thread one page ahead (``ahead=False``: in the caller)."""
+    """Pages of one search, fetched by a thread ahead of the caller (``ahead=False``: in the caller)."""
 
     def __init__(
         self,
@@ -308,7 +310,6 @@ class SyncPager(_Walk):
         self.ahead = ahead
         self._cond = threading.Condition()
         self._slot: Page | None = None
-        self._waiting = False
         self._stopped = False
         self._busy = False
         self._thread: threading.Thread | None = None
@@ -333,19 +334,15 @@ class SyncPager(_Walk):
                     return
                 assert page.next is not None
                 link, params = page.next, None
-        self._thread = threading.Thread(target=self._run, name="fhir-pager", daemon=True)
-        self._thread.start()
+        thread = self.start()
         try:
             while True:
                 with self._cond:
-                    self._waiting = True
-                    self._cond.notify_all()
                     while self._slot is None:
-                        if not self._thread.is_alive() and self._slot is None:
+                        if not thread.is_alive() and self._slot is None:
                             raise RuntimeError("the page fetcher stopped unexpectedly")
                         self._cond.wait(0.5)
                     page, self._slot = self._slot, None
-                    self._waiting = False
                     self._cond.notify_all()
                 yield page
                 if page.last:
@@ -353,9 +350,16 @@ class SyncPager(_Walk):
         finally:
             self.close()
 
+    def start(self) -> threading.Thread:
+        """Send the first request now (iterating starts it too): the caller may prepare meanwhile."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="fhir-pager", daemon=True)
+            self._busy = True
+            self._thread.start()
+        return self._thread
+
     def _run(self) -> None:
         link, params = self.path, self.params
-        self._busy = True
         while True:
             page = self._fetch(link, params)
             with self._cond:
@@ -367,11 +371,6 @@ class SyncPager(_Walk):
                 self._slot = page
                 self._cond.notify_all()
                 if page.last:
-                    return
-                # one page ahead: the next request goes out once the caller has this page
-                while self._slot is not None and not self._waiting and not self._stopped:
-                    self._cond.wait()
-                if self._stopped:
                     return
                 self._busy = True
             assert page.next is not None
@@ -411,7 +410,6 @@ class AsyncPager(_Walk):
         self.ahead = ahead
         self._cond = asyncio.Condition()
         self._slot: Page | None = None
-        self._waiting = False
         self._task: asyncio.Task[None] | None = None
 
     async def _fetch(self, link: str, params: Params) -> Page:
@@ -434,25 +432,28 @@ class AsyncPager(_Walk):
                     return
                 assert page.next is not None
                 link, params = page.next, None
-        self._task = asyncio.ensure_future(self._run())
+        task = self.start()
         try:
             while True:
                 async with self._cond:
-                    self._waiting = True
-                    self._cond.notify_all()
                     while self._slot is None:
-                        if self._task.done():
-                            self._task.result()
+                        if task.done():
+                            task.result()
                             raise RuntimeError("the page fetcher stopped unexpectedly")
                         await self._cond.wait()
                     page, self._slot = self._slot, None
-                    self._waiting = False
                     self._cond.notify_all()
                 yield page
                 if page.last:
                     return
         finally:
             await self.aclose()
+
+    def start(self) -> asyncio.Task[None]:
+        """Start the fetching task now (iterating starts it too)."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        return self._task
 
     async def _run(self) -> None:
         link, params = self.path, self.params
@@ -465,7 +466,6 @@ class AsyncPager(_Walk):
                     self._cond.notify_all()
                     if page.last:
                         return
-                    await self._cond.wait_for(lambda: self._slot is None or self._waiting)
                 assert page.next is not None
                 link, params = page.next, None
         finally:

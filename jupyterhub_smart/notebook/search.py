@@ -453,11 +453,13 @@ class SearchResult(_Base):
         """Fetch every page into a :class:`TableBuilder` (the shared path of both frame types)."""
         builder = TableBuilder(self.resource_type, raw=raw, view=view)
         enabled = self.progress if progress is None else progress
-        fast = self._arrow_pages(builder, raw)
         tally = _Tally()
         bar = None
         pager = self._pager()
+        if self.prefetch:
+            pager.start()  # the first page is on its way while the Arrow engine compiles
         try:
+            fast = self._arrow_pages(builder, raw)
             for n, page in enumerate(pager):
                 if n == 0:
                     bar = _progress_bar(enabled, page.next is not None, self._safe_count)
@@ -574,8 +576,8 @@ class AsyncSearchResult(_Base):
         carries the next page's request meanwhile (and other tasks keep running).
         """
         builder = TableBuilder(self.resource_type, raw=raw, view=view)
-        fast = None if raw else ArrowPages.for_view(builder.view, self.resource_type)
         tally = _Tally()
+        fast: ArrowPages | None = None
 
         def matches(bundle: dict[str, Any], url: str) -> Iterator[dict[str, Any]]:
             return iter_matches(bundle, self.resource_type, url)
@@ -586,7 +588,14 @@ class AsyncSearchResult(_Base):
 
         pager = self._pager()
         pages = pager.pages()
+        if self.prefetch:
+            pager.start()  # the first page is on its way while the Arrow engine compiles
         try:
+            fast = (
+                None
+                if raw
+                else await asyncio.to_thread(ArrowPages.for_view, builder.view, self.resource_type)
+            )
             async for page in pages:
                 await asyncio.to_thread(add, page)
                 if page.next is None:

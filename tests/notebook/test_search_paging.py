@@ -8,7 +8,7 @@
   with a built-in view that the sandbox serves.
 * Errors on page k (a 403, a 500, a sign-in the hub can no longer refresh)
   surface as they did, with the earlier pages reported in order, and leave no
-  pager thread behind; a search abandoned early reports the page it fetched.
+  pager thread behind; a search abandoned early reports the pages it fetched.
 * The ``next`` link is read from the page's bytes before the parse
   (:func:`scan_link`), and a page whose bytes say two things is refused.
 """
@@ -201,20 +201,35 @@ def test_a_sign_in_that_ends_mid_search_surfaces_and_leaves_no_thread(
     assert _pager_threads() == []
 
 
-def test_an_abandoned_search_reports_the_page_it_fetched_ahead(sandbox: SandboxProcess) -> None:
+class CountingTransport(httpx.HTTPTransport):
+    """The real HTTP transport, counting requests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(str(request.url))
+        return super().handle_request(request)
+
+
+def test_an_abandoned_search_reports_the_pages_it_fetched_ahead(sandbox: SandboxProcess) -> None:
     token = system_token(sandbox)["access_token"]
     events: list[DataAccessEvent] = []
+    transport = CountingTransport()
     with connect(
         sandbox.iss, token=token, page_size=5, check_scopes=False, progress=False,
-        event_sink=events.append,
+        event_sink=events.append, transport=transport,
     ) as fhir:  # fmt: skip
         for _resource in fhir.search("Observation", patient=PATIENT):
             break
         deadline = time.monotonic() + 30
         while _pager_threads() and time.monotonic() < deadline:
-            time.sleep(0.05)  # the page in flight arrives, is reported, and its thread ends
+            time.sleep(0.05)  # a page in flight arrives, is reported, and its thread ends
     assert _pager_threads() == []
-    assert [(e.status, e.count) for e in events] == [(200, 5), (200, 5)]
+    assert 2 <= len(transport.requests) <= 3  # the page used, and at most two ahead
+    assert [e.url for e in events] == transport.requests
+    assert [(e.status, e.count) for e in events] == [(200, 5)] * len(transport.requests)
 
 
 def test_next_link_is_read_from_the_bytes_before_the_entries() -> None:
