@@ -81,9 +81,7 @@ class ProxyState:
         self.config = config
         self.hub_http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self.sessions = Sessions(config, self.hub_http)
-        self.recorder = HubRecorder(
-            config.hub_api_url, config.service_token, self.hub_http, config.hub_timeout
-        )
+        self.recorder = HubRecorder(config.hub_api_url, config.service_token, config.hub_timeout)
         self.upstream = Upstream(config.timeout)
         self.limits = UserLimits(
             max_concurrent=config.max_concurrent, rate=config.rate, burst=config.burst
@@ -91,6 +89,7 @@ class ProxyState:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        await self.recorder.aclose()
         await self.hub_http.aclose()
 
 
@@ -325,6 +324,10 @@ class FHIRProxyHandler(RequestHandler):
         scanner = BodyScanner(content_type)
         outcome = Outcome(status=response.status_code)
         pending = b""
+        # tornado leaves Nagle's algorithm on until an answer finishes: a chunk's last,
+        # short segment would then wait for the client's (delayed) ACK of the one before.
+        with contextlib.suppress(AttributeError, OSError):
+            self.request.connection.stream.set_nodelay(True)  # type: ignore[union-attr]
         try:
             async for chunk in response.aiter_bytes():
                 scanner.feed(chunk)
