@@ -182,7 +182,8 @@ def search(
     if limit is not None:
         sql += " LIMIT ? OFFSET ?"
         args = [*args, int(limit), int(offset)]
-    cursor = index.db.execute(sql, args)
+    cursor = index.db.cursor()  # its own result, while index.lines() reads the index
+    cursor.execute(sql, args)
     while True:
         seqs = [r[0] for r in cursor.fetchmany(2000)]
         if not seqs:
