@@ -139,6 +139,9 @@ SELECT
          AND d.valueString IS NOT NULL
          AND NOT regexp_full_match(d.valueString, '[0-9]{{1,18}}')), true)
   ) IS TRUE AS odd,
+  len(list_distinct(list_filter(
+    list_transform(entity, lambda e: CASE WHEN {_ROLE1} THEN e.what.reference END),
+    lambda x: x IS NOT NULL))) > 1 AS several,
   seq,
   prev,
   log_id
@@ -176,12 +179,21 @@ class Block:
     starts: np.ndarray  #: offset of each line in the block
     lengths: np.ndarray  #: bytes of each line, without its newline
     digests: list[bytes]  #: SHA-256 of each line
-    columns: pa.Table  #: row_of's columns, then ``odd``, ``seq``, ``prev``, ``log_id``
+    columns: pa.Table  #: row_of's columns, then ``odd``, ``several``, ``seq``, ``prev``, ``log_id``
 
     @property
     def odd(self) -> list[int]:
         """Rows whose columns row_of must compute itself."""
-        return [i for i, flag in enumerate(self.columns.column("odd").to_pylist()) if flag]
+        return _true_rows(self.columns.column("odd"))
+
+    @property
+    def several_patients(self) -> list[int]:
+        """Rows that name more than one patient (see :func:`.index.patients_of`)."""
+        return _true_rows(self.columns.column("several"))
+
+
+def _true_rows(flags: pa.ChunkedArray) -> list[int]:
+    return np.flatnonzero(flags.to_numpy(zero_copy_only=False) == True).tolist()  # noqa: E712
 
 
 def split(block: bytes) -> tuple[np.ndarray, np.ndarray]:

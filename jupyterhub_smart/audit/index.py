@@ -67,10 +67,11 @@ __all__ = [
     "IndexRow",
     "default_index_path",
     "log_files",
+    "patients_of",
     "row_of",
 ]
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 #: Bytes read from a log file at a time while indexing (one bulk block).
 _CHUNK = 64 * 1024 * 1024
 #: Rows handed to DuckDB per insert on the line-by-line path.
@@ -111,6 +112,13 @@ CREATE TABLE IF NOT EXISTS events (
     resource_type VARCHAR,
     interaction VARCHAR,
     count BIGINT
+);
+-- Patients of records that name more than one (a FHIR proxy search across patients):
+-- events.patient holds one of them, this table every one.
+CREATE TABLE IF NOT EXISTS event_patients (
+    patient VARCHAR NOT NULL,
+    seq BIGINT NOT NULL,
+    PRIMARY KEY (patient, seq)
 );
 """
 _COLUMNS = (
@@ -286,6 +294,17 @@ def row_of(record: Mapping[str, Any]) -> tuple[Any, ...]:
         interaction,
         count,
     )
+
+
+def patients_of(record: Mapping[str, Any]) -> list[str]:
+    """Every patient a record names (entities in the Patient role), in order, once each."""
+    found = [
+        ref
+        for entity in record.get("entity") or ()
+        if (entity.get("role") or {}).get("code") == "1"
+        and isinstance(ref := (entity.get("what") or {}).get("reference"), str)
+    ]
+    return list(dict.fromkeys(found))
 
 
 _EVENT_SCHEMA = pa.schema(
@@ -550,6 +569,7 @@ class AuditIndex:
             raise IndexMismatch("none of the indexed log files are there any more")
         cutoff = remaining[0]
         self._q("DELETE FROM events WHERE seq < ?", (cutoff,))
+        self._q("DELETE FROM event_patients WHERE seq < ?", (cutoff,))
         for g in gone:
             self._q("DELETE FROM files WHERE first_seq = ?", (g,))
 
@@ -698,6 +718,11 @@ class AuditIndex:
         if fastrows.prev_links_hold(cols.column("prev"), found.digests, before) is not None:
             raise fastrows.BlockError("a broken link")
         odd = found.odd
+        named: list[tuple[str, int]] = []
+        for i in found.several_patients:
+            start = int(found.starts[i])
+            record = orjson.loads(block[start : start + int(found.lengths[i])])
+            named += [(p, state.expected + i) for p in patients_of(record)]
         fixed: dict[int, tuple[Any, ...]] = {}
         for i in odd:  # shapes the bulk rules leave to row_of itself
             start = int(found.starts[i])
@@ -714,6 +739,7 @@ class AuditIndex:
             }
         )
         self._insert(table)
+        self._insert_patients(named)
         for i, row in fixed.items():
             self._q(
                 "UPDATE events SET time = ?, action = ?, outcome = ?, user = ?, fhir_user = ?, "
@@ -754,6 +780,7 @@ class AuditIndex:
         sha256 = hashlib.sha256
         loads = orjson.loads
         rows: list[tuple[Any, ...]] = []
+        patient_rows: list[tuple[str, int]] = []
         name = state.lf.path.name
         for line in block[:-1].split(b"\n"):
             expected = state.expected
@@ -814,6 +841,25 @@ class AuditIndex:
                 rows.clear()
         if rows:
             self._insert(_rows_table(rows))
+        self._insert_patients(patient_rows)
+
+    def _insert_patients(self, rows: list[tuple[str, int]]) -> None:
+        """Rows of event_patients: each patient of a record that names several."""
+        if rows:
+            table = pa.table(
+                {
+                    "patient": pa.array([p for p, _ in rows], pa.string()),
+                    "seq": pa.array([s for _, s in rows], pa.int64()),
+                }
+            )
+            self.db.register("new_patients", table)
+            try:
+                self._q(
+                    "INSERT OR REPLACE INTO event_patients (patient, seq) "
+                    "SELECT patient, seq FROM new_patients"
+                )
+            finally:
+                self.db.unregister("new_patients")
 
     def _reverify_file(self, lf: _LogFile, last_seq: int) -> bool:
         """Read a changed (e.g. newly compressed) file in full against the indexed hashes.

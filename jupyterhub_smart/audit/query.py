@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .index import AuditIndex, IndexMismatch, row_of
+from .index import AuditIndex, IndexMismatch, patients_of, row_of
 
 __all__ = [
     "Filters",
@@ -102,8 +102,11 @@ class Filters:
         args: list[Any] = []
         if self.patient:
             names = patient_candidates(self.patient)
-            parts.append(f"patient IN ({', '.join('?' * len(names))})")
-            args += names
+            marks = ", ".join("?" * len(names))
+            # A record naming several patients is in event_patients under each of them.
+            inner = f"SELECT seq FROM event_patients WHERE patient IN ({marks})"  # noqa: S608
+            parts.append(f"(patient IN ({marks}) OR seq IN ({inner}))")
+            args += [*names, *names]
         if self.user:
             parts.append("(user = ? OR fhir_user = ?)")
             args += [self.user, self.user]
@@ -130,10 +133,12 @@ class Filters:
             args.append(self.until)
         return (" AND ".join(parts) or "1"), args
 
-    def accepts(self, row: dict[str, Any]) -> bool:
-        """The same test in Python, on the columns of a line read back from the log."""
-        if self.patient and row["patient"] not in patient_candidates(self.patient):
-            return False
+    def accepts(self, row: dict[str, Any], patients: Sequence[str] = ()) -> bool:
+        """The same test in Python, on the columns (and ``patients``) of a line read back."""
+        if self.patient:
+            names = patient_candidates(self.patient)
+            if row["patient"] not in names and not set(patients) & set(names):
+                return False
         if self.user and self.user not in (row["user"], row["fhir_user"]):
             return False
         if self.issuer and (row["issuer"] or "").rstrip("/") != self.issuer.rstrip("/"):
@@ -195,7 +200,7 @@ def search(
                 raise IndexMismatch(f"seq {seq} is in the index but its line was not found")
             record = orjson.loads(line)
             row = dict(zip(ROW_FIELDS, row_of(record), strict=True))
-            if record.get("seq") != seq or not filters.accepts(row):
+            if record.get("seq") != seq or not filters.accepts(row, patients_of(record)):
                 raise IndexMismatch(
                     f"the index lists seq {seq} for this search but the logged line does not "
                     "match it: the index was edited; delete it to rebuild it from the log"

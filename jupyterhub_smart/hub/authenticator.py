@@ -63,6 +63,7 @@ from .logout import SMARTLogoutHandler
 from .metrics import watch_audit
 from .pending import PendingLogin, PendingLogins
 from .proxy_mode import FHIRAccessOptions, proxy_environment, register_proxy_service
+from .proxy_records import proxy_records_handlers
 from .published_keys import SMARTJWKSHandler, jwk_set, load_published_keys
 from .refresh import TokenRefresher
 from .scopes import define_smart_scopes, register_smart_scopes
@@ -485,6 +486,7 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
             (r"/api/smart/token", SMARTTokenAPIHandler),
             (r"/smart/jwks\.json", SMARTJWKSHandler),
             *audit_handlers,
+            *proxy_records_handlers,
             *audit_page_handlers,
             *health_handlers,
         ]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hmac
 import json
 import sys
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,7 +54,8 @@ class FHIRAccessOptions(LoggingConfigurable):
         server itself (lowest latency; the trail knows of a data access when the notebook
         client reports it). "proxy": kernels never hold an EHR token; every FHIR request goes
         through the hub's FHIR proxy service (/services/<fhir_proxy_service_name>/), which
-        enforces the granted scopes and records each request in its audit trail; the token
+        enforces the granted scopes and has the hub record each request in its audit trail
+        (before the answer completes); the token
         API then answers only the proxy. See docs/admin-guide.md, "Token mode or proxy mode".""",
     )
 
@@ -84,14 +84,6 @@ class FHIRAccessOptions(LoggingConfigurable):
         to reach it (the single-user environment's SMART_FHIR_PROXY_URL is this plus
         /services/<name>/). On Kubernetes, an address of the hub pod that user pods can
         reach.""",
-    )
-
-    fhir_proxy_audit_log_path = Unicode(
-        "",
-        config=True,
-        help="""Path of the proxy's own hash-chained audit log (one writer per log, so the
-        proxy process keeps its own chain next to the hub's). Empty: audit_log_path with
-        ".proxy" before its suffix (jupyterhub-smart-audit.proxy.jsonl).""",
     )
 
     fhir_proxy_max_concurrent = Integer(
@@ -134,20 +126,12 @@ class FHIRAccessOptions(LoggingConfigurable):
     )
 
 
-def _proxy_audit_path(authenticator: Any) -> str:
-    if authenticator.fhir_proxy_audit_log_path:
-        return str(Path(authenticator.fhir_proxy_audit_log_path).absolute())
-    main = Path(authenticator.audit_log_path).absolute()
-    return str(main.with_name(f"{main.stem}.proxy{main.suffix or '.jsonl'}"))
-
-
 def proxy_config(authenticator: Any) -> dict[str, Any]:
     """The proxy process's settings, from the authenticator's options (no secrets)."""
     keys = issuer_keys(authenticator.ehr.policy.issuers)
     return {
         **dict(authenticator.fhir_proxy_settings),
         "issuers": keys,
-        "audit_log_path": _proxy_audit_path(authenticator),
         "max_concurrent": authenticator.fhir_proxy_max_concurrent,
         "rate": authenticator.fhir_proxy_rate,
         "burst": authenticator.fhir_proxy_burst,

@@ -10,7 +10,8 @@ One request, in order (each step's module says why):
 3. the key is the user's EHR, and the method and path are an interaction the
    granted scopes allow (:mod:`.access`), else 404/403 (recorded);
 4. the user is within their concurrency and rate limits (:mod:`.limits`), else 429;
-5. the audit log is writable, else 503 (no record, no data);
+5. the hub's audit trail takes records (:mod:`.recorder`), else 503 (no record,
+   no data);
 6. the request goes to the EHR with allow-listed headers (:mod:`.headers`) and
    the EHR token; a 401 is reported to the hub and retried once with the new
    token; a redirect away from the FHIR base is refused (:mod:`.forward`);
@@ -18,10 +19,10 @@ One request, in order (each step's module says why):
    slow reader slows the EHR read instead of filling memory), the EHR's base
    URL rewritten to the proxy's (:mod:`.rewrite`), resources and patients
    counted (:mod:`.scan`);
-8. before the last chunk goes out, the request's record is made durable
-   (:mod:`.records`, group-committed by :class:`~jupyterhub_smart.audit.AuditLog`);
-   if it cannot be, the connection is cut, so the caller never gets a complete
-   answer the trail does not hold.
+8. before the last chunk goes out, the request's record (:mod:`.records`) is
+   durable in the hub's audit chain (:mod:`.recorder`, group-committed); if it
+   cannot be, the connection is cut, so the caller never gets a complete answer
+   the trail does not hold.
 
 ``GET /services/<name>/_context`` gives a kernel its session (the proxy URL of
 its EHR, patient, scopes; never a token): ``connect()`` uses it in proxy mode.
@@ -46,7 +47,7 @@ from tornado.iostream import StreamClosedError
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
-from ..audit import AuditLog, AuditUnavailable, record_or_refuse
+from ..audit import AuditUnavailable
 from ..smart.issuer_key import issuer_key
 from .access import FHIRRequest, check_scopes, classify
 from .config import ProxyConfig
@@ -55,6 +56,7 @@ from .forward import Upstream, redirect_target
 from .headers import request_headers, response_headers
 from .limits import UserLimits
 from .paths import Target, parse_target
+from .recorder import HubRecorder
 from .records import Outcome, proxy_event
 from .rewrite import BodyRewriter, rewrite_text
 from .scan import BodyScanner
@@ -73,13 +75,15 @@ CONTEXT_LIFETIME = 300
 
 
 class ProxyState:
-    """What every request shares: settings, hub sessions, EHR client, limits, audit log."""
+    """What every request shares: settings, hub sessions, EHR client, limits, recorder."""
 
-    def __init__(self, config: ProxyConfig, audit_log: AuditLog) -> None:
+    def __init__(self, config: ProxyConfig) -> None:
         self.config = config
-        self.audit_log = audit_log
         self.hub_http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self.sessions = Sessions(config, self.hub_http)
+        self.recorder = HubRecorder(
+            config.hub_api_url, config.service_token, self.hub_http, config.hub_timeout
+        )
         self.upstream = Upstream(config.timeout)
         self.limits = UserLimits(
             max_concurrent=config.max_concurrent, rate=config.rate, burst=config.burst
@@ -235,7 +239,7 @@ class FHIRProxyHandler(RequestHandler):
             user_agent=self.request.headers.get("User-Agent"),
             scope=scope,
         )
-        await record_or_refuse(self.state.audit_log, event)
+        await self.state.recorder.record(event)
 
     async def _record_refusal(
         self, session: Session, request: FHIRRequest, error: ProxyError, started: float
@@ -258,12 +262,12 @@ class FHIRProxyHandler(RequestHandler):
         scope: str | None,
         started: float,
     ) -> None:
-        if not self.state.audit_log.healthy:
+        if not await self.state.recorder.ready():
             raise ProxyError(
                 503,
                 "audit_unavailable",
-                "The proxy cannot write its audit trail right now, so it forwards nothing; "
-                "retry in a moment.",
+                "The hub's audit trail cannot take the proxy's records right now, so the "
+                "proxy forwards nothing; retry in a moment.",
                 headers={"Retry-After": "5"},
             )
         method = request.method
@@ -396,8 +400,8 @@ async def _watch_parent(state: ProxyState, server: HTTPServer, stop: asyncio.Eve
     """A managed proxy orphaned by a crashed hub serves on, and leaves once a hub is back.
 
     JupyterHub stops its managed services when it shuts down, but a hub that
-    crashes leaves this process running: it keeps answering from its cached
-    tokens (until they expire) while the hub is away. When the hub answers
+    crashes leaves this process running. While the hub is away it forwards
+    nothing (no record, no data: 503 ``audit_unavailable``). When the hub answers
     again it has started a new proxy on the same port (``SO_REUSEPORT``), so
     this one stops listening and exits.
     """
@@ -416,29 +420,9 @@ async def _watch_parent(state: ProxyState, server: HTTPServer, stop: asyncio.Eve
             stop.set()
 
 
-async def _open_audit_log(path: str) -> AuditLog:
-    """The proxy's audit log, once this process holds its lock.
-
-    After a hub crash the orphaned proxy of the old hub may still hold the
-    lock (one writer per log) for a moment, until it sees the new hub and
-    exits; the new proxy waits for it rather than start without a trail.
-    """
-    waited = 0.0
-    while True:
-        audit_log = AuditLog(path)
-        if audit_log.healthy:
-            return audit_log
-        await audit_log.aclose()
-        if waited == 0.0 or waited % 30 < 1:
-            log.warning("FHIR proxy: audit log %s not writable yet; waiting", path)
-        await asyncio.sleep(1.0)
-        waited += 1.0
-
-
 async def serve(config: ProxyConfig) -> None:
     """Run the proxy until SIGTERM/SIGINT (or, if managed, until a new hub took over)."""
-    audit_log = await _open_audit_log(config.audit_log_path)
-    state = ProxyState(config, audit_log)
+    state = ProxyState(config)
     server = HTTPServer(make_app(state), max_body_size=config.max_request_body, xheaders=False)
     sockets = bind_sockets(
         config.port, config.host, reuse_port=hasattr(__import__("socket"), "SO_REUSEPORT")
@@ -457,7 +441,6 @@ async def serve(config: ProxyConfig) -> None:
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(server.close_all_connections(), timeout=30)
     await state.aclose()
-    await audit_log.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:

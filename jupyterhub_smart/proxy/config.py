@@ -30,8 +30,6 @@ class ProxyConfig:
 
     #: issuer key -> the EHR's FHIR base URL (the issuer), for the configured EHRs.
     issuers: dict[str, str]
-    #: The proxy's own hash-chained audit log.
-    audit_log_path: str
     #: The hub's REST API (``.../hub/api``) and the service's own token for it.
     hub_api_url: str
     service_token: str = field(repr=False)
@@ -46,8 +44,10 @@ class ProxyConfig:
     timeout: float = 60.0
     #: Seconds to wait for the hub's token API.
     hub_timeout: float = 10.0
-    #: Seconds after which a caller's JupyterHub token is checked with the hub again.
+    #: Seconds after which the token API is asked again (withdrawn users, changed grants).
     revalidate_interval: float = 60.0
+    #: Seconds a caller's JupyterHub token counts as checked (a revoked one stops within it).
+    token_check_interval: float = 2.0
     #: Largest request body accepted (bytes); bodies are read whole so a 401 can be retried.
     max_request_body: int = 10 * 1024 * 1024
     allow_insecure_http: bool = False
@@ -87,7 +87,6 @@ class ProxyConfig:
         prefix = env.get("JUPYTERHUB_SERVICE_PREFIX") or "/services/smart-fhir/"
         config = cls(
             issuers={str(k): str(v).rstrip("/") for k, v in issuers.items()},
-            audit_log_path=str(raw.pop("audit_log_path", "jupyterhub-smart-audit.proxy.jsonl")),
             hub_api_url=env["JUPYTERHUB_API_URL"].rstrip("/"),
             service_token=env["JUPYTERHUB_API_TOKEN"],
             listen_url=env["JUPYTERHUB_SERVICE_URL"],
@@ -105,7 +104,13 @@ class ProxyConfig:
         for name in ("max_concurrent", "burst", "max_request_body"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("rate", "timeout", "hub_timeout", "revalidate_interval"):
+        for name in (
+            "rate",
+            "timeout",
+            "hub_timeout",
+            "revalidate_interval",
+            "token_check_interval",
+        ):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds")
 

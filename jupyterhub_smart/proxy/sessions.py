@@ -10,8 +10,14 @@ else). The answer (user, issuer, access token, scopes, context) is cached per
 caller token, like the notebook's token cache:
 
 * one fetch per token lifetime (until ``min(30 s, a quarter of the lifetime)``
-  before expiry), and at least every ``revalidate_interval`` so that a revoked
-  JupyterHub token or a withdrawn user stops within that time;
+  before expiry), and at least every ``revalidate_interval`` (60 s) so that a
+  withdrawn user or a changed grant shows within that time;
+* between fetches, the caller's JupyterHub token itself is checked with the
+  hub's ``GET /hub/api/user`` at most every ``token_check_interval`` (2 s): it
+  must still exist, belong to the same user and hold ``custom:smart:token``.
+  That is one indexed lookup on the hub and writes no audit record (a token
+  API fetch writes a ``token-issued`` record), so a revoked or deleted token
+  stops working within seconds at little cost;
 * concurrent requests with one caller token share one fetch;
 * ``rejected=`` reports an access token the EHR refused (its SHA-256, as the
   notebook does) so the hub refreshes at once;
@@ -44,6 +50,8 @@ __all__ = ["PROXY_CREDENTIAL_HEADER", "Session", "Sessions"]
 log = logging.getLogger(__name__)
 
 PROXY_CREDENTIAL_HEADER = "X-SMART-Proxy-Authorization"
+#: The scope the token API requires (jupyterhub_smart.hub.scopes.TOKEN_SCOPE).
+TOKEN_SCOPE = "custom:smart:token"  # noqa: S105 (a scope name, not a secret)
 MAX_MARGIN = 30.0
 MARGIN_FRACTION = 0.25
 #: Never use a cached token closer than this to its expiry, even with the hub away.
@@ -64,6 +72,8 @@ class Session:
     context: dict[str, Any]
     login_url: str | None
     fresh_until: float
+    #: Until when the caller's JupyterHub token counts as checked (wall clock).
+    checked_until: float = 0.0
 
     def usable(self, now: float) -> bool:
         """The access token has not expired (with a second's safety)."""
@@ -91,6 +101,7 @@ class Sessions:
         self.url = f"{config.hub_api_url}/smart/token"
         self._cache: OrderedDict[str, Session] = OrderedDict()
         self._inflight: dict[tuple[str, str | None], asyncio.Future[Session]] = {}
+        self._checks: dict[str, asyncio.Future[Session]] = {}
         #: Requests to the hub's token API (for logs and tests).
         self.fetches = 0
 
@@ -104,7 +115,14 @@ class Sessions:
         cached = self._cache.get(key)
         if cached is not None and rejected is None and now < cached.fresh_until:
             self._cache.move_to_end(key)
-            return cached
+            if now < cached.checked_until:
+                return cached
+            check = self._checks.get(key)
+            if check is None:
+                check = asyncio.ensure_future(self._check(key, caller_token, cached))
+                self._checks[key] = check
+                check.add_done_callback(lambda _f: self._checks.pop(key, None))
+            return await asyncio.shield(check)
         fingerprint = access_token_fingerprint(rejected) if rejected else None
         flight = (key, fingerprint)
         future = self._inflight.get(flight)
@@ -139,11 +157,44 @@ class Sessions:
         if rejected is not None and access_token_fingerprint(session.access_token) == rejected:
             # The hub kept the refused token (a forced refresh was rate limited).
             session.fresh_until = 0.0
+        session.checked_until = time.time() + self.config.token_check_interval
         self._cache[key] = session
         self._cache.move_to_end(key)
         while len(self._cache) > MAX_SESSIONS:
             self._cache.popitem(last=False)
         return session
+
+    async def _check(self, key: str, caller_token: str, cached: Session) -> Session:
+        """Is the caller's JupyterHub token still good for ``cached.user``? (cheap: no record)"""
+        try:
+            response = await self.http.get(
+                f"{self.config.hub_api_url}/user",
+                headers={"Authorization": f"token {caller_token}", "Accept": "application/json"},
+                timeout=self.config.hub_timeout,
+            )
+        except httpx.HTTPError as exc:
+            return self._hub_away(key, f"unreachable ({type(exc).__name__})")
+        if response.status_code in (502, 503, 504):
+            return self._hub_away(key, f"answered {response.status_code}")
+        body = _json(response) if response.status_code == 200 else None
+        scopes = body.get("scopes") if body is not None else None
+        if body is None or body.get("name") != cached.user:
+            self._cache.pop(key, None)
+            log.info("FHIR proxy: a caller's JupyterHub token is no longer good (revoked?)")
+            raise _refusal(401 if response.status_code in (200, 401, 403) else 502, None)
+        if not isinstance(scopes, list) or not {
+            TOKEN_SCOPE,
+            f"{TOKEN_SCOPE}!user={cached.user}",
+        } & set(scopes):
+            self._cache.pop(key, None)
+            raise ProxyError(
+                403,
+                "insufficient_scope",
+                f"This JupyterHub token does not hold {TOKEN_SCOPE} any more.",
+                scope=TOKEN_SCOPE,
+            )
+        cached.checked_until = time.time() + self.config.token_check_interval
+        return cached
 
     def _hub_away(self, key: str, why: str) -> Session:
         """The hub cannot be asked: the cached session while its token lives, else 503."""

@@ -6,18 +6,22 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sandbox.fhir.tokens import PUBLIC, patient_token
 
 from jupyterhub_smart.notebook.client import SMARTClient
 from jupyterhub_smart.notebook.tokens import StaticTokenProvider
 
 from .conftest import bulk_sandbox
-from .user_token import PUBLIC_CLIENT, patient_token
 
 
 def test_notebook_bulk_export_is_limited_to_the_users_patient(keys: Any, tmp_path: Path) -> None:
-    with bulk_sandbox(tmp_path / "sbx", keys, other_clients=[PUBLIC_CLIENT]) as env:
+    with bulk_sandbox(tmp_path / "sbx", keys, other_clients=[PUBLIC]) as env:
         with httpx.Client(base_url=env.sandbox.origin, timeout=30) as http:
-            token = patient_token(http, env.fhir_url, "patient-00003")
+            granted = patient_token(
+                http, env.fhir_url, "launch/patient patient/*.rs", "patient-00003"
+            )
+        assert granted["patient"] == "patient-00003"
+        token = str(granted["access_token"])
         provider = StaticTokenProvider(token, env.fhir_url)
         with SMARTClient(provider, allow_http=True) as fhir:
             result = fhir.bulk_export(

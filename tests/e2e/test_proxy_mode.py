@@ -61,12 +61,16 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoProcess]:
 
 
 def _records(demo: DemoProcess) -> list[dict[str, Any]]:
-    path = demo.state_dir / "hub" / "audit.proxy.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The proxy's records, in the hub's audit log (the proxy sends them there)."""
+    path = demo.state_dir / "hub" / "audit.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if _details(r).get("recorded-by") == "fhir-proxy"]
 
 
 def _details(record: dict[str, Any]) -> dict[str, str]:
-    return {d["type"]: d["valueString"] for e in record["entity"] for d in e.get("detail", [])}
+    return {
+        d["type"]: d["valueString"] for e in record.get("entity", []) for d in e.get("detail", [])
+    }
 
 
 def test_demo_notebook_in_proxy_mode(demo: DemoProcess) -> None:

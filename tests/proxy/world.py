@@ -4,7 +4,8 @@
 public URL is the front's, and a JupyterHub with ``fhir_access = "proxy"`` that
 starts the proxy as its managed service; one practitioner signs in by EHR
 launch, and ``token`` is one of their personal JupyterHub API tokens. The
-helpers below read the proxy's records back from its audit file.
+helpers below read the proxy's records back from the hub's audit log (the
+proxy sends them there).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from urllib.parse import urlsplit
 
 import httpx
 from hub_process import Browser, Hub, ehr_launch, patient_ids, run_hub
-from leak_scan import hub_wrote
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.audit.events import RESTFUL_INTERACTION
@@ -49,7 +49,8 @@ class ProxyWorld:
 
     @property
     def audit_path(self) -> Path:
-        return self.hub.workdir / "jupyterhub-smart-audit.proxy.jsonl"
+        """The hub's audit log, which holds the proxy's records."""
+        return self.hub.audit_path
 
     def client(self, token: str | None = None) -> httpx.Client:
         token = self.token if token is None else token
@@ -119,7 +120,6 @@ def running_world(
         with run_hub(
             work / "hub", issuers, port=hub_port, authenticator=options, crypt_key=crypt_key
         ) as hub:
-            hub_wrote(work / "hub" / "jupyterhub-smart-audit.proxy.jsonl")
             root = f"http://127.0.0.1:{proxy_port}/services/smart-fhir/"
             wait_for_proxy(root)
             patient = patient_ids(sandbox)[0]

@@ -1,0 +1,126 @@
+"""The proxy's records go to the hub, which appends them to its own audit chain.
+
+The hub keeps one hash-chained log with one writer; a second chain beside it
+would be a second accounting that every audit tool (query, report, admin page,
+alerts, sinks, checkpoints, retention) would have to merge. So the proxy
+writes nothing itself: :meth:`HubRecorder.record` posts the record to
+``POST /hub/api/smart/proxy-records`` (:mod:`jupyterhub_smart.hub.proxy_records`)
+with the proxy's own service token and returns once the hub says it is
+durable. Fail closed: if the hub does not confirm, :class:`AuditUnavailable`
+is raised and the caller's answer is cut before its last bytes.
+
+Group commit across requests: records that arrive while a post is in flight
+wait and go together in the next post (at most :data:`MAX_BATCH`), where the
+hub's log writes them with one sync. At most one post is in flight, so under
+load a post carries many records and the hub sees few requests.
+
+After a failure the recorder is *unhealthy*: before forwarding a request the
+proxy calls :meth:`HubRecorder.ready`, which asks the hub (an empty post) at
+most once per :data:`PROBE_INTERVAL` and refuses (503) until the hub answers,
+so no EHR data is fetched for an answer that could not be recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from ..audit import AuditUnavailable
+
+__all__ = ["HubRecorder"]
+
+log = logging.getLogger(__name__)
+
+#: Records in one post at most.
+MAX_BATCH = 200
+#: Seconds between probes of an unhealthy hub (requests meanwhile get 503 at once).
+PROBE_INTERVAL = 1.0
+
+
+class HubRecorder:
+    """Send records to the hub's audit chain, batched, one post in flight."""
+
+    def __init__(
+        self, hub_api_url: str, service_token: str, http: httpx.AsyncClient, timeout: float
+    ) -> None:
+        self.url = f"{hub_api_url}/smart/proxy-records"
+        self.http = http
+        self.timeout = timeout
+        self._headers = {
+            "Authorization": f"token {service_token}",
+            "Content-Type": "application/json",
+        }
+        self._queue: list[tuple[Mapping[str, Any], asyncio.Future[None]]] = []
+        self._sender: asyncio.Task[None] | None = None
+        self._failed_at: float | None = None
+        self._probe: asyncio.Future[bool] | None = None
+        #: Posts sent to the hub (for logs and tests).
+        self.posts = 0
+
+    @property
+    def healthy(self) -> bool:
+        """The last post (or probe) reached the hub and was recorded."""
+        return self._failed_at is None
+
+    async def record(self, event: Mapping[str, Any]) -> None:
+        """Return once the hub holds ``event`` durably; else :class:`AuditUnavailable`."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((event, future))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.ensure_future(self._send_all())
+        await future
+
+    async def ready(self) -> bool:
+        """True if records can be written now (asks the hub after a failure, rate-limited)."""
+        if self._failed_at is None:
+            return True
+        if time.monotonic() - self._failed_at < PROBE_INTERVAL:
+            return False
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._post([]))
+        return await asyncio.shield(self._probe)
+
+    async def _send_all(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            ok = await self._post([event for event, _ in batch])
+            for _, future in batch:
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(None)
+                else:
+                    future.set_exception(
+                        AuditUnavailable("the hub did not confirm the proxy's audit record")
+                    )
+
+    async def _post(self, events: list[Mapping[str, Any]]) -> bool:
+        """Post ``events``; True once the hub confirmed them (never raises)."""
+        self.posts += 1
+        try:
+            answer = await self.http.post(
+                self.url,
+                content=orjson.dumps({"events": events}),
+                headers=self._headers,
+                timeout=self.timeout,
+            )
+        except httpx.HTTPError as exc:
+            return self._failed(f"unreachable ({type(exc).__name__})")
+        if answer.status_code not in (200, 201):
+            return self._failed(f"answered {answer.status_code}")
+        if self._failed_at is not None:
+            log.warning("FHIR proxy: the hub records again; forwarding resumes")
+        self._failed_at = None
+        return True
+
+    def _failed(self, why: str) -> bool:
+        if self._failed_at is None:
+            log.error("FHIR proxy: the hub's audit trail %s: forwarding nothing (fail closed)", why)
+        self._failed_at = time.monotonic()
+        return False
