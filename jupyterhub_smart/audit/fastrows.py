@@ -125,7 +125,7 @@ SELECT
     AND a.who.identifier.system = '{SERVER_SYSTEM}')[-1].who.identifier.value AS server,
   list_filter(entity, lambda e: {_NAMED})[-1].name AS resource_type,
   list_filter(details, lambda d: d.type = 'interaction')[-1].valueString AS interaction,
-  CAST(list_filter(details, lambda d: d.type = 'count' AND d.valueString IS NOT NULL)[-1]
+  TRY_CAST(list_filter(details, lambda d: d.type = 'count' AND d.valueString IS NOT NULL)[-1]
     .valueString AS BIGINT) AS count,
   (
     list_contains(list_transform(subtype, lambda x: x IS NULL), true)

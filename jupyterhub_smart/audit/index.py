@@ -328,12 +328,21 @@ def _rows_table(rows: list[tuple[Any, ...]]) -> pa.Table:
 
 
 def _storable(row: tuple[Any, ...], seq: int, name: str) -> tuple[Any, ...]:
-    """row_of's columns as the table holds them: text, and a count that fits 64 bits."""
-    *texts, count = row
-    for value in texts:
-        if value is not None and not isinstance(value, str):
+    """row_of's columns as the table holds them: text, and a count that fits 64 bits.
+
+    A number or boolean where text belongs is kept as its JSON text (as SQLite's
+    text columns kept it before); an object or list there is not an audit record.
+    """
+    *values, count = row
+    texts: list[str | None] = []
+    for value in values:
+        if value is None or isinstance(value, str):
+            texts.append(value)
+        elif isinstance(value, (int, float)):
+            texts.append(orjson.dumps(value).decode())
+        else:
             raise IndexMismatch(
-                f"seq {seq}: a field of an unexpected type ({name}); run "
+                f"seq {seq}: a field holds an object or list where text belongs ({name}); run "
                 "`jupyterhub-smart audit verify`"
             )
     if texts[0] is None:
