@@ -77,7 +77,12 @@ class AuditBacklogFull(AuditUnavailable):
 
 
 class Sink(Protocol):
-    """Something that receives every record after it is durable in the log."""
+    """Something that receives every record after it is durable in the log.
+
+    A sink with a ``follow(audit_log)`` method is called with the log once it is
+    open; such a sink reads the records from the log's files itself, and
+    ``accept`` only tells it that more are durable (see :mod:`.spool`).
+    """
 
     def accept(self, records: Sequence[Mapping[str, Any]]) -> None: ...
 
@@ -184,6 +189,11 @@ class AuditLog:
         self._file_first_seq: int | None = None
 
         self._try_open()
+        for sink in self.sinks:
+            # Sinks that read their backlog from the log itself start from its head now.
+            follow = getattr(sink, "follow", None)
+            if follow is not None:
+                follow(self)
         self._thread = threading.Thread(target=self._run, name="audit-log-writer", daemon=True)
         self._thread.start()
 
