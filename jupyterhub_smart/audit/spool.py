@@ -56,6 +56,11 @@ _SPOOL_NAME = re.compile(r"^\d{12}-\d{12}-[0-9a-f]+\.jsonl$")
 SENT, RETRY, REJECTED = "sent", "retry", "rejected"
 #: Deliveries between two writes of the cursor (what a crash may send twice).
 CURSOR_EVERY = 500
+#: While the writer has events waiting, a sink pauses (sleeping, so the writer has the
+#: interpreter) for up to this many seconds, then delivers a burst of ``YIELD_BURST``
+#: records anyway: the trail first, its copies a moment later, and never starved.
+YIELD_FOR = 1.0
+YIELD_BURST = 200
 _ROTATED_SEQ = re.compile(r"\.(\d{12})(\.gz)?$")
 
 
@@ -250,8 +255,13 @@ class SpoolingSink:
         if cursor is None:
             return True  # the log is not open yet: woken again when it writes
         sent = 0
+        forced = 0
         try:
             for seq, line, file_seq, end in self._records(cursor):
+                if forced:
+                    forced -= 1
+                elif self._log.backlog and not self._yield_to_writer():
+                    forced = YIELD_BURST  # busy for a whole YIELD_FOR: deliver some anyway
                 record = orjson.loads(line)
                 encoded = self._encode(record)
                 outcome = RETRY if self._stop.is_set() else self._send(encoded)
@@ -268,6 +278,16 @@ class SpoolingSink:
         finally:
             if sent:
                 self._save_cursor()
+        return True
+
+    def _yield_to_writer(self) -> bool:
+        """Wait while the writer has events to make durable: True once it has none, False
+        after YIELD_FOR seconds (or when stopping)."""
+        until = time.monotonic() + YIELD_FOR
+        while self._log.backlog:
+            if self._stop.is_set() or time.monotonic() >= until:
+                return False
+            time.sleep(0.005)
         return True
 
     def _records(self, cursor: dict[str, Any]) -> Iterator[tuple[int, bytes, int, int]]:
