@@ -11,7 +11,9 @@ user's JupyterHub token.
    links over one keep-alive connection, direct then proxied, ``ROUNDS`` times
    each, interleaved. Printed: resources/s of each and the ratio (goal >= 0.8),
    per-page p50/p99 of each and what the proxy adds (goal p99 < 5 ms on a quiet
-   machine).
+   machine), and the CPU time per page of the proxy, the hub and the sandbox
+   (from ``/proc``: on a shared machine wall-clock includes waiting for a core,
+   CPU time does not) with the load average.
 2. *Memory*: the proxy's peak resident memory (``VmHWM``) before and after
    streaming one 10 MB and one 100 MB Bundle (served by the tests' fault front
    in front of a second sandbox): flat means the 100 MB answer adds no more
@@ -89,6 +91,18 @@ def _page_all(client: httpx.Client, first: str) -> tuple[int, list[float]]:
     return count, times
 
 
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds each process has used so far: ``name`` user + system, ``name sys`` system."""
+    import psutil
+
+    out = {}
+    for name, pid in pids.items():
+        times = psutil.Process(pid).cpu_times()
+        out[name] = times.user + times.system
+        out[f"{name} sys"] = times.system
+    return out
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -107,15 +121,29 @@ def _paging(hub: Hub, sandbox: SandboxProcess, proxy_root: str) -> None:
         headers={"Authorization": f"token {token}"}, timeout=120, trust_env=False
     )
     results: dict[str, list[tuple[int, float, list[float]]]] = {"direct": [], "proxy": []}
-    _page_all(proxied, f"{base}/Observation?patient=dense&_count=10")  # warm the token cache
+    warm = proxied.get(f"{base}/Observation?patient=dense&_count=10")  # the token cache, once
+    assert warm.status_code == 200, warm.text[:300]
+    from proxy.world import proxy_pid
+
+    pids = {
+        "proxy": proxy_pid(_RootOnly(proxy_root)),  # type: ignore[arg-type]
+        "hub": hub.process.pid,
+        "sandbox": sandbox.process.pid,
+    }
+    cpu: dict[str, dict[str, float]] = {"direct": {}, "proxy": {}}
     for _ in range(ROUNDS):
         for name, client, url in (
             ("direct", direct, f"{sandbox.iss}/{query}"),
             ("proxy", proxied, f"{base}/{query}"),
         ):
+            before = _cpu(pids)
             started = time.perf_counter()
             count, times = _page_all(client, url)
             results[name].append((count, time.perf_counter() - started, times))
+            after = _cpu(pids)
+            for process in after:
+                spent = after[process] - before[process]
+                cpu[name][process] = cpu[name].get(process, 0.0) + spent
     direct.close()
     proxied.close()
     rates = {n: max(c / s for c, s, _ in runs) for n, runs in results.items()}
@@ -127,10 +155,24 @@ def _paging(hub: Hub, sandbox: SandboxProcess, proxy_root: str) -> None:
             f"   p99 {1000 * _pct(pages[name], 0.99):6.1f} ms"
         )
     print(f"  throughput ratio proxy/direct: {rates['proxy'] / rates['direct']:.2f} (goal >= 0.8)")
+    for name in ("direct", "proxy"):
+        per_page = {p: 1000 * c / len(pages[name]) for p, c in cpu[name].items()}
+        print(
+            f"  CPU per page, {name:6s}: "
+            + ", ".join(f"{p} {ms:5.1f} ms" for p, ms in per_page.items())
+        )
+    print(f"  load average (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(
         f"  added per page: p50 {1000 * (statistics.median(pages['proxy']) - statistics.median(pages['direct'])):+.1f} ms,"
         f" p99 {1000 * (_pct(pages['proxy'], 0.99) - _pct(pages['direct'], 0.99)):+.1f} ms (goal p99 < 5 ms)"
     )
+
+
+class _RootOnly:
+    """What :func:`proxy.world.proxy_pid` reads of a world: the proxy's root URL."""
+
+    def __init__(self, proxy_root: str) -> None:
+        self.proxy_root = proxy_root
 
 
 def _fairness(hub: Hub, sandbox: SandboxProcess, proxy_root: str) -> None:

@@ -86,35 +86,33 @@ class TypeConverter:
         """
         if self.vector is None:
             raise Fallback("the view is not covered by the Arrow engine")
-        resources, index = self.vector.read(lines)
-        if len(index) != len(lines):
-            raise Fallback("a line of another type")
-        kinds = resources.field("resourceType")
+        # one block, read whole: every line one {...} object of this type (else Fallback)
+        resources = self.vector.read_block(b"\n".join(lines))
+        if len(resources) != len(lines):
+            raise Fallback("a blank line")
         ids = resources.field("id")
-        if (
-            ids.null_count
-            or kinds.null_count
-            or not pc.all(pc.equal(kinds, self.resource_type)).as_py()
-        ):
+        if ids.null_count:
             raise Fallback("a line that is not a resource of this type with an id")
         try:
             raw = pa.array(lines, type=pa.binary()).cast(pa.string())
         except pa.ArrowInvalid as exc:
             raise Fallback(str(exc)) from None
         parent, arrays, warnings = self.vector.rows(resources)
-        missing = np.setdiff1d(np.arange(len(lines), dtype=np.int64), parent, assume_unique=False)
-        if len(missing):  # a resource without rows keeps one row: its id and JSON
-            everything = np.concatenate([parent, missing])
-            order = pa.array(np.argsort(everything, kind="stable"))
-            arrays = [
-                pa.concat_arrays([a, pa.nulls(len(missing), a.type)]).take(order) for a in arrays
-            ]
-            parent = everything[order.to_numpy()]
-        taken = pa.array(parent)
+        if len(parent) != len(lines) or (parent != np.arange(len(lines))).any():
+            missing = np.setdiff1d(np.arange(len(lines), dtype=np.int64), parent)
+            if len(missing):  # a resource without rows keeps one row: its id and JSON
+                everything = np.concatenate([parent, missing])
+                order = pa.array(np.argsort(everything, kind="stable"))
+                arrays = [
+                    pa.concat_arrays([a, pa.nulls(len(missing), a.type)]).take(order)
+                    for a in arrays
+                ]
+                parent = everything[order.to_numpy()]
+            taken = pa.array(parent)
+            ids, raw = ids.take(taken), raw.take(taken)
         for name, count in warnings.items():
             self.converter.warnings[name] = self.converter.warnings.get(name, 0) + count
-        columns = [*arrays, ids.take(taken), raw.take(taken)]
-        return pa.RecordBatch.from_arrays(columns, schema=self.converter.schema())
+        return pa.RecordBatch.from_arrays([*arrays, ids, raw], schema=self.converter.schema())
 
 
 class ViewWriter:

@@ -31,6 +31,7 @@ from inspect import isawaitable
 from pathlib import Path
 from typing import Any
 
+from jupyterhub import orm
 from jupyterhub.crypto import CryptKeeper, EncryptionUnavailable, NoEncryptionKeys
 from jupyterhub.utils import url_path_join
 from oauthenticator.oauth2 import OAuthenticator
@@ -68,6 +69,7 @@ from .published_keys import SMARTJWKSHandler, jwk_set, load_published_keys
 from .refresh import TokenRefresher
 from .scopes import define_smart_scopes, register_smart_scopes
 from .sealed import RefreshTokenSeal
+from .spill import TokenSpill
 from .token_api import SMARTTokenAPIHandler
 from .tokenstate import new_auth_state
 from .trail import HubTrail, client_fields, reference
@@ -197,6 +199,38 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
         10.0,
         config=True,
         help="Seconds to wait for each back-channel request to an EHR (discovery, token, JWKS).",
+    )
+
+    refresh_timeout = Float(
+        120.0,
+        min=0.001,
+        config=True,
+        help="""Seconds the hub waits for the EHR's answer to a refresh (http_timeout is for
+        the other back-channel requests). Longer on purpose: an EHR that rotates refresh
+        tokens spends the old one as it answers, so an answer the hub gave up on would leave
+        it only a spent refresh token and the user would have to sign in again. The refresh
+        runs in its own task and stores whatever arrives in time; callers wait at most
+        refresh_wait.""",
+    )
+
+    refresh_wait = Float(
+        10.0,
+        min=0.001,
+        config=True,
+        help="""Seconds a token API call (or JupyterHub's refresh_user) waits for a refresh in
+        flight. Then it gets the current access token if that is still valid, else 503 with
+        Retry-After; the refresh goes on (refresh_timeout), and calls arriving meanwhile wait
+        for the same refresh instead of starting another.""",
+    )
+
+    unsaved_tokens_dir = Unicode(
+        "jupyterhub-smart-unsaved",
+        config=True,
+        help="""Folder (relative to the hub's working directory) where refreshed EHR tokens the
+        hub database did not take (an outage) wait, encrypted under a key derived from
+        JUPYTERHUB_CRYPT_KEY, until it does: a hub killed meanwhile takes them back at
+        start-up instead of leaving users with a spent refresh token. Put it on a persistent
+        volume (with Zero to JupyterHub, next to the audit log). Empty for none.""",
     )
 
     login_timeout = Float(
@@ -398,9 +432,19 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
             log=self.log,
             seal=RefreshTokenSeal(CryptKeeper.instance().keys) if self.enable_auth_state else None,
             backoff=self._refresh_backoff(),
+            refresh_timeout=self.refresh_timeout,
+            wait=self.refresh_wait,
+            spill=self._token_spill(),
         )
         if self.fhir_access == "proxy" and hasattr(self.parent, "services"):
             register_proxy_service(self, self.parent)  # before JupyterHub reads its services
+
+    def _token_spill(self) -> TokenSpill | None:
+        """Where unsaved refreshed tokens survive a killed hub (:mod:`.spill`)."""
+        if not self.enable_auth_state or not self.unsaved_tokens_dir:
+            return None
+        directory = Path(self.unsaved_tokens_dir).absolute()
+        return TokenSpill(directory, CryptKeeper.instance().keys, self.log)
 
     def _refresh_backoff(self) -> RefreshBackoff:
         if self.refresh_backoff_max < self.refresh_backoff_initial:
@@ -477,6 +521,8 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
         if self.inactivity is not None:
             self._check_activity_resolution(app)
             self.inactivity.start(app)
+        # Before any request: tokens a killed hub could not store are newer than the database's.
+        self.refresher.unsaved.restore(lambda name: _find_user(app, name))
         # JupyterHub has loaded its users (and applied blocked_users) before this call.
         self._start_up_withdrawal = asyncio.get_running_loop().create_task(
             withdraw_at_start_up(self, app)
@@ -725,3 +771,9 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
         spawner.environment["SMART_TOKEN_API_URL"] = url_path_join(
             spawner.hub.api_url, "smart/token"
         )
+
+
+def _find_user(app: Any, name: str) -> Any:
+    """JupyterHub's User called ``name``, or None when the hub has none."""
+    orm_user = orm.User.find(app.db, name)
+    return app.users[orm_user] if orm_user is not None else None

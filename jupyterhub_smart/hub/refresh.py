@@ -15,7 +15,14 @@ token, JupyterHub's ``refresh_user`` and the token API, with one policy:
   has passed (:mod:`.backoff`): callers get the still-valid token, or 503 with
   ``Retry-After``, and each period is one audit record with a count;
 * a user whose EHR the admin removed gets no token any more, and that is
-  recorded once per user and issuer.
+  recorded once per user and issuer;
+* the refresh request runs in its own task with its own deadline
+  (``refresh_timeout``, longer than a caller waits): an EHR that rotates
+  refresh tokens spends the old one when it answers, so an answer the hub gave
+  up on would leave only a spent refresh token. A caller waits at most
+  ``wait`` seconds, then gets the still-valid token or 503 with
+  ``Retry-After``; the refresh goes on, stores what the EHR answers, and
+  callers arriving meanwhile join it.
 
 Every refresh is persisted at once and recorded in the audit trail.
 """
@@ -42,6 +49,7 @@ from .ehr import EHRConnections
 from .errors import EHRUnavailable, ReauthenticationRequired, RefreshRateLimited
 from .metrics import REFRESHES
 from .sealed import SEALED_KEY, RefreshTokenSeal, SealBroken
+from .spill import TokenSpill
 from .tokenstate import AuthStateCache, expires_within, with_refreshed, without_tokens
 from .trail import HubTrail, reference
 from .unsaved import UnsavedTokens
@@ -50,6 +58,8 @@ __all__ = ["ForcedRefresh", "ForcedRefreshLimiter", "TokenRefresher"]
 
 #: OAuth errors of a refresh that mean the grant is over (sign in again), not an outage.
 GRANT_ENDED = frozenset({"invalid_grant", "invalid_client", "unauthorized_client"})
+#: Seconds a caller told "refresh still running" waits before asking again (at most).
+IN_FLIGHT_RETRY_AFTER = 5.0
 
 
 @dataclass
@@ -111,8 +121,15 @@ class TokenRefresher:
         log: logging.Logger,
         seal: RefreshTokenSeal | None = None,
         backoff: RefreshBackoff | None = None,
+        refresh_timeout: float | None = None,
+        wait: float | None = None,
+        spill: TokenSpill | None = None,
     ) -> None:
         self.ehr = ehr
+        #: Seconds the refresh request itself waits for the EHR (default: the HTTP timeout).
+        self.refresh_timeout = ehr.timeout if refresh_timeout is None else refresh_timeout
+        #: Seconds a caller waits for a refresh in flight (default: no more than it runs).
+        self.wait = self.refresh_timeout if wait is None else wait
         #: Holds refreshes back after a failure, per issuer (outage) or per user there.
         self.backoff = backoff or RefreshBackoff(5.0, 300.0)
         self._reporting: set[asyncio.Task[None]] = set()
@@ -135,7 +152,9 @@ class TokenRefresher:
         # the lock lost the race to a logout, and stores nothing.
         self._storing: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         #: Refreshed tokens the database did not take (an outage): used and retried (:mod:`.unsaved`).
-        self.unsaved = UnsavedTokens(self.store, self._storing.__getitem__, log)
+        self.unsaved = UnsavedTokens(
+            self.store, self._storing.__getitem__, log, spill=spill, revoke=self._revoke_dropped
+        )
 
     async def refresh_user(self, user: Any) -> bool | dict[str, Any]:
         """JupyterHub's refresh_user answer: True, ``{"auth_state": ...}`` or False.
@@ -209,9 +228,18 @@ class TokenRefresher:
         try:
             if not self.flight.in_flight(user.name):
                 self._hold_back(user, state)
-            return await self.flight.run(
+            flight = self.flight.run(
                 user.name, lambda: self._refresh(user, rejected=rejected if forced else None)
             )
+            try:
+                # The flight is shielded: giving up here leaves the refresh running.
+                return await asyncio.wait_for(flight, self.wait)
+            except asyncio.TimeoutError:
+                raise EHRUnavailable(
+                    f"The EHR has not answered the hub's refresh within {self.wait:g} s; the "
+                    "refresh goes on and its tokens are kept when the EHR answers.",
+                    retry_after=min(IN_FLIGHT_RETRY_AFTER, self.wait),
+                ) from None
         except SMARTError as exc:
             if forced:
                 assert rejected is not None
@@ -342,12 +370,22 @@ class TokenRefresher:
         elif not self.ehr.configured(iss):
             outcome = "EHR grant not revoked (the EHR is no longer configured)"
         else:
-            outcome = await self._revoke(user, state, refresh_token)
+            outcome = await self._revoke(user.name, state, refresh_token)
         await self.forget_tokens(user, state)
         return outcome + "; the hub dropped its EHR tokens"
 
-    async def _revoke(self, user: Any, state: Mapping[str, Any], refresh_token: str) -> str:
-        """Revoke ``refresh_token`` at the user's EHR; the outcome in words."""
+    async def _revoke_dropped(self, name: str, state: Mapping[str, Any]) -> None:
+        """Revoke the refresh token of refreshed tokens dropped unsaved (:mod:`.unsaved`)."""
+        refresh_token = state.get("refresh_token")
+        if (
+            isinstance(refresh_token, str)
+            and refresh_token
+            and self.ehr.configured(state.get("iss"))
+        ):
+            await self._revoke(name, state, refresh_token)
+
+    async def _revoke(self, name: str, state: Mapping[str, Any], refresh_token: str) -> str:
+        """Revoke ``refresh_token`` at the EHR of ``name``'s ``state``; the outcome in words."""
         iss = state["iss"]
         try:
             config, client = await self.ehr.endpoints(iss)
@@ -355,14 +393,12 @@ class TokenRefresher:
                 self.ehr.http, config, client, refresh_token, timeout=self.ehr.timeout
             )
         except SMARTError as exc:
-            self.log.error(
-                "Could not revoke the refresh token of %s at %s: %s", user.name, iss, exc
-            )
+            self.log.error("Could not revoke the refresh token of %s at %s: %s", name, iss, exc)
             await self.trail.event(
                 "token-revocation-failed",
                 outcome="failure",
                 description=str(exc),
-                username=user.name,
+                username=name,
                 fhir_user=state.get("fhirUser"),
                 issuer=iss,
             )
@@ -370,7 +406,7 @@ class TokenRefresher:
         if not revoked:
             return "EHR grant not revoked (the EHR offers no revocation endpoint)"
         await self.trail.event(
-            "token-revoked", username=user.name, fhir_user=state.get("fhirUser"), issuer=iss
+            "token-revoked", username=name, fhir_user=state.get("fhirUser"), issuer=iss
         )
         return "EHR grant revoked"
 
@@ -464,7 +500,7 @@ class TokenRefresher:
                 client,
                 refresh_token,
                 requested_scope=state.get("scope") or None,
-                timeout=self.ehr.timeout,
+                timeout=self.refresh_timeout,
             )
         except SMARTError as exc:
             if isinstance(exc, TokenEndpointError) and exc.oauth_error in GRANT_ENDED:
@@ -553,7 +589,7 @@ class TokenRefresher:
             "A refresh for %s finished after its tokens changed; discarding it", user.name
         )
         if new_refresh_token and self.ehr.configured(state.get("iss")):
-            await self._revoke(user, state, new_refresh_token)
+            await self._revoke(user.name, state, new_refresh_token)
         if isinstance(stored, Mapping) and stored.get("access_token"):
             return dict(stored)
         await self._reauthentication_required(user, state, "signed out while a refresh ran")

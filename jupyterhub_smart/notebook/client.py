@@ -206,15 +206,30 @@ class _Core:
         resource_id: str | None = None,
         params: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        self._last_token = fetched.token
-        if self.event_sink is None:
-            return
         data = fetched.data
         if data.get("resourceType") == "Bundle":
             entries = data.get("entry")
             count = len(entries) if isinstance(entries, list) else 0
         else:
             count = 1 if action in ("read", "vread") else 0
+        self._emit_count(
+            fetched, count, action, resource_type, resource_id=resource_id, params=params
+        )
+
+    def _emit_count(
+        self,
+        fetched: Fetched,
+        count: int,
+        action: str,
+        resource_type: str,
+        *,
+        resource_id: str | None = None,
+        params: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """Report an answer that returned ``count`` resources."""
+        self._last_token = fetched.token
+        if self.event_sink is None:
+            return
         emit(
             self.event_sink,
             DataAccessEvent(
@@ -275,6 +290,82 @@ class _Core:
                 "some data-access reports are not delivered yet; they are retried in the "
                 "background and at exit"
             )
+
+
+class _PageReports:
+    """The data-access events of one search's pages (shared by both clients' page getters).
+
+    A page fetched unparsed (``raw``) is reported by whoever parses it, with its
+    number of entries (``served``), or its error (``refused``): so the pages of a
+    search are reported in the order they were requested even when the next
+    page's request goes out before this one is parsed.
+    """
+
+    def __init__(self, core: _Core, resource_type: str, pairs: list[tuple[str, str]]) -> None:
+        self.core = core
+        self.resource_type = resource_type
+        self.pairs = pairs
+
+    def used(self, params: list[tuple[str, str]] | None) -> tuple[tuple[str, str], ...]:
+        return tuple(params if params is not None else self.pairs)
+
+    def served(
+        self, fetched: Fetched, entries: int, action: str, params: list[tuple[str, str]] | None
+    ) -> None:
+        """Report a page read unparsed, now that its ``entries`` are counted."""
+        self.core._emit_count(
+            fetched, entries, action, self.resource_type, params=self.used(params)
+        )
+
+    def refused(
+        self, error: BaseException, action: str, params: list[tuple[str, str]] | None
+    ) -> None:
+        """Report a page request the server answered with an error (others are not reported)."""
+        if isinstance(error, FHIRError):
+            self.core._emit_refused(error, action, self.resource_type, params=self.used(params))
+
+
+class _PageGet(_PageReports):
+    """``get(path_or_url, params, action)``: one page, parsed and reported; ``raw``: unparsed."""
+
+    core: SMARTClient
+
+    def __call__(
+        self, path_or_url: str, params: list[tuple[str, str]] | None, action: str
+    ) -> Fetched:
+        try:
+            fetched = self.core.http.get(path_or_url, params)
+        except FHIRError as exc:
+            self.refused(exc, action, params)
+            raise
+        self.core._emit(fetched, action, self.resource_type, params=self.used(params))
+        return fetched
+
+    def raw(self, path_or_url: str, params: list[tuple[str, str]] | None, action: str) -> Fetched:
+        """The page as read (``Fetched.body``), not yet reported: see :meth:`served`."""
+        return self.core.http.get(path_or_url, params, parse=False)
+
+
+class _AsyncPageGet(_PageReports):
+    """Async twin of :class:`_PageGet`."""
+
+    core: AsyncSMARTClient
+
+    async def __call__(
+        self, path_or_url: str, params: list[tuple[str, str]] | None, action: str
+    ) -> Fetched:
+        try:
+            fetched = await self.core.http.get(path_or_url, params)
+        except FHIRError as exc:
+            self.refused(exc, action, params)
+            raise
+        self.core._emit(fetched, action, self.resource_type, params=self.used(params))
+        return fetched
+
+    async def raw(
+        self, path_or_url: str, params: list[tuple[str, str]] | None, action: str
+    ) -> Fetched:
+        return await self.core.http.get(path_or_url, params, parse=False)
 
 
 class SMARTClient(_Core):
@@ -425,20 +516,9 @@ class SMARTClient(_Core):
             max_pages=self.max_pages,
         )
 
-    def _search_get(self, resource_type: str, pairs: list[tuple[str, str]]) -> Any:
+    def _search_get(self, resource_type: str, pairs: list[tuple[str, str]]) -> _PageGet:
         """The request function of one search; ``next`` pages report the search's parameters."""
-
-        def get(path_or_url: str, params: list[tuple[str, str]] | None, action: str) -> Fetched:
-            used = tuple(params if params is not None else pairs)
-            try:
-                fetched = self.http.get(path_or_url, params)
-            except FHIRError as exc:
-                self._emit_refused(exc, action, resource_type, params=used)
-                raise
-            self._emit(fetched, action, resource_type, params=used)
-            return fetched
-
-        return get
+        return _PageGet(self, resource_type, pairs)
 
     def observations(
         self,
@@ -668,20 +748,8 @@ class AsyncSMARTClient(_Core):
         self._emit(fetched, "read", resource_type, resource_id=resource_id)
         return fetched.data
 
-    def _search_get(self, resource_type: str, pairs: list[tuple[str, str]]) -> Any:
-        async def get(
-            path_or_url: str, params: list[tuple[str, str]] | None, action: str
-        ) -> Fetched:
-            used = tuple(params if params is not None else pairs)
-            try:
-                fetched = await self.http.get(path_or_url, params)
-            except FHIRError as exc:
-                self._emit_refused(exc, action, resource_type, params=used)
-                raise
-            self._emit(fetched, action, resource_type, params=used)
-            return fetched
-
-        return get
+    def _search_get(self, resource_type: str, pairs: list[tuple[str, str]]) -> _AsyncPageGet:
+        return _AsyncPageGet(self, resource_type, pairs)
 
     async def search(
         self,

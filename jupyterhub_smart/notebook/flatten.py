@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from jupyterhub_smart.views.table import TableConverter
+
 __all__ = ["COLUMNS", "TableBuilder", "ViewSpec", "columns_for", "resolve_view"]
 
 Kind = Literal["str", "float", "int", "datetime", "date", "bool", "list"]
@@ -151,8 +153,41 @@ class TableBuilder:
             self.columns.append(("raw", "str"))
         self._raw = raw
         self._rows: list[tuple[Any, ...]] = []
+        #: Rows already in Arrow form (pages read by the Arrow engine), in order with ``_rows``.
+        self._batches: list[pa.RecordBatch] = []
+        self._converter: TableConverter | None = None
         #: Per column, values that did not fit the column's type (read after a conversion).
         self.warnings: dict[str, int] = {}
+
+    def _table_converter(self) -> TableConverter:
+        if self._converter is None:
+            from jupyterhub_smart.views.definition import Column
+            from jupyterhub_smart.views.table import TableConverter
+
+            columns = list(self.view.columns)
+            if self._raw:
+                columns.append(Column("raw", "string", False, "raw"))
+            self._converter = TableConverter(columns)
+        return self._converter
+
+    def _flush_rows(self) -> None:
+        """Turn the rows added so far into a batch (before a batch that follows them)."""
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self._batches.append(self._table_converter().batch(rows))
+
+    def add_arrow(self, arrays: list[pa.Array], warnings: Mapping[str, int]) -> None:
+        """Add rows the Arrow engine made (columns in the view's order and converted types)."""
+        import pyarrow as pa
+
+        if self._raw:
+            raise ValueError("raw=True needs each resource's JSON: add() the resources")
+        self._flush_rows()
+        converter = self._table_converter()
+        for name, count in warnings.items():
+            converter.warnings[name] = converter.warnings.get(name, 0) + count
+        if len(arrays) and len(arrays[0]):
+            self._batches.append(pa.RecordBatch.from_arrays(arrays, schema=converter.schema()))
 
     def add(self, resources: Iterable[dict[str, Any]]) -> int:
         """Add resources (of this builder's type); returns how many resources were added."""
@@ -171,24 +206,25 @@ class TableBuilder:
         return added
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._rows) + sum(len(b) for b in self._batches)
 
     def to_arrow(self) -> pa.Table:
         """The rows as an Arrow table: strings, float64, int64, UTC timestamps, date32, lists."""
         import pandas as pd
         import pyarrow as pa
 
-        from jupyterhub_smart.views.definition import Column
         from jupyterhub_smart.views.gcpause import gc_paused
-        from jupyterhub_smart.views.table import WARNINGS_KEY, TableConverter
+        from jupyterhub_smart.views.table import WARNINGS_KEY
 
-        columns = list(self.view.columns)
-        if self._raw:
-            columns.append(Column("raw", "string", False, "raw"))
-        converter = TableConverter(columns)
-        rows, self._rows = self._rows, []  # the typed columns replace the tuples; free them early
+        converter = self._table_converter()
         with gc_paused():
-            table = converter.table([converter.batch(rows)])
+            if self._rows or not self._batches:
+                # the typed columns replace the tuples; free them early
+                rows, self._rows = self._rows, []
+                self._batches.append(converter.batch(rows))
+            batches, self._batches = self._batches, []
+            table = converter.table(batches)
+        self._converter = None
         self.warnings = dict(converter.warnings)
         arrays = []
         fields = []

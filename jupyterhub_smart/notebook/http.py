@@ -114,7 +114,9 @@ class Fetched:
 
     ``data`` is ``{}`` for an answer without a body (204, 304, ``Prefer:
     return=minimal``); ``headers`` keeps ``ETag``, ``Location`` and
-    ``Last-Modified`` (lower-cased names).
+    ``Last-Modified`` (lower-cased names). A page fetched with ``parse=False``
+    has ``data`` ``{}`` and its undecoded JSON in ``body``, so that the
+    parsing can happen elsewhere (while the next page is on its way).
     """
 
     data: dict[str, Any]
@@ -122,6 +124,7 @@ class Fetched:
     status: int
     token: TokenInfo
     headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes | None = None
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -302,21 +305,26 @@ def parse_json(response: httpx.Response, url: str) -> dict[str, Any]:
 
     An answer without a body (204, 304, a write with ``Prefer: return=minimal``) is ``{}``.
     """
-    if not response.content and response.status_code in (201, 200, 204, 304):
+    return parse_body(response.content, response.status_code, url)
+
+
+def parse_body(content: bytes, status: int, url: str) -> dict[str, Any]:
+    """:func:`parse_json` of a body already read (a page fetched with ``parse=False``)."""
+    if not content and status in (201, 200, 204, 304):
         return {}
     try:
-        data = orjson.loads(response.content)
+        data = orjson.loads(content)
     except orjson.JSONDecodeError as exc:
         raise FHIRError(
             f"GET {url}: the server's answer is not valid JSON ({exc.msg} at byte {exc.pos}); "
             "is the FHIR base URL right?",
-            status=response.status_code,
+            status=status,
             url=url,
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
         raise FHIRError(
             f"GET {url}: the server's answer is JSON but not a FHIR resource (no resourceType)",
-            status=response.status_code,
+            status=status,
             url=url,
         )
     return data
@@ -484,8 +492,10 @@ class _Policy:
 _KEPT_HEADERS = ("etag", "location", "last-modified", "content-location")
 
 
-def _fetched(response: httpx.Response, url: str, info: TokenInfo) -> Fetched:
+def _fetched(response: httpx.Response, url: str, info: TokenInfo, parse: bool = True) -> Fetched:
     headers = {k: response.headers[k] for k in _KEPT_HEADERS if k in response.headers}
+    if not parse:
+        return Fetched({}, url, response.status_code, info, headers, response.content)
     return Fetched(parse_json(response, url), url, response.status_code, info, headers)
 
 
@@ -530,10 +540,16 @@ class FHIRHTTP:
         )
 
     def get(
-        self, path_or_url: str, params: Params = None, headers: Mapping[str, str] | None = None
+        self,
+        path_or_url: str,
+        params: Params = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        parse: bool = True,
     ) -> Fetched:
-        """GET a FHIR path (``"Patient/123"``) or an absolute URL on the base; parsed JSON."""
-        return self.request("GET", path_or_url, params, headers=headers)
+        """GET a FHIR path (``"Patient/123"``) or an absolute URL on the base; parsed JSON
+        (or, ``parse=False``, the body as read, in ``Fetched.body``)."""
+        return self.request("GET", path_or_url, params, headers=headers, parse=parse)
 
     def request(
         self,
@@ -543,6 +559,7 @@ class FHIRHTTP:
         *,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        parse: bool = True,
     ) -> Fetched:
         """Any FHIR interaction (``PUT Observation/1`` with a body...); parsed JSON or ``{}``."""
         flow = self.policy.flow(path_or_url, params, method, content, headers)
@@ -553,7 +570,7 @@ class FHIRHTTP:
                 step = flow.throw(error) if error is not None else flow.send(value)
             except StopIteration as stop:
                 response, url, info = stop.value
-                return _fetched(response, url, info)
+                return _fetched(response, url, info, parse)
             value, error = None, None
             if isinstance(step, _Send):
                 try:
@@ -613,7 +630,7 @@ class AsyncFHIRHTTP:
             ),
         )
 
-    async def get(self, path_or_url: str, params: Params = None) -> Fetched:
+    async def get(self, path_or_url: str, params: Params = None, *, parse: bool = True) -> Fetched:
         """Async twin of :meth:`FHIRHTTP.get`."""
         flow = self.policy.flow(path_or_url, params)
         value: Any = None
@@ -623,7 +640,7 @@ class AsyncFHIRHTTP:
                 step = flow.throw(error) if error is not None else flow.send(value)
             except StopIteration as stop:
                 response, url, info = stop.value
-                return _fetched(response, url, info)
+                return _fetched(response, url, info, parse)
             value, error = None, None
             if isinstance(step, _Send):
                 try:

@@ -39,15 +39,16 @@ import os
 import sys
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from jupyterhub_smart.views.gcpause import gc_paused
 
+from .arrowpage import ArrowPages
 from .context import in_notebook
 from .errors import FHIRError, IncompleteSearch, IncompleteSearchWarning
 from .flatten import TableBuilder, ViewSpec
 from .http import Fetched
+from .pager import AsyncPager, Page, SyncPager, check_bundle, next_link
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -74,14 +75,7 @@ DEFAULT_MAX_PAGES = 10_000
 
 
 def _check_bundle(fetched: Fetched) -> dict[str, Any]:
-    bundle = fetched.data
-    if bundle.get("resourceType") != "Bundle":
-        raise FHIRError(
-            f"GET {fetched.url}: expected a Bundle, got {bundle.get('resourceType')!r}",
-            status=fetched.status,
-            url=fetched.url,
-        )
-    return bundle
+    return check_bundle(fetched.data, fetched.url, fetched.status)
 
 
 def bundle_entries(bundle: dict[str, Any], resource_type: str, url: str) -> list[dict[str, Any]]:
@@ -168,38 +162,45 @@ def build_frames(
     return frames
 
 
-def next_link(bundle: dict[str, Any], url: str) -> str | None:
-    """The ``next`` link of a page, if any."""
-    links = bundle.get("link") or []
-    if not isinstance(links, list):
-        raise FHIRError(f"GET {url}: malformed Bundle: 'link' is not a list", url=url)
-    for link in links:
-        if isinstance(link, dict) and link.get("relation") == "next":
-            target = link.get("url")
-            if not isinstance(target, str) or not target:
-                raise FHIRError(f"GET {url}: malformed Bundle: a 'next' link has no url", url=url)
-            return target
-    return None
+def _opened(page: Page) -> dict[str, Any]:
+    """The page's Bundle, reported; its error (or the paging's) raised after the report."""
+    if page.error is not None:
+        page.refused()
+        raise page.error
+    try:
+        bundle = page.bundle()
+    except FHIRError as exc:
+        page.error = exc
+        page.refused()
+        raise
+    entries = bundle.get("entry")
+    page.served(len(entries) if isinstance(entries, list) else 0)
+    if page.stop is not None:
+        raise page.stop
+    return bundle
 
 
-def _checked_next(bundle: dict[str, Any], url: str, seen: set[str], max_pages: int) -> str | None:
-    """The next link, refusing one already fetched or one past ``max_pages`` (no endless paging)."""
-    link = next_link(bundle, url)
-    if link is not None:
-        if link in seen:
-            raise FHIRError(
-                f"the server's paging loops: the next link {link} was already fetched", url=link
-            )
-        if len(seen) >= max_pages:
-            raise FHIRError(
-                f"the search stopped after max_pages={max_pages:,} pages and the server still "
-                "sends a next link: either it pages without end, or the search is larger than "
-                "that. Narrow the search, ask for bigger pages (connect(page_size=...)), or "
-                "raise the limit (connect(max_pages=...))",
-                url=url,
-            )
-        seen.add(link)
-    return link
+def _add_page(
+    page: Page,
+    builder: TableBuilder,
+    fast: ArrowPages | None,
+    tally: _Tally,
+    matches: Callable[[dict[str, Any], str], Iterator[dict[str, Any]]],
+) -> int:
+    """Flatten one page into ``builder`` (Arrow engine where it reads the page exactly)."""
+    body = page.fetched.body if page.fetched is not None and page.data is None else None
+    read = fast.read(body) if fast is not None and body is not None and page.error is None else None
+    if read is None:
+        bundle = _opened(page)
+        tally.add(bundle)
+        return builder.add(matches(bundle, page.url))
+    page.served(read.entries)
+    if page.stop is not None:
+        raise page.stop
+    page.check_link(next_link({"link": read.link}, page.url))
+    tally.add_counted(read.total, read.matches)
+    builder.add_arrow(read.arrays, read.warnings)
+    return read.resources
 
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
@@ -241,6 +242,12 @@ class _Tally:
             kind = resource.get("resourceType") if isinstance(resource, dict) else None
             if mode == "match" or (mode is None and kind != "OperationOutcome"):
                 self.matches += 1
+
+    def add_counted(self, total: int | None, matches: int) -> None:
+        """:meth:`add` for a page read by the Arrow engine (its total and matches counted)."""
+        if self.total is None and total is not None:
+            self.total = total
+        self.matches += matches
 
     def finish(self, url: str, strict: bool) -> None:
         """Warn (or raise, ``strict``) when the last page came before ``total`` matches."""
@@ -348,39 +355,29 @@ class SearchResult(_Base):
         for bundle, _url, _more in self._walk():
             yield bundle
 
-    def _walk(self, strict: bool | None = None) -> Iterator[tuple[dict[str, Any], str, bool]]:
-        """Pages with their URLs; the next page is fetched while the caller works on this one.
+    def _pager(self) -> SyncPager:
+        return SyncPager(
+            self._get, self.path, self.params, self.action, self.max_pages, self.prefetch
+        )
 
-        The FHIR server (another process, often another machine) builds page
-        N+1 while this process flattens page N: on a 100-page search that
-        hides most of the server's time. At most one page is fetched ahead.
+    def _walk(self, strict: bool | None = None) -> Iterator[tuple[dict[str, Any], str, bool]]:
+        """Pages with their URLs; the next page is on its way while the caller works on this one.
+
+        The FHIR server (another process, often another machine) answers page
+        N+1 while this process parses and flattens page N (:mod:`.pager`): on
+        a 100-page search that hides all but the server's time.
         """
-        fetched = self._get(self.path, self.params, self.action)
-        seen = {fetched.url}
         tally = _Tally()
-        pool: ThreadPoolExecutor | None = None
+        pager = self._pager()
         try:
-            while True:
-                bundle = _check_bundle(fetched)
+            for page in pager:
+                bundle = _opened(page)
                 tally.add(bundle)
-                link = _checked_next(bundle, fetched.url, seen, self.max_pages)
-                ahead: Future[Fetched] | None = None
-                if link is not None and self.prefetch:
-                    if pool is None:
-                        pool = ThreadPoolExecutor(1, thread_name_prefix="fhir-page")
-                    ahead = pool.submit(self._get, link, None, self.action)
-                yield bundle, fetched.url, link is not None
-                if link is None:
-                    tally.finish(fetched.url, self.strict if strict is None else strict)
-                    return
-                fetched = (
-                    ahead.result() if ahead is not None else self._get(link, None, self.action)
-                )
+                yield bundle, page.url, page.next is not None
+                if page.next is None:
+                    tally.finish(page.url, self.strict if strict is None else strict)
         finally:
-            if pool is not None:
-                # no waiting: an interrupted search (Ctrl-C in a notebook) returns at once; a
-                # page still in flight finishes in the background and is dropped
-                pool.shutdown(wait=False, cancel_futures=True)
+            pager.close()
 
     def _resource_pages(self) -> Iterator[list[dict[str, Any]]]:
         for bundle, url, _more in self._walk():
@@ -456,19 +453,33 @@ class SearchResult(_Base):
         """Fetch every page into a :class:`TableBuilder` (the shared path of both frame types)."""
         builder = TableBuilder(self.resource_type, raw=raw, view=view)
         enabled = self.progress if progress is None else progress
+        tally = _Tally()
         bar = None
+        pager = self._pager()
+        if self.prefetch:
+            pager.start()  # the first page is on its way while the Arrow engine compiles
         try:
-            with gc_paused():
-                for n, (bundle, url, more) in enumerate(self._walk(strict)):
-                    if n == 0:
-                        bar = _progress_bar(enabled, more, self._safe_count)
-                    added = builder.add(self._page_resources(bundle, url))
-                    if bar is not None:
-                        bar.update(added)
+            fast = self._arrow_pages(builder, raw)
+            for n, page in enumerate(pager):
+                if n == 0:
+                    bar = _progress_bar(enabled, page.next is not None, self._safe_count)
+                with gc_paused():
+                    added = _add_page(page, builder, fast, tally, self._page_resources)
+                if bar is not None:
+                    bar.update(added)
+                if page.next is None:
+                    tally.finish(page.url, self.strict if strict is None else strict)
         finally:
+            pager.close()
             if bar is not None:
                 bar.close()
         return builder
+
+    def _arrow_pages(self, builder: TableBuilder, raw: bool) -> ArrowPages | None:
+        """The Arrow engine's page reader, where it gives exactly this result's rows."""
+        if raw or type(self)._page_resources is not SearchResult._page_resources:
+            return None
+        return ArrowPages.for_view(builder.view, self.resource_type)
 
     def to_pandas(
         self,
@@ -525,31 +536,26 @@ class AsyncSearchResult(_Base):
         async for bundle, _url in self._walk():
             yield bundle
 
+    def _pager(self) -> AsyncPager:
+        return AsyncPager(
+            self._get, self.resource_type, self.params, "search", self.max_pages, self.prefetch
+        )
+
     async def _walk(self, strict: bool | None = None) -> AsyncIterator[tuple[dict[str, Any], str]]:
         """Pages with their URLs; the next page's request is a task while this one is used."""
-        fetched = await self._get(self.resource_type, self.params, "search")
-        seen = {fetched.url}
         tally = _Tally()
-        ahead: asyncio.Task[Fetched] | None = None
+        pager = self._pager()
+        pages = pager.pages()
         try:
-            while True:
-                bundle = _check_bundle(fetched)
+            async for page in pages:
+                bundle = _opened(page)
                 tally.add(bundle)
-                link = _checked_next(bundle, fetched.url, seen, self.max_pages)
-                if link is not None and self.prefetch:
-                    ahead = asyncio.ensure_future(self._get(link, None, "search"))
-                    await asyncio.sleep(0)  # let the request start before the caller works
-                yield bundle, fetched.url
-                if link is None:
-                    tally.finish(fetched.url, self.strict if strict is None else strict)
-                    return
-                if ahead is not None:
-                    fetched, ahead = await ahead, None
-                else:
-                    fetched = await self._get(link, None, "search")
+                yield bundle, page.url
+                if page.next is None:
+                    tally.finish(page.url, self.strict if strict is None else strict)
         finally:
-            if ahead is not None:  # an abandoned search: drop the page in flight
-                ahead.cancel()
+            await pages.aclose()
+            await pager.aclose()
 
     async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         async for bundle, url in self._walk():
@@ -570,13 +576,33 @@ class AsyncSearchResult(_Base):
         carries the next page's request meanwhile (and other tasks keep running).
         """
         builder = TableBuilder(self.resource_type, raw=raw, view=view)
+        tally = _Tally()
+        fast: ArrowPages | None = None
 
-        def add(bundle: dict[str, Any], url: str) -> None:
+        def matches(bundle: dict[str, Any], url: str) -> Iterator[dict[str, Any]]:
+            return iter_matches(bundle, self.resource_type, url)
+
+        def add(page: Page) -> None:
             with gc_paused():
-                builder.add(iter_matches(bundle, self.resource_type, url))
+                _add_page(page, builder, fast, tally, matches)
 
-        async for bundle, url in self._walk(strict):
-            await asyncio.to_thread(add, bundle, url)
+        pager = self._pager()
+        pages = pager.pages()
+        if self.prefetch:
+            pager.start()  # the first page is on its way while the Arrow engine compiles
+        try:
+            fast = (
+                None
+                if raw
+                else await asyncio.to_thread(ArrowPages.for_view, builder.view, self.resource_type)
+            )
+            async for page in pages:
+                await asyncio.to_thread(add, page)
+                if page.next is None:
+                    tally.finish(page.url, self.strict if strict is None else strict)
+        finally:
+            await pages.aclose()
+            await pager.aclose()
         return builder
 
     async def to_pandas(

@@ -325,6 +325,10 @@ class FHIRProxyHandler(RequestHandler):
         scanner = BodyScanner(content_type)
         outcome = Outcome(status=response.status_code)
         pending = b""
+        # tornado leaves Nagle's algorithm on until an answer finishes: a chunk's last,
+        # short segment would then wait for the client's (delayed) ACK of the one before.
+        with contextlib.suppress(AttributeError, OSError):
+            self.request.connection.stream.set_nodelay(True)  # type: ignore[union-attr]
         try:
             async for chunk in response.aiter_bytes():
                 scanner.feed(chunk)

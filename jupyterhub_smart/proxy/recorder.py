@@ -9,6 +9,12 @@ with the proxy's own service token and returns once the hub says it is
 durable. Fail closed: if the hub does not confirm, :class:`AuditUnavailable`
 is raised and the caller's answer is cut before its last bytes.
 
+The first post authenticates with the proxy's JupyterHub service token; the
+hub's answer carries a record key (``X-SMART-Proxy-Record-Key``), and later
+posts go to ``.../proxy-records/keyed`` with it, which spares the hub a token
+lookup per post. A hub that restarted no longer knows the key (403): the
+recorder goes back to the service token once, at once.
+
 Group commit across requests: records that arrive while a post is in flight
 wait and go together in the next post (at most :data:`MAX_BATCH`), where the
 hub's log writes them with one sync. At most one post is in flight, so under
@@ -33,10 +39,12 @@ import orjson
 
 from ..audit import AuditUnavailable
 
-__all__ = ["HubRecorder"]
+__all__ = ["RECORD_KEY_HEADER", "HubRecorder"]
 
 log = logging.getLogger(__name__)
 
+#: Header of the hub's record key (jupyterhub_smart.hub.proxy_records).
+RECORD_KEY_HEADER = "X-SMART-Proxy-Record-Key"
 #: Records in one post at most.
 MAX_BATCH = 200
 #: Seconds between probes of an unhealthy hub (requests meanwhile get 503 at once).
@@ -50,12 +58,14 @@ class HubRecorder:
         self, hub_api_url: str, service_token: str, http: httpx.AsyncClient, timeout: float
     ) -> None:
         self.url = f"{hub_api_url}/smart/proxy-records"
+        self.keyed_url = f"{self.url}/keyed"
         self.http = http
         self.timeout = timeout
         self._headers = {
             "Authorization": f"token {service_token}",
             "Content-Type": "application/json",
         }
+        self._key: str | None = None
         self._queue: list[tuple[Mapping[str, Any], asyncio.Future[None]]] = []
         self._sender: asyncio.Task[None] | None = None
         self._failed_at: float | None = None
@@ -103,13 +113,23 @@ class HubRecorder:
     async def _post(self, events: list[Mapping[str, Any]]) -> bool:
         """Post ``events``; True once the hub confirmed them (never raises)."""
         self.posts += 1
+        body = orjson.dumps({"events": events})
         try:
-            answer = await self.http.post(
-                self.url,
-                content=orjson.dumps({"events": events}),
-                headers=self._headers,
-                timeout=self.timeout,
-            )
+            answer = None
+            if self._key is not None:
+                answer = await self.http.post(
+                    self.keyed_url,
+                    content=body,
+                    headers={RECORD_KEY_HEADER: self._key, "Content-Type": "application/json"},
+                    timeout=self.timeout,
+                )
+                if answer.status_code == 403:  # a restarted hub: authenticate again
+                    self._key, answer = None, None
+            if answer is None:
+                answer = await self.http.post(
+                    self.url, content=body, headers=self._headers, timeout=self.timeout
+                )
+                self._key = answer.headers.get(RECORD_KEY_HEADER) or None
         except httpx.HTTPError as exc:
             return self._failed(f"unreachable ({type(exc).__name__})")
         if answer.status_code not in (200, 201):

@@ -98,6 +98,14 @@ def register(subparsers: Any) -> None:
         help="how long an authorization code stays redeemable (default 60)",
     )
     parser.add_argument(
+        "--refresh-answer-delay",
+        type=non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="testing only: answer a successful refresh this many seconds after rotating the "
+        "refresh token, like an EHR that answers after its client gave up (default 0)",
+    )
+    parser.add_argument(
         "--launch-lifetime",
         type=positive_int,
         default=600,
@@ -215,7 +223,9 @@ def run(args: argparse.Namespace) -> int:
         settings,
         dense_patient_observations=args.dense_patient_observations,
         auth_options=AuthOptions(
-            launch_lifetime=args.launch_lifetime, code_lifetime=args.code_lifetime
+            launch_lifetime=args.launch_lifetime,
+            code_lifetime=args.code_lifetime,
+            refresh_answer_delay=args.refresh_answer_delay,
         ),
         bulk_options=BulkOptions(
             link_lifetime=args.bulk_link_lifetime,

@@ -32,7 +32,6 @@ resource carrying one is read as FHIR defines it.
 from __future__ import annotations
 
 import functools
-import io
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,12 +58,15 @@ from .parser import Node, parse, union_operands
 from .table import TableConverter
 
 __all__ = [
+    "Block",
     "EngineStats",
     "Fallback",
     "Unsupported",
     "VectorView",
+    "block_batches",
     "chunk_batches",
     "compile_vector",
+    "object_lines",
     "try_compile",
     "vector_batch",
 ]
@@ -136,6 +138,51 @@ class _Node:
         else:
             value = pa.struct([pa.field(n, c.arrow()) for n, c in sorted(self.children.items())])
         return pa.list_(value) if self.is_list else value
+
+
+# --- parsing ---------------------------------------------------------------------------
+
+#: pyarrow.json block size: a block is parsed by one thread, so a chunk of several blocks
+#: uses every core; a line longer than a block fails the read (the closure engine reads it).
+PARSE_BLOCK = 1 << 22
+
+
+def _parse(data: bytes | bytearray | memoryview, schema: pa.Schema) -> pa.Table:
+    """NDJSON ``data`` read with ``schema``, fields outside it skipped; :class:`Fallback` on error."""
+    try:
+        return pj.read_json(
+            pa.BufferReader(pa.py_buffer(data)),
+            read_options=pj.ReadOptions(use_threads=True, block_size=PARSE_BLOCK),
+            parse_options=pj.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="ignore"
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise Fallback(str(exc)) from None
+
+
+_NL, _OPEN, _CLOSE = ord("\n"), ord("{"), ord("}")
+
+
+def object_lines(data: bytes | bytearray | memoryview) -> int | None:
+    """How many lines ``data`` has when every one starts with ``{`` and ends with ``}``, else None.
+
+    A few whole-array operations, no Python step per line. Such lines are
+    never blank, so pyarrow gives one row per line unless a line holds
+    several values (then more rows than lines: the caller compares) or is not
+    JSON (an error).
+    """
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if not len(raw) or raw[0] != _OPEN:
+        return None
+    breaks = np.flatnonzero(raw == _NL)
+    ended = raw[-1] == _NL
+    inner = breaks[:-1] if ended else breaks  # each followed by a line
+    if not ended and raw[-1] != _CLOSE:
+        return None
+    if not (raw[breaks - 1] == _CLOSE).all() or not (raw[inner + 1] == _OPEN).all():
+        return None
+    return len(inner) + 1
 
 
 # --- collections -------------------------------------------------------------------------
@@ -939,22 +986,31 @@ class VectorView:
         if not lines:
             empty = self.read_schema.empty_table().to_struct_array().combine_chunks()
             return empty, np.zeros(0, dtype=_I64)
-        data = b"\n".join(lines)
-        try:
-            table = pj.read_json(
-                io.BytesIO(data),
-                read_options=pj.ReadOptions(
-                    use_threads=True, block_size=max(len(data) + 1, 1 << 20)
-                ),
-                parse_options=pj.ParseOptions(
-                    explicit_schema=self.read_schema, unexpected_field_behavior="ignore"
-                ),
-            )
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise Fallback(str(exc)) from None
+        table = _parse(b"\n".join(lines), self.read_schema)
         if table.num_rows != len(lines):
             raise Fallback("a line that is not one JSON object")
         return table.to_struct_array().combine_chunks(), np.asarray(index, dtype=_I64)
+
+    def read_block(self, data: bytes | bytearray | memoryview) -> pa.StructArray:
+        """The resources of a block of NDJSON bytes whose every line is one of the view's type.
+
+        No Python work per line: the block is parsed whole (on all cores). It
+        gives what :meth:`read` gives for the block's lines when each line is
+        one ``{...}`` object (checked by counting, see :func:`object_lines`)
+        of the view's type; any other block raises :class:`Fallback`, and the
+        caller reads it line by line.
+        """
+        lines = object_lines(data)
+        if lines is None:
+            raise Fallback("a line that is not one {...} object")
+        table = _parse(data, self.read_schema)
+        if table.num_rows != lines:
+            raise Fallback("a line that is not one JSON object")
+        resources = table.to_struct_array().combine_chunks()
+        kinds = resources.field("resourceType")
+        if kinds.null_count or not pc.all(pc.equal(kinds, self.view.resource)).as_py():
+            raise Fallback("a line of another type")
+        return resources
 
     def rows(self, resources: pa.StructArray) -> tuple[np.ndarray, list[pa.Array], dict[str, int]]:
         """``(resource row of each view row, converted columns, warnings per column)``."""
@@ -1153,6 +1209,43 @@ def chunk_batches(
             batch = converter.batch(rows) if rows else None
         if batch is not None:
             yield batch
+
+
+#: A block of NDJSON bytes, the chunk its lines make (for when the block is not read whole),
+#: and what to tell when it is read whole (its number of lines).
+Block = tuple[bytes | bytearray | memoryview, Callable[[], Chunk], Callable[[int], None]]
+
+
+def block_batches(
+    view: CompiledView,
+    vector: VectorView,
+    blocks: Iterable[Block],
+    converter: TableConverter,
+    stats: EngineStats | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Batches of NDJSON ``blocks``: each read whole when it can be (see :meth:`VectorView.read_block`).
+
+    A block that cannot (a line of another type, a blank or odd line, data the
+    fast path does not read exactly) becomes its chunk of lines and goes
+    through :func:`chunk_batches`, which reads it as it reads any chunk. Every
+    block gives the rows its lines give there.
+    """
+    stats = stats if stats is not None else EngineStats()
+    for data, chunk, whole in blocks:
+        try:
+            resources = vector.read_block(data)
+            parent, arrays, warnings = vector.rows(resources)
+            arrays = _undeclared(arrays, converter)
+        except Fallback as exc:
+            stats.last_fallback = str(exc)[:200]
+            yield from chunk_batches(view, vector, [chunk()], converter, stats)
+            continue
+        stats.vector_chunks += 1
+        whole(len(resources))
+        for name, count in warnings.items():
+            converter.warnings[name] = converter.warnings.get(name, 0) + count
+        if len(parent):
+            yield pa.RecordBatch.from_arrays(arrays, schema=converter.schema())
 
 
 def try_compile(view: CompiledView) -> tuple[VectorView | None, str]:

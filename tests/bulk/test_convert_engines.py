@@ -51,7 +51,9 @@ def test_resources_without_rows_keep_their_id_and_json():
 @pytest.mark.parametrize(
     "bad",
     [b"{not json", b'{"resourceType":"Patient","id":"p"}', b'{"resourceType":"Observation"}',
-     b'{"resourceType":"Observation","id":5}', b"[1]"],
+     b'{"resourceType":"Observation","id":5}', b"[1]",
+     b'{"resourceType":"Observation","id":"a"} {"resourceType":"Observation","id":"b"}',
+     b'{"resourceType":"Observation","id":"a"}\r', b""],
 )  # fmt: skip
 def test_lines_that_are_not_resources_of_the_type_go_back_to_the_line_checks(bad):
     with pytest.raises(Fallback):

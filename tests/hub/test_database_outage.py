@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from hub_process import Browser, Hub, location, query, run_hub
-from pg_process import PostgresServer, new_database, run_postgres
+from pg_process import PostgresServer, new_database, run_postgres, test_database
 from sandbox_process import free_port
 
 from jupyterhub_smart.audit.verify import verify
@@ -60,18 +60,37 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OutageEnv]:
             yield OutageEnv(hub, ehr, postgres)
 
 
-def _sign_in(env: OutageEnv, practitioner: str) -> tuple[str, str]:
+def _sign_in(env: OutageEnv, practitioner: str, hub: Hub | None = None) -> tuple[str, str]:
     """An EHR sign-in as ``practitioner``: (hub username, a notebook's API token)."""
+    hub = hub or env.hub
     env.ehr.mode, env.ehr.fhir_user = "good", f"Practitioner/{practitioner}"
     with Browser() as browser:
-        start = browser.get(env.hub.login_url, params={"iss": env.ehr.basic_iss})
+        start = browser.get(hub.login_url, params={"iss": env.ehr.basic_iss})
         params = query(location(start))
         env.ehr.nonce = params["nonce"]
         code = "outage-code-" + practitioner
-        answer = browser.get(env.hub.callback_url, params={"code": code, "state": params["state"]})
+        answer = browser.get(hub.callback_url, params={"code": code, "state": params["state"]})
         assert answer.status_code == 302, answer.text[:1000]
-        name = browser.get(f"{env.hub.url}/hub/api/user").json()["name"]
-    return name, env.hub.user_token(name)
+        name = browser.get(f"{hub.url}/hub/api/user").json()["name"]
+    return name, hub.user_token(name)
+
+
+def _rotate_while_down(env: OutageEnv, hub: Hub, name: str, token: str) -> httpx.Response:
+    """A refresh comes due and the EHR rotates the refresh token once the database is down.
+
+    Returns the token API's answer to the call that made the refresh; the database
+    is left stopped.
+    """
+    env.ehr.hold, env.ehr.held = threading.Event(), threading.Event()  # refreshes wait from now
+    time.sleep(1.5)  # the access token (2 s) is now within the refresh leeway
+    with ThreadPoolExecutor(1) as pool:
+        due = pool.submit(_token_api, hub, token)
+        assert env.ehr.held.wait(timeout=60), "the hub did not refresh"
+        env.postgres.stop("fast")
+        env.ehr.expires_in = 3600  # the rotated tokens last: no further refresh comes due
+        env.ehr.hold.set()  # the EHR answers: the refresh token is rotated now
+        env.ehr.hold = None
+        return due.result()
 
 
 def _token_api(hub: Hub, token: str, **params: str) -> httpx.Response:
@@ -168,17 +187,8 @@ def test_tokens_rotated_while_the_database_is_down_are_not_lost(env: OutageEnv) 
     presents the spent refresh token again (which would make an EHR revoke the grant)."""
     env.ehr.expires_in = 2  # the token is due for a refresh after a second
     name, token = _sign_in(env, "rotated")
-    env.ehr.hold, env.ehr.held = threading.Event(), threading.Event()  # refreshes wait from now
     spent = env.hub.auth_state(name)["refresh_token"]
-    time.sleep(1.5)  # the access token (2 s) is now within the refresh leeway
-    with ThreadPoolExecutor(1) as pool:
-        due = pool.submit(_token_api, env.hub, token)
-        assert env.ehr.held.wait(timeout=60), "the hub did not refresh"
-        env.postgres.stop("fast")
-        env.ehr.expires_in = 3600  # the rotated tokens last: no further refresh comes due
-        env.ehr.hold.set()  # the EHR answers: the refresh token is rotated now
-        env.ehr.hold = None
-        answer = due.result()
+    answer = _rotate_while_down(env, env.hub, name, token)
     rotated_access, rotated_refresh = env.ehr.issued[-2:]
     assert spent != rotated_refresh
     try:
@@ -204,3 +214,62 @@ def test_tokens_rotated_while_the_database_is_down_are_not_lost(env: OutageEnv) 
     assert presented[-1] == rotated_refresh
     assert len(presented) == len(set(presented)), "a spent refresh token was presented again"
     verify([env.hub.audit_path])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    test_database() != "postgresql",
+    reason="two hub starts: run once, in the PostgreSQL pass of make test (this module's hubs "
+    "are on PostgreSQL in both passes)",
+)
+def test_a_hub_killed_holding_unsaved_tokens_takes_them_back_when_it_starts(
+    env: OutageEnv, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """SIGKILL while rotated tokens wait for the database: they were written (encrypted) to
+    the hub's folder, and the next run stores and uses them; the spent refresh token is
+    never presented, so the user's grant lives on."""
+    work = tmp_path_factory.mktemp("killed")
+    database = new_database(env.postgres)
+    options = {"http_timeout": 30.0, "unsaved_tokens_dir": str(work / "unsaved"), **ONE_BY_ONE}
+    issuers = {
+        env.ehr.basic_iss: {
+            "client_id": env.ehr.client_id,
+            "client_auth": "client_secret_basic",
+            "client_secret": env.ehr.client_secret,
+        }
+    }
+    # the next run finds the proxy the killed hub left running (and replaces it)
+    proxy = f"c.ConfigurableHTTPProxy.pid_file = {str(work / 'proxy.pid')!r}\n"
+    with run_hub(
+        work / "run-1", issuers, authenticator=options, database=database, extra=proxy
+    ) as hub:
+        env.ehr.expires_in = 2
+        name, token = _sign_in(env, "killed", hub)
+        try:
+            _rotate_while_down(env, hub, name, token)
+            hub.wait_for_log("kept in memory until it does")
+            rotated_access, rotated_refresh = env.ehr.issued[-2:]
+            (spilled,) = (work / "unsaved").iterdir()
+            assert rotated_refresh.encode() not in spilled.read_bytes()
+            hub.process.kill()  # SIGKILL: no shutdown code runs
+            hub.process.wait(timeout=30)
+        finally:
+            env.postgres.start()
+    with run_hub(
+        work / "run-2",
+        issuers,
+        port=hub.port,
+        authenticator=options,
+        database=database,
+        crypt_key=hub.crypt_key,
+        extra=proxy,
+    ) as again:
+        after = _until_ok(again, token)
+        assert after.json()["access_token"] == rotated_access
+        deadline = time.monotonic() + 60
+        while again.auth_state(name).get("refresh_token") != rotated_refresh:
+            assert time.monotonic() < deadline, "the rotated refresh token was never stored"
+            time.sleep(0.2)
+        assert not list((work / "unsaved").iterdir())
+        presented = [f["refresh_token"] for f in env.ehr.received if f.get("refresh_token")]
+        assert len(presented) == len(set(presented)), "a spent refresh token was presented again"

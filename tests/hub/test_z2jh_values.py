@@ -45,7 +45,20 @@ from .conftest import sandbox_client
 
 ROOT = Path(__file__).resolve().parents[2]
 VALUES = ROOT / "deploy" / "z2jh" / "values.yaml"
-SCHEMA = Path(__file__).with_name("z2jh") / "z2jh-values.schema.excerpt.yaml"
+SCHEMA = Path(__file__).with_name("z2jh") / "values.schema.yaml"
+#: The chart's own defaults (its values.yaml) of the keys its schema requires: Helm
+#: validates a user's file merged onto the chart's defaults, never the file alone.
+CHART_DEFAULTS: dict[str, Any] = {
+    "imagePullSecrets": [],
+    "hub": {"baseUrl": "/"},
+    "proxy": {},
+    "prePuller": {"hook": {"enabled": True}, "continuous": {"enabled": True}},
+    "custom": {},
+    "cull": {"enabled": True},
+    "debug": {"enabled": False},
+    "rbac": {"create": True},
+    "global": {"safeToShowValues": False},
+}
 
 #: The classes a hub.config section may name here, as JupyterHub resolves them.
 CLASSES: dict[str, type[Configurable]] = {
@@ -167,17 +180,34 @@ async def test_kubespawner_takes_the_kubespawner_section() -> None:
         assert getattr(spawner, name) == value
 
 
+def _merged(defaults: Any, values: Any) -> Any:
+    """``values`` over ``defaults`` as Helm merges them: maps key by key, the rest replaced."""
+    if not (isinstance(defaults, dict) and isinstance(values, dict)):
+        return copy.deepcopy(values)
+    merged = copy.deepcopy(defaults)
+    for key, value in values.items():
+        merged[key] = _merged(defaults.get(key), value)
+    return merged
+
+
 def test_values_pass_the_charts_schema() -> None:
+    """The chart's whole values schema, as `helm install` applies it."""
     schema = yaml.safe_load(SCHEMA.read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
     validator = jsonschema.Draft7Validator(schema)
     values = _values()
-    assert [error.message for error in validator.iter_errors(values)] == []
+    assert [error.message for error in validator.iter_errors(_merged(CHART_DEFAULTS, values))] == []
+    assert list(validator.iter_errors(values))  # the file alone lacks what the chart supplies
     misplaced = copy.deepcopy(values)
     misplaced["hub"]["existingSecrets"] = misplaced["hub"].pop("existingSecret")
     misplaced["hub"]["db"]["type"] = "postgresql"
-    errors = [error.message for error in validator.iter_errors(misplaced)]
+    misplaced["singleuser"]["storage"] = {"type": "dynamic"}
+    misplaced["ingress"]["pathType"] = "prefix"
+    errors = [e.message for e in validator.iter_errors(_merged(CHART_DEFAULTS, misplaced))]
     assert any("existingSecrets" in message for message in errors), errors
     assert any("'postgresql' is not one of" in message for message in errors), errors
+    assert "'homeMountPath' is a required property" in errors, errors
+    assert any("'prefix' is not one of" in message for message in errors), errors
 
 
 def test_secrets_volumes_and_network_policy_are_where_the_config_expects_them() -> None:

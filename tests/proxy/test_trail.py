@@ -75,6 +75,12 @@ def test_only_the_proxy_service_posts_proxy_records(proxy_world: ProxyWorld) -> 
         )
         assert answer.status_code == 403, answer.text
     assert httpx.post(url, json={"events": []}).status_code == 403
+    # The keyed path (the record key the proxy got with its service token) takes no guess.
+    for key in ("", "guess", proxy_world.token):
+        answer = httpx.post(
+            f"{url}/keyed", json={"events": []}, headers={"X-SMART-Proxy-Record-Key": key}
+        )
+        assert (answer.status_code, answer.json()["error"]) == (403, "record_key_unknown")
 
 
 def test_a_revoked_jupyterhub_token_stops_at_the_proxy_within_seconds(

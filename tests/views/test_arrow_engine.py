@@ -10,6 +10,7 @@ alone would not show that the fast path ran).
 from __future__ import annotations
 
 import gzip
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,14 @@ from jupyterhub_smart import views
 from jupyterhub_smart.sandbox.fhir.synthetic import generate
 from jupyterhub_smart.views import builtin
 from jupyterhub_smart.views.table import TableConverter
-from jupyterhub_smart.views.vector import EngineStats, Unsupported, chunk_batches, compile_vector
+from jupyterhub_smart.views.vector import (
+    EngineStats,
+    Unsupported,
+    block_batches,
+    chunk_batches,
+    compile_vector,
+    object_lines,
+)
 
 COMMAND = [sys.executable, "-m", "jupyterhub_smart", "view"]
 
@@ -49,22 +57,46 @@ def arrow_run(
     return converter.table(batches), stats
 
 
+def block_run(
+    view: dict[str, Any], resources: list[Any], size: int = 7
+) -> tuple[pa.Table, EngineStats]:
+    """The view on the Arrow engine's block path: ``size`` resources a block, read whole."""
+    compiled = views.compile_view(view)
+    vector = compile_vector(compiled)
+    converter = TableConverter(compiled.columns)
+    stats = EngineStats()
+    lines = [orjson.dumps(r) for r in resources]
+    blocks = [
+        (
+            b"\n".join(lines[i : i + size]) + b"\n",
+            lambda i=i: (lines[i : i + size], lambda: resources[i : i + size], None),
+            lambda n: None,
+        )
+        for i in range(0, len(resources), size)
+    ]
+    batches = list(block_batches(compiled, vector, blocks, converter, stats))
+    return converter.table(batches), stats
+
+
 def assert_same(view: dict[str, Any], resources: list[Any], *, fast: bool, size: int = 7) -> None:
-    """Both engines agree; ``fast``: every chunk ran on the Arrow engine."""
+    """Both engines agree, in chunks of lines and in blocks; ``fast``: every chunk ran on the
+    Arrow engine."""
     try:
         expected = views.run(view, resources)
     except views.ViewEvaluationError as exc:
-        with pytest.raises(views.ViewEvaluationError) as raised:
-            arrow_run(view, resources, size)
-        assert str(raised.value) == str(exc)
+        for run in (arrow_run, block_run):
+            with pytest.raises(views.ViewEvaluationError) as raised:
+                run(view, resources, size)
+            assert str(raised.value) == str(exc)
         return
-    got, stats = arrow_run(view, resources, size)
-    assert got.schema.equals(expected.schema, check_metadata=True)
-    assert got.to_pylist() == expected.to_pylist()
-    assert views.warnings_of(got) == views.warnings_of(expected)
-    if fast:
-        assert stats.closure_chunks == 0, stats.last_fallback
-        assert stats.vector_chunks > 0
+    for run in (arrow_run, block_run):
+        got, stats = run(view, resources, size)
+        assert got.schema.equals(expected.schema, check_metadata=True)
+        assert got.to_pylist() == expected.to_pylist()
+        assert views.warnings_of(got) == views.warnings_of(expected)
+        if fast and run is arrow_run:
+            assert stats.closure_chunks == 0, stats.last_fallback
+            assert stats.vector_chunks > 0
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +159,12 @@ def test_every_builtin_view_runs_on_the_arrow_engine_and_equals_the_closures(
     resources = [r for r in [*sandbox_resources, *OTHER_TYPES] if r["resourceType"] == name]
     assert resources, f"no test data for {name}"
     assert_same(view, resources, fast=True, size=200)
+    for some, size in ((resources, len(resources)), (resources[:30], 3)):
+        # one block of one type, several: each read whole
+        table, stats = block_run(view, some, size)
+        assert stats.closure_chunks == 0, stats.last_fallback
+        assert stats.vector_chunks == -(-len(some) // size)
+        assert table.to_pylist() == views.run(view, some).to_pylist()
     everything = [*sandbox_resources, *OTHER_TYPES]  # other types give no rows
     assert_same(view, everything, fast=True, size=400)
 
@@ -277,6 +315,62 @@ def test_views_outside_the_fast_path_are_refused_at_compile_time(path):
         compile_vector(view)
     resources = [{"resourceType": "Patient", "name": [{"family": "a", "given": ["b"]}]}]
     assert views.run(view, resources, engine="auto").equals(views.run(view, resources))
+
+
+@pytest.mark.parametrize(
+    ("data", "lines"),
+    [(b'{"a":1}\n{"b":2}\n', 2), (b'{"a":1}\n{"b":2}', 2), (b"{}", 1),
+     (b'{"a":1}\n\n{"b":2}\n', None), (b'{"a":1}\n  \n{"b":2}', None),
+     (b'\n{"a":1}\n', None), (b'{"a":1}\r\n', None), (b'{"a":1} \n', None),
+     (b' {"a":1}\n', None), (b"[1]\n", None), (b"", None), (b"}\n{", None)],
+)  # fmt: skip
+def test_a_block_is_read_whole_only_when_every_line_is_one_brace_pair(data, lines):
+    assert object_lines(data) == lines
+
+
+def _lines_file(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def test_command_blocks_of_one_type_equal_python_with_odd_lines(
+    tmp_path, sandbox_resources, capsys
+):
+    """Blocks read whole, and blocks with a blank, CRLF, two-object or bad line (read line by
+    line): the same table and the same bad-line report as the closure engine."""
+    from jupyterhub_smart.cli import main
+
+    observations = [
+        orjson.dumps(r) for r in sandbox_resources if r["resourceType"] == "Observation"
+    ]
+    plain = _lines_file(tmp_path / "plain.ndjson", [line + b"\n" for line in observations[:300]])
+    odd_lines = [line + b"\n" for line in observations[:60]]
+    odd_lines[10] = b"\n"
+    odd_lines[20] = odd_lines[20][:-1] + b"\r\n"
+    odd_lines[30] = observations[30] + b" " + observations[31] + b"\n"
+    odd_lines[40] = b'{"resourceType":"Observation",\n'
+    odd_lines[-1] = odd_lines[-1][:-1]  # no newline at the end
+    odd = _lines_file(tmp_path / "odd.ndjson", odd_lines)
+    outputs = {}
+    for engine in ("python", "arrow"):
+        out = tmp_path / f"{engine}.parquet"
+        # 16 rows a batch: 4 KB blocks, so a file is several blocks (some lines are longer)
+        command = ["view", "run", "Observation", str(plain), str(odd), "--out", str(out)]
+        assert main([*command, "--engine", engine, "--batch-rows", "16"]) == 0
+        outputs[engine] = (pq.read_table(out), capsys.readouterr().err.replace(str(out), "OUT"))
+    (python, python_err), (arrow, arrow_err) = outputs["python"], outputs["arrow"]
+    assert arrow.schema.equals(python.schema, check_metadata=True)
+    assert arrow.to_pylist() == python.to_pylist()
+    assert "engine arrow" in arrow_err
+    # rows, lines read and each skipped line with its number, as the closure engine says them
+    report = [line for line in python_err.splitlines() if "engine" not in line]
+    assert len(report) == 4 and "454 rows from 359 lines" in report[0]
+    assert report == [line for line in arrow_err.splitlines() if "engine" not in line]
+    assert "2 line(s) skipped" in arrow_err and "odd.ndjson:31" in arrow_err
+    counts = re.search(r"(\d+) of (\d+) chunk\(s\) on the closure engine", arrow_err)
+    assert counts is not None, arrow_err
+    on_closures, blocks = int(counts[1]), int(counts[2])
+    assert blocks > 10 and 1 <= on_closures < blocks / 2  # most blocks were read whole
 
 
 def test_unknown_engine_is_refused():

@@ -266,7 +266,12 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
 
     @bp.post("/token")
     def token() -> Any:
-        return guarded(server.create_token_response)
+        response = guarded(server.create_token_response)
+        delay = auth.options.refresh_answer_delay
+        refreshed = request.form.get("grant_type") == "refresh_token"
+        if delay and refreshed and getattr(response, "status_code", None) == 200:
+            time.sleep(delay)  # test-only: the tokens are rotated, the answer is late
+        return response
 
     @bp.post("/introspect")
     def introspect() -> Any:

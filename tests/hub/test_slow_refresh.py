@@ -1,0 +1,86 @@
+"""An EHR that answers a refresh after the hub's callers gave up: the rotated tokens are kept.
+
+A real sandbox rotates the refresh token on every refresh and, here
+(``--refresh-answer-delay``), answers 4 s after it did so: the old refresh token
+is spent before the hub hears the new one. The hub's callers wait 1 s
+(``refresh_wait``) and its other EHR requests 1 s (``http_timeout``); the
+refresh itself has 30 s (``refresh_timeout``). Callers get 503 with
+Retry-After meanwhile, share the one refresh, and the hub stores what the EHR
+answers, so the user's grant stays alive at the EHR.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from hub_process import Browser, ehr_launch, patient_ids, run_hub
+from sandbox_process import SandboxProcess, free_port, run_sandbox
+
+from .conftest import sandbox_client
+
+LIFETIME = 4
+DELAY = 4
+CLIENT = "hub-slow"
+
+
+def _active(sandbox: SandboxProcess, token: str) -> bool:
+    """The EHR's own view of a token (RFC 7662 introspection by the hub's client)."""
+    answer = httpx.post(
+        f"{sandbox.origin}/auth/introspect", data={"token": token, "client_id": CLIENT}, timeout=30
+    )
+    answer.raise_for_status()
+    return bool(answer.json()["active"])
+
+
+def _token_posts(sandbox: SandboxProcess) -> int:
+    """Answered token requests in the sandbox's access log (one sign-in, then refreshes)."""
+    return len(re.findall(r"POST /auth/token 200", sandbox.log_text()))
+
+
+@pytest.mark.slow
+def test_a_refresh_answered_after_the_callers_gave_up_is_stored(tmp_path: Path) -> None:
+    port = free_port()
+    clients = [sandbox_client(CLIENT, f"http://127.0.0.1:{port}", type="public")]
+    slow = ["--access-token-lifetime", str(LIFETIME), "--refresh-answer-delay", str(DELAY)]
+    with run_sandbox(tmp_path / "ehr", clients, extra_args=slow) as sandbox:
+        options = {"http_timeout": 1.0, "refresh_wait": 1.0, "refresh_timeout": 30.0}
+        issuers = {sandbox.iss: {"client_id": CLIENT}}
+        with run_hub(tmp_path / "hub", issuers, port=port, authenticator=options) as hub:
+            with Browser() as browser:
+                answer = ehr_launch(browser, sandbox, hub, patient_ids(sandbox)[0])
+                assert answer.status_code == 302, answer.text[:1000]
+            with hub.api(hub.admin_token) as api:
+                name = next(u["name"] for u in api.get("/users").json() if "@" in u["name"])
+            token = hub.user_token(name)
+            signed_in = hub.auth_state(name)
+            url = f"{hub.url}/hub/api/smart/token"
+            headers = {"Authorization": f"token {token}"}
+            time.sleep(max(0.0, signed_in["expires_at"] - time.time()) + 0.5)
+
+            # the token has expired: three kernels ask at once and wait 1 s each
+            with ThreadPoolExecutor(3) as pool:
+                waiting = list(
+                    pool.map(lambda _: httpx.get(url, headers=headers, timeout=30), range(3))
+                )
+            for response in waiting:
+                assert response.status_code == 503, response.text
+                assert response.json()["error"] == "ehr_unavailable"
+                assert 1 <= int(response.headers["Retry-After"]) <= 5
+                assert "access_token" not in response.json()
+
+            deadline = time.monotonic() + 30
+            while (fresh := httpx.get(url, headers=headers, timeout=30)).status_code != 200:
+                assert fresh.status_code == 503, fresh.text  # never reauthentication_required
+                assert time.monotonic() < deadline, fresh.text
+                time.sleep(int(fresh.headers["Retry-After"]))
+            assert fresh.json()["access_token"] != signed_in["access_token"]
+            stored = hub.auth_state(name)["refresh_token"]
+            assert stored != signed_in["refresh_token"]
+            assert _active(sandbox, stored)  # the grant lives on at the EHR
+            assert not _active(sandbox, signed_in["refresh_token"])  # rotated: spent
+            assert _token_posts(sandbox) == 2  # the sign-in, then one refresh for every caller
