@@ -168,7 +168,8 @@ class Match:
 def count(index: AuditIndex, filters: Filters) -> int:
     """How many records match (from the index alone)."""
     where, args = filters.where()
-    (total,) = index.db.execute(f"SELECT COUNT(*) FROM events WHERE {where}", args).fetchone()  # noqa: S608
+    sql = f"SELECT COUNT(*) FROM events WHERE {where}"  # noqa: S608
+    [(total,)] = index.db.execute(sql, args).fetchall()
     return int(total)
 
 

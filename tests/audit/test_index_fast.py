@@ -156,13 +156,10 @@ def _chain(records: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
 
 
 def _indexed(log: Path) -> list[tuple[Any, ...]]:
+    sql = f"SELECT {', '.join(ROW_COLUMNS)} FROM events ORDER BY seq"  # noqa: S608
     with AuditIndex(log, log.with_name("index.duckdb")) as index:
         index.update()
-        columns = ", ".join(ROW_COLUMNS)
-        return [
-            tuple(r)
-            for r in index.db.execute(f"SELECT {columns} FROM events ORDER BY seq").fetchall()
-        ]  # noqa: S608
+        return [tuple(r) for r in index.db.execute(sql).fetchall()]
 
 
 def test_bulk_columns_equal_row_of_for_hostile_strings(tmp_path: Path) -> None:
