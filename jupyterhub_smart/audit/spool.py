@@ -139,6 +139,13 @@ class SpoolingSink:
         self._thread.join(timeout)
         self._closed()
 
+    def delivered_seq(self) -> int | None:
+        """The last ``seq`` delivered from the followed log (None: not following one)."""
+        if self._log is None:
+            return None
+        cursor = self._cursor
+        return int(cursor["seq"]) if cursor is not None else 0
+
     def pending(self) -> int:
         """Records not delivered yet: behind the cursor in the log, and lines in spool files.
 
