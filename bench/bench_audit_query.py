@@ -175,8 +175,8 @@ def main() -> None:
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
         )
 
-    index_path = cache / "bench.index.duckdb"
-    for stale in cache.glob("bench.index.*"):
+    index_path = cache / "bench.index.sqlite"
+    for stale in cache.glob("bench.index.sqlite*"):
         stale.unlink()
     started = time.perf_counter()
     cpu = time.process_time()

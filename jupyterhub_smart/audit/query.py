@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .index import LOCATION, AuditIndex, IndexMismatch, patients_of, row_of
+from .index import AuditIndex, IndexMismatch, patients_of, row_of
 
 __all__ = [
     "Filters",
@@ -96,13 +96,8 @@ class Filters:
     since: str | None = None  # the log's time format, see parse_time
     until: str | None = None  # exclusive
 
-    def where(self, index: AuditIndex | None = None) -> tuple[str, list[Any]]:
-        """The SQL condition over the index's ``events`` table and its parameters.
-
-        With ``index``, the records that name several patients (``event_patients``)
-        are looked up first and named by ``seq``: a plain ``patient IN (...)`` is an
-        index lookup, where an ``OR`` with a subquery would scan every row.
-        """
+    def where(self) -> tuple[str, list[Any]]:
+        """The SQL condition over the index's ``events`` table and its parameters."""
         parts: list[str] = []
         args: list[Any] = []
         if self.patient:
@@ -110,18 +105,8 @@ class Filters:
             marks = ", ".join("?" * len(names))
             # A record naming several patients is in event_patients under each of them.
             inner = f"SELECT seq FROM event_patients WHERE patient IN ({marks})"  # noqa: S608
-            if index is None:
-                parts.append(f"(patient IN ({marks}) OR seq IN ({inner}))")
-                args += [*names, *names]
-            else:
-                several = [int(r[0]) for r in index.db.execute(inner, names).fetchall()]
-                if several:
-                    listed = ", ".join("?" * len(several))
-                    parts.append(f"(patient IN ({marks}) OR seq IN ({listed}))")
-                    args += [*names, *several]
-                else:
-                    parts.append(f"patient IN ({marks})")
-                    args += names
+            parts.append(f"(patient IN ({marks}) OR seq IN ({inner}))")
+            args += [*names, *names]
         if self.user:
             parts.append("(user = ? OR fhir_user = ?)")
             args += [self.user, self.user]
@@ -182,9 +167,8 @@ class Match:
 
 def count(index: AuditIndex, filters: Filters) -> int:
     """How many records match (from the index alone)."""
-    where, args = filters.where(index)
-    sql = f"SELECT COUNT(*) FROM events WHERE {where}"  # noqa: S608
-    [(total,)] = index.db.execute(sql, args).fetchall()
+    where, args = filters.where()
+    (total,) = index.db.execute(f"SELECT COUNT(*) FROM events WHERE {where}", args).fetchone()  # noqa: S608
     return int(total)
 
 
@@ -197,20 +181,18 @@ def search(
     newest_first: bool = False,
 ) -> Iterator[Match]:
     """Matching records in ``seq`` order (or newest first), each read back and re-checked."""
-    where, args = filters.where(index)
+    where, args = filters.where()
     order = "DESC" if newest_first else "ASC"
-    sql = f"SELECT {LOCATION} FROM events WHERE {where} ORDER BY seq {order}"  # noqa: S608
+    sql = f"SELECT seq FROM events WHERE {where} ORDER BY seq {order}"  # noqa: S608
     if limit is not None:
         sql += " LIMIT ? OFFSET ?"
         args = [*args, int(limit), int(offset)]
-    cursor = index.db.cursor()  # its own result, while index.lines() reads the index
-    cursor.execute(sql, args)
+    cursor = index.db.execute(sql, args)
     while True:
-        rows = cursor.fetchmany(2000)
-        if not rows:
+        seqs = [r[0] for r in cursor.fetchmany(2000)]
+        if not seqs:
             return
-        seqs = [r[0] for r in rows]
-        found = dict(index.read_located(rows))
+        found = dict(index.lines(seqs))
         for seq in seqs:
             line = found.get(seq)
             if line is None:

@@ -6,7 +6,7 @@
 accounting of disclosures for one patient (:mod:`.report`).
 
 PATH is the live log; its rotated files beside it (``.gz`` too) are included.
-The index (``--index``, default ``<log>.index.duckdb`` beside the log, or the
+The index (``--index``, default ``<log>.index.sqlite`` beside the log, or the
 user's cache when that directory is read-only) is brought up to date first.
 
 Exit status: 0 answered (also with no match), 1 the log does not match its

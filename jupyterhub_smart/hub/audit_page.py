@@ -146,7 +146,7 @@ def _gather(
             row["outcome"] = _OUTCOME.get(str(row["outcome"]), row["outcome"])
             row["description"] = match.record.get("outcomeDesc") or ""
             rows.append(row)
-        where, args = query.filters.where(index)
+        where, args = query.filters.where()
         by_user = by_patient = None
         if query.filters.patient:
             sql = _BY_USER.format(where=where)

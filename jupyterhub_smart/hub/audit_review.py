@@ -26,7 +26,7 @@ class AuditReviewSettings(Configurable):
         "",
         config=True,
         help="""Index of the audit log that /hub/smart/audit and `jupyterhub-smart audit query`
-        use (DuckDB, rebuilt from the log whenever deleted). Empty: `<audit_log_path>.index.duckdb`
+        use (SQLite, rebuilt from the log whenever deleted). Empty: `<audit_log_path>.index.sqlite`
         beside the log. It names patients like the log: keep it on the same protected disk.""",
     )
 

@@ -13,13 +13,13 @@ import gzip
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from jupyterhub_smart.audit import AuditLog, data_access_event, hub_event
@@ -154,7 +154,7 @@ def test_table_and_csv_formats(log: Path, cli: Callable[..., Result]) -> None:
 
 def test_index_is_incremental_and_follows_rotation(log: Path, cli: Callable[..., Result]) -> None:
     assert len(query(cli, log)) == 120
-    index_path = log.with_name(log.name + ".index.duckdb")
+    index_path = log.with_name(log.name + ".index.sqlite")
     with AuditIndex(log, index_path) as index:
         assert index.head[0] == 120
         assert index.update() == 0  # nothing new: nothing read again
@@ -205,14 +205,16 @@ def test_a_log_edited_before_indexing_is_an_error(log: Path, cli: Callable[..., 
 
 def test_an_edited_index_is_an_error(log: Path, cli: Callable[..., Result]) -> None:
     assert len(query(cli, log, "--patient", "p4")) == 24
-    index_path = log.with_name(log.name + ".index.duckdb")
-    with duckdb.connect(str(index_path)) as db:  # closed before the command opens it
-        db.execute("UPDATE events SET patient = 'Patient/p4' WHERE seq = 2")  # p1's record
+    index_path = log.with_name(log.name + ".index.sqlite")
+    db = sqlite3.connect(index_path)
+    db.execute("UPDATE events SET patient = 'Patient/p4' WHERE seq = 2")  # p1's record
+    db.commit()
     result = cli("query", log, "--patient", "p4")
     assert result.returncode == 1
     assert "seq 2" in result.stderr and "index" in result.stderr
-    with duckdb.connect(str(index_path)) as db:
-        db.execute("UPDATE events SET patient = 'Patient/p1', hash = '\\x00'::BLOB WHERE seq = 2")
+    db.execute("UPDATE events SET patient = 'Patient/p1', hash = zeroblob(32) WHERE seq = 2")
+    db.commit()
+    db.close()
     result = cli("query", log, "--patient", "p1")
     assert result.returncode == 1 and "seq 2" in result.stderr
 
@@ -309,7 +311,7 @@ def test_oldest_files_may_go_a_middle_one_may_not(log: Path, cli: Callable[..., 
     with AuditIndex(log) as index:
         assert index.first_seq == oldest_gone + 1
     # A fresh index over the retained files starts at the first retained record.
-    assert [r["seq"] for r in query(cli, log, "--index", str(log.parent / "fresh.duckdb"))] == kept
+    assert [r["seq"] for r in query(cli, log, "--index", str(log.parent / "fresh.sqlite"))] == kept
     files[2].unlink()  # a file in the middle: never retention
     result = cli("query", log)
     assert result.returncode == 1 and "deleted out of order" in result.stderr
