@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 from jupyterhub_smart.audit import AuditLog, data_access_event, hub_event
-from jupyterhub_smart.audit.index import AuditIndex, log_files
-from jupyterhub_smart.audit.query import Filters, search
+from jupyterhub_smart.audit.index import AuditIndex, log_files, row_of
+from jupyterhub_smart.audit.query import ROW_FIELDS, Filters, search
 from jupyterhub_smart.audit.verify import iter_verified, verify
 
 USERS = 2_000
@@ -194,11 +194,16 @@ def main() -> None:
         f"index {index_path.stat().st_size / 1e9:.2f} GB"
     )
 
+    # Patients and users the log holds (the events come from a pool of 20,000).
     rng = random.Random(7)
+    columns = zip(*(row_of(e) for e in _events(0, 20_000)), strict=True)
+    row = dict(zip(ROW_FIELDS, columns, strict=True))
+    patients = sorted({p for p in row["patient"] if p})
+    users = sorted({u for u in row["user"] if u})
     results = {}
     for label, make in (
-        ("patient", lambda: Filters(patient=f"p{rng.randrange(PATIENTS)}")),
-        ("user", lambda: Filters(user=f"practitioner-{rng.randrange(USERS)}@ehr")),
+        ("patient", lambda: Filters(patient=rng.choice(patients))),
+        ("user", lambda: Filters(user=rng.choice(users))),
     ):
         times, rows = [], []
         for _ in range(20):
