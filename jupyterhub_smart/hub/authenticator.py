@@ -71,6 +71,7 @@ from .scopes import define_smart_scopes, register_smart_scopes
 from .sealed import RefreshTokenSeal
 from .spill import TokenSpill
 from .token_api import SMARTTokenAPIHandler
+from .token_lookup import APITokenLookup
 from .tokenstate import new_auth_state
 from .trail import HubTrail, client_fields, reference
 from .username import colliding_issuers, default_username
@@ -418,6 +419,8 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
         )
         self.trail = HubTrail(self._open_audit_log, self.log, budget)
         self.database_health = DatabaseHealth(self.trail, self.log)
+        #: The token API's lookup of API tokens (:mod:`.token_lookup`).
+        self.token_lookup = APITokenLookup()
         watch_audit(self.trail)
         self.inactivity = (
             InactivityLogoff(self, self.inactivity_timeout, self.log)

@@ -25,6 +25,7 @@ from .metrics import TOKEN_API_SECONDS
 from .proxy_mode import is_proxy_request
 from .refresh import TokenRefresher
 from .scopes import TOKEN_SCOPE, missing_scope_message
+from .token_lookup import APITokenLookup
 from .tokenstate import parse_fingerprint, token_api_payload
 from .trail import HubTrail, reference
 
@@ -100,6 +101,17 @@ class SMARTTokenAPIHandler(APIHandler):
         return token is not None and getattr(token, "user", None) is not None
 
     _database_error: SQLAlchemyError | None = None
+
+    def get_token(self) -> Any:
+        """JupyterHub's lookup of the caller's API token, without a query per call.
+
+        The same checks as JupyterHub's ``get_token`` (:mod:`.token_lookup`).
+        """
+        token = self.get_auth_token()
+        if token is None:
+            return None
+        lookup: APITokenLookup = self.authenticator.token_lookup
+        return lookup.find(self.db, token)
 
     async def get_current_user(self) -> Any:
         """JupyterHub's lookup of the caller, noting a database failure (answered 503 in get)."""

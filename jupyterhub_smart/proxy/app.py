@@ -81,9 +81,7 @@ class ProxyState:
         self.config = config
         self.hub_http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self.sessions = Sessions(config, self.hub_http)
-        self.recorder = HubRecorder(
-            config.hub_api_url, config.service_token, self.hub_http, config.hub_timeout
-        )
+        self.recorder = HubRecorder(config.hub_api_url, config.service_token, config.hub_timeout)
         self.upstream = Upstream(config.timeout)
         self.limits = UserLimits(
             max_concurrent=config.max_concurrent, rate=config.rate, burst=config.burst
@@ -91,6 +89,7 @@ class ProxyState:
 
     async def aclose(self) -> None:
         await self.upstream.aclose()
+        await self.recorder.aclose()
         await self.hub_http.aclose()
 
 

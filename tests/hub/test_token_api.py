@@ -284,6 +284,24 @@ def _smart_login(env: SmartEnv, sandbox: SandboxProcess) -> tuple[str, str, dict
     return name, token, first.json()
 
 
+def test_a_deleted_or_expired_api_token_is_refused_at_once(smart_env: SmartEnv) -> None:
+    """The hub keeps API tokens it found for a while (no query per call): a token deleted
+    through the REST API, or past its expiry, is refused at its next call all the same."""
+    hub = smart_env.hub
+    name, _, _ = _smart_login(smart_env, smart_env.public)
+    with hub.api(hub.admin_token) as api:
+        deleted = api.post(f"/users/{name}/tokens", json={"note": "deleted"}).json()
+        expiring = api.post(f"/users/{name}/tokens", json={"note": "short", "expires_in": 2}).json()
+    for made in (deleted, expiring):
+        saw(made["token"], kind="hub API token")
+        assert _token(hub, made["token"]).status_code == 200  # found, and now kept
+    with hub.api(hub.admin_token) as api:
+        api.delete(f"/users/{name}/tokens/{deleted['id']}").raise_for_status()
+    assert _token(hub, deleted["token"]).status_code == 401
+    time.sleep(3)  # past the second token's expiry
+    assert _token(hub, expiring["token"]).status_code == 401
+
+
 def test_spawner_gets_the_token_api_url_and_no_token(smart_env: SmartEnv) -> None:
     """One real single-user server: its environment, and its own API token at the token API."""
     hub, sandbox = smart_env.hub, smart_env.public

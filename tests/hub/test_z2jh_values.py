@@ -1,4 +1,4 @@
-"""deploy/z2jh/values.yaml, checked: chart schema, real traits, and a real hub started from it.
+"""deploy/z2jh/values.yaml, checked: the chart's options, real traits, and a real hub started from it.
 
 Zero to JupyterHub's jupyterhub_config.py loads ``hub.config`` with::
 
@@ -45,20 +45,7 @@ from .conftest import sandbox_client
 
 ROOT = Path(__file__).resolve().parents[2]
 VALUES = ROOT / "deploy" / "z2jh" / "values.yaml"
-SCHEMA = Path(__file__).with_name("z2jh") / "values.schema.yaml"
-#: The chart's own defaults (its values.yaml) of the keys its schema requires: Helm
-#: validates a user's file merged onto the chart's defaults, never the file alone.
-CHART_DEFAULTS: dict[str, Any] = {
-    "imagePullSecrets": [],
-    "hub": {"baseUrl": "/"},
-    "proxy": {},
-    "prePuller": {"hook": {"enabled": True}, "continuous": {"enabled": True}},
-    "custom": {},
-    "cull": {"enabled": True},
-    "debug": {"enabled": False},
-    "rbac": {"create": True},
-    "global": {"safeToShowValues": False},
-}
+CHART_OPTIONS = Path(__file__).with_name("z2jh") / "chart_options.yaml"
 
 #: The classes a hub.config section may name here, as JupyterHub resolves them.
 CLASSES: dict[str, type[Configurable]] = {
@@ -180,34 +167,50 @@ async def test_kubespawner_takes_the_kubespawner_section() -> None:
         assert getattr(spawner, name) == value
 
 
-def _merged(defaults: Any, values: Any) -> Any:
-    """``values`` over ``defaults`` as Helm merges them: maps key by key, the rest replaced."""
-    if not (isinstance(defaults, dict) and isinstance(values, dict)):
-        return copy.deepcopy(values)
-    merged = copy.deepcopy(defaults)
-    for key, value in values.items():
-        merged[key] = _merged(defaults.get(key), value)
-    return merged
+def _chart_schema() -> dict[str, Any]:
+    """A JSON Schema built from our record of the chart's options (``z2jh/chart_options.yaml``).
+
+    Each section the record names accepts only the chart's option names there; each option
+    it types must have that type or one of its values.
+    """
+    options = yaml.safe_load(CHART_OPTIONS.read_text())
+    schema: dict[str, Any] = {"type": "object"}
+
+    def node(path: str) -> dict[str, Any]:
+        here = schema
+        for part in filter(None, path.split(".")):
+            here = here.setdefault("properties", {}).setdefault(part, {})
+        return here
+
+    for section, names in options["names"].items():
+        target = node(section)
+        target.update(type="object", additionalProperties=False)
+        for name in names:
+            target.setdefault("properties", {}).setdefault(name, {})
+    for path, constraint in options["values"].items():
+        node(path).update(constraint)
+    return schema
 
 
-def test_values_pass_the_charts_schema() -> None:
-    """The chart's whole values schema, as `helm install` applies it."""
-    schema = yaml.safe_load(SCHEMA.read_text())
+def test_values_use_only_the_charts_options() -> None:
+    """Option names and values as the chart's configuration reference gives them."""
+    schema = _chart_schema()
     jsonschema.Draft7Validator.check_schema(schema)
     validator = jsonschema.Draft7Validator(schema)
     values = _values()
-    assert [error.message for error in validator.iter_errors(_merged(CHART_DEFAULTS, values))] == []
-    assert list(validator.iter_errors(values))  # the file alone lacks what the chart supplies
+    assert [error.message for error in validator.iter_errors(values)] == []
     misplaced = copy.deepcopy(values)
     misplaced["hub"]["existingSecrets"] = misplaced["hub"].pop("existingSecret")
     misplaced["hub"]["db"]["type"] = "postgresql"
-    misplaced["singleuser"]["storage"] = {"type": "dynamic"}
+    misplaced["singleuser"]["homeMountPath"] = "/home/jovyan"
     misplaced["ingress"]["pathType"] = "prefix"
-    errors = [e.message for e in validator.iter_errors(_merged(CHART_DEFAULTS, misplaced))]
-    assert any("existingSecrets" in message for message in errors), errors
+    misplaced["ingress"]["enabled"] = "yes"
+    errors = [error.message for error in validator.iter_errors(misplaced)]
+    assert any("'existingSecrets' was unexpected" in message for message in errors), errors
+    assert any("'homeMountPath' was unexpected" in message for message in errors), errors
     assert any("'postgresql' is not one of" in message for message in errors), errors
-    assert "'homeMountPath' is a required property" in errors, errors
     assert any("'prefix' is not one of" in message for message in errors), errors
+    assert any("'yes' is not of type 'boolean'" in message for message in errors), errors
 
 
 def test_secrets_volumes_and_network_policy_are_where_the_config_expects_them() -> None:
