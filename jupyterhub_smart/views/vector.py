@@ -219,7 +219,7 @@ class _ChoiceCheck:
     #: per choice name, the paths of the fields read whose key starts with it + upper case
     prefixed: dict[str, list[Path_]]
 
-    def check(self, resources: pa.StructArray, data: bytes | bytearray | memoryview) -> None:
+    def check(self, resources: pa.StructArray, data: bytes | bytearray | memoryview | None) -> None:
         text = b""
         for path, name in self.places:
             if path:
@@ -229,6 +229,8 @@ class _ChoiceCheck:
                 struct, element = resources, resources.field(name)
             if element.null_count == struct.null_count:  # present wherever its struct is
                 continue
+            if data is None:
+                raise Fallback(f"{name} absent: the closure engine reads {name}[x] keys there")
             text = text or bytes(data)
             if b"\\u" in text:
                 raise Fallback(f"{name} absent, and escaped text that may spell a {name}[x] key")
@@ -1094,8 +1096,30 @@ class VectorView:
         self._choices.check(resources, data)
         return resources
 
-    def rows(self, resources: pa.StructArray) -> tuple[np.ndarray, list[pa.Array], dict[str, int]]:
-        """``(resource row of each view row, converted columns, warnings per column)``."""
+    def check_choices(
+        self, resources: pa.StructArray, data: bytes | bytearray | memoryview | None
+    ) -> None:
+        """:class:`Fallback` unless the closure engine reads no key here that this engine skips.
+
+        Where a choice name the view navigates is absent (``Observation.subject``,
+        Quantity's ``value``), the closure engine reads any ``name[X...]`` key in
+        its place. ``data``: the NDJSON or JSON the resources were parsed from
+        (more is fine: only stricter), whose ``"name[A-Z]`` keys are counted
+        against the ones read; without it, any such absence hands the data back.
+        :meth:`read` and :meth:`read_block` check their resources this way.
+        """
+        self._choices.check(resources, data)
+
+    def rows(
+        self, resources: pa.StructArray, *, choices_checked: bool = False
+    ) -> tuple[np.ndarray, list[pa.Array], dict[str, int]]:
+        """``(resource row of each view row, converted columns, warnings per column)``.
+
+        ``resources`` from :meth:`read` or :meth:`read_block` (``choices_checked``);
+        others are checked here as :meth:`check_choices` does without the data.
+        """
+        if not choices_checked:
+            self._choices.check(resources, None)
         keep = pc.equal(resources.field("resourceType"), self.view.resource).fill_null(False)
         chosen = np.flatnonzero(keep.to_numpy(zero_copy_only=False)).astype(_I64)
         values = resources.take(pa.array(chosen)) if len(chosen) != len(resources) else resources
@@ -1185,7 +1209,7 @@ def vector_batch(
     ``converter``) when the closure engine must convert these lines instead.
     """
     resources, index = vector.read(lines)
-    parent, arrays, warnings = vector.rows(resources)
+    parent, arrays, warnings = vector.rows(resources, choices_checked=True)
     arrays = _undeclared(arrays, converter)
     if skipped is not None and len(index) != len(lines):
         kept = set(index.tolist())
@@ -1316,7 +1340,7 @@ def block_batches(
     for data, chunk, whole in blocks:
         try:
             resources = vector.read_block(data)
-            parent, arrays, warnings = vector.rows(resources)
+            parent, arrays, warnings = vector.rows(resources, choices_checked=True)
             arrays = _undeclared(arrays, converter)
         except Fallback as exc:
             stats.last_fallback = str(exc)[:200]

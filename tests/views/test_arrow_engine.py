@@ -317,9 +317,15 @@ def test_keys_the_closures_read_for_an_absent_choice_name_are_read_the_same():
     assert_same(view, plain, fast=True)
     table, stats = block_run(view, plain)
     assert stats.closure_chunks == 0 and table.num_rows == 2
+    vector = compile_vector(view)
     escaped = b'{"resourceType":"Observation","id":"o","subject\\u0046oo":{"reference":"P/x"}}'
     with pytest.raises(Fallback, match="escaped"):
-        compile_vector(view).read_block(escaped)
+        vector.read_block(escaped)
+    # resources parsed elsewhere (a search page), without their bytes: handed back when absent
+    parsed = vector.read_block(b"\n".join(orjson.dumps(r) for r in plain))
+    with pytest.raises(Fallback, match="subject absent"):
+        vector.rows(parsed)
+    assert len(vector.rows(parsed, choices_checked=True)[0]) == 2
 
 
 def test_several_values_in_a_column_is_the_closure_engines_error():
