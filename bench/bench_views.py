@@ -242,13 +242,15 @@ def main() -> None:
     for size, runs in results.items():
         if "pandas" not in runs:
             continue
-        ours, pandas, python = runs["ours"], runs["pandas"], runs["python"]
+        ours, pandas, python = runs["ours"], runs["pandas"], runs.get("python")
         print(
             f"{size} MB: ours (arrow engine) {pandas['wall'] / ours['wall']:.1f}x faster than pandas "
             f"(CPU {pandas['cpu'] / ours['cpu']:.1f}x less), {ours['mb'] / ours['wall']:.0f} MB/s "
             f"({ours['mb'] / ours['cpu']:.0f} MB per CPU second), "
             f"peak memory {ours['peak_mib'] / pandas['peak_mib']:.2f} of pandas'"
         )
+        if python is None:  # BENCH_VIEWS_SKIP=python
+            continue
         print(
             f"{size} MB: ours vs the closure engine (--engine python): "
             f"{python['wall'] / ours['wall']:.1f}x faster (CPU {python['cpu'] / ours['cpu']:.1f}x less); "

@@ -164,6 +164,10 @@ def worker(name: str, base: str) -> None:
         "jupyterhub_smart.notebook" if name != "fhirpy" else "fhirpy",
     ):
         importlib.import_module(module)
+    if name != "fhirpy":
+        import jupyterhub_smart
+
+        print(f"package: {Path(jupyterhub_smart.__file__).parent.parent}", file=sys.stderr)
     run = WORKERS[name](base, token)
     cpu0, _ = _usage()
     start = time.perf_counter()
@@ -176,18 +180,20 @@ def worker(name: str, base: str) -> None:
 # --- the driver ------------------------------------------------------------------------
 
 
+#: Runs a worker of this bench against another checkout's package: the bench module is
+#: imported from here first, then the checkout goes first on ``sys.path`` for
+#: ``jupyterhub_smart`` (``python -m`` would put this folder, and so this package, first).
+_OTHER_CHECKOUT = (
+    "import sys; sys.path.insert(0, sys.argv[1]); import bench.bench_views_search as b; "
+    "sys.path.insert(0, sys.argv[2]); b.worker(sys.argv[3], sys.argv[4])"
+)
+
+
 def _run(name: str, base: str, token: str, checkout: Path = ROOT) -> dict[str, Any]:
-    env = dict(os.environ)
+    command = [sys.executable, "-m", "bench.bench_views_search", "--worker", name, base]
     if checkout != ROOT:
-        env["PYTHONPATH"] = f"{checkout}{os.pathsep}{ROOT}"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.bench_views_search", "--worker", name, base],
-        input=token + "\n",
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-    )
+        command = [sys.executable, "-c", _OTHER_CHECKOUT, str(ROOT), str(checkout), name, base]
+    result = subprocess.run(command, input=token + "\n", capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"{name} failed:\n{result.stderr[-2000:]}")
     return dict(json.loads(result.stdout.strip().splitlines()[-1]))

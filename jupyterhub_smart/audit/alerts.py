@@ -28,7 +28,13 @@ options, see docs/audit.md):
     first sign-in a hub process sees for a user sets the baseline).
 
 Each rule fires once per user and window, not once per record. The state is
-in memory, bounded, and starts empty when the hub starts.
+in memory and bounded. It outlives a restart: the sink writes it to
+``<log>.alerts.json`` beside the log (owner-only, like the log) at most once a
+minute and when the log closes, with the ``seq`` it covers; at start-up it is
+read back and the records written after that ``seq`` are replayed through the
+rules (without firing: their alerts, if any, are already in the trail). After a
+crash an alert whose trigger came in the last minute may fire again; without
+the file (first start) the state starts empty.
 
 Runs on the log's writer thread, so it does only bounded in-memory work: the
 alert is queued to the log (never waited on) and the webhook has its own
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -50,9 +57,11 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import orjson
 
 from .events import hub_event
 from .index import row_of
+from .log import open_log_file, rotated_files
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +165,31 @@ class Evaluator:
         if len(self._quiet) > 4 * MAX_TRACKED:
             self._quiet = {k: v for k, v in self._quiet.items() if v > now}
         return True
+
+    def state(self) -> dict[str, Any]:
+        """The rules' memory as JSON-ready data (for :meth:`restore` after a restart)."""
+        return {
+            "patients": {u: list(map(list, d)) for u, d in self._patients.items()},
+            "refused": {u: list(d) for u, d in self._refused.items()},
+            "context": {u: list(c) for u, c in self._context.items() if c is not None},
+            "addresses": {u: sorted(a) for u, a in self._addresses.items()},
+            "quiet": [[rule, user, until] for (rule, user), until in self._quiet.items()],
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Take back what :meth:`state` gave (malformed parts are skipped)."""
+        with contextlib.suppress(TypeError, ValueError, AttributeError):
+            for user, seen in (state.get("patients") or {}).items():
+                self._patients.touch(user, deque).extend((float(t), str(p)) for t, p in seen)
+            for user, times in (state.get("refused") or {}).items():
+                self._refused.touch(user, deque).extend(float(t) for t in times)
+            for user, (patient, user_level) in (state.get("context") or {}).items():
+                self._context.touch(user, lambda: None)
+                self._context[user] = (patient, bool(user_level))
+            for user, addresses in (state.get("addresses") or {}).items():
+                self._addresses.touch(user, set).update(str(a) for a in addresses)
+            for rule, user, until in state.get("quiet") or ():
+                self._quiet[(str(rule), str(user))] = float(until)
 
     def evaluate(self, record: Mapping[str, Any]) -> list[Alert]:
         """The alerts this record sets off (none for an alert record)."""
@@ -357,15 +391,77 @@ class AlertSink:
     :meth:`attach`); alerts are queued there and not waited on.
     """
 
+    #: Seconds between two writes of the rules' state.
+    SAVE_EVERY = 60.0
+
     def __init__(self, rules: AlertRules, webhook: Webhook | None = None) -> None:
         self.evaluator = Evaluator(rules)
         self.webhook = webhook
         self._submit: Callable[[Mapping[str, Any]], Any] | None = None
+        self._log: Any = None
+        self._state_path: Any = None
+        self._seen: tuple[str, int] = ("", 0)  # (log id, seq) the state covers
+        self._saved_at = 0.0
 
     def attach(self, audit_log: Any) -> None:
+        """Record alerts in ``audit_log``; take back the rules' state from before a restart."""
         self._submit = audit_log.submit
+        self._log = audit_log
+        self._state_path = audit_log.path.with_name(audit_log.path.name + ".alerts.json")
+        try:
+            self._resume()
+        except Exception:  # the rules must work even if their memory cannot be read
+            log.exception("Audit alert rules: their state could not be read back; starting empty")
+        self._saved_at = time.monotonic()
+
+    def _resume(self) -> None:
+        try:
+            saved = orjson.loads(self._state_path.read_bytes())
+        except FileNotFoundError:
+            return
+        log_id, head = self._log.log_id, self._log.head[0]
+        if not isinstance(saved, dict) or saved.get("log_id") != log_id or not log_id:
+            return
+        self.evaluator.restore(saved.get("state") or {})
+        after = int(saved.get("seq") or 0)
+        replayed = 0
+        for record in _records_after(self._log.path, after, head):
+            self.evaluator.evaluate(record)  # catching up: what fired is in the trail
+            replayed += 1
+        self._seen = (log_id, head)
+        log.info(
+            "Audit alert rules: state of seq %d read back, %d later record(s) replayed",
+            after,
+            replayed,
+        )
+
+    def save(self) -> None:
+        """Write the rules' state beside the log (owner-only), for the next start."""
+        log_id, seq = self._seen
+        if self._state_path is None or not log_id:
+            return
+        data = orjson.dumps({"log_id": log_id, "seq": seq, "state": self.evaluator.state()})
+        tmp = self._state_path.with_name("." + self._state_path.name + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._state_path)
+        except OSError as exc:
+            log.error("Audit alert rules: state not saved (%s)", exc.strerror or exc)
 
     def accept(self, records: Sequence[Mapping[str, Any]]) -> None:
+        if records:
+            last = records[-1]
+            self._seen = (str(last.get("log_id") or ""), int(last.get("seq") or 0))
+        self._accept(records)
+        if time.monotonic() - self._saved_at >= self.SAVE_EVERY:
+            self._saved_at = time.monotonic()
+            self.save()
+
+    def _accept(self, records: Sequence[Mapping[str, Any]]) -> None:
         for record in records:
             action = None
             for coding in record.get("subtype") or ():
@@ -422,5 +518,29 @@ class AlertSink:
         )
 
     def close(self) -> None:
+        self.save()
         if self.webhook is not None:
             self.webhook.close()
+
+
+def _records_after(path: Any, after: int, head: int) -> Any:
+    """The records with ``after < seq <= head`` from the log's files (only those that hold them)."""
+    files = [*rotated_files(path), path]
+    starts = []
+    for candidate in files[:-1]:
+        name = candidate.name[:-3] if candidate.name.endswith(".gz") else candidate.name
+        starts.append(int(name.rsplit(".", 1)[1]))
+    keep = [
+        f for i, f in enumerate(files[:-1]) if i + 1 >= len(starts) or starts[i + 1] > after + 1
+    ]
+    for candidate in [*keep, path]:
+        if not candidate.exists():
+            continue
+        with open_log_file(candidate) as handle:
+            for raw in handle:
+                if not raw.endswith(b"\n"):
+                    break
+                record = orjson.loads(raw)
+                seq = record.get("seq")
+                if isinstance(seq, int) and after < seq <= head:
+                    yield record

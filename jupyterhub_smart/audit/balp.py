@@ -58,6 +58,11 @@ USER_CLIENT_EXTENSION = "urn:jupyterhub-smart:user-client"
 _SOURCE_ROLE = {"system": DCM, "code": "110153", "display": "Source Role ID"}
 _DESTINATION_ROLE = {"system": DCM, "code": "110152", "display": "Destination Role ID"}
 _APPLICATION = {"system": DCM, "code": "110150", "display": "Application"}
+_CUSTODIAN = {
+    "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+    "code": "custodian",
+    "display": "Custodian",
+}
 _IRCP = {"system": PARTICIPATION, "code": "IRCP", "display": "information recipient"}
 _AUTHOR = {"system": PARTICIPATION, "code": "AUT", "display": "Author"}
 _OAUTH_USER = {"system": USER_AGENT_TYPES, "code": "UserOauthAgent"}
@@ -84,6 +89,9 @@ class Kind:
     patient_profile: str | None = None
     token_profile: str | None = None
     user_type: Mapping[str, str] | None = None
+    #: The client's and the server's agent type when the pattern names its own (Delete).
+    client_role: Mapping[str, str] | None = None
+    server_role: Mapping[str, str] | None = None
 
 
 # https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Read and .PatientRead:
@@ -95,16 +103,25 @@ _QUERY = Kind(
     "query", BALP + "IHE.BasicAudit.Query", BALP + "IHE.BasicAudit.PatientQuery", None, _IRCP
 )
 # https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Create / .PatientCreate,
-# .Update / .PatientUpdate, .Delete / .PatientDelete: client 110153, server 110152, user from
-# the DataSources value set (Author), entity data (role 4).
+# .Update / .PatientUpdate: client 110153, server 110152, user from the DataSources value set
+# (Author), entity data (role 4).
 _CREATE = Kind(
     "write", BALP + "IHE.BasicAudit.Create", BALP + "IHE.BasicAudit.PatientCreate", None, _AUTHOR
 )
 _UPDATE = Kind(
     "write", BALP + "IHE.BasicAudit.Update", BALP + "IHE.BasicAudit.PatientUpdate", None, _AUTHOR
 )
+# https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.Delete / .PatientDelete:
+# not Create's pattern: client 110150 Application (no Source Role), server typed Custodian
+# (provenance-participant-type), user from DataSources (Author), action D, entity data (role 4).
 _DELETE = Kind(
-    "write", BALP + "IHE.BasicAudit.Delete", BALP + "IHE.BasicAudit.PatientDelete", None, _AUTHOR
+    "write",
+    BALP + "IHE.BasicAudit.Delete",
+    BALP + "IHE.BasicAudit.PatientDelete",
+    None,
+    _AUTHOR,
+    client_role=_APPLICATION,
+    server_role=_CUSTODIAN,
 )
 # https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.OAUTHaccessTokenUse.Minimal:
 # agent client 110150 Application with who; agent user typed UserOauthAgent, requestor true,
@@ -193,8 +210,12 @@ def conform(resource: Mapping[str, Any]) -> dict[str, Any]:
 
     if kind.shape in ("read", "query", "write"):
         target = _rest_target(out, entities, issuer_entity)
-        client_role = _DESTINATION_ROLE if kind.shape == "read" else _SOURCE_ROLE
-        server_role = _SOURCE_ROLE if kind.shape == "read" else _DESTINATION_ROLE
+        client_role = kind.client_role or (
+            _DESTINATION_ROLE if kind.shape == "read" else _SOURCE_ROLE
+        )
+        server_role = kind.server_role or (
+            _SOURCE_ROLE if kind.shape == "read" else _DESTINATION_ROLE
+        )
         client = _client_agent(agents, server, out, address)
         _add_coding(client, client_role, _APPLICATION)
         if issuer:

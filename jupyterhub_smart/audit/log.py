@@ -77,7 +77,12 @@ class AuditBacklogFull(AuditUnavailable):
 
 
 class Sink(Protocol):
-    """Something that receives every record after it is durable in the log."""
+    """Something that receives every record after it is durable in the log.
+
+    A sink with a ``follow(audit_log)`` method is called with the log once it is
+    open; such a sink reads the records from the log's files itself, and
+    ``accept`` only tells it that more are durable (see :mod:`.spool`).
+    """
 
     def accept(self, records: Sequence[Mapping[str, Any]]) -> None: ...
 
@@ -183,7 +188,14 @@ class AuditLog:
         self._size = 0
         self._file_first_seq: int | None = None
 
+        # Sinks that read their backlog from the log itself start from its head: told
+        # now, and again if the log only opens later (a disk that was not writable).
+        self._followers = [sink for sink in self.sinks if hasattr(sink, "follow")]
+        self._opens_late = False
         self._try_open()
+        for sink in self._followers:
+            sink.follow(self)
+        self._opens_late = True
         self._thread = threading.Thread(target=self._run, name="audit-log-writer", daemon=True)
         self._thread.start()
 
@@ -492,6 +504,9 @@ class AuditLog:
             self._lock()
             self._recover()
             self._opened = True
+            if self._opens_late:  # not at construction: the followers learn the head now
+                for sink in self._followers:
+                    sink.follow(self)
             return
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

@@ -133,6 +133,7 @@ class Retention:
             reasons.add(f"older than {self.max_age / _DAY:g} days" if too_old else "")
             reasons.add(f"over {self.max_bytes} bytes in all" if too_big else "")
             total -= _size(candidate)
+        doomed = self._undelivered_kept(files, doomed)
         if not doomed:
             return
         if self.checkpointer is None:
@@ -168,6 +169,32 @@ class Retention:
             last_seq,
             why,
         )
+
+    def _undelivered_kept(self, files: list[Path], doomed: list[Path]) -> list[Path]:
+        """``doomed`` less the files holding records a sink has not delivered yet."""
+        floors = [
+            sink.delivered_seq()
+            for sink in getattr(self.log, "sinks", ())
+            if hasattr(sink, "delivered_seq")
+        ]
+        floors = [f for f in floors if f is not None]
+        if not floors:
+            return doomed
+        floor = min(floors)
+        kept = []
+        for index, candidate in enumerate(doomed):
+            following = files[index + 1].name.removesuffix(".gz")
+            last_seq = int(following.rsplit(".", 1)[1]) - 1
+            if last_seq > floor:
+                log.warning(
+                    "Audit retention: %s is past retention but kept until every sink has "
+                    "delivered it (a sink is at seq %d)",
+                    candidate.name,
+                    floor,
+                )
+                break
+            kept.append(candidate)
+        return kept
 
 
 def compress_file(path: Path) -> Path:

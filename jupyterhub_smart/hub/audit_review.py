@@ -73,7 +73,8 @@ class AuditReviewSettings(Configurable):
         True,
         config=True,
         help="""Alert `alert-new-address` when a user signs in from a network address not seen
-        for them since the hub started (the first sign-in of each user is the baseline).""",
+        for them before (the rules' memory outlives restarts, in <audit_log_path>.alerts.json;
+        the first sign-in of each user is the baseline).""",
     )
 
     audit_alert_webhook = Unicode(

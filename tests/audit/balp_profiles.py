@@ -21,6 +21,8 @@ ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
 OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"
 USER_AGENT_TYPES = "https://profiles.ihe.net/ITI/BALP/CodeSystem/UserAgentTypes"
 SOURCE, DESTINATION, APPLICATION = (DCM, "110153"), (DCM, "110152"), (DCM, "110150")
+#: The server's type in BALP's Delete (input/fsh/PatientDelete.fsh in IHE/ITI.BasicAudit).
+CUSTODIAN = ("http://terminology.hl7.org/CodeSystem/provenance-participant-type", "custodian")
 
 
 def _codes(concept: Mapping[str, Any] | None) -> set[tuple[str, str]]:
@@ -165,7 +167,8 @@ _QUERY = _rest(
 )
 _CREATE = _rest({"create"}, "C", SOURCE, DESTINATION, _DATA_SOURCES, False, True)
 _UPDATE = _rest({"update", "patch"}, "U", SOURCE, DESTINATION, _DATA_SOURCES, False, True)
-_DELETE = _rest({"delete"}, "D", SOURCE, DESTINATION, _DATA_SOURCES, False, True)
+# Delete is not Create's pattern: agent[client] is 110150 Application, agent[server] Custodian.
+_DELETE = _rest({"delete"}, "D", APPLICATION, CUSTODIAN, _DATA_SOURCES, False, True)
 
 #: Canonical profile URL -> checker returning the list of what the resource lacks.
 RULES: dict[str, Callable[[Mapping[str, Any]], list[str]]] = {

@@ -104,3 +104,43 @@ def test_the_sink_records_alerts_in_the_log_and_alerts_set_off_nothing(tmp_path:
     assert actions == ["data-access", "data-access", "alert-patient-spread", "data-access"]
     alert = records(path)[2]
     assert alert["agent"][0]["altId"] == "doc" and alert["type"]["code"] == "110113"
+
+
+def test_the_rules_remember_across_a_restart(tmp_path: Path) -> None:
+    """A new hub process knows the addresses and patients seen before it started."""
+    path = tmp_path / "audit.jsonl"
+    rules = AlertRules(patient_limit=2, patient_window=3600)
+
+    def start() -> tuple[AuditLog, AlertSink]:
+        sink = AlertSink(rules)
+        audit_log = AuditLog(path, sinks=[sink])
+        sink.attach(audit_log)
+        return audit_log, sink
+
+    audit_log, _ = start()
+    audit_log.record_sync(login("ann", "10.0.0.1"))
+    audit_log.record_sync(read("ann", "Patient/1"))
+    audit_log.close()  # a clean stop writes the state
+    state = tmp_path / "audit.jsonl.alerts.json"
+    older = state.read_bytes()
+    audit_log, _ = start()
+    audit_log.record_sync(read("ann", "Patient/2"))
+    audit_log.close()
+    state.write_bytes(older)  # as after a crash: the state predates the last record
+    audit_log, _ = start()  # reads the state back and replays Patient/2 from the log
+    audit_log.record_sync(login("ann", "10.9.9.9"))
+    audit_log.record_sync(read("ann", "Patient/3"))
+    wait_for(
+        lambda: {"alert-new-address", "alert-patient-spread"} <= set(_actions(path)),
+        "both alerts after the restarts",
+    )
+    audit_log.close()
+
+
+def _actions(path: Path) -> list[str]:
+    return [
+        c["code"]
+        for r in records(path)
+        for c in r.get("subtype") or ()
+        if str(c.get("code", "")).startswith("alert")
+    ]

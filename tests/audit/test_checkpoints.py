@@ -245,3 +245,25 @@ def test_a_compression_cut_short_leaves_a_readable_log(tmp_path: Path) -> None:
     assert main(["audit", "verify", str(path)]) == 0
     with AuditLog(path) as log:  # the writer finds its head through compressed files too
         assert log.record_sync(event(99)) == 31
+
+
+def test_retention_keeps_what_a_sink_has_not_delivered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sink reads its backlog from the log: retention waits for it before deleting."""
+    from jupyterhub_smart.audit import SyslogSink
+
+    key, _ = _keys(tmp_path)
+    path = tmp_path / "audit.jsonl"
+    keeper = Checkpointer(key, 0, tmp_path / "checkpoints.jws")  # type: ignore[arg-type]
+    keep = Retention(compress=False, max_bytes=1, checkpointer=keeper)
+    down = SyslogSink(f"tcp://127.0.0.1:{free_port()}", tmp_path / "spool")  # nobody listens
+    with AuditLog(path, max_bytes=4096, sinks=[down, keeper, keep], on_rotate=keep.rotated) as log:
+        keeper.attach(log)
+        keep.attach(log)
+        for i in range(20):
+            log.record_sync(event(i))
+        assert keep.wait_idle()
+        assert rotated_files(path)[0].name.endswith(".000000000001")  # nothing deleted
+        assert "kept until every sink has delivered it" in caplog.text
+        assert down.pending() == 20

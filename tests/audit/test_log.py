@@ -333,3 +333,29 @@ def test_policy_fails_closed_only_for_access(tmp_path: Path) -> None:
         finally:
             remount(disk, "rw")
             log.close()
+
+
+@needs_root
+def test_a_sink_misses_nothing_when_the_log_opens_late(tmp_path: Path) -> None:
+    """The disk was read-only at start: the sink's cursor starts where the log then was."""
+    from jupyterhub_smart.audit import SyslogSink
+
+    from .rsyslog_process import free_port
+
+    with tmpfs(tmp_path / "disk", size="1m") as disk:
+        path = disk / "audit.jsonl"
+        with AuditLog(path) as log:
+            log.record_sync(event(0))
+        remount(disk, "ro")
+        sink = SyslogSink(f"tcp://127.0.0.1:{free_port()}", tmp_path / "spool")  # down
+        log = AuditLog(path, sinks=[sink], retry_interval=0.05, max_retry_interval=0.2)
+        try:
+            assert not log.healthy
+            with pytest.raises(AuditUnavailable):
+                log.record_sync(event(1))
+            remount(disk, "rw")
+            wait_for(lambda: log.healthy and log.head[0] == 2, "the held event to be written")
+            log.record_sync(event(2))
+            assert sink.pending() == 2  # both events written after the late open, none lost
+        finally:
+            log.close()

@@ -10,6 +10,8 @@ import pytest
 from sandbox_process import free_port, run_sandbox
 
 from jupyterhub_smart.audit import AuditLog
+from jupyterhub_smart.audit.log import rotated_files
+from jupyterhub_smart.audit.retention import compress_file
 from jupyterhub_smart.audit.sinks import FHIRSink, build_sinks
 
 from .helpers import event, wait_for
@@ -81,18 +83,27 @@ def test_spool_survives_a_restart(tmp_path: Path) -> None:
     port = free_port()
     origin = f"http://127.0.0.1:{port}"
     spool = tmp_path / "spool"
-    log = AuditLog(tmp_path / "audit.jsonl", sinks=[sink_for(origin, spool)])
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, sinks=[sink_for(origin, spool)], max_bytes=1024)
     for i in range(3):
-        log.record_sync(event(i))
+        log.record_sync(event(i))  # rotated at every record: the backlog spans files
     log.close()
-    assert len(list(spool.glob("*.jsonl"))) == 3
-    with run_sandbox(tmp_path / "sandbox", [AUDIT_CLIENT], port=port):
+    assert (spool / "cursor.json").exists() and not list(spool.glob("*.jsonl"))
+    for rotated in rotated_files(path):  # retention compressed them meanwhile
+        compress_file(rotated)
+    with run_sandbox(tmp_path / "sandbox", [AUDIT_CLIENT], port=port) as sandbox:
         assert sandbox_accepts_audit_events(origin), "the sandbox refuses POST /fhir/AuditEvent"
-        sink = sink_for(origin, spool)  # a new hub process picks the spool up
+        sink = sink_for(origin, spool)
+        log = AuditLog(path, sinks=[sink], max_bytes=1024)  # a new hub process, same spool
         try:
-            wait_for(lambda: sink.pending() == 0, "the old spool to drain", timeout=60)
+            assert sink.pending() == 3
+            wait_for(lambda: sink.pending() == 0, "the backlog to drain", timeout=60)
+            wait_for(
+                lambda: sandbox.log_text().count("created AuditEvent") == 3,
+                "the sandbox to log the three creates",
+            )
         finally:
-            sink.close()
+            log.close()
 
 
 def test_retries_server_errors_and_refreshes_an_expired_token(
