@@ -97,7 +97,7 @@ class TypeConverter:
             raw = pa.array(lines, type=pa.binary()).cast(pa.string())
         except pa.ArrowInvalid as exc:
             raise Fallback(str(exc)) from None
-        parent, arrays, warnings = self.vector.rows(resources)
+        parent, arrays, warnings = self.vector.rows(resources, choices_checked=True)
         if len(parent) != len(lines) or (parent != np.arange(len(lines))).any():
             missing = np.setdiff1d(np.arange(len(lines), dtype=np.int64), parent)
             if len(missing):  # a resource without rows keeps one row: its id and JSON

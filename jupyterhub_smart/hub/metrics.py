@@ -9,7 +9,7 @@ issuer label only ever takes a *configured* issuer (discovery runs only for
 issuers on the allow-list), so every label's values are bounded by
 configuration.
 
-What the hub's own objects know (the audit log's backlog, the sinks' spools)
+What the hub's own objects know (the audit log's backlog, what the sinks have not delivered)
 is read at scrape time by :class:`AuditCollector`, which holds the trail weakly.
 """
 
@@ -98,8 +98,11 @@ AUDIT_GAUGES = {
     "fails closed (sign-ins and tokens refused; see the hub's log).",
     "jupyterhub_smart_audit_backlog_events": "Audit events waiting to be written: queued, or "
     "held in memory while the log's disk fails.",
-    "jupyterhub_smart_audit_sink_spool_bytes": "Bytes of audit records spooled for the audit "
-    "sinks (e.g. a FHIR server), not delivered yet; grows while a sink's server is unreachable.",
+    "jupyterhub_smart_audit_sink_spool_bytes": "Bytes of audit records in spool files for the "
+    "audit sinks (left by an earlier version, or a sink used without a log), not delivered yet.",
+    "jupyterhub_smart_audit_sink_pending_events": "Audit records the sinks (a FHIR server, a "
+    "SIEM over syslog) have not delivered yet, summed over sinks; grows while a receiver is "
+    "unreachable (the sinks read them from the log after their cursor).",
 }
 
 
@@ -122,15 +125,18 @@ class AuditCollector(Collector):
         log = getattr(trail, "opened_log", None)
         if log is None:  # not opened yet: nothing was recorded, nothing is held
             return
-        spooled = 0
+        spooled = pending = 0
         for sink in log.sinks:
             spool = getattr(sink, "spool", None)
             if isinstance(spool, Path):
                 spooled += _spool_bytes(spool)
+            if getattr(sink, "delivered_seq", lambda: None)() is not None:
+                pending += sink.pending()  # the log's head less the sink's cursor: no reading
         values = {
             "jupyterhub_smart_audit_log_writable": 1 if log.healthy else 0,
             "jupyterhub_smart_audit_backlog_events": log.backlog,
             "jupyterhub_smart_audit_sink_spool_bytes": spooled,
+            "jupyterhub_smart_audit_sink_pending_events": pending,
         }
         for name, help_text in AUDIT_GAUGES.items():
             yield GaugeMetricFamily(name, help_text, value=values[name])

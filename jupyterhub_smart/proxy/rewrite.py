@@ -87,9 +87,10 @@ class BodyRewriter:
         while (s := buf.find(base, max(0, cut - len(base)), cut + len(base))) >= 0 and s < cut:
             cut = s
         region = buf[:cut]
-        if base in region:
-            for old, new in self._pairs:
-                region = region.replace(old, new)
+        for old, new in self._pairs:  # "/" first: almost every occurrence; often the only one
+            if base not in region:
+                break
+            region = region.replace(old, new)
         self._carry = buf[cut:]
         return region
 

@@ -48,8 +48,6 @@ from .compiler import _REFERENCE, Typed, type_name_of
 from .definition import Column, CompiledView, compile_view
 from .fhirtypes import (
     CHOICE_ELEMENTS,
-    COMPLEX_TYPES,
-    PRIMITIVE_TYPES,
     RESOURCE_TYPES,
     normalize_type,
     subtypes,
@@ -80,7 +78,6 @@ _PRIMITIVES = {
 }
 _INTEGER = {"integer", "positiveInt", "unsignedInt", "integer64"}
 _I64 = np.int64
-_TYPE_SUFFIXES = sorted(t[0].upper() + t[1:] for t in {*PRIMITIVE_TYPES, *COMPLEX_TYPES})
 
 
 class Unsupported(ValueError):
@@ -107,6 +104,9 @@ class _Node:
         self.kind = kind
         self.is_list = is_list
         self.children: dict[str, _Node] = {}
+        #: choice element names navigated here (``subject``, Quantity's ``value``): where one
+        #: is absent, the closure engine reads any ``name[X...]`` key instead (see _ChoiceCheck)
+        self.choices: set[str] = set()
 
     def child(self, name: str) -> _Node:
         if self.kind in _PRIMITIVES:
@@ -183,6 +183,88 @@ def object_lines(data: bytes | bytearray | memoryview) -> int | None:
     if not (raw[breaks - 1] == _CLOSE).all() or not (raw[inner + 1] == _OPEN).all():
         return None
     return len(inner) + 1
+
+
+# --- choice names: the keys the closure engine reads when an element is absent ---------
+
+Path_ = tuple[tuple[str, bool], ...]  # (field name, is a list) from the resource down
+
+
+def _values_at(resources: pa.StructArray, path: Path_) -> pa.Array:
+    """The values at ``path`` below the resources (lists flattened, absent parents null)."""
+    array: pa.Array = resources
+    for name, is_list in path:
+        index = array.type.get_field_index(name)
+        array = array.flatten()[index]  # flatten(): the child with its parent's nulls
+        if is_list:
+            array = array.flatten()
+    return array
+
+
+@dataclass
+class _ChoiceCheck:
+    """Where a chunk may hold keys the closure engine reads and this engine does not.
+
+    For a choice element name navigated in a struct (``Observation.subject``,
+    ``Quantity.value``), the closure engine reads, where the element is absent,
+    every key of that struct that starts with the name and an upper-case
+    letter (``subjectReference``, ``valueFoo``). This engine reads none of
+    those; so a chunk passes only when no such struct lacks the element, or,
+    if some do, when the bytes hold no ``"name[A-Z]`` key beyond the ones the
+    schema reads (counted in the parsed columns). Otherwise :class:`Fallback`.
+    """
+
+    #: (path of the struct, choice name) for every navigated choice name
+    places: list[tuple[Path_, str]]
+    #: per choice name, the paths of the fields read whose key starts with it + upper case
+    prefixed: dict[str, list[Path_]]
+
+    def check(self, resources: pa.StructArray, data: bytes | bytearray | memoryview | None) -> None:
+        text = b""
+        for path, name in self.places:
+            if path:
+                struct = _values_at(resources, path)
+                element = struct.flatten()[struct.type.get_field_index(name)]
+            else:
+                struct, element = resources, resources.field(name)
+            if element.null_count == struct.null_count:  # present wherever its struct is
+                continue
+            if data is None:
+                raise Fallback(f"{name} absent: the closure engine reads {name}[x] keys there")
+            text = text or bytes(data)
+            if b"\\u" in text:
+                raise Fallback(f"{name} absent, and escaped text that may spell a {name}[x] key")
+            quoted = b'"' + name.encode()
+            keys = text.count(quoted) - text.count(quoted + b'"')
+            read = sum(
+                len(values) - values.null_count
+                for values in (_values_at(resources, p) for p in self.prefixed.get(name, []))
+            )
+            if keys != read:
+                raise Fallback(f"{name} absent, and {name}[x] keys this engine does not read")
+
+
+def _choice_check(root: _Node) -> _ChoiceCheck:
+    places: list[tuple[Path_, str]] = []
+    fields: list[tuple[Path_, str]] = []
+
+    def walk(node: _Node, path: Path_) -> None:
+        places.extend((path, name) for name in sorted(node.choices))
+        for name, child in sorted(node.children.items()):
+            if child.kind == "null":
+                continue
+            here = (*path, (name, child.is_list))
+            fields.append((here, name))
+            walk(child, here)
+
+    walk(root, ())
+    names = {name for _, name in places}
+    prefixed: dict[str, list[Path_]] = {}
+    for name in names:
+        for path, key in fields:
+            if len(key) > len(name) and key.startswith(name) and key[len(name)].isupper():
+                prefixed.setdefault(name, []).append(path)
+    return _ChoiceCheck(places, prefixed)
 
 
 # --- collections -------------------------------------------------------------------------
@@ -411,11 +493,8 @@ class _Compiler:
                 raise Unsupported(f"the choice element {name} without ofType()")
         child = st.child(name)
         is_list = child.is_list
-        if (
-            name in CHOICE_ELEMENTS
-        ):  # the closure engine also reads name[x] keys when name is absent
-            for suffix in _TYPE_SUFFIXES:
-                st.guard(name + suffix)
+        if name in CHOICE_ELEMENTS:  # the closure engine also reads name[X] keys when absent
+            st.choices.add(name)
 
         def member(space: _Space, focus: _Col) -> _Col:
             return _member(base(space, focus), name, is_list)
@@ -966,6 +1045,7 @@ class VectorView:
     read_schema: pa.Schema
     _produce: Producer = field(repr=False)
     _where: list[Eval] = field(repr=False)
+    _choices: _ChoiceCheck = field(repr=False, default_factory=lambda: _ChoiceCheck([], {}))
 
     @property
     def columns(self) -> list[Column]:
@@ -986,10 +1066,13 @@ class VectorView:
         if not lines:
             empty = self.read_schema.empty_table().to_struct_array().combine_chunks()
             return empty, np.zeros(0, dtype=_I64)
-        table = _parse(b"\n".join(lines), self.read_schema)
+        data = b"\n".join(lines)
+        table = _parse(data, self.read_schema)
         if table.num_rows != len(lines):
             raise Fallback("a line that is not one JSON object")
-        return table.to_struct_array().combine_chunks(), np.asarray(index, dtype=_I64)
+        resources = table.to_struct_array().combine_chunks()
+        self._choices.check(resources, data)
+        return resources, np.asarray(index, dtype=_I64)
 
     def read_block(self, data: bytes | bytearray | memoryview) -> pa.StructArray:
         """The resources of a block of NDJSON bytes whose every line is one of the view's type.
@@ -1010,10 +1093,33 @@ class VectorView:
         kinds = resources.field("resourceType")
         if kinds.null_count or not pc.all(pc.equal(kinds, self.view.resource)).as_py():
             raise Fallback("a line of another type")
+        self._choices.check(resources, data)
         return resources
 
-    def rows(self, resources: pa.StructArray) -> tuple[np.ndarray, list[pa.Array], dict[str, int]]:
-        """``(resource row of each view row, converted columns, warnings per column)``."""
+    def check_choices(
+        self, resources: pa.StructArray, data: bytes | bytearray | memoryview | None
+    ) -> None:
+        """:class:`Fallback` unless the closure engine reads no key here that this engine skips.
+
+        Where a choice name the view navigates is absent (``Observation.subject``,
+        Quantity's ``value``), the closure engine reads any ``name[X...]`` key in
+        its place. ``data``: the NDJSON or JSON the resources were parsed from
+        (more is fine: only stricter), whose ``"name[A-Z]`` keys are counted
+        against the ones read; without it, any such absence hands the data back.
+        :meth:`read` and :meth:`read_block` check their resources this way.
+        """
+        self._choices.check(resources, data)
+
+    def rows(
+        self, resources: pa.StructArray, *, choices_checked: bool = False
+    ) -> tuple[np.ndarray, list[pa.Array], dict[str, int]]:
+        """``(resource row of each view row, converted columns, warnings per column)``.
+
+        ``resources`` from :meth:`read` or :meth:`read_block` (``choices_checked``);
+        others are checked here as :meth:`check_choices` does without the data.
+        """
+        if not choices_checked:
+            self._choices.check(resources, None)
         keep = pc.equal(resources.field("resourceType"), self.view.resource).fill_null(False)
         chosen = np.flatnonzero(keep.to_numpy(zero_copy_only=False)).astype(_I64)
         values = resources.take(pa.array(chosen)) if len(chosen) != len(resources) else resources
@@ -1075,7 +1181,7 @@ def compile_vector(view: Mapping[str, Any] | CompiledView) -> VectorView:
     def produce_all(space: _Space) -> _Rows:
         return _product([p(space) for p in producers], space.n)
 
-    return VectorView(compiled, schema, produce_all, where)
+    return VectorView(compiled, schema, produce_all, where, _choice_check(builder.root))
 
 
 # --- batches: the fast path per chunk, the closure engine for the chunks it hands back -----
@@ -1103,7 +1209,7 @@ def vector_batch(
     ``converter``) when the closure engine must convert these lines instead.
     """
     resources, index = vector.read(lines)
-    parent, arrays, warnings = vector.rows(resources)
+    parent, arrays, warnings = vector.rows(resources, choices_checked=True)
     arrays = _undeclared(arrays, converter)
     if skipped is not None and len(index) != len(lines):
         kept = set(index.tolist())
@@ -1234,7 +1340,7 @@ def block_batches(
     for data, chunk, whole in blocks:
         try:
             resources = vector.read_block(data)
-            parent, arrays, warnings = vector.rows(resources)
+            parent, arrays, warnings = vector.rows(resources, choices_checked=True)
             arrays = _undeclared(arrays, converter)
         except Fallback as exc:
             stats.last_fallback = str(exc)[:200]

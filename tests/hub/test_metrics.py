@@ -8,10 +8,15 @@ the whole metrics text names a user or a patient.
 from __future__ import annotations
 
 import hashlib
+import socket
+from pathlib import Path
 
 import httpx
 from hub_process import Browser, Hub, ehr_launch, patient_ids
 from prometheus_client.parser import text_string_to_metric_families
+
+from jupyterhub_smart.audit import AuditLog, SyslogSink, hub_event
+from jupyterhub_smart.hub.metrics import AuditCollector
 
 from .conftest import EvilEnv, SmartEnv
 
@@ -74,6 +79,7 @@ def test_metrics_count_logins_tokens_refreshes_and_audit_writes(smart_env: Smart
     assert _value(after, "jupyterhub_smart_audit_log_writable") == 1
     assert ("jupyterhub_smart_audit_backlog_events", ()) in after
     assert _value(after, "jupyterhub_smart_audit_sink_spool_bytes") == 0  # no sink configured
+    assert _value(after, "jupyterhub_smart_audit_sink_pending_events") == 0
     # every outcome is there from the start, so a rate() has a series to work on
     for outcome in ("refused", "failed", "unavailable", "error"):
         assert ("jupyterhub_smart_logins_total", (("outcome", outcome),)) in after
@@ -111,3 +117,25 @@ def test_metrics_count_discovery_failures_per_configured_issuer(evil_env: EvilEn
     assert "not-configured.example" not in text
     issuers = {dict(labels)["issuer"] for (metric, labels) in after if metric == name}
     assert issuers <= {evil.iss, evil.broken_iss, evil.basic_iss}
+
+
+class _Trail:
+    """What the collector reads from the hub's trail: its opened log."""
+
+    def __init__(self, opened_log: object) -> None:
+        self.opened_log = opened_log
+
+
+def test_what_a_sink_has_not_delivered_is_reported(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on: the receiver is down
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sink = SyslogSink(f"tcp://127.0.0.1:{port}", tmp_path / "spool")
+    with AuditLog(tmp_path / "audit.jsonl", sinks=[sink]) as log:
+        for i in range(3):
+            log.record_sync(hub_event("logout", username=f"user{i}"))
+        collector = AuditCollector()
+        trail = _Trail(log)
+        collector.watch(trail)
+        values = {family.name: family.samples[0].value for family in collector.collect()}
+    assert values["jupyterhub_smart_audit_sink_pending_events"] == 3

@@ -27,6 +27,7 @@ from jupyterhub_smart.views import builtin
 from jupyterhub_smart.views.table import TableConverter
 from jupyterhub_smart.views.vector import (
     EngineStats,
+    Fallback,
     Unsupported,
     block_batches,
     chunk_batches,
@@ -291,6 +292,40 @@ def test_data_the_arrow_engine_does_not_read_exactly_goes_to_the_closures():
         table, stats = arrow_run(view, [resource])
         assert stats.closure_chunks == 1 and stats.vector_chunks == 0
         assert table.to_pylist() == views.run(view, [resource]).to_pylist()
+
+
+def test_keys_the_closures_read_for_an_absent_choice_name_are_read_the_same():
+    """Where ``subject`` (a choice name in FHIR) or Quantity's ``value`` is absent, the closure
+    engine reads any ``subject[X...]``/``value[X...]`` key of that object, even one of no FHIR
+    type: such data goes to the closures; data without such keys stays on the fast path."""
+    view = builtin.load("Observation")
+    base = {"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "c"}}
+    odd = [
+        {**base, "subjectFoo": {"reference": "Patient/x"}},
+        {**base, "subject": {"reference": "Patient/y"}, "valueQuantity": {"valueFoo": 3}},
+        {**base, "component": [{"valueQuantity": {"valueQuantity": {"value": 2}}}]},
+        {**base, "subjectReference": None, "subjectString": "s"},
+    ]
+    for resource in odd:
+        assert_same(view, [resource], fast=False)
+        for run in (arrow_run, block_run):
+            assert run(view, [resource])[1].closure_chunks == 1
+    plain = [
+        {**base, "valueQuantity": {"unit": "mg"}},  # no subject, no value: no such keys
+        {**base, "note": [{"text": "subject"}], "valueString": "a subjectX"},
+    ]
+    assert_same(view, plain, fast=True)
+    table, stats = block_run(view, plain)
+    assert stats.closure_chunks == 0 and table.num_rows == 2
+    vector = compile_vector(view)
+    escaped = b'{"resourceType":"Observation","id":"o","subject\\u0046oo":{"reference":"P/x"}}'
+    with pytest.raises(Fallback, match="escaped"):
+        vector.read_block(escaped)
+    # resources parsed elsewhere (a search page), without their bytes: handed back when absent
+    parsed = vector.read_block(b"\n".join(orjson.dumps(r) for r in plain))
+    with pytest.raises(Fallback, match="subject absent"):
+        vector.rows(parsed)
+    assert len(vector.rows(parsed, choices_checked=True)[0]) == 2
 
 
 def test_several_values_in_a_column_is_the_closure_engines_error():
