@@ -94,6 +94,9 @@ def _ours_async(base: str, token: str) -> Callable[[], int]:
     from jupyterhub_smart.notebook import connect_async
 
     fhir = connect_async(base, token=token, page_size=PAGE, check_scopes=False)
+    # httpx imports anyio's asyncio backend on a process's first async request (~55 ms,
+    # once per notebook session), as the sync client's imports happen in connect()
+    import anyio._backends._asyncio  # noqa: F401
 
     async def search() -> int:
         async with fhir:

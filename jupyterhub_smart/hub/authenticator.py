@@ -199,19 +199,20 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
     http_timeout = Float(
         10.0,
         config=True,
-        help="Seconds to wait for each back-channel request to an EHR (discovery, token, JWKS).",
+        help="""Seconds to wait for each back-channel request to an EHR (discovery, JWKS,
+        revocation); the token endpoint has token_timeout.""",
     )
 
-    refresh_timeout = Float(
+    token_timeout = Float(
         120.0,
         min=0.001,
         config=True,
-        help="""Seconds the hub waits for the EHR's answer to a refresh (http_timeout is for
-        the other back-channel requests). Longer on purpose: an EHR that rotates refresh
-        tokens spends the old one as it answers, so an answer the hub gave up on would leave
-        it only a spent refresh token and the user would have to sign in again. The refresh
-        runs in its own task and stores whatever arrives in time; callers wait at most
-        refresh_wait.""",
+        help="""Seconds the hub waits for the EHR's token endpoint to answer a code exchange
+        (sign-in) or a refresh; http_timeout is for the other back-channel requests. Longer on
+        purpose: the EHR spends the code, or a rotating refresh token, as it answers, so an
+        answer the hub gave up on is a failed sign-in (and a grant nobody holds) or a user who
+        must sign in again. A refresh runs in its own task and stores whatever arrives in
+        time; callers wait at most refresh_wait.""",
     )
 
     refresh_wait = Float(
@@ -220,7 +221,7 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
         config=True,
         help="""Seconds a token API call (or JupyterHub's refresh_user) waits for a refresh in
         flight. Then it gets the current access token if that is still valid, else 503 with
-        Retry-After; the refresh goes on (refresh_timeout), and calls arriving meanwhile wait
+        Retry-After; the refresh goes on (token_timeout), and calls arriving meanwhile wait
         for the same refresh instead of starting another.""",
     )
 
@@ -435,7 +436,7 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
             log=self.log,
             seal=RefreshTokenSeal(CryptKeeper.instance().keys) if self.enable_auth_state else None,
             backoff=self._refresh_backoff(),
-            refresh_timeout=self.refresh_timeout,
+            refresh_timeout=self.token_timeout,
             wait=self.refresh_wait,
             spill=self._token_spill(),
         )
@@ -573,7 +574,7 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
             redirect_uri=self.get_callback_url(handler),
             code_verifier=pending.code_verifier,
             requested_scope=pending.scope,
-            timeout=self.http_timeout,
+            timeout=self.token_timeout,
         )
         claims: dict[str, Any] = {}
         if "openid" in pending.scope:

@@ -17,7 +17,7 @@ token, JupyterHub's ``refresh_user`` and the token API, with one policy:
 * a user whose EHR the admin removed gets no token any more, and that is
   recorded once per user and issuer;
 * the refresh request runs in its own task with its own deadline
-  (``refresh_timeout``, longer than a caller waits): an EHR that rotates
+  (``token_timeout``, longer than a caller waits): an EHR that rotates
   refresh tokens spends the old one when it answers, so an answer the hub gave
   up on would leave only a spent refresh token. A caller waits at most
   ``wait`` seconds, then gets the still-valid token or 503 with

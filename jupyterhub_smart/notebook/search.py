@@ -34,6 +34,7 @@ An OperationOutcome with mode ``outcome`` (a server's warning) is logged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -183,13 +184,18 @@ def _opened(page: Page) -> dict[str, Any]:
 def _add_page(
     page: Page,
     builder: TableBuilder,
-    fast: ArrowPages | None,
+    fast: Callable[[], ArrowPages | None],
     tally: _Tally,
     matches: Callable[[dict[str, Any], str], Iterator[dict[str, Any]]],
 ) -> int:
-    """Flatten one page into ``builder`` (Arrow engine where it reads the page exactly)."""
+    """Flatten one page into ``builder`` (Arrow engine where it reads the page exactly).
+
+    ``fast`` gives the Arrow engine's reader, compiled on the first page: by then the
+    second page's request is out, so the compiling hides behind the server's time.
+    """
     body = page.fetched.body if page.fetched is not None and page.data is None else None
-    read = fast.read(body) if fast is not None and body is not None and page.error is None else None
+    reader = fast() if body is not None and page.error is None else None
+    read = reader.read(body) if reader is not None and body is not None else None
     if read is None:
         bundle = _opened(page)
         tally.add(bundle)
@@ -456,10 +462,8 @@ class SearchResult(_Base):
         tally = _Tally()
         bar = None
         pager = self._pager()
-        if self.prefetch:
-            pager.start()  # the first page is on its way while the Arrow engine compiles
+        fast = functools.cache(lambda: self._arrow_pages(builder, raw))
         try:
-            fast = self._arrow_pages(builder, raw)
             for n, page in enumerate(pager):
                 if n == 0:
                     bar = _progress_bar(enabled, page.next is not None, self._safe_count)
@@ -577,7 +581,9 @@ class AsyncSearchResult(_Base):
         """
         builder = TableBuilder(self.resource_type, raw=raw, view=view)
         tally = _Tally()
-        fast: ArrowPages | None = None
+        fast = functools.cache(
+            lambda: None if raw else ArrowPages.for_view(builder.view, self.resource_type)
+        )
 
         def matches(bundle: dict[str, Any], url: str) -> Iterator[dict[str, Any]]:
             return iter_matches(bundle, self.resource_type, url)
@@ -588,14 +594,7 @@ class AsyncSearchResult(_Base):
 
         pager = self._pager()
         pages = pager.pages()
-        if self.prefetch:
-            pager.start()  # the first page is on its way while the Arrow engine compiles
         try:
-            fast = (
-                None
-                if raw
-                else await asyncio.to_thread(ArrowPages.for_view, builder.view, self.resource_type)
-            )
             async for page in pages:
                 await asyncio.to_thread(add, page)
                 if page.next is None:

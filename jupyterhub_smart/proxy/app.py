@@ -183,7 +183,7 @@ class FHIRProxyHandler(RequestHandler):
                 return
             if target.key not in self.config.issuers:
                 raise ProxyError(404, "unknown_ehr", "No EHR of this hub has that key.")
-            session = await self.state.sessions.get(caller)
+            session, check = await self.state.sessions.get_deferred(caller)
         except ProxyError as error:
             self._send_error(error)
             return
@@ -204,7 +204,7 @@ class FHIRProxyHandler(RequestHandler):
             return
         try:
             with self.state.limits.slot(session.user):
-                await self._forward(caller, session, target, request, scope, started)
+                await self._forward(caller, session, target, request, scope, started, check)
         except ProxyError as error:
             if error.status != 429:
                 await self._record_refusal(session, request, error, started)
@@ -260,6 +260,7 @@ class FHIRProxyHandler(RequestHandler):
         request: FHIRRequest,
         scope: str | None,
         started: float,
+        check: asyncio.Future[Session] | None = None,
     ) -> None:
         if not await self.state.recorder.ready():
             raise ProxyError(
@@ -292,6 +293,8 @@ class FHIRProxyHandler(RequestHandler):
                 )
         try:
             redirect_target(response, session.fhir_base_url)
+            if check is not None:  # the caller's token, checked while the EHR answered
+                await asyncio.shield(check)
         except ProxyError:
             await response.aclose()
             raise

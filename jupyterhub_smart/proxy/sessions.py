@@ -117,12 +117,7 @@ class Sessions:
             self._cache.move_to_end(key)
             if now < cached.checked_until:
                 return cached
-            check = self._checks.get(key)
-            if check is None:
-                check = asyncio.ensure_future(self._check(key, caller_token, cached))
-                self._checks[key] = check
-                check.add_done_callback(lambda _f: self._checks.pop(key, None))
-            return await asyncio.shield(check)
+            return await asyncio.shield(self._start_check(key, caller_token, cached))
         fingerprint = access_token_fingerprint(rejected) if rejected else None
         flight = (key, fingerprint)
         future = self._inflight.get(flight)
@@ -163,6 +158,34 @@ class Sessions:
         while len(self._cache) > MAX_SESSIONS:
             self._cache.popitem(last=False)
         return session
+
+    async def get_deferred(
+        self, caller_token: str
+    ) -> tuple[Session, asyncio.Future[Session] | None]:
+        """:meth:`get`, except that a due token check is started and returned, not awaited.
+
+        The caller forwards the request meanwhile and awaits the check before it
+        sends the caller anything, so the check adds no latency and a revoked
+        token still gets no data.
+        """
+        key = _cache_key(caller_token)
+        now = time.time()
+        cached = self._cache.get(key)
+        if cached is not None and cached.checked_until <= now < cached.fresh_until:
+            self._cache.move_to_end(key)
+            return cached, self._start_check(key, caller_token, cached)
+        return await self.get(caller_token), None
+
+    def _start_check(self, key: str, caller_token: str, cached: Session) -> asyncio.Future[Session]:
+        """The token check of ``key``, shared by concurrent requests."""
+        check = self._checks.get(key)
+        if check is None:
+            check = asyncio.ensure_future(self._check(key, caller_token, cached))
+            self._checks[key] = check
+            check.add_done_callback(lambda _f: self._checks.pop(key, None))
+            # A request refused for another reason never awaits it: no "never retrieved".
+            check.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return check
 
     async def _check(self, key: str, caller_token: str, cached: Session) -> Session:
         """Is the caller's JupyterHub token still good for ``cached.user``? (cheap: no record)"""

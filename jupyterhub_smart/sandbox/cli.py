@@ -98,12 +98,13 @@ def register(subparsers: Any) -> None:
         help="how long an authorization code stays redeemable (default 60)",
     )
     parser.add_argument(
-        "--refresh-answer-delay",
+        "--token-answer-delay",
         type=non_negative_float,
         default=0.0,
         metavar="SECONDS",
-        help="testing only: answer a successful refresh this many seconds after rotating the "
-        "refresh token, like an EHR that answers after its client gave up (default 0)",
+        help="testing only: answer a successful code exchange or refresh this many seconds "
+        "after spending the code or refresh token, like an EHR that answers after its client "
+        "gave up (default 0)",
     )
     parser.add_argument(
         "--launch-lifetime",
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         auth_options=AuthOptions(
             launch_lifetime=args.launch_lifetime,
             code_lifetime=args.code_lifetime,
-            refresh_answer_delay=args.refresh_answer_delay,
+            token_answer_delay=args.token_answer_delay,
         ),
         bulk_options=BulkOptions(
             link_lifetime=args.bulk_link_lifetime,

@@ -77,6 +77,7 @@ def test_hub_refuses_to_start_without_crypt_key(tmp_path: Path, smart_env: Smart
         ),
     ],
 )
+@pytest.mark.one_pass  # the authenticator's own checks (a refused start-up runs in both passes)
 def test_bad_configuration_stops_the_hub_with_a_clear_message(
     tmp_path: Path, issuers: dict, options: dict, words: str
 ) -> None:

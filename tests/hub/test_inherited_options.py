@@ -142,6 +142,7 @@ async def test_refresh_user_hook_decides_before_the_expiry_check(crypt_key: None
     assert await auth.refresh_user(User()) is True
 
 
+@pytest.mark.one_pass  # the authenticator's own check (a refused start-up runs in both passes)
 def test_a_hub_configured_with_client_id_refuses_to_start(tmp_path: Path) -> None:
     """The message an admin sees for ``c.SMARTAuthenticator.client_id = "x"``."""
     with run_hub(tmp_path, ISSUERS, authenticator={"client_id": "x"}, expect_failure=True) as hub:

@@ -134,6 +134,7 @@ def _kid(jwks: Path, index: int) -> str:
     return str(json.loads(jwks.read_text())["keys"][index]["kid"])
 
 
+@pytest.mark.one_pass  # the keys the hub publishes and signs with: not the database's
 def test_signing_key_rotation_without_a_failed_login(site: Site) -> None:
     """publish the successor -> switch to it -> keep the old published a while -> remove it."""
     old_pem, jwks = write_key_pair("RS384", site.keys, rsa_bits=2048)
@@ -159,6 +160,7 @@ def test_signing_key_rotation_without_a_failed_login(site: Site) -> None:
         _login(site, hub)
 
 
+@pytest.mark.one_pass  # the authenticator's own check (a refused start-up runs in both passes)
 def test_private_key_named_for_publication_stops_the_hub(site: Site) -> None:
     """The wrong file in published_jwks (the private key itself): refused, never served."""
     pem, _jwks = write_key_pair("RS384", site.keys / "leak", rsa_bits=2048)
@@ -205,7 +207,11 @@ def test_removed_ehr_gets_no_token_after_the_restart(site: Site) -> None:
         assert hub.alive()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+# SQLite restarts run once (JupyterHub 6); PostgreSQL ones on both JupyterHub versions
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param("sqlite", marks=pytest.mark.one_pass), "postgresql"],
+)
 def session_site(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:

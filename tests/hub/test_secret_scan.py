@@ -23,6 +23,9 @@ from .conftest import EvilEnv, SmartEnv
 
 TESTS = Path(__file__).resolve().parents[1]
 
+# The test harness's scan: the same whatever JupyterHub and database the hubs run
+pytestmark = pytest.mark.one_pass
+
 
 def test_a_login_reports_its_secrets_and_the_hubs_files(
     evil_env: EvilEnv, secret_scan: Ledger
@@ -57,6 +60,28 @@ def test_every_sandbox_reports_its_log_and_its_patients(
     for sandbox in (smart_env.public, smart_env.jwt):
         assert sandbox.log_path.resolve() in secret_scan.files
         assert (sandbox.data_dir / "fhir.sqlite").resolve() in secret_scan.sandbox_stores
+
+
+def test_the_scan_finds_secrets_anywhere_and_names_only_as_whole_words(tmp_path: Path) -> None:
+    """What the scan reports for the files it reads: a secret inside any text (overlapping
+    secrets each), a patient's name or birth date only as a word of its own in a hub's file."""
+    ledger = Ledger()
+    ledger.add("tok-0123456789", kind="access token")
+    ledger.add("tok-0123456789abcdef", kind="refresh token")
+    ledger.add("sec-ABCDEFGHIJ", kind="client secret")
+    ledger.add("not-written-anywhere", kind="nonce")
+    ledger.add_words("Ana", kind="patient name")
+    ledger.add_words("1987-03-04", kind="patient birth date")
+    ehr_log, hub_log, trail = tmp_path / "a-ehr.log", tmp_path / "b-hub.log", tmp_path / "c.jsonl"
+    ehr_log.write_text("Ana 1987-03-04 sec-ABCDEFGHIJ")  # names are the EHR's own business
+    hub_log.write_text("GET /x?t=xtok-0123456789abcdefx\nAnatomy of Ana.")
+    trail.write_text("Anatomy _Ana Ana\u00e9 Ana-1 1987-03-045 -1987-03-04 x1987-03-04")
+    ledger.files.add(ehr_log)
+    ledger.hub_files |= {hub_log, trail, tmp_path / "never-written.sqlite"}
+    assert ledger.leaks() == [
+        f"{ehr_log}: client secret",
+        f"{hub_log}: access token, patient name, refresh token",
+    ]
 
 
 PLANTED_RUN = """

@@ -1,12 +1,12 @@
 """An EHR that answers a refresh after the hub's callers gave up: the rotated tokens are kept.
 
 A real sandbox rotates the refresh token on every refresh and, here
-(``--refresh-answer-delay``), answers 4 s after it did so: the old refresh token
-is spent before the hub hears the new one. The hub's callers wait 1 s
-(``refresh_wait``) and its other EHR requests 1 s (``http_timeout``); the
-refresh itself has 30 s (``refresh_timeout``). Callers get 503 with
-Retry-After meanwhile, share the one refresh, and the hub stores what the EHR
-answers, so the user's grant stays alive at the EHR.
+(``--token-answer-delay``), answers a code exchange or a refresh 4 s after it
+spent the code or the old refresh token. The hub's callers wait 1 s
+(``refresh_wait``) and its other EHR requests 1 s (``http_timeout``); token
+requests have 30 s (``token_timeout``). The sign-in completes; callers get 503
+with Retry-After meanwhile, share the one refresh, and the hub stores what the
+EHR answers, so the user's grant stays alive at the EHR.
 """
 
 from __future__ import annotations
@@ -46,12 +46,12 @@ def _token_posts(sandbox: SandboxProcess) -> int:
 def test_a_refresh_answered_after_the_callers_gave_up_is_stored(tmp_path: Path) -> None:
     port = free_port()
     clients = [sandbox_client(CLIENT, f"http://127.0.0.1:{port}", type="public")]
-    slow = ["--access-token-lifetime", str(LIFETIME), "--refresh-answer-delay", str(DELAY)]
+    slow = ["--access-token-lifetime", str(LIFETIME), "--token-answer-delay", str(DELAY)]
     with run_sandbox(tmp_path / "ehr", clients, extra_args=slow) as sandbox:
-        options = {"http_timeout": 1.0, "refresh_wait": 1.0, "refresh_timeout": 30.0}
+        options = {"http_timeout": 1.0, "refresh_wait": 1.0, "token_timeout": 30.0}
         issuers = {sandbox.iss: {"client_id": CLIENT}}
         with run_hub(tmp_path / "hub", issuers, port=port, authenticator=options) as hub:
-            with Browser() as browser:
+            with Browser() as browser:  # the code exchange is answered after http_timeout
                 answer = ehr_launch(browser, sandbox, hub, patient_ids(sandbox)[0])
                 assert answer.status_code == 302, answer.text[:1000]
             with hub.api(hub.admin_token) as api:

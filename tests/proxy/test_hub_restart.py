@@ -49,9 +49,16 @@ def test_while_the_hub_is_down_nothing_is_forwarded_then_recovery(
 
 
 def _down_then_back(world: ProxyWorld) -> None:
-    first = _get(world)  # forwarded (the proxy did not know yet), but not recorded: refused
-    assert first.status_code == 503, first.text
-    assert first.json()["error"] == "audit_unavailable"
+    # Forwarded (the proxy did not know yet) but not recorded, so never a complete answer:
+    # 503, or a cut connection if the EHR's answer came in two reads and the first had
+    # already gone out.
+    try:
+        first = _get(world)
+    except httpx.TransportError:
+        pass
+    else:
+        assert first.status_code == 503, first.text
+        assert first.json()["error"] == "audit_unavailable"
     seen = len(world.front.received)
     second = _get(world)  # refused before the EHR is asked
     assert (second.status_code, second.json()["error"]) == (503, "audit_unavailable")

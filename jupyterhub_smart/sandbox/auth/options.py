@@ -32,7 +32,7 @@ class AuthOptions:
     pending_lifetime: int = 600
     #: Largest form or JSON body accepted by the authorization server and the EHR pages.
     max_form_bytes: int = 64 * 1024
-    #: Test-only: seconds a successful ``refresh_token`` grant waits, after its new tokens
-    #: are stored (the old refresh token spent), before answering. Plays a slow EHR
-    #: whose answer comes after the client gave up. 0: answer at once.
-    refresh_answer_delay: float = 0.0
+    #: Test-only: seconds a successful ``authorization_code`` or ``refresh_token`` grant
+    #: waits, after its tokens are stored (the code or the old refresh token spent), before
+    #: answering. Plays a slow EHR whose answer comes after the client gave up. 0: at once.
+    token_answer_delay: float = 0.0

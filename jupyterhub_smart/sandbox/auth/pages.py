@@ -267,10 +267,10 @@ def create_auth_blueprint(auth: SandboxAuth, store: PeopleStore) -> Blueprint:
     @bp.post("/token")
     def token() -> Any:
         response = guarded(server.create_token_response)
-        delay = auth.options.refresh_answer_delay
-        refreshed = request.form.get("grant_type") == "refresh_token"
-        if delay and refreshed and getattr(response, "status_code", None) == 200:
-            time.sleep(delay)  # test-only: the tokens are rotated, the answer is late
+        delay = auth.options.token_answer_delay
+        minted = request.form.get("grant_type") in ("authorization_code", "refresh_token")
+        if delay and minted and getattr(response, "status_code", None) == 200:
+            time.sleep(delay)  # test-only: the code or refresh token is spent, the answer late
         return response
 
     @bp.post("/introspect")
