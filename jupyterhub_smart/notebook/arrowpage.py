@@ -124,7 +124,9 @@ class ArrowPages:
         matched_np = matched.to_numpy(zero_copy_only=False)
         try:
             rows = resources.filter(matched) if not matched_np.all() else resources
-            _parent, arrays, warnings = self.vector.rows(rows)
+            # the page's bytes tell which absent choice names the closure engine would read
+            self.vector.check_choices(rows, body)
+            _parent, arrays, warnings = self.vector.rows(rows, choices_checked=True)
         except Fallback:
             return None
         ours = pc.equal(rows.field("resourceType"), self.resource_type).fill_null(False)
