@@ -73,6 +73,30 @@ class SMARTTokenAPIHandler(APIHandler):
         self.set_header("Pragma", "no-cache")
         self.finish(orjson.dumps(dict(body)))
 
+    def finish(self, *args: Any, **kwargs: Any) -> Any:
+        """JupyterHub's ``finish``, after :meth:`_forget_unreadable_user` (every answer)."""
+        self._forget_unreadable_user()
+        return super().finish(*args, **kwargs)
+
+    def _forget_unreadable_user(self) -> None:
+        """Drop the caller's user row from this request if reading it needs a dead database.
+
+        JupyterHub's request log reads the user's name inside ``finish()``, after
+        the answer is on the wire. While the database is down, another request's
+        rollback may have expired that row (one session serves every request), and
+        the read then raises from ``finish()``: the connection is cut and nothing
+        can be answered in its place. Read it here first, where a failure still
+        lets the answer go out; nothing awaits between this and the log.
+        """
+        user = getattr(self, "_jupyterhub_user", None)  # unset before the lookup
+        if user is None:
+            return
+        try:
+            user.name  # noqa: B018 - refreshes the row if a rollback expired it
+        except SQLAlchemyError:
+            self.db.rollback()
+            self._jupyterhub_user = None
+
     def _login_url(self) -> str:
         """Where to sign in again.
 
