@@ -228,12 +228,14 @@ class TokenRefresher:
         try:
             if not self.flight.in_flight(user.name):
                 self._hold_back(user, state)
-            flight = self.flight.run(
+            # Registered now, not when wait_for's task first runs: a report of the same
+            # refused token arriving meanwhile must join this flight, not be rate-limited.
+            flight = self.flight.start(
                 user.name, lambda: self._refresh(user, rejected=rejected if forced else None)
             )
             try:
                 # The flight is shielded: giving up here leaves the refresh running.
-                return await asyncio.wait_for(flight, self.wait)
+                return dict(await asyncio.wait_for(asyncio.shield(flight), self.wait))
             except asyncio.TimeoutError:
                 raise EHRUnavailable(
                     f"The EHR has not answered the hub's refresh within {self.wait:g} s; the "

@@ -34,13 +34,24 @@ class SingleFlight(Generic[T]):
         free again: the next caller starts a new call (results are not cached
         here; callers cache what they want to).
         """
+        result: T = await asyncio.shield(self.start(key, factory))
+        return result
+
+    def start(self, key: str, factory: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        """The call running for ``key``, started now if there is none.
+
+        Unlike :meth:`run`, the call is registered before this returns, so a
+        caller that then waits in a task of its own (``asyncio.wait_for``) leaves
+        no moment in which :meth:`in_flight` is False for a call it started.
+        Await the result through ``asyncio.shield`` so that giving up does not
+        cancel it for the other waiters.
+        """
         future = self._inflight.get(key)
         if future is None:
             future = asyncio.ensure_future(factory())
             self._inflight[key] = future
             future.add_done_callback(functools.partial(self._forget, key))
-        result: T = await asyncio.shield(future)
-        return result
+        return future
 
     def _forget(self, key: str, done: asyncio.Future[Any]) -> None:
         if self._inflight.get(key) is done:

@@ -96,7 +96,14 @@ def evil_env(tmp_path_factory: pytest.TempPathFactory, smart_env: SmartEnv) -> I
                 "client_secret": evil.client_secret,
             },
         }
-        options = {"http_timeout": 2.0, "required_scopes": ["patient/*.rs"], **ONE_BY_ONE}
+        # token_timeout: the token endpoint's own deadline, shorter than the evil EHR's
+        # 4 s "token_timeout" mode, which must end the sign-in with 504
+        options = {
+            "http_timeout": 2.0,
+            "token_timeout": 2.0,
+            "required_scopes": ["patient/*.rs"],
+            **ONE_BY_ONE,
+        }
         with run_hub(work / "hub", issuers, authenticator=options) as hub:
             yield EvilEnv(hub, evil, smart_env.public)
 

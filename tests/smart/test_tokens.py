@@ -473,6 +473,31 @@ async def test_single_flight_200_concurrent_callers_one_call() -> None:
     assert await flight.run("user-1", refresh) == "token-2"  # a later call runs again
 
 
+async def test_single_flight_start_is_in_flight_before_any_await() -> None:
+    """A caller that waits in a task of its own (``wait_for``) leaves no gap in which a
+    second caller sees nothing in flight and starts, or rate-limits, a second call."""
+    flight: SingleFlight[str] = SingleFlight()
+    release = asyncio.Event()
+    calls = 0
+
+    async def refresh() -> str:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return "token"
+
+    started = flight.start("user-1", refresh)
+    assert flight.in_flight("user-1")  # no await between the start and this check
+    assert flight.start("user-1", refresh) is started
+    waiting = asyncio.ensure_future(asyncio.wait_for(asyncio.shield(started), 0.01))
+    with pytest.raises(asyncio.TimeoutError):
+        await waiting
+    assert flight.in_flight("user-1")  # giving up did not cancel the call
+    release.set()
+    assert await flight.run("user-1", refresh) == "token"
+    assert calls == 1 and not flight.in_flight("user-1")
+
+
 async def test_single_flight_keys_are_independent() -> None:
     flight: SingleFlight[str] = SingleFlight()
     release = asyncio.Event()
