@@ -37,7 +37,7 @@ from cryptography.fernet import Fernet, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from leak_scan import hub_wrote, saw
-from pg_process import HubDatabase, new_database, shared_server, test_database
+from pg_process import HubDatabase, new_database, selected_database, shared_server
 from sandbox_process import SandboxProcess, free_port
 
 COMMON_CONFIG = """
@@ -326,7 +326,7 @@ def default_database(workdir: Path) -> HubDatabase:
     As with the SQLite file, a hub started again in the same folder (a restart) finds
     the same database.
     """
-    if test_database() == "postgresql":
+    if selected_database() == "postgresql":
         key = workdir.resolve()
         if key not in _POSTGRES_BY_WORKDIR:
             _POSTGRES_BY_WORKDIR[key] = new_database(shared_server())

@@ -36,7 +36,7 @@ DB_ENV = "SMART_TEST_DB"
 SHARED_ENV = "SMART_TEST_PG"
 
 
-def test_database() -> str:
+def selected_database() -> str:
     """The database the hub suite runs on in this process ("sqlite" or "postgresql")."""
     choice = os.environ.get(DB_ENV, "sqlite").strip().lower() or "sqlite"
     if choice not in ("sqlite", "postgresql"):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from hub_process import Browser, Hub, location, query, run_hub
-from pg_process import PostgresServer, new_database, run_postgres, test_database
+from pg_process import PostgresServer, new_database, run_postgres, selected_database
 from sandbox_process import free_port
 
 from jupyterhub_smart.audit.verify import verify
@@ -218,7 +218,7 @@ def test_tokens_rotated_while_the_database_is_down_are_not_lost(env: OutageEnv) 
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    test_database() != "postgresql",
+    selected_database() != "postgresql",
     reason="two hub starts: run once, in the PostgreSQL pass of make test (this module's hubs "
     "are on PostgreSQL in both passes)",
 )
