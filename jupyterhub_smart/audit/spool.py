@@ -89,6 +89,9 @@ class SpoolingSink:
         self._log: Any = None  # the AuditLog followed, once follow() is called
         self._cursor: dict[str, Any] | None = None
         self._cursor_path = self.spool / "cursor.json"
+        # follow() (the log's thread) and the sender both find or save the cursor; one
+        # at a time, or their writes of the same temporary file race
+        self._cursor_lock = threading.RLock()
         self._thread = threading.Thread(
             target=self._run, name=f"audit-{self.kind}-sink", daemon=True
         )
@@ -215,8 +218,9 @@ class SpoolingSink:
         return cursor if isinstance(cursor, dict) else None
 
     def _save_cursor(self) -> None:
-        if self._cursor is not None:
-            atomic_write(self._cursor_path, orjson.dumps(self._cursor))
+        with self._cursor_lock:
+            if self._cursor is not None:
+                atomic_write(self._cursor_path, orjson.dumps(self._cursor))
 
     def _start_cursor(self) -> dict[str, Any] | None:
         """The cursor of a sink that has none: the log's head (None while the log is not open)."""
@@ -232,6 +236,11 @@ class SpoolingSink:
         return {"log_id": audit_log.log_id, "seq": seq, "hash": line_hash, **cursor}
 
     def _ensure_cursor(self) -> dict[str, Any] | None:
+        with self._cursor_lock:
+            return self._find_cursor()
+
+    def _find_cursor(self) -> dict[str, Any] | None:
+        """The cursor: loaded, or started at the log's head, and saved (under the lock)."""
         if self._cursor is None:
             cursor = self._load_cursor()
             if cursor is not None and cursor.get("log_id") != self._log.log_id:
