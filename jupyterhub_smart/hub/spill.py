@@ -35,6 +35,8 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..audit.spool import atomic_write
+
 __all__ = ["HKDF_INFO", "SpilledTokens", "TokenSpill", "digest"]
 
 #: HKDF ``info``: binds the derived key to this one use (not the refresh-token seal's key).
@@ -73,16 +75,7 @@ class TokenSpill:
         """Replace ``name``'s file with ``state``, durably (synced before this returns)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         sealed = self._fernet.encrypt(orjson.dumps({"name": name, "state": state, "base": base}))
-        path = self._path(name)
-        partial = path.with_suffix(".partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, sealed)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(partial, path)
-        self._sync_directory()
+        atomic_write(self._path(name), sealed)
 
     def remove(self, name: str) -> None:
         """Delete ``name``'s file (the database holds the tokens now, or they were dropped)."""
