@@ -671,6 +671,8 @@ class AuditIndex:
         #: Processes that build a fresh index (None: one per CPU, for logs of at least
         #: :data:`_PARALLEL_MIN_BYTES`; 1: this process alone).
         self.workers = workers
+        #: Worker processes the last update used (0: it ran in this process alone).
+        self.workers_used = 0
         self._attached: list[str] = []
         self._cleanup: Path | None = None
         self.index_path = Path(index_path) if index_path else default_index_path(self.log_path)
@@ -1020,7 +1022,8 @@ class AuditIndex:
         log_id = self.log_id
         added = 0
         try:
-            with ProcessPoolExecutor(min(workers, len(runs)), mp_context=ctx) as pool:
+            self.workers_used = min(workers, len(runs))
+            with ProcessPoolExecutor(self.workers_used, mp_context=ctx) as pool:
                 futures = [
                     pool.submit(
                         _scan_run,
