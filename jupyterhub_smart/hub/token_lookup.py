@@ -10,12 +10,14 @@ next call checks the same things JupyterHub does, without the query:
 * the row is still in JupyterHub's session (a token deleted through the REST
   API, by a logout or with its user is gone from it at the commit);
 * the token matches the row's hash (``APIToken.match``, as JupyterHub checks);
-* the row has not expired and still has its OAuth client.
+* the row has not expired and still has its OAuth client;
+* the row is still in the database: one query by primary key, with no ORM
+  object built (a token deleted by *another* process writing the hub's
+  database, e.g. ``jupyterhub token`` tooling or an admin's SQL, is refused
+  at its next use).
 
 Anything else falls back to JupyterHub's own ``find``. The key is the
-SHA-256 of the token, never the token. The one thing only a query would see
-is a token deleted by *another* process writing the hub's database: the hub
-then accepts it for at most ``ttl`` seconds more.
+SHA-256 of the token, never the token.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections import OrderedDict
 from typing import Any
 
 from jupyterhub import orm
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
 __all__ = ["APITokenLookup"]
 
@@ -65,4 +67,7 @@ class APITokenLookup:
         if not orm_token.client_id or not orm_token.match(token):
             return False
         expires_at = orm_token.expires_at
-        return expires_at is None or expires_at >= orm.APIToken.now()
+        if expires_at is not None and expires_at < orm.APIToken.now():
+            return False
+        still_there = select(orm.APIToken.id).where(orm.APIToken.id == orm_token.id)
+        return db.execute(still_there).first() is not None
