@@ -225,6 +225,19 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
         for the same refresh instead of starting another.""",
     )
 
+    shutdown_grace = Float(
+        20.0,
+        min=0.0,
+        config=True,
+        help="""Seconds a refresh still at the EHR when the hub is told to stop (SIGTERM,
+        SIGINT) may go on, so that the EHR's answer is stored: an EHR that rotates refresh
+        tokens has spent the old one by the time it answers, and a hub that dropped the answer
+        would leave the user a spent refresh token (the grant ends at the next refresh). The
+        hub exits once such refreshes end, or after this many seconds. Keep it below the time
+        the platform waits between SIGTERM and SIGKILL (Kubernetes:
+        terminationGracePeriodSeconds, 30 s by default).""",
+    )
+
     unsaved_tokens_dir = Unicode(
         "jupyterhub-smart-unsaved",
         config=True,
@@ -439,6 +452,7 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
             refresh_timeout=self.token_timeout,
             wait=self.refresh_wait,
             spill=self._token_spill(),
+            shutdown_grace=self.shutdown_grace,
         )
         if self.fhir_access == "proxy" and hasattr(self.parent, "services"):
             register_proxy_service(self, self.parent)  # before JupyterHub reads its services

@@ -22,7 +22,9 @@ token, JupyterHub's ``refresh_user`` and the token API, with one policy:
   up on would leave only a spent refresh token. A caller waits at most
   ``wait`` seconds, then gets the still-valid token or 503 with
   ``Retry-After``; the refresh goes on, stores what the EHR answers, and
-  callers arriving meanwhile join it.
+  callers arriving meanwhile join it;
+* a hub told to stop (SIGTERM) lets a refresh in flight finish for up to
+  ``shutdown_grace`` seconds and stores its answer (:mod:`.shutdown`).
 
 Every refresh is persisted at once and recorded in the audit trail.
 """
@@ -49,6 +51,7 @@ from .ehr import EHRConnections
 from .errors import EHRUnavailable, ReauthenticationRequired, RefreshRateLimited
 from .metrics import REFRESHES
 from .sealed import SEALED_KEY, RefreshTokenSeal, SealBroken
+from .shutdown import FinishBeforeExit
 from .spill import TokenSpill
 from .tokenstate import AuthStateCache, expires_within, with_refreshed, without_tokens
 from .trail import HubTrail, reference
@@ -124,8 +127,11 @@ class TokenRefresher:
         refresh_timeout: float | None = None,
         wait: float | None = None,
         spill: TokenSpill | None = None,
+        shutdown_grace: float = 20.0,
     ) -> None:
         self.ehr = ehr
+        #: Seconds a refresh in flight may go on once the hub is told to stop (:mod:`.shutdown`).
+        self.shutdown_grace = shutdown_grace
         #: Seconds the refresh request itself waits for the EHR (default: the HTTP timeout).
         self.refresh_timeout = ehr.timeout if refresh_timeout is None else refresh_timeout
         #: Seconds a caller waits for a refresh in flight (default: no more than it runs).
@@ -231,7 +237,7 @@ class TokenRefresher:
             # Registered now, not when wait_for's task first runs: a report of the same
             # refused token arriving meanwhile must join this flight, not be rate-limited.
             flight = self.flight.start(
-                user.name, lambda: self._refresh(user, rejected=rejected if forced else None)
+                user.name, lambda: self._refresh_task(user, rejected if forced else None)
             )
             try:
                 # The flight is shielded: giving up here leaves the refresh running.
@@ -464,6 +470,25 @@ class TokenRefresher:
             retry_after=retry_after,
         )
 
+    def _refresh_task(self, user: Any, rejected: str | None) -> asyncio.Task[dict[str, Any]]:
+        """:meth:`_refresh` in a task that a stopping hub lets finish (:mod:`.shutdown`)."""
+        name = user.name
+
+        def putting_off() -> None:
+            self.log.warning(
+                "Stopping: the refresh of %s's SMART tokens is at the EHR; waiting up to %g s "
+                "for its answer so that the rotated refresh token is kept",
+                name,
+                self.shutdown_grace,
+            )
+
+        return FinishBeforeExit(
+            self._refresh(user, rejected=rejected),
+            grace=self.shutdown_grace,
+            on_put_off=putting_off,
+            name=f"smart-refresh:{name}",
+        )
+
     async def _refresh(self, user: Any, rejected: str | None = None) -> dict[str, Any]:
         """One refresh for ``user`` (run inside the single flight), persisted at once.
 
@@ -504,6 +529,26 @@ class TokenRefresher:
                 requested_scope=state.get("scope") or None,
                 timeout=self.refresh_timeout,
             )
+        except asyncio.CancelledError:
+            # Only a stopping hub cancels a refresh, once shutdown_grace is over.
+            REFRESHES.labels("failed").inc()
+            self.log.error(
+                "Stopped before the EHR answered the refresh of %s's SMART tokens: if the EHR "
+                "rotated the refresh token, %s must sign in again",
+                name,
+                name,
+            )
+            await self.trail.event(
+                "refresh-failed",
+                outcome="failure",
+                description=(
+                    f"the hub stopped before the EHR answered a refresh{forced} "
+                    f"(shutdown_grace {self.shutdown_grace:g} s)"
+                ),
+                username=name,
+                issuer=iss,
+            )
+            raise
         except SMARTError as exc:
             if isinstance(exc, TokenEndpointError) and exc.oauth_error in GRANT_ENDED:
                 REFRESHES.labels("reauthentication_required").inc()

@@ -12,6 +12,7 @@ own :class:`~jupyterhub_smart.smart.errors.SMARTError` subclasses.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -98,6 +99,11 @@ async def fetch(
             )
 
     try:
+        if sys.version_info >= (3, 11):
+            # The deadline cancels the calling task itself, from a timer: no second task, so a
+            # refresh a stopping hub lets finish (hub.shutdown) finishes its request too.
+            async with asyncio.timeout(timeout):
+                return await exchange()
         return await asyncio.wait_for(exchange(), timeout)
     except (asyncio.TimeoutError, httpx.TimeoutException):
         raise FetchTimeout() from None

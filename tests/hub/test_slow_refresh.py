@@ -6,20 +6,26 @@ spent the code or the old refresh token. The hub's callers wait 1 s
 (``refresh_wait``) and its other EHR requests 1 s (``http_timeout``); token
 requests have 30 s (``token_timeout``). The sign-in completes; callers get 503
 with Retry-After meanwhile, share the one refresh, and the hub stores what the
-EHR answers, so the user's grant stays alive at the EHR.
+EHR answers, so the user's grant stays alive at the EHR. A hub told to stop
+(SIGTERM) while such a refresh is at the EHR waits for its answer and stores
+it before it exits (``shutdown_grace``).
 """
 
 from __future__ import annotations
 
+import json
 import re
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
-from hub_process import Browser, ehr_launch, patient_ids, run_hub
+from hub_process import Browser, default_database, ehr_launch, patient_ids, run_hub
 from sandbox_process import SandboxProcess, free_port, run_sandbox
+
+from jupyterhub_smart.audit.verify import verify
 
 from .conftest import sandbox_client
 
@@ -84,3 +90,52 @@ def test_a_refresh_answered_after_the_callers_gave_up_is_stored(tmp_path: Path) 
             assert _active(sandbox, stored)  # the grant lives on at the EHR
             assert not _active(sandbox, signed_in["refresh_token"])  # rotated: spent
             assert _token_posts(sandbox) == 2  # the sign-in, then one refresh for every caller
+
+
+@pytest.mark.slow
+def test_a_hub_stopped_during_a_refresh_stores_the_rotated_tokens_first(tmp_path: Path) -> None:
+    port = free_port()
+    clients = [sandbox_client(CLIENT, f"http://127.0.0.1:{port}", type="public")]
+    slow = ["--access-token-lifetime", str(LIFETIME), "--token-answer-delay", str(DELAY)]
+    with run_sandbox(tmp_path / "ehr", clients, extra_args=slow) as sandbox:
+        options = {"http_timeout": 1.0, "refresh_wait": 1.0, "token_timeout": 30.0}
+        issuers = {sandbox.iss: {"client_id": CLIENT}}
+        same_hub = {
+            "port": port,
+            "authenticator": options,
+            "crypt_key": "ab" * 32,
+            "database": default_database(tmp_path / "hub-1"),
+            "audit_path": tmp_path / "audit.jsonl",
+        }
+        with run_hub(tmp_path / "hub-1", issuers, **same_hub) as hub:  # type: ignore[arg-type]
+            with Browser() as browser:
+                answer = ehr_launch(browser, sandbox, hub, patient_ids(sandbox)[0])
+                assert answer.status_code == 302, answer.text[:1000]
+            with hub.api(hub.admin_token) as api:
+                name = next(u["name"] for u in api.get("/users").json() if "@" in u["name"])
+            token = hub.user_token(name)
+            signed_in = hub.auth_state(name)
+            url = f"{hub.url}/hub/api/smart/token"
+            headers = {"Authorization": f"token {token}"}
+            time.sleep(max(0.0, signed_in["expires_at"] - time.time()) + 0.5)
+            waiting = httpx.get(url, headers=headers, timeout=30)
+            assert waiting.status_code == 503, waiting.text  # the refresh is at the EHR
+            hub.process.send_signal(signal.SIGTERM)
+            hub.process.wait(timeout=60)
+            assert "waiting up to 20 s for its answer" in hub.log_text()
+            assert "Stopped before the EHR answered" not in hub.log_text()
+        with run_hub(tmp_path / "hub-2", issuers, **same_hub) as hub:  # type: ignore[arg-type]
+            stored = hub.auth_state(name)["refresh_token"]
+            assert stored != signed_in["refresh_token"]  # the answer was stored at the stop
+            assert _active(sandbox, stored)
+            assert not _active(sandbox, signed_in["refresh_token"])
+            deadline = time.monotonic() + 30
+            while (fresh := httpx.get(url, headers=headers, timeout=30)).status_code != 200:
+                assert fresh.status_code == 503, fresh.text  # never reauthentication_required
+                assert time.monotonic() < deadline, fresh.text
+                time.sleep(int(fresh.headers["Retry-After"]))
+            assert _active(sandbox, hub.auth_state(name)["refresh_token"])
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert verify([tmp_path / "audit.jsonl"]).records == len(records)  # one chain, both runs
+    actions = [record["subtype"][0]["code"] for record in records]
+    assert actions.count("token-refreshed") == 2  # stored at the stop, then after the restart

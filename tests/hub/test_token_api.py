@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 from hub_process import Browser, Hub, ehr_launch, patient_ids, run_hub
 from leak_scan import saw
 from sandbox_process import SandboxProcess, free_port, run_sandbox
@@ -285,19 +286,36 @@ def _smart_login(env: SmartEnv, sandbox: SandboxProcess) -> tuple[str, str, dict
 
 
 def test_a_deleted_or_expired_api_token_is_refused_at_once(smart_env: SmartEnv) -> None:
-    """The hub keeps API tokens it found for a while (no query per call): a token deleted
-    through the REST API, or past its expiry, is refused at its next call all the same."""
+    """The hub keeps API tokens it found for a while (no lookup per call): a token deleted
+    through the REST API, or past its expiry, is refused at its next call all the same; one
+    deleted by another process writing the hub's database, within seconds."""
     hub = smart_env.hub
     name, _, _ = _smart_login(smart_env, smart_env.public)
     with hub.api(hub.admin_token) as api:
         deleted = api.post(f"/users/{name}/tokens", json={"note": "deleted"}).json()
+        elsewhere = api.post(f"/users/{name}/tokens", json={"note": "by SQL"}).json()
         expiring = api.post(f"/users/{name}/tokens", json={"note": "short", "expires_in": 2}).json()
-    for made in (deleted, expiring):
+    for made in (deleted, elsewhere, expiring):
         saw(made["token"], kind="hub API token")
         assert _token(hub, made["token"]).status_code == 200  # found, and now kept
     with hub.api(hub.admin_token) as api:
         api.delete(f"/users/{name}/tokens/{deleted['id']}").raise_for_status()
     assert _token(hub, deleted["token"]).status_code == 401
+    engine = sqlalchemy.create_engine(hub.database.url)  # not the hub's own session
+    try:
+        with engine.begin() as connection:
+            gone = connection.execute(
+                sqlalchemy.text("DELETE FROM api_tokens WHERE id = :id"),
+                {"id": int(elsewhere["id"].removeprefix("a"))},
+            )
+            assert gone.rowcount == 1
+    finally:
+        engine.dispose()
+    deadline = time.monotonic() + 15  # the hub keeps a token it found for 5 s
+    while (late := _token(hub, elsewhere["token"])).status_code == 200:
+        assert time.monotonic() < deadline, "a token deleted in the database still works"
+        time.sleep(0.5)
+    assert late.status_code == 401, late.text
     time.sleep(3)  # past the second token's expiry
     assert _token(hub, expiring["token"]).status_code == 401
 
