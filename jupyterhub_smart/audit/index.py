@@ -35,14 +35,20 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import multiprocessing
 import os
 import re
+import shutil
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
 import orjson
 
 from .chain import GENESIS, RecordError, parse_line
@@ -64,6 +70,11 @@ SCHEMA_VERSION = "2"
 _CHUNK = 8 * 1024 * 1024
 #: Rows handed to SQLite per executemany.
 _BATCH = 20_000
+#: A fresh index over at least this many bytes of log is built by worker processes.
+_PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+#: Runs of files the workers build at most (each is attached to the index to be
+#: copied in, and SQLite attaches at most 10 databases).
+_MAX_PARTS = 8
 _ROTATED_NAME = re.compile(r"\.(\d{12})(\.gz)?$")
 #: Longest line accepted (as in :mod:`.verify`): anything longer is not an audit record.
 MAX_LINE_BYTES = 1024 * 1024
@@ -273,6 +284,374 @@ def patients_of(record: Mapping[str, Any]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
+# ------------------------------------------------------------------ reading the log
+# The columns of a record as :func:`row_of` finds them, decoded by msgspec into these
+# few types: only the members the index reads are built as Python objects, the rest of
+# the line (most of its bytes) is parsed and checked as JSON but skipped. Members are
+# typed ``Any`` where ``row_of`` takes the value as it is; containers are typed, so a
+# record of any other shape (a list where an object is expected...) fails to decode
+# and is read by orjson and :func:`row_of` themselves: the fast path never decides a
+# case the reference code would decide differently. Objects whose truth value
+# ``row_of`` tests (``network``) stay dicts for the same reason.
+class _Coding(msgspec.Struct, gc=False):
+    system: Any = None
+    code: Any = None
+
+
+class _Identifier(msgspec.Struct, gc=False):
+    system: Any = None
+    value: Any = None
+
+
+class _Who(msgspec.Struct, gc=False):
+    reference: Any = None
+    identifier: _Identifier | None = None
+
+
+class _Agent(msgspec.Struct, gc=False):
+    requestor: Any = None
+    altId: Any = None
+    who: _Who | None = None
+    network: dict[str, Any] | None = None
+
+
+class _Detail(msgspec.Struct, gc=False):
+    type: Any = None
+    valueString: Any = None
+
+
+class _Role(msgspec.Struct, gc=False):
+    code: Any = None
+
+
+class _Entity(msgspec.Struct, gc=False):
+    role: _Role | None = None
+    what: _Who | None = None
+    name: Any = None
+    detail: list[_Detail] | None = None
+
+
+class _Record(msgspec.Struct, gc=False):
+    seq: Any
+    prev: Any
+    log_id: Any
+    time: Any = None
+    outcome: Any = None
+    subtype: list[_Coding] | None = None
+    agent: list[_Agent] | None = None
+    entity: list[_Entity] | None = None
+
+
+_decode_record = msgspec.json.Decoder(_Record).decode
+
+
+def _columns(rec: _Record, prefix: tuple[Any, ...], named: list[str]) -> tuple[Any, ...]:
+    """``prefix`` + :func:`row_of` for a decoded record; ``named`` gets the references
+    :func:`patients_of` would list (before removing repeats).
+
+    Statement for statement the reference code, over the typed members.
+    """
+    action = None
+    for coding in rec.subtype or ():
+        if coding.system == ACTION_SYSTEM:
+            action = coding.code
+            break
+    user = fhir_user = address = server = None
+    for agent in rec.agent or ():
+        who = agent.who
+        if agent.requestor:
+            user = agent.altId
+            fhir_user = None if who is None else who.reference
+            network = agent.network
+            if network:
+                address = network.get("address")
+        elif who is not None:
+            ident = who.identifier
+            if ident is not None and ident.system == SERVER_SYSTEM:
+                server = ident.value
+    patient = issuer = resource_type = interaction = None
+    count: int | None = None
+    for entity in rec.entity or ():
+        what = entity.what
+        ref = None if what is None else what.reference
+        role = entity.role
+        if role is not None and role.code == "1":
+            if isinstance(ref, str):
+                named.append(ref)
+            patient = ref
+            continue
+        if what is not None:
+            ident = what.identifier
+            if ident is not None and ident.system == ISSUER_SYSTEM:
+                issuer = ident.value
+        name = entity.name
+        if name:
+            resource_type = name
+            if patient is None and name == "Patient" and ref:
+                patient = ref
+            for detail in entity.detail or ():
+                kind = detail.type
+                if kind == "interaction":
+                    interaction = detail.valueString
+                elif kind == "count":
+                    with contextlib.suppress(TypeError, ValueError):
+                        count = int(detail.valueString)
+    return (
+        *prefix,
+        rec.time,
+        action,
+        rec.outcome,
+        user,
+        fhir_user,
+        address,
+        patient,
+        issuer,
+        server,
+        resource_type,
+        interaction,
+        count,
+    )
+
+
+def _prev_broken(seq: Any, name: str, pos: int) -> str:
+    return (
+        f"seq {seq}: prev does not match the line before it ({name}, offset {pos}): the log "
+        "was edited; run `jupyterhub-smart audit verify`"
+    )
+
+
+def _other_log(seq: Any, line_log: Any, log_id: str) -> str:
+    return (
+        f"seq {seq}: the line belongs to another log (log_id {line_log}, the index is of "
+        f"{log_id}); use another --index, or delete this one"
+    )
+
+
+#: Compares unequal to anything a line holds (see :func:`_scan`).
+_UNKNOWN: Any = object()
+
+
+@dataclass
+class _Scanned:
+    """How far :func:`_scan` got: kept up to date as it reads, so it tells even after an error."""
+
+    log_id: str = ""
+    head_seq: int = 0
+    head_hash: str = ""
+    last_offset: int = 0
+    covered: int = 0
+    any_line: bool = False
+    #: The first line was read and had the expected seq; its prev and log_id (unchecked
+    #: when :func:`_scan` was given ``prev=None``: a worker's run, checked by the caller).
+    first_checked: bool = False
+    first_prev: Any = None
+    first_log: Any = None
+
+
+class _Store:
+    """Rows to one SQLite database, a batch at a time."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __call__(self, rows: list[tuple[Any, ...]], patient_rows: list[tuple[str, int]]) -> None:
+        if rows:
+            self.db.executemany(_INSERT, rows)
+            rows.clear()
+        if patient_rows:
+            self.db.executemany(
+                "INSERT OR REPLACE INTO event_patients (patient, seq) VALUES (?, ?)", patient_rows
+            )
+            patient_rows.clear()
+
+
+def _scan(
+    handle: IO[bytes],
+    name: str,
+    file_seq: int,
+    offset: int,
+    expected: int,
+    prev: str | None,
+    state: _Scanned,
+    store: Callable[[list[tuple[Any, ...]], list[tuple[str, int]]], None],
+    *,
+    adopt: Callable[[str], None],
+) -> None:
+    """Check and extract every complete line of ``handle`` (positioned at ``offset``).
+
+    Each line must carry ``seq`` ``expected``, ``expected + 1``..., the hash of
+    the line before as ``prev`` (``prev``: the hash before the first line;
+    empty: the first line's is taken as it is; None: it is only reported in
+    ``state``), and the index's ``log_id`` (``state.log_id`` empty: the first
+    line's is adopted and ``adopt`` called). Rows go to ``store``; the last
+    line is checked against its own ``hash``. Raises :class:`IndexMismatch`.
+    """
+    sha256 = hashlib.sha256
+    loads = orjson.loads
+    decode = _decode_record
+    columns = _columns
+    fast_error = msgspec.MsgspecError
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    patient_rows: list[tuple[str, int]] = []
+    named: list[str] = []
+    log_id = state.log_id
+    seq: Any = expected - 1
+    # The prev the next line must carry; _UNKNOWN (equal to nothing): the first line of
+    # a worker's run, whose prev and log_id the caller checks.
+    prev_hex: Any = _UNKNOWN if prev is None else prev
+    pos = offset
+    last_offset = offset
+    state.head_seq, state.head_hash = expected - 1, prev or ""
+    state.last_offset = state.covered = offset
+    last_line = b""
+    carry = b""
+    while True:
+        chunk = handle.read(_CHUNK)
+        if not chunk:
+            break
+        data = carry + chunk if carry else chunk
+        complete = data.rfind(b"\n") + 1
+        carry = data[complete:]
+        if len(carry) > MAX_LINE_BYTES:
+            raise IndexMismatch(
+                f"a line longer than {MAX_LINE_BYTES:,} bytes after offset {pos}: not an "
+                "audit record; run `jupyterhub-smart audit verify`"
+            )
+        view = memoryview(data)
+        find = data.find
+        start = 0
+        last_start = -1
+        while start < complete:
+            end = find(b"\n", start)
+            line = view[start:end]
+            try:
+                rec = decode(line)
+                seq, line_prev, line_log = rec.seq, rec.prev, rec.log_id
+                record = None
+            except fast_error:
+                try:
+                    record = loads(line)
+                    seq = record["seq"]
+                    line_prev = record["prev"]
+                    line_log = record["log_id"]
+                except (orjson.JSONDecodeError, TypeError, KeyError):
+                    raise IndexMismatch(
+                        f"seq {expected}: not an audit record ({name}, offset {pos}); "
+                        "run `jupyterhub-smart audit verify`"
+                    ) from None
+            if seq != expected:
+                raise IndexMismatch(
+                    f"seq {expected}: found seq {seq} instead ({name}, offset "
+                    f"{pos}): lines deleted, reordered or inserted; run "
+                    "`jupyterhub-smart audit verify`"
+                )
+            if line_prev != prev_hex or line_log != log_id or not log_id:
+                # The rare cases, in the order the checks are made.
+                if prev_hex is _UNKNOWN:
+                    state.first_checked = True
+                    state.first_prev, state.first_log = line_prev, line_log
+                    log_id = state.log_id = line_log
+                else:
+                    if line_prev != prev_hex and not (prev_hex == "" and expected == file_seq):
+                        # (empty: the first retained record, nothing before it to check)
+                        raise IndexMismatch(_prev_broken(seq, name, pos))
+                    if not log_id:
+                        log_id = state.log_id = line_log
+                        adopt(log_id)
+                    elif line_log != log_id:
+                        raise IndexMismatch(_other_log(seq, line_log, log_id))
+            digest = sha256(line).digest()
+            prev_hex = digest.hex()
+            length = end - start
+            if record is None:
+                append(columns(rec, (seq, file_seq, pos, length, digest), named))
+            else:
+                append((seq, file_seq, pos, length, digest, *row_of(record)))
+                named = patients_of(record)
+            if named:
+                if len(named) > 1 and data.count(b'"Patient/', start, end) > 1:
+                    # (the reference code's cheap test before looking for several)
+                    named = list(dict.fromkeys(named))
+                    if len(named) > 1:
+                        patient_rows += [(p, seq) for p in named]
+                named = []
+            expected = seq + 1
+            last_start = start
+            last_offset = pos
+            pos += length + 1
+            start = end + 1
+            if len(rows) >= _BATCH:
+                store(rows, patient_rows)
+        if last_start >= 0:
+            last_line = data[last_start : data.find(b"\n", last_start)]
+            state.any_line = True
+            state.head_seq, state.head_hash = expected - 1, prev_hex
+            state.last_offset, state.covered = last_offset, pos
+    store(rows, patient_rows)
+    if last_line:
+        try:
+            parse_line(last_line)  # the last line is covered by no later prev: self-check
+        except RecordError as exc:
+            raise IndexMismatch(
+                f"seq {expected - 1}: {exc} ({name}); run `jupyterhub-smart audit verify`"
+            ) from None
+
+
+def _scan_run(
+    files: list[tuple[str, int]], part: str
+) -> tuple[list[_Scanned], BaseException | None]:
+    """A worker: :func:`_scan` consecutive log files into the SQLite file ``part``.
+
+    Returns how far each file got and the error that stopped the run (raised by
+    the caller only after it checked the run's first line against the run before).
+    """
+    db = sqlite3.connect(part, isolation_level=None)
+    states: list[_Scanned] = []
+    error: BaseException | None = None
+    try:
+        db.execute("PRAGMA journal_mode=OFF")  # a throw-away file: no journal, no sync
+        db.execute("PRAGMA synchronous=OFF")
+        db.executescript(_SCHEMA)
+        db.execute("BEGIN")
+        store = _Store(db)
+        prev: str | None = None
+        log_id = ""
+        for path, first_seq in files:
+            state = _Scanned(log_id=log_id)
+            states.append(state)
+            with _open_bytes(Path(path)) as handle:
+                _scan(
+                    handle,
+                    Path(path).name,
+                    first_seq,
+                    0,
+                    first_seq,
+                    prev,
+                    state,
+                    store,
+                    adopt=lambda _log_id: None,
+                )
+            prev, log_id = state.head_hash, state.log_id
+        db.execute("COMMIT")
+    except Exception as exc:  # the caller raises it in log order
+        error = exc
+    finally:
+        db.close()
+    return states, error
+
+
+def _runs(files: list[_LogFile], n: int) -> list[list[_LogFile]]:
+    """``files`` cut into ``n`` runs of consecutive files of about equal size."""
+    total = sum(f.stat_size for f in files) or 1
+    runs: list[list[_LogFile]] = [[] for _ in range(n)]
+    seen = 0
+    for f in files:
+        runs[min(n - 1, seen * n // total)].append(f)
+        seen += f.stat_size
+    return [run for run in runs if run]
+
+
 class AuditIndex:
     """The index of one audit log. ``update()`` brings it up to date; queries use ``db``.
 
@@ -286,8 +665,14 @@ class AuditIndex:
         index_path: str | os.PathLike[str] | None = None,
         *,
         busy_timeout: float = 60.0,
+        workers: int | None = None,
     ) -> None:
         self.log_path = Path(log_path).absolute()
+        #: Processes that build a fresh index (None: one per CPU, for logs of at least
+        #: :data:`_PARALLEL_MIN_BYTES`; 1: this process alone).
+        self.workers = workers
+        self._attached: list[str] = []
+        self._cleanup: Path | None = None
         self.index_path = Path(index_path) if index_path else default_index_path(self.log_path)
         self.index_path.parent.mkdir(parents=True, exist_ok=True)
         fresh = not self.index_path.exists()
@@ -360,11 +745,14 @@ class AuditIndex:
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                added = self._update(files)
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
+                try:
+                    added = self._update(files)
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
+                self.db.execute("COMMIT")
+            finally:
+                self._detach()
             self.db.executescript(_INDEXES)  # after a first build's bulk insert: much faster
         except sqlite3.DatabaseError as exc:
             raise IndexMismatch(
@@ -409,6 +797,12 @@ class AuditIndex:
         if gone:
             self._drop_retired(gone, files, known)
             known = {k: v for k, v in known.items() if k not in gone}
+        if not known and files:
+            if files[0].first_seq != 1 and head_seq == 0:
+                head_hash = ""  # see below: an index started after retention
+            workers = self._parallel(files)
+            if workers > 1:
+                return self._build_parallel(files, head_hash, workers)
         added = 0
         for position, lf in enumerate(files):
             row = known.get(lf.first_seq)
@@ -475,6 +869,16 @@ class AuditIndex:
             else:
                 head_seq, head_hash = self.head
         return added
+
+    def _parallel(self, files: list[_LogFile]) -> int:
+        """How many processes build a fresh index over ``files`` (1: this one alone)."""
+        if len(files) < 2:
+            return 1
+        if self.workers is not None:
+            return self.workers
+        if sum(f.stat_size for f in files) < _PARALLEL_MIN_BYTES:
+            return 1
+        return os.cpu_count() or 1
 
     def _drop_retired(
         self, gone: list[int], files: list[_LogFile], known: Mapping[int, Any]
@@ -545,81 +949,29 @@ class AuditIndex:
         ``prev`` empty: the first record's ``prev`` is taken as it is (an index
         that starts after retention removed the oldest files).
         """
-        log_id = self.log_id
-        sha256 = hashlib.sha256
-        loads = orjson.loads
-        rows: list[tuple[Any, ...]] = []
-        patient_rows: list[tuple[str, int]] = []
-        last_line = b""
-        last_offset = offset
-        covered = offset
-        seq = expected - 1
-        prev_hex = prev
-        insert = _INSERT
+        state = _Scanned(log_id=self.log_id)
         with _open_bytes(lf.path) as handle:
             if offset:
                 handle.seek(offset)
-            for pos, line in self._lines(handle, offset):
-                try:
-                    record = loads(line)
-                    seq = record["seq"]
-                    line_prev = record["prev"]
-                    line_log = record["log_id"]
-                except (orjson.JSONDecodeError, TypeError, KeyError):
-                    raise IndexMismatch(
-                        f"seq {expected}: not an audit record ({lf.path.name}, offset {pos}); "
-                        "run `jupyterhub-smart audit verify`"
-                    ) from None
-                if seq != expected:
-                    raise IndexMismatch(
-                        f"seq {expected}: found seq {seq} instead ({lf.path.name}, offset "
-                        f"{pos}): lines deleted, reordered or inserted; run "
-                        "`jupyterhub-smart audit verify`"
-                    )
-                if line_prev != prev_hex:
-                    if prev_hex == "" and expected == lf.first_seq:
-                        pass  # the first retained record: nothing before it to check against
-                    else:
-                        raise IndexMismatch(
-                            f"seq {seq}: prev does not match the line before it ({lf.path.name}"
-                            f", offset {pos}): the log was edited; run "
-                            "`jupyterhub-smart audit verify`"
-                        )
-                if not log_id:
-                    log_id = line_log
-                    self._set_meta("log_id", log_id)
-                elif line_log != log_id:
-                    raise IndexMismatch(
-                        f"seq {seq}: the line belongs to another log (log_id {line_log}, the "
-                        f"index is of {log_id}); use another --index, or delete this one"
-                    )
-                digest = sha256(line).digest()
-                prev_hex = digest.hex()
-                rows.append((seq, lf.first_seq, pos, len(line), digest, *row_of(record)))
-                if line.count(b'"Patient/') > 1:  # cheap test before looking for several
-                    named = patients_of(record)
-                    if len(named) > 1:
-                        patient_rows += [(p, seq) for p in named]
-                expected = seq + 1
-                last_line, last_offset = line, pos
-                covered = pos + len(line) + 1
-                if len(rows) >= _BATCH:
-                    self.db.executemany(insert, rows)
-                    rows.clear()
-                    self._insert_patients(patient_rows)
-        if rows:
-            self.db.executemany(insert, rows)
-        self._insert_patients(patient_rows)
-        if last_line:
-            try:
-                parse_line(last_line)  # the last line is covered by no later prev: self-check
-            except RecordError as exc:
-                raise IndexMismatch(
-                    f"seq {expected - 1}: {exc} ({lf.path.name}); run "
-                    "`jupyterhub-smart audit verify`"
-                ) from None
-        new_head = expected - 1
-        if last_line or new_file:
+            _scan(
+                handle,
+                lf.path.name,
+                lf.first_seq,
+                offset,
+                expected,
+                prev,
+                state,
+                _Store(self.db),
+                adopt=lambda log_id: self._set_meta("log_id", log_id),
+            )
+        return self._finish_file(lf, state, new_file=new_file)
+
+    def _finish_file(
+        self, lf: _LogFile, state: _Scanned, *, new_file: bool
+    ) -> tuple[int, str, int]:
+        """Record what indexing ``lf`` covered (files row, head); the new head and rows added."""
+        new_head = state.head_seq
+        if state.any_line or new_file:
             self.db.execute(
                 "INSERT OR REPLACE INTO files (first_seq, name, compressed, stat_size, stat_mtime,"
                 " covered, last_seq, last_offset) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -629,9 +981,9 @@ class AuditIndex:
                     int(lf.compressed),
                     lf.stat_size,
                     lf.stat_mtime,
-                    covered,
+                    state.covered,
                     new_head,
-                    last_offset,
+                    state.last_offset,
                 ),
             )
         else:
@@ -643,15 +995,94 @@ class AuditIndex:
         added = max(0, new_head - old_head)
         if new_head > old_head:
             self._set_meta("head_seq", str(new_head))
-            self._set_meta("head_hash", prev_hex)
-        return new_head, prev_hex, added
+            self._set_meta("head_hash", state.head_hash)
+        return new_head, state.head_hash, added
 
-    def _insert_patients(self, rows: list[tuple[str, int]]) -> None:
-        if rows:
-            self.db.executemany(
-                "INSERT OR REPLACE INTO event_patients (patient, seq) VALUES (?, ?)", rows
-            )
-            rows.clear()
+    def _build_parallel(self, files: list[_LogFile], head_hash: str, workers: int) -> int:
+        """A fresh index over ``files``, read by ``workers`` processes; rows added.
+
+        The files are cut into at most :data:`_MAX_PARTS` runs of consecutive
+        files. A worker reads a run exactly as :meth:`_index_file` does (the same
+        :func:`_scan`, so the same checks and the same columns) into a
+        throw-away SQLite file, except that it cannot know the ``prev`` and
+        ``log_id`` the run's first line must carry: it reports them, and this
+        process checks them against the end of the run before, in log order,
+        before it raises any error the worker met later in the run. So the first
+        error reported is the one a sequential build reports. The rows are then
+        copied in by SQLite itself (``INSERT ... SELECT`` from the attached file).
+        """
+        runs = _runs(files, min(_MAX_PARTS, len(files)))
+        work = Path(
+            tempfile.mkdtemp(prefix=self.index_path.name + ".build-", dir=self.index_path.parent)
+        )
+        single = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("fork" if single else "spawn")
+        log_id = self.log_id
+        added = 0
+        try:
+            with ProcessPoolExecutor(min(workers, len(runs)), mp_context=ctx) as pool:
+                futures = [
+                    pool.submit(
+                        _scan_run,
+                        [(str(f.path), f.first_seq) for f in run],
+                        str(work / f"part-{i}.sqlite"),
+                    )
+                    for i, run in enumerate(runs)
+                ]
+                try:
+                    for i, (run, future) in enumerate(zip(runs, futures, strict=True)):
+                        states, error = future.result()
+                        first = states[0]
+                        if not first.first_checked:
+                            assert error is not None
+                            raise error
+                        if first.first_prev != head_hash and head_hash != "":
+                            raise IndexMismatch(_prev_broken(run[0].first_seq, run[0].path.name, 0))
+                        if not log_id:
+                            log_id = first.first_log
+                            self._set_meta("log_id", log_id)
+                        elif first.first_log != log_id:
+                            raise IndexMismatch(
+                                _other_log(run[0].first_seq, first.first_log, log_id)
+                            )
+                        if error is not None:
+                            raise error
+                        if (
+                            states[-1].log_id != log_id
+                        ):  # adopted later in the run (an empty log_id)
+                            log_id = states[-1].log_id
+                            self._set_meta("log_id", log_id)
+                        name = f"part{i}"
+                        self.db.execute(
+                            "ATTACH DATABASE ? AS " + name, (str(work / f"part-{i}.sqlite"),)
+                        )
+                        self._attached.append(name)
+                        self.db.execute(
+                            f"INSERT INTO main.events ({_COLUMNS}) SELECT {_COLUMNS} FROM {name}.events"  # noqa: S608
+                        )
+                        self.db.execute(
+                            "INSERT OR REPLACE INTO main.event_patients (patient, seq) "  # noqa: S608
+                            f"SELECT patient, seq FROM {name}.event_patients"
+                        )
+                        for lf, state in zip(run, states, strict=True):
+                            _, head_hash, n = self._finish_file(lf, state, new_file=True)
+                            added += n
+                finally:
+                    for future in futures:
+                        future.cancel()
+        finally:
+            self._cleanup = work
+        return added
+
+    def _detach(self) -> None:
+        """Detach the workers' files (only possible outside a transaction) and delete them."""
+        while self._attached:
+            name = self._attached.pop()
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute(f"DETACH DATABASE {name}")
+        if self._cleanup is not None:
+            shutil.rmtree(self._cleanup, ignore_errors=True)
+            self._cleanup = None
 
     def _reverify_file(self, lf: _LogFile, last_seq: int) -> bool:
         """Read a changed (e.g. newly compressed) file in full against the indexed hashes.
