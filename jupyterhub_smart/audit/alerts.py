@@ -32,9 +32,12 @@ in memory and bounded. It outlives a restart: the sink writes it to
 ``<log>.alerts.json`` beside the log (owner-only, like the log) at most once a
 minute and when the log closes, with the ``seq`` it covers; at start-up it is
 read back and the records written after that ``seq`` are replayed through the
-rules (without firing: their alerts, if any, are already in the trail). After a
-crash an alert whose trigger came in the last minute may fire again; without
-the file (first start) the state starts empty.
+rules. A rule that fires in the replay is recorded only if the trail has no
+such alert after its trigger (a crash between the trigger's write and the
+alert's), so an alert is neither lost nor recorded twice. The webhook is told
+again of the alert records in the replayed range: a crash may have come before
+it was told, and its payload's ``log_id`` and ``seq`` let a receiver drop a
+repeat (at least once). Without the file (first start) the state starts empty.
 
 Runs on the log's writer thread, so it does only bounded in-memory work: the
 alert is queued to the log (never waited on) and the webhook has its own
@@ -425,15 +428,29 @@ class AlertSink:
         self.evaluator.restore(saved.get("state") or {})
         after = int(saved.get("seq") or 0)
         replayed = 0
+        fired: list[Alert] = []  # by the replay, not yet found in the trail
         for record in _records_after(self._log.path, after, head):
-            self.evaluator.evaluate(record)  # catching up: what fired is in the trail
             replayed += 1
+            action = _alert_action(record)
+            if action is None:
+                fired.extend(self.evaluator.evaluate(record))
+                continue
+            user = row_of(record)[3]
+            for alert in fired:
+                if (alert.action, alert.username) == (action, user):
+                    fired.remove(alert)  # recorded before the stop
+                    break
+            self._notify(action, record)
         self._seen = (log_id, head)
         log.info(
-            "Audit alert rules: state of seq %d read back, %d later record(s) replayed",
+            "Audit alert rules: state of seq %d read back, %d later record(s) replayed, "
+            "%d alert(s) the stop kept from the trail recorded now",
             after,
             replayed,
+            len(fired),
         )
+        for alert in fired:
+            self._record(alert)
 
     def save(self) -> None:
         """Write the rules' state beside the log (owner-only), for the next start."""
@@ -463,11 +480,7 @@ class AlertSink:
 
     def _accept(self, records: Sequence[Mapping[str, Any]]) -> None:
         for record in records:
-            action = None
-            for coding in record.get("subtype") or ():
-                if coding.get("code", "").startswith("alert"):
-                    action = coding["code"]
-                    break
+            action = _alert_action(record)
             if action is not None:
                 self._notify(action, record)
                 continue
@@ -521,6 +534,15 @@ class AlertSink:
         self.save()
         if self.webhook is not None:
             self.webhook.close()
+
+
+def _alert_action(record: Mapping[str, Any]) -> str | None:
+    """The ``alert-*`` action of an alert record; None for any other record."""
+    for coding in record.get("subtype") or ():
+        code = coding.get("code", "")
+        if isinstance(code, str) and code.startswith("alert"):
+            return code
+    return None
 
 
 def _records_after(path: Any, after: int, head: int) -> Any:

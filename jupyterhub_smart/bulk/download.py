@@ -262,9 +262,7 @@ class _Chunk:
 
     def lines(self, lines: list[bytes]) -> None:
         if self.converter is not None:
-            for line in lines:
-                if line.strip():
-                    self.raw.append(line)
+            self.raw.extend(filter(bytes.strip, lines))  # the non-blank ones, no bytecode per line
             self.size = len(self.raw)
             return
         self.check(lines)

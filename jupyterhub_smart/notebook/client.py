@@ -38,6 +38,7 @@ from .http import (
     FHIRHTTP,
     AsyncFHIRHTTP,
     Fetched,
+    Head,
     RetryPolicy,
 )
 from .scopecheck import check_scopes
@@ -341,9 +342,21 @@ class _PageGet(_PageReports):
         self.core._emit(fetched, action, self.resource_type, params=self.used(params))
         return fetched
 
-    def raw(self, path_or_url: str, params: list[tuple[str, str]] | None, action: str) -> Fetched:
-        """The page as read (``Fetched.body``), not yet reported: see :meth:`served`."""
-        return self.core.http.get(path_or_url, params, parse=False)
+    def raw(
+        self,
+        path_or_url: str,
+        params: list[tuple[str, str]] | None,
+        action: str,
+        head: Head | None = None,
+        sent: Callable[[], None] | None = None,
+    ) -> Fetched:
+        """The page as read (``Fetched.body``), not yet reported: see :meth:`served`.
+
+        ``head`` sees the page's first bytes as they arrive (the pager reads the
+        ``next`` link there and asks for the next page before this one has all
+        arrived); ``sent()`` is called when the request is on the wire.
+        """
+        return self.core.http.get(path_or_url, params, parse=False, head=head, sent=sent)
 
 
 class _AsyncPageGet(_PageReports):
@@ -363,9 +376,13 @@ class _AsyncPageGet(_PageReports):
         return fetched
 
     async def raw(
-        self, path_or_url: str, params: list[tuple[str, str]] | None, action: str
+        self,
+        path_or_url: str,
+        params: list[tuple[str, str]] | None,
+        action: str,
+        head: Head | None = None,
     ) -> Fetched:
-        return await self.core.http.get(path_or_url, params, parse=False)
+        return await self.core.http.get(path_or_url, params, parse=False, head=head)
 
 
 class SMARTClient(_Core):

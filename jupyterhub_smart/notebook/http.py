@@ -36,7 +36,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlencode, urljoin, urlsplit
@@ -73,6 +73,21 @@ FHIR_JSON = "application/fhir+json"
 #: Bounded, so a server that refuses every token cannot make a request loop.
 MAX_TOKEN_CHANGES = 2
 Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
+#: ``head(url, body so far) -> done``: called after each chunk of a 2xx answer until it
+#: returns True, so that a caller can act on a page's first bytes (the pager reads the
+#: ``next`` link there) while the rest is still on its way. It must not keep the buffer.
+Head = Callable[[str, bytearray], bool]
+
+
+def _on_sent(sent: Callable[[], None]) -> dict[str, Any]:
+    """Request extensions that call ``sent()`` once the request is on the wire (httpcore's trace)."""
+
+    def trace(name: str, info: Mapping[str, Any]) -> None:
+        if name.endswith(".send_request_body.complete"):
+            sent()
+
+    return {"trace": trace}
+
 
 #: Largest response body read, in bytes (decoded). A FHIR page of 1,000
 #: resources is a few megabytes; parsed, a body takes several times its size
@@ -546,10 +561,15 @@ class FHIRHTTP:
         headers: Mapping[str, str] | None = None,
         *,
         parse: bool = True,
+        head: Head | None = None,
+        sent: Callable[[], None] | None = None,
     ) -> Fetched:
         """GET a FHIR path (``"Patient/123"``) or an absolute URL on the base; parsed JSON
-        (or, ``parse=False``, the body as read, in ``Fetched.body``)."""
-        return self.request("GET", path_or_url, params, headers=headers, parse=parse)
+        (or, ``parse=False``, the body as read, in ``Fetched.body``). ``head``: see
+        :data:`Head`; ``sent()`` is called when the request is on the wire (each attempt)."""
+        return self.request(
+            "GET", path_or_url, params, headers=headers, parse=parse, head=head, sent=sent
+        )
 
     def request(
         self,
@@ -560,6 +580,8 @@ class FHIRHTTP:
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         parse: bool = True,
+        head: Head | None = None,
+        sent: Callable[[], None] | None = None,
     ) -> Fetched:
         """Any FHIR interaction (``PUT Observation/1`` with a body...); parsed JSON or ``{}``."""
         flow = self.policy.flow(path_or_url, params, method, content, headers)
@@ -574,7 +596,7 @@ class FHIRHTTP:
             value, error = None, None
             if isinstance(step, _Send):
                 try:
-                    value = self._fetch(step)
+                    value = self._fetch(step, head, sent)
                 except httpx.TransportError as exc:
                     error = exc
             elif isinstance(step, _NeedToken):
@@ -584,15 +606,25 @@ class FHIRHTTP:
             else:
                 time.sleep(step.seconds)
 
-    def _fetch(self, step: _Send) -> httpx.Response:
+    def _fetch(
+        self, step: _Send, head: Head | None = None, sent: Callable[[], None] | None = None
+    ) -> httpx.Response:
         request = self._client.build_request(
-            step.method, step.url, headers=step.headers, content=step.content
+            step.method,
+            step.url,
+            headers=step.headers,
+            content=step.content,
+            extensions=_on_sent(sent) if sent is not None else None,
         )
         response = self._client.send(request, stream=True)
         try:
             body = _Capped(response, step.url, self.max_response_bytes)
+            if not response.is_success:
+                head = None
             for chunk in response.iter_bytes():
                 body.add(chunk)
+                if head is not None and head(step.url, body.body):
+                    head = None
             return body.done()
         finally:
             response.close()
@@ -630,8 +662,15 @@ class AsyncFHIRHTTP:
             ),
         )
 
-    async def get(self, path_or_url: str, params: Params = None, *, parse: bool = True) -> Fetched:
-        """Async twin of :meth:`FHIRHTTP.get`."""
+    async def get(
+        self,
+        path_or_url: str,
+        params: Params = None,
+        *,
+        parse: bool = True,
+        head: Head | None = None,
+    ) -> Fetched:
+        """Async twin of :meth:`FHIRHTTP.get` (``head`` runs on the event loop)."""
         flow = self.policy.flow(path_or_url, params)
         value: Any = None
         error: BaseException | None = None
@@ -644,7 +683,7 @@ class AsyncFHIRHTTP:
             value, error = None, None
             if isinstance(step, _Send):
                 try:
-                    value = await self._fetch(step)
+                    value = await self._fetch(step, head)
                 except httpx.TransportError as exc:
                     error = exc
             elif isinstance(step, _NeedToken):
@@ -654,15 +693,19 @@ class AsyncFHIRHTTP:
             else:
                 await asyncio.sleep(step.seconds)
 
-    async def _fetch(self, step: _Send) -> httpx.Response:
+    async def _fetch(self, step: _Send, head: Head | None = None) -> httpx.Response:
         request = self._client.build_request(
             step.method, step.url, headers=step.headers, content=step.content
         )
         response = await self._client.send(request, stream=True)
         try:
             body = _Capped(response, step.url, self.max_response_bytes)
+            if not response.is_success:
+                head = None
             async for chunk in response.aiter_bytes():
                 body.add(chunk)
+                if head is not None and head(step.url, body.body):
+                    head = None
             return body.done()
         finally:
             await response.aclose()

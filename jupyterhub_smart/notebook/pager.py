@@ -4,11 +4,19 @@ A FHIR server takes 50-200 ms per page, and that wait, not parsing, dominates
 a search. So the pager (a thread for the sync client, a task for the async
 one) reads each page's ``next`` link straight from the bytes it received and
 sends the next request at once; parsing and flattening happen in the caller
-meanwhile. The request for page N+1 goes out as soon as page N has arrived;
-when the caller falls behind, the pager holds one page for it and waits
-before fetching another, so at most three pages are held at a time (the
-caller's, the one waiting for it, the one in flight) and a slow page of
-flattening does not stall the requests.
+meanwhile. The request for page N+1 goes out as soon as page N's ``link``
+has arrived: the link sits in the page's first bytes, so it is read while
+the rest of the page is still streaming in (:func:`scan_link` on the bytes so
+far), and page N+1 is asked for on a second keep-alive connection. A page's
+transfer (a few ms for a page of 1,000 resources, more on a slow network) and
+the client's own per-request time then overlap the server's wait for the next
+page, instead of adding to it: a search costs about pages x server latency.
+Pages are handed over in order. When the caller falls behind, the pager holds
+one page for it and sends no request ahead of it (page N+1 is asked for early
+only if the caller has taken page N-1; otherwise once page N is handed over),
+so at most three pages are held at a time (the caller's, the one waiting for
+it, the one in flight) and a slow page of flattening does not stall the
+requests.
 
 Finding the link before parsing: servers write ``resourceType``, ``type``,
 ``total`` and ``link`` before the large ``entry`` array, so
@@ -17,7 +25,10 @@ tokenizer and parses only the ``link`` array (a few hundred bytes). Where it
 cannot tell (``link`` after ``entry``, an escaped member name), the pager
 parses the whole page instead. The caller's full parse later checks that the
 link followed is the page's link (JSON with two ``link`` members is refused
-as a malformed Bundle).
+as a malformed Bundle). A link read early is compared with the whole page's
+once it has arrived (they differ only if the page's request was sent again
+after a broken connection and the server answered otherwise: the search then
+stops with an error instead of following a link the page does not hold).
 
 Data-access events: a page fetched unparsed is reported by whoever parses it
 (:meth:`Page.served`/:meth:`Page.refused`), so events keep the order of the
@@ -28,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import threading
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
@@ -37,7 +49,7 @@ from typing import Any
 import orjson
 
 from .errors import FHIRError
-from .http import Fetched, parse_body
+from .http import Fetched, Head, parse_body
 
 __all__ = [
     "AsyncPager",
@@ -80,7 +92,7 @@ def next_link(bundle: dict[str, Any], url: str) -> str | None:
     return None
 
 
-def _skip(body: bytes, pos: int, first: bytes) -> int:
+def _skip(body: bytes | bytearray, pos: int, first: bytes) -> int:
     """The position after the object or array opened by ``first`` (already read)."""
     depth = 1
     while depth:
@@ -96,7 +108,7 @@ def _skip(body: bytes, pos: int, first: bytes) -> int:
     return pos
 
 
-def scan_link(body: bytes) -> Any:
+def scan_link(body: bytes | bytearray) -> Any:
     """The Bundle's ``link`` value, read from its members before ``entry``; else ``_UNKNOWN``.
 
     Known only when a ``resourceType`` member ``"Bundle"`` and a ``link`` member
@@ -228,6 +240,17 @@ class Page:
         self.served(len(entries) if isinstance(entries, list) else 0)
 
 
+#: How long a pager thread that started the next page's request waits for it to be on
+#: the wire before it reads on: meanwhile the sending thread has the interpreter to
+#: itself (two threads running Python take turns only every few milliseconds).
+_SEND_WAIT = 0.02
+
+#: How much of a page is searched for its ``link`` while the page streams in. Servers
+#: write it within the first few hundred bytes; a page that has not shown it by then
+#: is read whole first (as one whose ``link`` comes after ``entry``).
+_HEAD_BYTES = 64 * 1024
+
+
 class _Walk:
     """The paging rules shared by both pagers: one page's link, loops, ``max_pages``."""
 
@@ -241,8 +264,12 @@ class _Walk:
         self.max_pages = max_pages
         self.seen: set[str] = set()
 
-    def page(self, fetched: Fetched, params: Params) -> Page:
-        """The fetched page with its next link found (and checked), or its error."""
+    def page(self, fetched: Fetched, params: Params, early: str | None = None) -> Page:
+        """The fetched page with its next link found (and checked), or its error.
+
+        ``early``: the next link already read from the page's first bytes (and
+        checked, and asked for); the whole page must hold that same link.
+        """
         page = Page(fetched, params, self.action, self.reports, reported=self.raw is None)
         if not self.seen:
             self.seen.add(fetched.url)
@@ -265,10 +292,38 @@ class _Walk:
             page.error = exc
             return page
         try:
-            page.next = self.checked_next(bundle, fetched.url)
+            if early is None:
+                page.next = self.checked_next(bundle, fetched.url)
+            elif next_link(bundle, fetched.url) == early:
+                page.next = early
+            else:
+                raise FHIRError(
+                    f"GET {fetched.url}: the page's next link is not the one read from its "
+                    "first bytes (its request was sent again after a broken connection and "
+                    "the server answered otherwise); the search stopped here: run it again",
+                    url=fetched.url,
+                )
         except FHIRError as exc:
             page.stop = exc
         return page
+
+    def early_next(self, url: str, partial: bytearray) -> Any:
+        """The next link read from a page's first bytes: a link, ``None``, or ``_UNKNOWN``.
+
+        A link is checked as :meth:`checked_next` does (and so counted as
+        followed); a page whose first bytes do not tell, or whose link would
+        stop the paging (a loop, ``max_pages``, a malformed link), is left to
+        the whole page, which then reports it.
+        """
+        links = scan_link(partial)
+        if links is _UNKNOWN:
+            return _UNKNOWN
+        if not self.seen:
+            self.seen.add(url)
+        try:
+            return self.checked_next({"link": links}, url)
+        except FHIRError:
+            return _UNKNOWN
 
     def failed(self, error: BaseException, params: Params) -> Page:
         return Page(None, params, self.action, self.reports, error=error, reported=self.raw is None)
@@ -295,7 +350,13 @@ class _Walk:
 
 
 class SyncPager(_Walk):
-    """Pages of one search, fetched by a thread ahead of the caller (``ahead=False``: in the caller)."""
+    """Pages of one search, fetched by threads ahead of the caller (``ahead=False``: in the caller).
+
+    Each page's request runs in a ``fhir-pager`` thread; the thread that reads
+    page N's link from its first bytes starts page N+1's thread (see the
+    module's docstring), or, when it could not, fetches page N+1 itself once
+    page N is handed over. Page N is handed over only after page N-1.
+    """
 
     def __init__(
         self,
@@ -310,19 +371,63 @@ class SyncPager(_Walk):
         self.ahead = ahead
         self._cond = threading.Condition()
         self._slot: Page | None = None
+        self._placed = -1  # the number of the last page handed over (0 is the first)
         self._stopped = False
-        self._busy = False
-        self._thread: threading.Thread | None = None
+        self._died = False
+        #: Each live pager thread, and whether it is in a request (not waited for by close()).
+        self._threads: dict[threading.Thread, bool] = {}
 
-    def _fetch(self, link: str, params: Params) -> Page:
+    def _fetch(
+        self,
+        link: str,
+        params: Params,
+        number: int = -1,
+        early: list[str] | None = None,
+        sent: threading.Event | None = None,
+    ) -> Page:
+        """Page ``number`` at ``link``; ``early`` collects its next link if started from its head.
+
+        ``sent`` is set once the request is on the wire (or has failed).
+        """
         try:
-            if self.raw is not None:
+            if self.raw is None:
+                fetched = self.get(link, params, self.action)
+            elif early is None:
                 fetched = self.raw(link, params, self.action)
             else:
-                fetched = self.get(link, params, self.action)
+                head = self._head(number, early)
+                fetched = self.raw(
+                    link, params, self.action, head=head, sent=sent.set if sent else None
+                )
         except Exception as exc:  # handed to the caller, raised there
             return self.failed(exc, params)
-        return self.page(fetched, params)
+        finally:
+            if sent is not None:
+                sent.set()
+        return self.page(fetched, params, early[0] if early else None)
+
+    def _head(self, number: int, early: list[str]) -> Head:
+        """What reads page ``number``'s link from its first bytes and starts the next page."""
+
+        def head(url: str, partial: bytearray) -> bool:
+            if early or len(partial) > _HEAD_BYTES:
+                return True
+            sent = threading.Event()
+            with self._cond:
+                # ahead of the caller only while it has taken every page before this one
+                if self._stopped or self._slot is not None or self._placed != number - 1:
+                    return True
+                link = self.early_next(url, partial)
+                if link is _UNKNOWN:
+                    return False
+                if isinstance(link, str):
+                    early.append(link)
+                    self._spawn(number + 1, link, None, sent)
+            if early:  # the rest of this page can wait: the next request goes out first
+                sent.wait(_SEND_WAIT)
+            return True
+
+        return head
 
     def __iter__(self) -> Iterator[Page]:
         if not self.ahead:
@@ -334,12 +439,12 @@ class SyncPager(_Walk):
                     return
                 assert page.next is not None
                 link, params = page.next, None
-        thread = self.start()
+        self.start()
         try:
             while True:
                 with self._cond:
                     while self._slot is None:
-                        if not thread.is_alive() and self._slot is None:
+                        if self._died or not any(t.is_alive() for t in self._threads):
                             raise RuntimeError("the page fetcher stopped unexpectedly")
                         self._cond.wait(0.5)
                     page, self._slot = self._slot, None
@@ -350,32 +455,55 @@ class SyncPager(_Walk):
         finally:
             self.close()
 
-    def start(self) -> threading.Thread:
+    def start(self) -> None:
         """Send the first request now (iterating starts it too): the caller may prepare meanwhile."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="fhir-pager", daemon=True)
-            self._busy = True
-            self._thread.start()
-        return self._thread
+        with self._cond:
+            if not self._threads and self._placed < 0 and not self._stopped:
+                self._spawn(0, self.path, self.params)
 
-    def _run(self) -> None:
-        link, params = self.path, self.params
-        while True:
-            page = self._fetch(link, params)
+    def _spawn(
+        self, number: int, link: str, params: Params, sent: threading.Event | None = None
+    ) -> None:
+        """Start the thread of page ``number`` (the condition held)."""
+        thread = threading.Thread(
+            target=self._run, args=(number, link, params, sent), name="fhir-pager", daemon=True
+        )
+        self._threads[thread] = True
+        thread.start()
+
+    def _run(
+        self, number: int, link: str, params: Params, sent: threading.Event | None = None
+    ) -> None:
+        me = threading.current_thread()
+        try:
+            while True:
+                early: list[str] = []
+                page = self._fetch(link, params, number, early, sent)
+                sent = None
+                with self._cond:
+                    self._threads[me] = False
+                    while not self._stopped and (
+                        self._slot is not None or self._placed != number - 1
+                    ):
+                        self._cond.wait()
+                    if self._stopped:
+                        break
+                    self._slot = page
+                    self._placed = number
+                    self._cond.notify_all()
+                    if page.last or early:  # the end, or the next page has its own thread
+                        return
+                    self._threads[me] = True
+                assert page.next is not None
+                link, params, number = page.next, None, number + 1
+            page.drop()
+        except BaseException:
+            self._died = True
+            raise
+        finally:
             with self._cond:
-                self._busy = False
-                while self._slot is not None and not self._stopped:
-                    self._cond.wait()
-                if self._stopped:
-                    break
-                self._slot = page
+                self._threads.pop(me, None)
                 self._cond.notify_all()
-                if page.last:
-                    return
-                self._busy = True
-            assert page.next is not None
-            link, params = page.next, None
-        page.drop()
 
     def close(self) -> None:
         """Stop paging: a page handed over but not taken is reported and dropped.
@@ -386,16 +514,17 @@ class SyncPager(_Walk):
         with self._cond:
             self._stopped = True
             left, self._slot = self._slot, None
-            busy = self._busy
+            if left is not None:  # before a later page waiting for its turn: events keep order
+                left.drop()
+            idle = [thread for thread, busy in self._threads.items() if not busy]
             self._cond.notify_all()
-        if left is not None:
-            left.drop()
-        if self._thread is not None and not busy:
-            self._thread.join()
+        for thread in idle:
+            if thread is not threading.current_thread():
+                thread.join()
 
 
 class AsyncPager(_Walk):
-    """Async twin of :class:`SyncPager`: the pages are fetched by a task."""
+    """Async twin of :class:`SyncPager`: each page is fetched by a task."""
 
     def __init__(
         self,
@@ -410,17 +539,41 @@ class AsyncPager(_Walk):
         self.ahead = ahead
         self._cond = asyncio.Condition()
         self._slot: Page | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._placed = -1
+        self._closed = False
+        self._tasks: list[asyncio.Task[None]] = []
 
-    async def _fetch(self, link: str, params: Params) -> Page:
+    async def _fetch(
+        self, link: str, params: Params, number: int = -1, early: list[str] | None = None
+    ) -> Page:
         try:
-            if self.raw is not None:
+            if self.raw is None:
+                fetched = await self.get(link, params, self.action)
+            elif early is None:
                 fetched = await self.raw(link, params, self.action)
             else:
-                fetched = await self.get(link, params, self.action)
+                fetched = await self.raw(link, params, self.action, head=self._head(number, early))
         except Exception as exc:
             return self.failed(exc, params)
-        return self.page(fetched, params)
+        return self.page(fetched, params, early[0] if early else None)
+
+    def _head(self, number: int, early: list[str]) -> Head:
+        """:meth:`SyncPager._head` on the event loop (no lock: it runs between awaits)."""
+
+        def head(url: str, partial: bytearray) -> bool:
+            if early or len(partial) > _HEAD_BYTES:
+                return True
+            if self._closed or self._slot is not None or self._placed != number - 1:
+                return True
+            link = self.early_next(url, partial)
+            if link is _UNKNOWN:
+                return False
+            if isinstance(link, str):
+                early.append(link)
+                self._spawn(number + 1, link, None)
+            return True
+
+        return head
 
     async def pages(self) -> AsyncGenerator[Page, None]:
         if not self.ahead:
@@ -432,13 +585,15 @@ class AsyncPager(_Walk):
                     return
                 assert page.next is not None
                 link, params = page.next, None
-        task = self.start()
+        self.start()
         try:
             while True:
                 async with self._cond:
                     while self._slot is None:
-                        if task.done():
-                            task.result()
+                        for task in self._tasks:
+                            if task.done() and not task.cancelled():
+                                task.result()  # a task's unexpected error, raised here
+                        if all(task.done() for task in self._tasks):
                             raise RuntimeError("the page fetcher stopped unexpectedly")
                         await self._cond.wait()
                     page, self._slot = self._slot, None
@@ -449,37 +604,55 @@ class AsyncPager(_Walk):
         finally:
             await self.aclose()
 
-    def start(self) -> asyncio.Task[None]:
-        """Start the fetching task now (iterating starts it too)."""
-        if self._task is None:
-            self._task = asyncio.ensure_future(self._run())
-        return self._task
+    def start(self) -> None:
+        """Start the first page's task now (iterating starts it too)."""
+        if not self._tasks and not self._closed:
+            self._spawn(0, self.path, self.params)
 
-    async def _run(self) -> None:
-        link, params = self.path, self.params
+    def _spawn(self, number: int, link: str, params: Params) -> None:
+        self._tasks = [task for task in self._tasks if not task.done() or task.cancelled()]
+        self._tasks.append(asyncio.ensure_future(self._run(number, link, params)))
+
+    async def _run(self, number: int, link: str, params: Params) -> None:
         try:
             while True:
-                page = await self._fetch(link, params)
-                async with self._cond:
-                    await self._cond.wait_for(lambda: self._slot is None)
-                    self._slot = page
-                    self._cond.notify_all()
-                    if page.last:
-                        return
+                early: list[str] = []
+                page = await self._fetch(link, params, number, early)
+                try:
+                    async with self._cond:
+                        await self._cond.wait_for(functools.partial(self._turn, number))
+                        if self._closed:
+                            page.drop()
+                            return
+                        self._slot = page
+                        self._placed = number
+                        self._cond.notify_all()
+                except asyncio.CancelledError:
+                    page.drop()  # fetched but never handed over: still reported
+                    raise
+                if page.last or early:
+                    return
                 assert page.next is not None
-                link, params = page.next, None
+                link, params, number = page.next, None, number + 1
         finally:
             if not asyncio.current_task().cancelling():  # type: ignore[union-attr]
                 async with self._cond:  # wake a caller waiting for a page that will not come
                     self._cond.notify_all()
 
+    def _turn(self, number: int) -> bool:
+        """Page ``number`` may be handed over (the one before it was taken), or paging stopped."""
+        return self._closed or (self._slot is None and self._placed == number - 1)
+
     async def aclose(self) -> None:
-        """Stop paging: the request in flight is cancelled, a page not taken is reported."""
-        task, self._task = self._task, None
-        if task is not None and not task.done():
+        """Stop paging: requests in flight are cancelled, a page not taken is reported."""
+        self._closed = True
+        left, self._slot = self._slot, None
+        if left is not None:  # before a later page a cancelled task reports: events keep order
+            left.drop()
+        tasks, self._tasks = self._tasks, []
+        running = [task for task in tasks if not task.done()]
+        for task in running:
             task.cancel()
+        for task in running:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        left, self._slot = self._slot, None
-        if left is not None:
-            left.drop()

@@ -52,7 +52,7 @@ from ..smart.issuer_key import issuer_key
 from .access import FHIRRequest, check_scopes, classify
 from .config import ProxyConfig
 from .errors import ProxyError
-from .forward import Upstream, redirect_target
+from .forward import STREAM_ERRORS, Upstream, UpstreamResponse, redirect_target
 from .headers import request_headers, response_headers
 from .limits import UserLimits
 from .paths import Target, parse_target
@@ -275,13 +275,17 @@ class FHIRProxyHandler(RequestHandler):
         headers = request_headers(self.request.headers.get_all())
         suffix = f"/{target.path}" if target.path else ""
         query = f"?{target.query}" if target.query else ""
-        url = f"{session.fhir_base_url}{suffix}{query}"
+        path = f"{suffix}{query}"
         upstream = self.state.upstream
-        response = await upstream.open(method, url, headers, body, session.access_token)
+        response = await upstream.open(
+            method, session.fhir_base_url, path, headers, body, session.access_token
+        )
         if response.status_code == 401:
             await response.aclose()
             session = await self.state.sessions.get(caller, rejected=session.access_token)
-            response = await upstream.open(method, url, headers, body, session.access_token)
+            response = await upstream.open(
+                method, session.fhir_base_url, path, headers, body, session.access_token
+            )
             if response.status_code == 401:
                 await response.aclose()
                 raise ProxyError(
@@ -306,22 +310,22 @@ class FHIRProxyHandler(RequestHandler):
         target: Target,
         request: FHIRRequest,
         scope: str | None,
-        response: httpx.Response,
+        response: UpstreamResponse,
         started: float,
     ) -> None:
         base = session.fhir_base_url
         proxy_base = self._proxy_base(target.key)
-        content_type = response.headers.get("content-type", "")
+        content_type = response.header("content-type") or ""
         self.set_status(response.status_code, reason=response.reason_phrase or "Unknown")
         self.clear_header("Content-Type")
         for name, value in response_headers(
-            response.headers.multi_items(), lambda text: rewrite_text(text, base, proxy_base)
+            response.headers, lambda text: rewrite_text(text, base, proxy_base)
         ):
             if name.lower() in self._headers:
                 self.add_header(name, value)
             else:
                 self.set_header(name, value)
-        self.set_header("Cache-Control", response.headers.get("cache-control", "no-store"))
+        self.set_header("Cache-Control", response.header("cache-control") or "no-store")
         media = content_type.split(";", 1)[0].strip().lower()
         rewriter = BodyRewriter(base, proxy_base) if media in _REWRITTEN_TYPES else None
         scanner = BodyScanner(content_type)
@@ -344,7 +348,7 @@ class FHIRProxyHandler(RequestHandler):
                 pending += rewriter.finish()
         except StreamClosedError:
             outcome.problem = "the client disconnected before the answer was complete"
-        except httpx.HTTPError as exc:
+        except STREAM_ERRORS as exc:
             outcome.problem = f"the EHR's answer broke off ({type(exc).__name__})"
         finally:
             await response.aclose()

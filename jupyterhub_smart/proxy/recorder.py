@@ -17,7 +17,9 @@ recorder goes back to the service token once, at once.
 
 Posts go through httpcore (httpx's transport) directly: a post is a small,
 fixed request to the hub, and httpx's client layer (URL merging, cookies,
-auth and redirect hooks) was half of its cost in the proxy.
+auth and redirect hooks) was half of its cost in the proxy. A hub API on plain
+HTTP (the usual, on the hub's own network) is reached through
+:class:`.netio.PlainTCPBackend`, which spares anyio's per-read machinery.
 
 Group commit across requests: records that arrive while a post is in flight
 wait and go together in the next post (at most :data:`MAX_BATCH`), where the
@@ -42,6 +44,7 @@ import httpcore
 import orjson
 
 from ..audit import AuditUnavailable
+from .netio import PlainTCPBackend
 
 __all__ = ["RECORD_KEY_HEADER", "HubRecorder"]
 
@@ -63,7 +66,10 @@ class HubRecorder:
     def __init__(self, hub_api_url: str, service_token: str, timeout: float) -> None:
         self.url = f"{hub_api_url}/smart/proxy-records"
         self.keyed_url = f"{self.url}/keyed"
-        self.http = httpcore.AsyncConnectionPool(max_connections=4)
+        self.http = httpcore.AsyncConnectionPool(
+            max_connections=4,
+            network_backend=PlainTCPBackend() if self.url.startswith("http://") else None,
+        )
         self._extensions = {
             "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         }

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal, cast
 from urllib.parse import parse_qsl
 
@@ -93,7 +94,16 @@ def parse_scope(s: str) -> SMARTScope:
     scope, so that a typo in configuration (``patient/Observation.rd``) is
     reported instead of silently never matching.
     """
-    if not isinstance(s, str) or not s or any(c.isspace() for c in s):
+    if not isinstance(s, str):
+        raise ValueError(f"{safe_text(s)!r} is not a single scope")
+    return _parse_scope(s)
+
+
+@lru_cache(maxsize=4096)
+def _parse_scope(s: str) -> SMARTScope:
+    """:func:`parse_scope` of a string, memoised: the FHIR proxy checks a session's
+    granted scopes on every request (a result is frozen; errors are not cached)."""
+    if not s or any(c.isspace() for c in s):
         raise ValueError(f"{safe_text(s)!r} is not a single scope")
     if not s.startswith(tuple(f"{c}/" for c in _CONTEXTS)):
         return SMARTScope(raw=s, kind="other")

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from jupyterhub_smart.audit import AuditLog, data_access_event, hub_event
-from jupyterhub_smart.audit.alerts import AlertRules, AlertSink, Evaluator
+from jupyterhub_smart.audit.alerts import AlertRules, AlertSink, Evaluator, Webhook
 
 from .helpers import records, wait_for
 
@@ -135,6 +140,70 @@ def test_the_rules_remember_across_a_restart(tmp_path: Path) -> None:
         "both alerts after the restarts",
     )
     audit_log.close()
+
+
+@contextmanager
+def _webhook_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A real HTTP server on loopback that keeps the JSON bodies POSTed to it."""
+    received: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/alerts", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_alert_a_crash_kept_from_the_trail_is_recorded_at_the_next_start_once(
+    tmp_path: Path,
+) -> None:
+    """The trigger was written, the hub died before the alert was: the next start records
+    it, once; the webhook hears of it again after a later crash (same log_id and seq)."""
+    path = tmp_path / "audit.jsonl"
+    state = tmp_path / "audit.jsonl.alerts.json"
+    rules = AlertRules(patient_limit=2, patient_window=3600)
+    with _webhook_receiver() as (url, received):
+
+        def start() -> AuditLog:
+            sink = AlertSink(rules, Webhook(url, backoff=0.1))
+            audit_log = AuditLog(path, sinks=[sink])
+            sink.attach(audit_log)
+            return audit_log
+
+        audit_log = start()
+        for event in (login("ann", "10.0.0.1"), read("ann", "Patient/1"), read("ann", "Patient/2")):
+            audit_log.record_sync(event)
+        audit_log.close()
+        before_the_trigger = state.read_bytes()
+        audit_log = AuditLog(path)  # no rules: a hub that died once the trigger was durable
+        audit_log.record_sync(read("ann", "Patient/3"))
+        audit_log.close()
+        assert _actions(path) == []
+
+        audit_log = start()  # replays Patient/3: the alert is missing, so it is recorded now
+        wait_for(lambda: _actions(path) == ["alert-patient-spread"], "the missed alert")
+        wait_for(lambda: len(received) == 1, "the webhook")
+        audit_log.close()
+
+        state.write_bytes(before_the_trigger)  # a crash again, before the state was saved
+        audit_log = start()  # replays Patient/3 and its alert: nothing recorded twice
+        audit_log.record_sync(read("ann", "Patient/1"))
+        wait_for(lambda: len(received) == 2, "the webhook told again")
+        audit_log.close()
+    assert _actions(path) == ["alert-patient-spread"]
+    assert received[0] == received[1] and received[0]["kind"] == "alert-patient-spread"
 
 
 def _actions(path: Path) -> list[str]:

@@ -32,6 +32,7 @@ from jupyterhub_smart.notebook import (
     CallableTokenProvider,
     FHIRError,
     ReauthenticationRequired,
+    RetryPolicy,
     SMARTClient,
     StaticTokenProvider,
     connect,
@@ -268,3 +269,97 @@ def test_a_page_whose_bytes_hold_two_link_members_is_refused() -> None:
                 client.search("Patient").to_pandas()
             with pytest.raises(FHIRError, match="more than one 'link'"):
                 list(client.search("Patient"))
+
+
+def _patients(base: str, ids: list[str], next_page: str | None) -> bytes:
+    """A page with its ``link`` before ``entry``, as servers write it."""
+    link = [{"relation": "next", "url": f"{base}/Patient?{next_page}"}] if next_page else []
+    entries = [{"resource": {"resourceType": "Patient", "id": i}} for i in ids]
+    body = {"resourceType": "Bundle", "type": "searchset", "link": link, "entry": entries}
+    return orjson.dumps(body)
+
+
+def test_the_next_page_is_asked_for_while_this_one_still_streams_in() -> None:
+    """Page 1's link is read from its first bytes: page 2 is asked for before page 1 has arrived.
+
+    The server holds back the rest of page 1 until page 2's request comes (or 10 s pass);
+    then pages and events keep their order, sync and async.
+    """
+    with run_rogue_fhir() as server:
+        order: list[str] = []
+        asked = threading.Event()
+
+        def answer(path: str) -> Reply:
+            if "page=2" in path:
+                order.append("page 2 asked")
+                asked.set()
+                return Reply(body=orjson.loads(_patients(server.base, ["c"], None)))
+            body = _patients(server.base, ["a", "b"], "page=2")
+            cut = body.index(b'"entry":[') + len(b'"entry":[')
+
+            def chunks() -> Any:
+                yield body[:cut]
+                asked.wait(10)
+                order.append("page 1 ended")
+                yield body[cut:]
+
+            return Reply(chunks=chunks(), length=len(body))
+
+        server.answer = answer
+        events: list[DataAccessEvent] = []
+        provider = StaticTokenProvider(secret("static"), server.base)
+        with SMARTClient(provider, event_sink=events.append, progress=False) as client:
+            assert list(client.search("Patient").to_pandas()["id"]) == ["a", "b", "c"]
+        assert order == ["page 2 asked", "page 1 ended"]
+
+        async def run() -> list[str]:
+            async with AsyncSMARTClient(provider, event_sink=events.append) as client:
+                return list((await (await client.search("Patient")).to_pandas())["id"])
+
+        order.clear()
+        asked.clear()
+        assert asyncio.run(run()) == ["a", "b", "c"]
+        assert order == ["page 2 asked", "page 1 ended"]
+        assert [(e.url.rsplit("/", 1)[1], e.count) for e in events] == [
+            ("Patient?_count=1000", 2),
+            ("Patient?page=2", 1),
+        ] * 2
+
+
+def test_a_retried_page_whose_link_changed_stops_the_search() -> None:
+    """The link read from page 1's first bytes (page 2 already asked for) is not the link of
+    the page a retry after a broken connection brings: an error, never the wrong page 2."""
+    with run_rogue_fhir() as server:
+        attempts: list[str] = []
+
+        def answer(path: str) -> Reply:
+            if "page=" in path:
+                return Reply(body=orjson.loads(_patients(server.base, ["x"], None)))
+            attempts.append(path)
+            body = _patients(server.base, ["a", "b"], f"page={len(attempts) + 1}")
+            if len(attempts) % 2:  # the first bytes, then the connection breaks
+
+                def broken() -> Any:
+                    yield body[: body.index(b'"entry":[') + 9]
+                    raise ConnectionAbortedError("the connection breaks mid-page")
+
+                return Reply(chunks=broken(), length=len(body))
+            return Reply(body=orjson.loads(body))
+
+        server.answer = answer
+        provider = StaticTokenProvider(secret("static"), server.base)
+        retry = RetryPolicy(backoff=0.01, max_backoff=0.01)
+        with (
+            SMARTClient(provider, progress=False, retry=retry) as client,
+            pytest.raises(FHIRError, match="not the one read from its first bytes"),
+        ):
+            client.search("Patient").to_pandas()
+        assert len(attempts) == 2
+
+        async def run() -> None:
+            async with AsyncSMARTClient(provider, retry=retry) as client:
+                await (await client.search("Patient")).to_pandas()
+
+        with pytest.raises(FHIRError, match="not the one read from its first bytes"):
+            asyncio.run(run())
+        assert len(attempts) == 4

@@ -13,7 +13,10 @@ the sandbox does not misbehave on demand:
 * ``stall``: half a Bundle, then nothing (the EHR dies mid-answer);
 * ``redirect``: 302 to ``other`` (another host, which records what it got);
 * ``redirect-base``: 302 to the same path under the FHIR base without the fault;
-* ``echo``: a JSON object of the headers this front received (what the proxy forwarded).
+* ``echo``: a JSON object of the headers this front received (what the proxy forwarded);
+* ``gzip``, ``deflate``, ``br``: a Bundle of three Observations with fullUrls on the
+  FHIR base, sent with that ``Content-Encoding`` (``deflate`` raw, without zlib's
+  wrapper, as some servers send it; ``br`` is only named, so the proxy cannot read it).
 
 Every request (method, path, headers) is kept in ``received``; the bearer
 tokens seen go to the session's secret scan.
@@ -22,7 +25,9 @@ tokens seen go to the session's secret scan.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -115,6 +120,9 @@ class _Forward(RequestHandler):
         if fault == "redirect-base":
             self.redirect(f"{self.front.origin}{request.path}?{urlencode(kept)}", status=302)
             return
+        if fault in ("gzip", "deflate", "br"):
+            self._compressed(base, fault)
+            return
         if fault == "echo":
             self.set_header("Content-Type", "application/json")
             self.finish(orjson.dumps({"headers": dict(request.headers.get_all())}))
@@ -139,6 +147,29 @@ class _Forward(RequestHandler):
         finally:
             await upstream.aclose()
         self.finish()
+
+    def _compressed(self, base: str, encoding: str) -> None:
+        entries = [
+            {
+                "fullUrl": f"{base}/Observation/z{i}",
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": f"z{i}",
+                    "status": "final",
+                    "subject": {"reference": f"Patient/zip{i}"},
+                },
+            }
+            for i in range(3)
+        ]
+        body = orjson.dumps({"resourceType": "Bundle", "type": "searchset", "entry": entries})
+        if encoding == "gzip":
+            body = gzip.compress(body)
+        elif encoding == "deflate":
+            packer = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+            body = packer.compress(body) + packer.flush()
+        self.set_header("Content-Type", "application/fhir+json")
+        self.set_header("Content-Encoding", encoding)
+        self.finish(body)
 
     async def _bundle(self, base: str, *, stall: bool) -> None:
         self.set_header("Content-Type", "application/fhir+json")

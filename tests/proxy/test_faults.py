@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from .world import ProxyWorld, details, proxy_pid, proxy_records, wait_records
+from .world import ProxyWorld, details, patients, proxy_pid, proxy_records, wait_records
 
 
 def peak_kib(pid: int) -> int:
@@ -46,6 +46,30 @@ def test_a_slow_ehr_is_a_504_after_the_timeout(proxy_world: ProxyWorld) -> None:
         answer = client.get(f"Patient/{proxy_world.patient}", params={"x-fault": "slow"})
     assert answer.status_code == 504
     assert answer.json()["error"] == "ehr_timeout"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+def test_a_compressed_answer_is_decoded_counted_and_rewritten(
+    proxy_world: ProxyWorld, encoding: str
+) -> None:
+    """The proxy asks for gzip/deflate and undoes it itself; an encoding it cannot read is a 502."""
+    before = len(proxy_records(proxy_world))
+    with proxy_world.client() as client:
+        answer = client.get("Observation", params={"x-fault": encoding})
+    got = last_record_with(proxy_world, before)
+    if encoding == "br":
+        assert answer.status_code == 502
+        assert answer.json()["error"] == "ehr_encoding_unsupported"
+        assert got["http-status"] == "502" and got["outcome"] == "8"
+        return
+    assert answer.status_code == 200, answer.text[:300]
+    assert "content-encoding" not in answer.headers
+    urls = [entry["fullUrl"] for entry in answer.json()["entry"]]
+    assert urls == [f"{proxy_world.base}/Observation/z{i}" for i in range(3)]
+    assert got["count"] == "3" and got["http-status"] == "200"
+    assert patients(wait_records(proxy_world, before + 1)[-1]) == {
+        f"Patient/zip{i}" for i in range(3)
+    }
 
 
 @pytest.mark.slow
