@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from fhir.resources.R4B.auditevent import AuditEvent
+from pki import make_pki
 
 from jupyterhub_smart.audit import AuditLog, SyslogSink, build_sinks, data_access_event, hub_event
 from jupyterhub_smart.audit.checkpoint import Checkpointer
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[rsyslog_process.Rsyslog]:
     where = tmp_path_factory.mktemp("rsyslog")
-    server = rsyslog_process.Rsyslog(where, rsyslog_process.make_pki(where / "pki"))
+    server = rsyslog_process.Rsyslog(where, make_pki(where / "pki"))
     server.start()
     yield server
     server.stop()
