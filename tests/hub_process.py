@@ -22,6 +22,7 @@ import json
 import os
 import re
 import secrets
+import ssl
 import subprocess
 import sys
 import time
@@ -362,8 +363,9 @@ def _saw_secrets_in(url: str | httpx.URL) -> None:
 class Browser:
     """A cookie-keeping HTTP client that follows redirects one hop at a time."""
 
-    def __init__(self) -> None:
-        self.client = httpx.Client(follow_redirects=False, timeout=30)
+    def __init__(self, verify: ssl.SSLContext | bool = True) -> None:
+        # verify: a context trusting a test CA, for an EHR served over TLS
+        self.client = httpx.Client(follow_redirects=False, timeout=30, verify=verify)
         self.visited: list[str] = []
 
     def close(self) -> None:

@@ -26,6 +26,7 @@ lives in its own modules:
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Mapping
 from inspect import isawaitable
 from pathlib import Path
@@ -44,6 +45,7 @@ from ..smart.id_token import verify_id_token
 from ..smart.issuers import IssuerPolicy, IssuerRegistration
 from ..smart.launch_context import LaunchContext, fhir_user_reference
 from ..smart.scopes import missing_scopes, require_scopes
+from ..smart.tls import ca_bundle_context
 from ..smart.tokens import exchange_code
 from .audit_budget import AuditBudget
 from .audit_handlers import audit_handlers
@@ -300,6 +302,21 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
         tokens would travel unencrypted.""",
     )
 
+    ehr_ca_bundle = Unicode(
+        "",
+        config=True,
+        help="""Path of a PEM file of the CA certificates that sign the EHRs' TLS certificates,
+        for EHRs whose certificates come from a hospital's internal CA (no public bundle holds
+        it, so without this the hub cannot reach them). Used for every connection to an EHR:
+        the hub's (discovery, JWKS, token endpoint, revocation) and, in proxy mode, the FHIR
+        proxy's. The file replaces the default trust for those connections; to trust public
+        CAs too, append certifi's bundle (`python -m certifi` prints its path). Verification
+        always stays on. Read at start-up: the hub refuses to start when the file is missing,
+        unreadable, not PEM, holds no CA certificate, or holds a private key. Empty (default):
+        the hub trusts certifi's public CAs (or SSL_CERT_FILE / SSL_CERT_DIR from its
+        environment) and the proxy certifi's alone.""",
+    )
+
     frame_ancestors = List(
         Unicode(),
         config=True,
@@ -419,6 +436,7 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
             timeout=self.http_timeout,
             cache_ttl=self.discovery_ttl,
             on_discovery=self.readiness.observe,
+            ssl_context=self._ehr_ssl_context(),
         )
         self._public_jwks = self._build_public_jwks()
         self.pending = PendingLogins(
@@ -456,6 +474,18 @@ class SMARTAuthenticator(AuditSettings, AuditReviewSettings, FHIRAccessOptions, 
         )
         if self.fhir_access == "proxy" and hasattr(self.parent, "services"):
             register_proxy_service(self, self.parent)  # before JupyterHub reads its services
+
+    def _ehr_ssl_context(self) -> ssl.SSLContext | None:
+        """The trust of ``ehr_ca_bundle`` (None: the default); ValueError names a bad file."""
+        if not self.ehr_ca_bundle:
+            return None
+        try:
+            return ca_bundle_context(self.ehr_ca_bundle)
+        except ValueError as exc:
+            raise ValueError(
+                f"SMARTAuthenticator.ehr_ca_bundle: {exc}. It must name a PEM file of the CA "
+                "certificates that sign the EHRs' TLS certificates."
+            ) from None
 
     def _token_spill(self) -> TokenSpill | None:
         """Where unsaved refreshed tokens survive a killed hub (:mod:`.spill`)."""

@@ -9,6 +9,7 @@ follows a redirect (a redirect could carry a token elsewhere).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 
 import httpx
@@ -36,8 +37,12 @@ class EHRConnections:
         timeout: float,
         cache_ttl: float,
         on_discovery: Callable[[str, DiscoveryError | None], None] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.policy = policy
+        #: Trust for every EHR (``ehr_ca_bundle``); None: httpx's default (certifi, or
+        #: SSL_CERT_FILE / SSL_CERT_DIR from the hub's environment).
+        self.ssl_context = ssl_context
         #: Hears the end of every discovery fetch (readiness and metrics, :mod:`.health`).
         self.on_discovery = on_discovery
         self.timeout = timeout
@@ -51,9 +56,14 @@ class EHRConnections:
 
     @property
     def http(self) -> httpx.AsyncClient:
-        """One HTTP client for every EHR (TLS verified, no redirects followed)."""
+        """One HTTP client for every EHR (TLS verified, no redirects followed).
+
+        Discovery, JWKS, the token endpoint and revocation all go through it, so
+        ``ehr_ca_bundle`` covers each of them.
+        """
         if self._http is None:
             self._http = httpx.AsyncClient(
+                verify=self.ssl_context if self.ssl_context is not None else True,
                 timeout=self.timeout,
                 follow_redirects=False,
                 headers={"User-Agent": "jupyterhub-smart"},

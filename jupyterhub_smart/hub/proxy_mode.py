@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -137,6 +138,12 @@ def proxy_config(authenticator: Any) -> dict[str, Any]:
         "burst": authenticator.fhir_proxy_burst,
         "timeout": authenticator.fhir_proxy_timeout,
         "allow_insecure_http": authenticator.allow_insecure_http,
+        # the hub has checked the file; absolute, as the service may run elsewhere on disk
+        "ehr_ca_bundle": (
+            str(Path(authenticator.ehr_ca_bundle).expanduser().absolute())
+            if authenticator.ehr_ca_bundle
+            else ""
+        ),
         "managed": True,
     }
 

@@ -49,6 +49,7 @@ from tornado.web import Application, RequestHandler
 
 from ..audit import AuditUnavailable
 from ..smart.issuer_key import issuer_key
+from ..smart.tls import ca_bundle_context
 from .access import FHIRRequest, check_scopes, classify
 from .config import ProxyConfig
 from .errors import ProxyError
@@ -82,7 +83,8 @@ class ProxyState:
         self.hub_http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         self.sessions = Sessions(config, self.hub_http)
         self.recorder = HubRecorder(config.hub_api_url, config.service_token, config.hub_timeout)
-        self.upstream = Upstream(config.timeout)
+        trust = ca_bundle_context(config.ehr_ca_bundle) if config.ehr_ca_bundle else None
+        self.upstream = Upstream(config.timeout, ssl_context=trust)
         self.limits = UserLimits(
             max_concurrent=config.max_concurrent, rate=config.rate, burst=config.burst
         )

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..smart.issuer_key import issuer_keys
+from ..smart.tls import ca_bundle_context
 
 __all__ = ["CONFIG_ENV", "ProxyConfig"]
 
@@ -51,6 +52,9 @@ class ProxyConfig:
     #: Largest request body accepted (bytes); bodies are read whole so a 401 can be retried.
     max_request_body: int = 10 * 1024 * 1024
     allow_insecure_http: bool = False
+    #: PEM file of the CA certificates the EHRs' TLS certificates chain to (the hub's
+    #: ``ehr_ca_bundle``); empty: certifi's public CAs. Verification is always on.
+    ehr_ca_bundle: str = ""
     #: Started by JupyterHub: exit once orphaned by a crashed hub and a new hub is up.
     managed: bool = False
 
@@ -113,6 +117,11 @@ class ProxyConfig:
         ):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"{name} must be a positive number of seconds")
+        if self.ehr_ca_bundle:
+            try:
+                ca_bundle_context(self.ehr_ca_bundle)
+            except ValueError as exc:
+                raise ValueError(f"ehr_ca_bundle: {exc}") from None
 
     @property
     def host(self) -> str:

@@ -10,8 +10,9 @@ page in the benchmark. What that layer did that still matters is done here:
 
 * redirects are never followed (the EHR token must not travel to wherever a
   ``Location`` points: :func:`redirect_target` decides what the caller sees);
-* TLS is verified with the same context httpx makes (no settings from the
-  environment, like ``trust_env=False``);
+* TLS is always verified: against the CA bundle the hub passes
+  (``ehr_ca_bundle``, an internal CA's), else with the same context httpx
+  makes (certifi; no settings from the environment, like ``trust_env=False``);
 * ``Accept-Encoding: gzip, deflate`` is sent, as httpx did, and such a body is
   decoded as it streams (:class:`_Decoder`, output bounded per step), since
   the proxy scans and rewrites the body and sends it uncompressed;
@@ -22,6 +23,7 @@ The answer's body is read chunk by chunk by the caller and never held.
 
 from __future__ import annotations
 
+import ssl
 import zlib
 from collections.abc import AsyncIterable, AsyncIterator
 from functools import lru_cache
@@ -30,6 +32,7 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
+from ..smart.tls import untrusted_certificate
 from .errors import ProxyError
 from .netio import PlainTCPBackend
 
@@ -186,9 +189,17 @@ class Upstream:
     :class:`.netio.PlainTCPBackend`; TLS ones through httpcore's default backend.
     """
 
-    def __init__(self, timeout: float, *, max_connections: int = 200) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        *,
+        max_connections: int = 200,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        if ssl_context is None:
+            ssl_context = httpx.create_ssl_context(trust_env=False)
         self.tls = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
+            ssl_context=ssl_context,
             max_connections=max_connections,
             max_keepalive_connections=max_connections,
         )
@@ -245,6 +256,15 @@ class Upstream:
                 f"The EHR ({host.decode()}) did not answer in time; retry later.",
             ) from None
         except _SEND_ERRORS as exc:
+            untrusted = untrusted_certificate(exc)
+            if untrusted is not None:  # a retry will not help: say so, and where trust is set
+                raise ProxyError(
+                    502,
+                    "ehr_certificate_untrusted",
+                    f"The EHR ({host.decode()}) presented a TLS certificate the proxy does not "
+                    f"trust ({untrusted}); the hub's administrators set the CA in "
+                    "SMARTAuthenticator.ehr_ca_bundle.",
+                ) from None
             raise ProxyError(
                 502,
                 "ehr_unreachable",

@@ -15,7 +15,8 @@ imports nothing, so that ``jupyterhub-smart --help`` stays fast):
 * :mod:`.id_token` - id_token verification against the issuer's pinned JWKS;
 * :mod:`.scopes` - SMART v1/v2 scopes: parse, cover, missing;
 * :mod:`.launch_context` - validated launch context and ``fhirUser`` references;
-* :mod:`.fhir_rules` - FHIR ids, types, references, search parameter names, loopback hosts.
+* :mod:`.fhir_rules` - FHIR ids, types, references, search parameter names, loopback hosts;
+* :mod:`.tls` - trust for EHR connections: an internal CA bundle, checked at start-up.
 
 HTTP goes through an ``httpx.AsyncClient`` that the caller passes in. See
 ``docs/smart-core.md`` for what each check defends against.

@@ -20,7 +20,9 @@ from typing import Any
 import httpx
 import orjson
 
-__all__ = ["BodyTooLarge", "FetchTimeout", "Fetched", "fetch"]
+from .tls import untrusted_certificate
+
+__all__ = ["BodyTooLarge", "FetchTimeout", "Fetched", "fetch", "transport_failure"]
 
 #: Default cap on a response body: far above any real SMART document or token response.
 DEFAULT_MAX_BYTES = 1 << 20
@@ -107,3 +109,19 @@ async def fetch(
         return await asyncio.wait_for(exchange(), timeout)
     except (asyncio.TimeoutError, httpx.TimeoutException):
         raise FetchTimeout() from None
+
+
+def transport_failure(exc: BaseException) -> str:
+    """What to say about a request that never got an answer, in words safe to show and log.
+
+    The exception's class name, unless the EHR's TLS certificate was refused:
+    then the reason, and where trust is configured (an EHR whose certificate
+    comes from a hospital's internal CA is the usual case).
+    """
+    reason = untrusted_certificate(exc)
+    if reason is None:
+        return type(exc).__name__
+    return (
+        f"its TLS certificate is not trusted: {reason}; for an EHR whose certificate comes from "
+        "an internal CA, set SMARTAuthenticator.ehr_ca_bundle to that CA's PEM file"
+    )

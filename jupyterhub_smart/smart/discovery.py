@@ -28,7 +28,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from ._http import BodyTooLarge, Fetched, FetchTimeout, fetch
+from ._http import BodyTooLarge, Fetched, FetchTimeout, fetch, transport_failure
 from .errors import DiscoveryError, safe_text
 from .issuers import normalize_issuer
 from .singleflight import SingleFlight
@@ -302,7 +302,7 @@ class DiscoveryCache:
         except BodyTooLarge:
             raise _fail(base, f"{url} answered more than {max_bytes} bytes.") from None
         except httpx.HTTPError as exc:
-            raise _fail(base, f"could not reach {url} ({type(exc).__name__}).") from None
+            raise _fail(base, f"could not reach {url} ({transport_failure(exc)}).") from None
 
     @staticmethod
     def _json(base: str, response: Fetched, path: str) -> Any:

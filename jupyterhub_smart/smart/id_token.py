@@ -34,7 +34,7 @@ from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 from joserfc.jws import JWSRegistry, extract_compact
 
-from ._http import BodyTooLarge, FetchTimeout, fetch
+from ._http import BodyTooLarge, FetchTimeout, fetch, transport_failure
 from .discovery import SMARTConfiguration
 from .errors import IDTokenError, safe_text
 from .singleflight import SingleFlight
@@ -120,7 +120,7 @@ class JWKSCache:
             ) from None
         except (BodyTooLarge, httpx.HTTPError) as exc:
             raise IDTokenError(
-                f"The EHR's JWKS ({jwks_uri}) could not be fetched ({type(exc).__name__}).",
+                f"The EHR's JWKS ({jwks_uri}) could not be fetched ({transport_failure(exc)}).",
                 status=502,
             ) from None
         if response.status != 200:

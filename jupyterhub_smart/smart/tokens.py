@@ -35,7 +35,7 @@ from typing import Any
 
 import httpx
 
-from ._http import BodyTooLarge, Fetched, FetchTimeout, fetch
+from ._http import BodyTooLarge, Fetched, FetchTimeout, fetch, transport_failure
 from .client_auth import ClientAuthentication
 from .discovery import SMARTConfiguration
 from .errors import TokenEndpointError, redact, safe_text
@@ -195,7 +195,7 @@ async def _post(
         raise TokenEndpointError(f"The {what} ({url}) answered with an oversized body.") from None
     except httpx.HTTPError as exc:
         raise TokenEndpointError(
-            f"The {what} ({url}) could not be reached ({type(exc).__name__})."
+            f"The {what} ({url}) could not be reached ({transport_failure(exc)})."
         ) from None
     if response.status >= 300:
         error = _oauth_error(response, what, sent) if 400 <= response.status < 500 else None

@@ -64,6 +64,11 @@ def test_hub_refuses_to_start_without_crypt_key(tmp_path: Path, smart_env: Smart
         ),
         (
             {"https://ehr.example/fhir": {"client_id": "x"}},
+            {"ehr_ca_bundle": "/nonexistent/internal-ca.pem"},
+            "SMARTAuthenticator.ehr_ca_bundle: '/nonexistent/internal-ca.pem' does not exist",
+        ),
+        (
+            {"https://ehr.example/fhir": {"client_id": "x"}},
             {"inactivity_timeout": -5},
             "inactivity_timeout must be 0 (off) or positive",
         ),

@@ -19,18 +19,22 @@ the sandbox does not misbehave on demand:
   wrapper, as some servers send it; ``br`` is only named, so the proxy cannot read it).
 
 Every request (method, path, headers) is kept in ``received``; the bearer
-tokens seen go to the session's secret scan.
+tokens seen go to the session's secret scan. With ``tls`` (a certificate and
+its key, from :mod:`pki`) the front serves HTTPS, as an EHR whose certificate
+comes from a hospital's internal CA does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
 import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -65,10 +69,11 @@ class Front:
     other_received: list[dict[str, Any]] = field(default_factory=list)
     #: Paths whose answers were cut because the client went away.
     client_gone: list[str] = field(default_factory=list)
+    tls: bool = False
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def other(self) -> str:
@@ -219,9 +224,18 @@ class _Other(RequestHandler):
 
 
 @contextmanager
-def run_front(port: int, upstream: str, other_port: int) -> Iterator[Front]:
-    """Serve the front (and the 'other host') on a thread until the block ends."""
-    front = Front(port, upstream.rstrip("/"), other_port)
+def run_front(
+    port: int, upstream: str, other_port: int, *, tls: tuple[Path, Path] | None = None
+) -> Iterator[Front]:
+    """Serve the front (and the 'other host') on a thread until the block ends.
+
+    ``tls``: (certificate, key) PEM files; the front then speaks HTTPS only.
+    """
+    front = Front(port, upstream.rstrip("/"), other_port, tls=tls is not None)
+    context: ssl.SSLContext | None = None
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*tls)
     ready = threading.Event()
     holder: dict[str, Any] = {}
 
@@ -234,8 +248,8 @@ def run_front(port: int, upstream: str, other_port: int) -> Iterator[Front]:
             app = Application([(r".*", _Forward, {"front": front, "http": http})])
             other = Application([(r".*", _Other, {"front": front})])
             servers = []
-            for application, p in ((app, port), (other, other_port)):
-                server = HTTPServer(application)
+            for application, p, ssl_options in ((app, port, context), (other, other_port, None)):
+                server = HTTPServer(application, ssl_options=ssl_options)
                 server.add_sockets(bind_sockets(p, "127.0.0.1"))
                 servers.append(server)
             holder["servers"], holder["http"] = servers, http
