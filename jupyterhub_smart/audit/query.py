@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .index import AuditIndex, IndexMismatch, patients_of, row_of
+from .index import AuditIndex, IndexMismatch, columns_of, patients_of
 
 __all__ = [
     "Filters",
@@ -198,7 +198,7 @@ def search(
             if line is None:
                 raise IndexMismatch(f"seq {seq} is in the index but its line was not found")
             record = orjson.loads(line)
-            row = dict(zip(ROW_FIELDS, row_of(record), strict=True))
+            row = dict(zip(ROW_FIELDS, columns_of(line, record), strict=True))
             if record.get("seq") != seq or not filters.accepts(row, patients_of(record)):
                 raise IndexMismatch(
                     f"the index lists seq {seq} for this search but the logged line does not "
