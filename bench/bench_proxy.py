@@ -304,6 +304,9 @@ def main() -> None:
                 {sandbox.iss: {"client_id": "hub-public", "client_auth": "public"}},
                 port=hub_port,
                 authenticator=options,
+                # JupyterHub's default, as in production and the other benches (the tests'
+                # DEBUG adds a log line per record post on the latency path).
+                extra='c.JupyterHub.log_level = "INFO"',
             ) as hub:
                 root = f"http://127.0.0.1:{proxy_port}/services/smart-fhir/"
                 deadline = time.monotonic() + 60
