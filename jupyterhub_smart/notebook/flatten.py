@@ -29,7 +29,10 @@ float64, ``integer`` int64, ``boolean`` boolean, everything else a string.
 Speed: each view is compiled once (FHIRPath to Python closures, see
 :mod:`jupyterhub_smart.views.compiler`); each resource is reduced at once to
 row tuples (its JSON dict is then free to go), and columns become typed
-arrays once at the end (one ``to_datetime`` over all timestamps).
+arrays once at the end (one ``to_datetime`` over all timestamps). Pages the
+Arrow engine reads (:meth:`TableBuilder.add_arrow`) have their dates parsed
+as they come instead, while the next page is on its way, so that the end of a
+search does not wait for it (the parse is per value: the same result).
 """
 
 from __future__ import annotations
@@ -133,6 +136,25 @@ class _Columns(Mapping[str, "list[tuple[str, Kind]]"]):
 COLUMNS: Mapping[str, list[tuple[str, Kind]]] = _Columns()
 
 
+def _parse_dates(array: pa.Array | pa.ChunkedArray, kind: Kind) -> tuple[pa.Array, int]:
+    """A text column of ``datetime`` or ``date`` kind parsed; and how many texts were no date.
+
+    pandas parses ISO 8601 with offsets and partial dates; arrow-backed input
+    makes that several times faster than a Series of Python objects.
+    """
+    import pandas as pd
+    import pyarrow as pa
+
+    text = array.to_pandas()
+    if kind == "datetime":
+        parsed = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
+        result = pa.Array.from_pandas(parsed).cast(pa.timestamp("us", tz="UTC"))
+    else:
+        parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
+        result = pa.Array.from_pandas(parsed).cast(pa.timestamp("us")).cast(pa.date32())
+    return result, int((parsed.isna() & text.notna()).sum())
+
+
 class TableBuilder:
     """Accumulates the view's rows for resources of one type; converts once, at the end.
 
@@ -155,6 +177,8 @@ class TableBuilder:
         self._rows: list[tuple[Any, ...]] = []
         #: Rows already in Arrow form (pages read by the Arrow engine), in order with ``_rows``.
         self._batches: list[pa.RecordBatch] = []
+        #: Per batch of ``_batches``, its date columns parsed (``add_arrow``), or None.
+        self._dates: list[dict[int, tuple[pa.Array, int]] | None] = []
         self._converter: TableConverter | None = None
         #: Per column, values that did not fit the column's type (read after a conversion).
         self.warnings: dict[str, int] = {}
@@ -175,6 +199,7 @@ class TableBuilder:
         if self._rows:
             rows, self._rows = self._rows, []
             self._batches.append(self._table_converter().batch(rows))
+            self._dates.append(None)
 
     def add_arrow(self, arrays: list[pa.Array], warnings: Mapping[str, int]) -> None:
         """Add rows the Arrow engine made (columns in the view's order and converted types)."""
@@ -188,6 +213,13 @@ class TableBuilder:
             converter.warnings[name] = converter.warnings.get(name, 0) + count
         if len(arrays) and len(arrays[0]):
             self._batches.append(pa.RecordBatch.from_arrays(arrays, schema=converter.schema()))
+            self._dates.append(
+                {
+                    i: _parse_dates(arrays[i], kind)
+                    for i, (_name, kind) in enumerate(self.columns)
+                    if kind in ("datetime", "date")
+                }
+            )
 
     def add(self, resources: Iterable[dict[str, Any]]) -> int:
         """Add resources (of this builder's type); returns how many resources were added."""
@@ -210,7 +242,6 @@ class TableBuilder:
 
     def to_arrow(self) -> pa.Table:
         """The rows as an Arrow table: strings, float64, int64, UTC timestamps, date32, lists."""
-        import pandas as pd
         import pyarrow as pa
 
         from jupyterhub_smart.views.gcpause import gc_paused
@@ -222,26 +253,26 @@ class TableBuilder:
                 # the typed columns replace the tuples; free them early
                 rows, self._rows = self._rows, []
                 self._batches.append(converter.batch(rows))
+                self._dates.append(None)
             batches, self._batches = self._batches, []
+            dates, self._dates = self._dates, []
             table = converter.table(batches)
         self._converter = None
         self.warnings = dict(converter.warnings)
+        parsed_already = all(d is not None for d in dates)
         arrays = []
         fields = []
-        for field, (_name, kind), array in zip(
-            table.schema, self.columns, table.columns, strict=True
+        for i, (field, (_name, kind), array) in enumerate(
+            zip(table.schema, self.columns, table.columns, strict=True)
         ):
             if kind in ("datetime", "date"):
-                # pandas parses ISO 8601 with offsets and partial dates; arrow-backed input
-                # makes that several times faster than a Series of Python objects.
-                text = array.to_pandas()
-                if kind == "datetime":
-                    parsed = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
-                    array = pa.Array.from_pandas(parsed).cast(pa.timestamp("us", tz="UTC"))
+                if parsed_already:
+                    parts = [d[i] for d in dates if d is not None]
+                    date_type = pa.timestamp("us", tz="UTC") if kind == "datetime" else pa.date32()
+                    array = pa.chunked_array([a for a, _ in parts], type=date_type)
+                    unreadable = sum(n for _, n in parts)
                 else:
-                    parsed = pd.to_datetime(text, format="ISO8601", errors="coerce")
-                    array = pa.Array.from_pandas(parsed).cast(pa.timestamp("us")).cast(pa.date32())
-                unreadable = int((parsed.isna() & text.notna()).sum())
+                    array, unreadable = _parse_dates(array, kind)
                 if unreadable:  # text that is no date: null, and counted like any misfit
                     self.warnings[field.name] = self.warnings.get(field.name, 0) + unreadable
                 field = pa.field(field.name, array.type, metadata=field.metadata)

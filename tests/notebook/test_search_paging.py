@@ -42,7 +42,7 @@ from jupyterhub_smart.notebook.arrowpage import ArrowPages
 from jupyterhub_smart.notebook.events import DataAccessEvent
 from jupyterhub_smart.notebook.flatten import TableBuilder, resolve_view
 from jupyterhub_smart.notebook.pager import scan_link
-from jupyterhub_smart.views import builtin
+from jupyterhub_smart.views import builtin, warnings_of
 
 from .fakes import outcome, secret
 from .rogue_fhir import Reply, bundle, run_rogue_fhir
@@ -363,3 +363,51 @@ def test_a_retried_page_whose_link_changed_stops_the_search() -> None:
         with pytest.raises(FHIRError, match="not the one read from its first bytes"):
             asyncio.run(run())
         assert len(attempts) == 4
+
+
+def _observation(oid: str, when: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": oid,
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": "Patient/p1"},
+        "effectiveDateTime": when,
+        "valueQuantity": {"value": 70, "unit": "/min"},
+    }
+
+
+def test_dates_parsed_page_by_page_equal_the_dict_paths() -> None:
+    """Pages read by the Arrow engine have their dates parsed as they come: partial dates,
+    offsets and text that is no date give the dict path's values and warning counts."""
+    pages = [
+        [_observation("a", "2021"), _observation("b", "2021-04-27T10:00:00+02:00")],
+        [_observation("c", "yesterday"), _observation("d", "2021-04")],
+    ]
+    resources = [r for page in pages for r in page]
+    with run_rogue_fhir() as server:
+
+        def body(n: int) -> bytes:
+            link = (
+                [{"relation": "next", "url": f"{server.base}/Observation?page=2"}] if n == 0 else []
+            )
+            entries = [{"resource": r, "search": {"mode": "match"}} for r in pages[n]]
+            return orjson.dumps({"resourceType": "Bundle", "link": link, "entry": entries})
+
+        reader = ArrowPages.for_view(resolve_view("Observation"), "Observation")
+        assert reader is not None and all(reader.read(body(n)) is not None for n in (0, 1))
+        server.answer = lambda path: Reply(body=orjson.loads(body(1 if "page=2" in path else 0)))
+        reference = TableBuilder("Observation")
+        reference.add(resources)
+        expected = reference.to_arrow()
+        assert warnings_of(expected) == {"effective": 1}
+        assert expected.column("effective").null_count == 1
+        provider = StaticTokenProvider(secret("static"), server.base)
+        with SMARTClient(provider, progress=False, check_scopes=False) as client:
+            assert client.search("Observation").to_arrow().equals(expected, check_metadata=True)
+
+        async def run() -> pa.Table:
+            async with AsyncSMARTClient(provider, check_scopes=False) as client:
+                return await (await client.search("Observation")).to_arrow()
+
+        assert asyncio.run(run()).equals(expected, check_metadata=True)
