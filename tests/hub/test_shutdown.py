@@ -8,6 +8,10 @@ import pytest
 
 from jupyterhub_smart.hub.shutdown import FinishBeforeExit
 
+# asyncio alone: the same on every JupyterHub and hub database (a real hub stopped
+# mid-refresh is in test_slow_refresh.py, which runs in both passes).
+pytestmark = pytest.mark.one_pass
+
 
 async def _stop(main: asyncio.Task[object] | None) -> None:
     """What JupyterHub's shutdown does: cancel every other task, then wait for them.
