@@ -15,12 +15,15 @@ next call checks the same things JupyterHub does, without the query:
 Anything else falls back to JupyterHub's own ``find``. The key is the
 SHA-256 of the token, never the token. The one thing only a query would see
 is a token deleted by *another* process writing the hub's database (tooling,
-an admin's SQL): the hub then accepts it for at most ``ttl`` seconds more, 5
+an admin's SQL): the hub then accepts it for at most ``ttl`` seconds more, 10
 by default. A query by primary key on every call would close that window, but
 profiled at 300 requests/s it took 17 % of the hub's CPU, as much as the rest
-of JupyterHub's authentication; at a few calls per second per kernel, a 5 s
-ttl still saves most finds. (JupyterHub's own single-user servers keep a
-token they checked for 5 minutes.)
+of JupyterHub's authentication. Each find costs about 2.5 ms of the hub's CPU
+on PostgreSQL: with 200 users at 500 requests/s (``BENCH_DB=postgresql python
+-m bench production``) a 5 s ttl made 40 finds a second, and two runs had 7
+and 22 of 30,000 calls wait out ``refresh_wait`` in the refresh waves, where
+one run each with 10 s and with 30 s had none (few runs, wide spread).
+JupyterHub's own single-user servers keep a token they checked for 5 minutes.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ __all__ = ["APITokenLookup"]
 class APITokenLookup:
     """Recently found API tokens, checked again on every use (module docstring)."""
 
-    def __init__(self, ttl: float = 5.0, max_entries: int = 10000) -> None:
+    def __init__(self, ttl: float = 10.0, max_entries: int = 10000) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
         self._found: OrderedDict[str, tuple[Any, float]] = OrderedDict()
