@@ -17,12 +17,16 @@ import json
 import re
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from hub_process import Browser, default_database, ehr_launch, patient_ids, run_hub
+from hub_process import Browser, Hub, default_database, ehr_launch, patient_ids, run_hub
 from sandbox_process import SandboxProcess, free_port, run_sandbox
 
 from jupyterhub_smart.audit.verify import verify
@@ -48,25 +52,48 @@ def _token_posts(sandbox: SandboxProcess) -> int:
     return len(re.findall(r"POST /auth/token 200", sandbox.log_text()))
 
 
-@pytest.mark.slow
-def test_a_refresh_answered_after_the_callers_gave_up_is_stored(tmp_path: Path) -> None:
+@dataclass
+class _Session:
+    """A user signed in through the slow EHR, whose access token has just expired."""
+
+    name: str
+    signed_in: dict[str, Any]  # the auth_state right after the sign-in
+    url: str  # the token API
+    headers: dict[str, str]  # the user's API token
+
+
+@contextmanager
+def _slow_ehr(tmp_path: Path) -> Iterator[tuple[SandboxProcess, int]]:
+    """The sandbox answering token requests DELAY s late, and the hub port it redirects to."""
     port = free_port()
     clients = [sandbox_client(CLIENT, f"http://127.0.0.1:{port}", type="public")]
     slow = ["--access-token-lifetime", str(LIFETIME), "--token-answer-delay", str(DELAY)]
     with run_sandbox(tmp_path / "ehr", clients, extra_args=slow) as sandbox:
+        yield sandbox, port
+
+
+def _sign_in_and_let_expire(sandbox: SandboxProcess, hub: Hub) -> _Session:
+    """An EHR launch (its code exchange is answered after http_timeout), then the token's life."""
+    with Browser() as browser:
+        answer = ehr_launch(browser, sandbox, hub, patient_ids(sandbox)[0])
+        assert answer.status_code == 302, answer.text[:1000]
+    with hub.api(hub.admin_token) as api:
+        name = next(u["name"] for u in api.get("/users").json() if "@" in u["name"])
+    headers = {"Authorization": f"token {hub.user_token(name)}"}
+    signed_in = hub.auth_state(name)
+    time.sleep(max(0.0, signed_in["expires_at"] - time.time()) + 0.5)
+    return _Session(name, signed_in, f"{hub.url}/hub/api/smart/token", headers)
+
+
+@pytest.mark.slow
+def test_a_refresh_answered_after_the_callers_gave_up_is_stored(tmp_path: Path) -> None:
+    with _slow_ehr(tmp_path) as (sandbox, port):
         options = {"http_timeout": 1.0, "refresh_wait": 1.0, "token_timeout": 30.0}
         issuers = {sandbox.iss: {"client_id": CLIENT}}
         with run_hub(tmp_path / "hub", issuers, port=port, authenticator=options) as hub:
-            with Browser() as browser:  # the code exchange is answered after http_timeout
-                answer = ehr_launch(browser, sandbox, hub, patient_ids(sandbox)[0])
-                assert answer.status_code == 302, answer.text[:1000]
-            with hub.api(hub.admin_token) as api:
-                name = next(u["name"] for u in api.get("/users").json() if "@" in u["name"])
-            token = hub.user_token(name)
-            signed_in = hub.auth_state(name)
-            url = f"{hub.url}/hub/api/smart/token"
-            headers = {"Authorization": f"token {token}"}
-            time.sleep(max(0.0, signed_in["expires_at"] - time.time()) + 0.5)
+            session = _sign_in_and_let_expire(sandbox, hub)
+            name, url, headers = session.name, session.url, session.headers
+            signed_in = session.signed_in
 
             # the token has expired: three kernels ask at once and wait 1 s each
             with ThreadPoolExecutor(3) as pool:
@@ -94,10 +121,7 @@ def test_a_refresh_answered_after_the_callers_gave_up_is_stored(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_a_hub_stopped_during_a_refresh_stores_the_rotated_tokens_first(tmp_path: Path) -> None:
-    port = free_port()
-    clients = [sandbox_client(CLIENT, f"http://127.0.0.1:{port}", type="public")]
-    slow = ["--access-token-lifetime", str(LIFETIME), "--token-answer-delay", str(DELAY)]
-    with run_sandbox(tmp_path / "ehr", clients, extra_args=slow) as sandbox:
+    with _slow_ehr(tmp_path) as (sandbox, port):
         options = {"http_timeout": 1.0, "refresh_wait": 1.0, "token_timeout": 30.0}
         issuers = {sandbox.iss: {"client_id": CLIENT}}
         same_hub = {
@@ -108,17 +132,9 @@ def test_a_hub_stopped_during_a_refresh_stores_the_rotated_tokens_first(tmp_path
             "audit_path": tmp_path / "audit.jsonl",
         }
         with run_hub(tmp_path / "hub-1", issuers, **same_hub) as hub:  # type: ignore[arg-type]
-            with Browser() as browser:
-                answer = ehr_launch(browser, sandbox, hub, patient_ids(sandbox)[0])
-                assert answer.status_code == 302, answer.text[:1000]
-            with hub.api(hub.admin_token) as api:
-                name = next(u["name"] for u in api.get("/users").json() if "@" in u["name"])
-            token = hub.user_token(name)
-            signed_in = hub.auth_state(name)
-            url = f"{hub.url}/hub/api/smart/token"
-            headers = {"Authorization": f"token {token}"}
-            time.sleep(max(0.0, signed_in["expires_at"] - time.time()) + 0.5)
-            waiting = httpx.get(url, headers=headers, timeout=30)
+            session = _sign_in_and_let_expire(sandbox, hub)
+            name, signed_in = session.name, session.signed_in
+            waiting = httpx.get(session.url, headers=session.headers, timeout=30)
             assert waiting.status_code == 503, waiting.text  # the refresh is at the EHR
             hub.process.send_signal(signal.SIGTERM)
             hub.process.wait(timeout=60)
