@@ -66,7 +66,7 @@ __all__ = [
     "row_of",
 ]
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 #: Bytes read from a log file at a time while indexing.
 _CHUNK = 8 * 1024 * 1024
 #: Rows handed to SQLite per executemany.
@@ -112,7 +112,8 @@ CREATE TABLE IF NOT EXISTS events (
     count INTEGER
 );
 -- Patients of records that name more than one (a FHIR proxy search across patients):
--- events.patient holds one of them, this table every one.
+-- events.patient holds one of them, this table every one, in whatever form each is
+-- referenced.
 CREATE TABLE IF NOT EXISTS event_patients (
     patient TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -581,8 +582,9 @@ def _scan(
                 append((seq, file_seq, pos, length, digest, *row_of(record)))
                 named = patients_of(record)
             if named:
-                if len(named) > 1 and data.count(b'"Patient/', start, end) > 1:
-                    # (the reference code's cheap test before looking for several)
+                if len(named) > 1:
+                    # Every patient of a record naming several, whatever form its
+                    # references take (Patient/..., an absolute URL, urn:uuid:...).
                     named = list(dict.fromkeys(named))
                     if len(named) > 1:
                         patient_rows += [(p, seq) for p in named]
@@ -698,6 +700,9 @@ class AuditIndex:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
             version = self._meta("version")
+            if version is not None and version.isdigit() and int(version) < int(SCHEMA_VERSION):
+                self._clear()  # an older format: a cache of the log, rebuilt by update()
+                version = None
             if version is None:
                 self._set_meta("version", SCHEMA_VERSION)
             elif version != SCHEMA_VERSION:
@@ -731,6 +736,13 @@ class AuditIndex:
 
     def _set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def _clear(self) -> None:
+        """Empty every table: the next :meth:`update` builds the index afresh from the log."""
+        self.db.execute("BEGIN IMMEDIATE")
+        for table in ("events", "event_patients", "files", "meta"):
+            self.db.execute(f"DELETE FROM {table}")  # noqa: S608
+        self.db.execute("COMMIT")
 
     @property
     def head(self) -> tuple[int, str]:

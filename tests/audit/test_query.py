@@ -326,3 +326,36 @@ def test_a_touched_live_file_is_read_again_and_then_followed(
     write_events(log, 120, 2)
     os.utime(log, ns=(0, 0))
     assert [r["seq"] for r in query(cli, log)][-3:] == [120, 121, 122]
+
+
+def test_every_patient_of_a_record_naming_several_is_found_in_any_reference_form(
+    tmp_path: Path, cli: Callable[..., Result]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    role = {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}
+    with AuditLog(path) as log:
+        log.record_sync(
+            {
+                "entity": [
+                    {"role": role, "what": {"reference": f"{ISS}/Patient/u1"}},
+                    {"role": role, "what": {"reference": "urn:uuid:u2"}},
+                    {"role": role, "what": {"reference": "Patient/u3"}},
+                ]
+            }
+        )
+    write_events(path, 0, 3)
+    for ref in (f"{ISS}/Patient/u1", "urn:uuid:u2", "Patient/u3", "u3"):
+        assert [r["seq"] for r in query(cli, path, "--patient", ref)] == [1], ref
+
+    # An index of the earlier format (which kept these only when two were written
+    # Patient/...) is rebuilt from the log when opened, not trusted.
+    index_path = path.with_name(path.name + ".index.sqlite")
+    db = sqlite3.connect(index_path)
+    db.execute("DELETE FROM event_patients")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'version'")
+    db.commit()
+    db.close()
+    assert [r["seq"] for r in query(cli, path, "--patient", "urn:uuid:u2")] == [1]
+    db = sqlite3.connect(index_path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() == ("3",)
+    db.close()
