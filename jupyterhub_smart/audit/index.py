@@ -787,9 +787,25 @@ class AuditIndex:
         return added
 
     def _discover(self) -> list[_LogFile]:
+        # A file the index holds under the same name, size and modification time is
+        # taken as indexed without opening it (what _update would conclude anyway):
+        # a query over hundreds of rotated files then reads none of them but its hits.
+        indexed = {
+            (name, bool(compressed), size, mtime): first_seq
+            for first_seq, name, compressed, size, mtime in self.db.execute(
+                "SELECT first_seq, name, compressed, stat_size, stat_mtime FROM files"
+            )
+        }
         found: dict[int, _LogFile] = {}
         for path in log_files(self.log_path):
             try:
+                st = path.stat()
+                compressed = path.name.endswith(".gz")
+                key = (path.name, compressed, st.st_size, st.st_mtime_ns)
+                first = indexed.get(key)
+                if first is not None:
+                    found[first] = _LogFile(path, first, compressed, st.st_size, st.st_mtime_ns)
+                    continue
                 first = _first_seq(path)
             except (RecordError, OSError, EOFError) as exc:
                 raise IndexMismatch(

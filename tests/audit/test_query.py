@@ -328,6 +328,34 @@ def test_a_touched_live_file_is_read_again_and_then_followed(
     assert [r["seq"] for r in query(cli, log)][-3:] == [120, 121, 122]
 
 
+_opened: list[str] | None = None
+
+
+def _note_open(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and _opened is not None and isinstance(args[0], (str, os.PathLike)):
+        _opened.append(os.fspath(args[0]))
+
+
+def test_a_query_opens_no_log_file_unchanged_since_it_was_indexed(
+    log: Path, cli: Callable[..., Result]
+) -> None:
+    global _opened
+    sys.addaudithook(_note_open)  # Python's own audit events: every file this process opens
+    assert len(query(cli, log)) == 120
+    files = {str(p) for p in log_files(log)}
+    try:
+        _opened = []
+        assert query(cli, log, "--user", "nobody") == []
+        assert not files & set(_opened)
+        write_events(log, 120, 1)  # the live file grows: it alone is read
+        _opened = []
+        assert query(cli, log, "--user", "nobody") == []
+        assert files & set(_opened) == {str(log)}
+        assert [r["seq"] for r in query(cli, log, "--user", "doc0")][-1] == 121
+    finally:
+        _opened = None
+
+
 def test_every_patient_of_a_record_naming_several_is_found_in_any_reference_form(
     tmp_path: Path, cli: Callable[..., Result]
 ) -> None:
