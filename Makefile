@@ -8,6 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CHP    := node_modules/.bin/configurable-http-proxy
 PYTEST_ARGS ?=
+# The tests mostly wait on the processes they start: two workers halve the time on two cores.
+XDIST ?= -n 2 --dist loadfile
 # The older JupyterHub line we support (what Zero to JupyterHub's hub image ships),
 # overlaid on the venv with PYTHONPATH for a second pass of the hub suite.
 JH_PREVIOUS     := 5.5.0
@@ -47,9 +49,10 @@ rsyslog:
 	@bash .ci/install-rsyslog
 
 ## test: lint, docs, every test (unit, integration against real processes, end to end),
-## then the hub suite again on JupyterHub 5.5 and PostgreSQL
+## then the hub suite again on JupyterHub 5.5 and PostgreSQL; each pass in two pytest-xdist
+## workers, whole test files to a worker (module fixtures start once)
 test: $(STAMP) $(CHP) $(VENV)/.installed-spark lint docs browser rsyslog postgresql
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-jupyterhub5
 
 # pyspark (~450 MB) only for the test that Spark reads a bulk export: `make test` installs it once.
@@ -67,7 +70,7 @@ $(JH_PREVIOUS_DIR)/.installed: $(STAMP)
 ## the same on any JupyterHub and database, and the SQLite restarts (docs/production.md).
 test-jupyterhub5: $(STAMP) $(CHP) $(JH_PREVIOUS_DIR)/.installed postgresql
 	PYTHONPATH=$(CURDIR)/$(JH_PREVIOUS_DIR) SMART_EXPECT_JUPYTERHUB=$(JH_PREVIOUS) SMART_TEST_DB=postgresql \
-		$(BIN)/python -m pytest -m "not one_pass" $(HUB_SUITE) $(PYTEST_ARGS)
+		$(BIN)/python -m pytest $(XDIST) -m "not one_pass" $(HUB_SUITE) $(PYTEST_ARGS)
 
 # PostgreSQL: the tests start their own servers (tests/pg_process.py) from Debian's package.
 # The hub suite: tests/hub and the audit tests that run a hub.

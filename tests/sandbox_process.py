@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -63,11 +64,55 @@ def start_logged(
     return process, ready, found
 
 
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+#: Ports this process has handed out (a port is handed out once per test session).
+_handed_out: set[int] = set()
+
+
+def _port_slice() -> range:
+    """The ports :func:`free_port` picks from in this process.
+
+    Below the kernel's ephemeral range, which outgoing connections and every
+    ``bind(0)`` (JupyterHub's spawners, the proxy's pools) draw from: a port
+    picked here cannot be taken by one of those between the pick and the
+    server's own bind. Under pytest-xdist each worker has a slice of its own.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    start, end = 10000, low
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    width = (end - start) // count
+    if width < 500:
+        return range(0)  # no room below the ephemeral range: fall back to bind(0)
+    return range(start + index * width, start + (index + 1) * width)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free on 127.0.0.1 now, never handed out before by this process.
+
+    ``kind``: ``socket.SOCK_STREAM`` (TCP) or ``socket.SOCK_DGRAM`` (UDP).
+    """
+    ports = _port_slice()
+    for _ in range(200):
+        if ports:
+            port = random.choice(ports)
+        else:
+            with socket.socket(socket.AF_INET, kind) as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = int(probe.getsockname()[1])
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, kind) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError("no free port found on 127.0.0.1")
 
 
 @dataclass

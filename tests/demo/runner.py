@@ -93,8 +93,6 @@ def run_demo(
     """Start the demo, yield once it printed its Open line, make sure it is gone afterwards."""
     state_dir.mkdir(parents=True, exist_ok=True)
     sandbox_port, hub_port = free_port(), free_port()
-    while hub_port == sandbox_port:
-        hub_port = free_port()
     output_path = state_dir.parent / f"{state_dir.name}-demo-output.log"
     cmd = [
         sys.executable,
