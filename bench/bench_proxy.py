@@ -166,6 +166,16 @@ def _paging(hub: Hub, sandbox: SandboxProcess, proxy_root: str) -> None:
         f"  added per page: p50 {1000 * (statistics.median(pages['proxy']) - statistics.median(pages['direct'])):+.1f} ms,"
         f" p99 {1000 * (_pct(pages['proxy'], 0.99) - _pct(pages['direct'], 0.99)):+.1f} ms (goal p99 < 5 ms)"
     )
+    for name in ("direct", "proxy"):
+        # Where the tail is: (round, page number, ms) of the slowest pages.
+        slowest = sorted(
+            ((t, r, i) for r, (_, _, ts) in enumerate(results[name]) for i, t in enumerate(ts)),
+            reverse=True,
+        )[:4]
+        print(
+            f"  slowest pages, {name:6s}: "
+            + ", ".join(f"round {r} page {i} {1000 * t:.1f} ms" for t, r, i in slowest)
+        )
 
 
 class _RootOnly:
