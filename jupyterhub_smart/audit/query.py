@@ -199,7 +199,8 @@ def search(
                 raise IndexMismatch(f"seq {seq} is in the index but its line was not found")
             record = orjson.loads(line)
             row = dict(zip(ROW_FIELDS, columns_of(line, record), strict=True))
-            if record.get("seq") != seq or not filters.accepts(row, patients_of(record)):
+            patients = patients_of(record) if filters.patient else ()  # only a patient asks
+            if record.get("seq") != seq or not filters.accepts(row, patients):
                 raise IndexMismatch(
                     f"the index lists seq {seq} for this search but the logged line does not "
                     "match it: the index was edited; delete it to rebuild it from the log"
