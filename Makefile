@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CHP    := node_modules/.bin/configurable-http-proxy
 PYTEST_ARGS ?=
-# The tests mostly wait on the processes they start: two workers halve the time on two cores.
+# The tests mostly wait on the processes they start: two workers take about 40 % off on two cores.
 XDIST ?= -n 2 --dist loadfile
 # The older JupyterHub line we support (what Zero to JupyterHub's hub image ships),
 # overlaid on the venv with PYTHONPATH for a second pass of the hub suite.
