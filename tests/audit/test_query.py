@@ -387,3 +387,19 @@ def test_every_patient_of_a_record_naming_several_is_found_in_any_reference_form
     db = sqlite3.connect(index_path)
     assert db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone() == ("3",)
     db.close()
+
+
+@pytest.mark.parametrize("version", ["99", "x"])
+def test_an_index_of_a_newer_or_unknown_format_is_refused_not_emptied(
+    log: Path, cli: Callable[..., Result], version: str
+) -> None:
+    assert len(query(cli, log)) == 120
+    index_path = log.with_name(log.name + ".index.sqlite")
+    db = sqlite3.connect(index_path)
+    db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (version,))
+    db.commit()
+    result = cli("query", log)
+    assert result.returncode == 1
+    assert f"has format {version}" in result.stderr and "delete it" in result.stderr
+    assert db.execute("SELECT COUNT(*) FROM events").fetchone() == (120,)  # kept as it was
+    db.close()
